@@ -1,0 +1,214 @@
+//! The library's error type. Its stable question is its [`ErrorCode`]: callers branch on the
+//! code, never on the message. Messages never contain a secret.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Stable error codes: the seed's six plus the service's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// No such connection for this user.
+    AccountNotFound,
+    /// A refresh is needed but no refresh token is stored (`reconnect: true`).
+    NoRefreshToken,
+    /// The refresh failed after all retries (transient or configuration failure), or the
+    /// provider's circuit breaker is open.
+    TokenRefreshError,
+    /// The token expired and the refresh failed permanently (`reconnect: true`).
+    TokenExpired,
+    /// No access token is stored.
+    NoAccessToken,
+    /// Anything else while getting a token (database, decryption, ...).
+    GetTokenError,
+    /// Malformed input.
+    InvalidRequest,
+    /// The provider is not configured.
+    UnknownProvider,
+}
+
+impl ErrorCode {
+    /// Every code, for metrics that must be exported from the start.
+    pub const ALL: [ErrorCode; 8] = [
+        Self::AccountNotFound,
+        Self::NoRefreshToken,
+        Self::TokenRefreshError,
+        Self::TokenExpired,
+        Self::NoAccessToken,
+        Self::GetTokenError,
+        Self::InvalidRequest,
+        Self::UnknownProvider,
+    ];
+
+    /// The wire form, e.g. `TOKEN_EXPIRED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AccountNotFound => "ACCOUNT_NOT_FOUND",
+            Self::NoRefreshToken => "NO_REFRESH_TOKEN",
+            Self::TokenRefreshError => "TOKEN_REFRESH_ERROR",
+            Self::TokenExpired => "TOKEN_EXPIRED",
+            Self::NoAccessToken => "NO_ACCESS_TOKEN",
+            Self::GetTokenError => "GET_TOKEN_ERROR",
+            Self::InvalidRequest => "INVALID_REQUEST",
+            Self::UnknownProvider => "UNKNOWN_PROVIDER",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a refresh failure is classified. This decides retries, the breaker and the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureClass {
+    /// The user must reconnect (`invalid_grant`, Meta code 190, revoked, expired token that
+    /// cannot be refreshed). Not retried; marks the connection `needs_reconnect`.
+    Permanent,
+    /// An operator problem (`invalid_client`, `unauthorized_client`, bad request shape). Not
+    /// retried; never marks users for reconnect.
+    Configuration,
+    /// Worth retrying: connect/read errors, timeouts, 408, 429, 5xx,
+    /// `temporarily_unavailable`, `server_error`, unparseable answers.
+    Transient,
+    /// The provider's circuit breaker is open; the provider was not called.
+    CircuitOpen,
+}
+
+impl FailureClass {
+    /// The stable string form (`permanent`, `configuration`, `transient`, `circuit_open`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Permanent => "permanent",
+            Self::Configuration => "configuration",
+            Self::Transient => "transient",
+            Self::CircuitOpen => "circuit_open",
+        }
+    }
+}
+
+/// Context attached to an error (the seed's error metadata).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorMeta {
+    pub provider: Option<String>,
+    pub account_id: Option<String>,
+    /// Upstream attempts made, when a refresh ran.
+    pub attempts: u32,
+    /// Time spent, when a refresh ran.
+    pub duration: Option<Duration>,
+    /// The classification of the refresh failure behind this error, if any.
+    pub failure: Option<FailureClass>,
+    /// The provider's OAuth `error` value (or equivalent), if it gave one. Not a secret.
+    pub provider_error: Option<String>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The library's error.
+#[derive(thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    code: ErrorCode,
+    message: String,
+    reconnect: bool,
+    retry_after: Option<Duration>,
+    meta: ErrorMeta,
+    #[source]
+    source: Option<BoxError>,
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .field("reconnect", &self.reconnect)
+            .field("retry_after", &self.retry_after)
+            .field("meta", &self.meta)
+            .field("source", &self.source.as_ref().map(ToString::to_string))
+            .finish()
+    }
+}
+
+impl Error {
+    /// A new error; `reconnect` defaults to what the code implies.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let reconnect = matches!(code, ErrorCode::NoRefreshToken | ErrorCode::TokenExpired);
+        Self { code, message: message.into(), reconnect, retry_after: None, meta: ErrorMeta::default(), source: None }
+    }
+
+    /// Sets whether the user must reconnect.
+    #[must_use]
+    pub fn with_reconnect(mut self, reconnect: bool) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Sets a retry-after hint.
+    #[must_use]
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// Replaces the metadata.
+    #[must_use]
+    pub fn with_meta(mut self, meta: ErrorMeta) -> Self {
+        self.meta = meta;
+        self
+    }
+
+    /// Attaches an underlying cause. Its `Display` must not contain a secret.
+    #[must_use]
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// True when only the user can fix this, by reconnecting the account.
+    pub fn reconnect(&self) -> bool {
+        self.reconnect
+    }
+
+    /// When to try again, if known (breaker open, provider's Retry-After).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    pub fn meta(&self) -> &ErrorMeta {
+        &self.meta
+    }
+
+    pub(crate) fn meta_mut(&mut self) -> &mut ErrorMeta {
+        &mut self.meta
+    }
+
+    /// True when the provider's circuit breaker refused the call.
+    pub fn is_circuit_open(&self) -> bool {
+        self.meta.failure == Some(FailureClass::CircuitOpen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_defaults_follow_code() {
+        assert!(Error::new(ErrorCode::TokenExpired, "x").reconnect());
+        assert!(Error::new(ErrorCode::NoRefreshToken, "x").reconnect());
+        assert!(!Error::new(ErrorCode::TokenRefreshError, "x").reconnect());
+        assert_eq!(ErrorCode::GetTokenError.to_string(), "GET_TOKEN_ERROR");
+    }
+}

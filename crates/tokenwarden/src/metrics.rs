@@ -1,0 +1,30 @@
+//! Metric names (SPEC.md) and the helpers that record them through the `metrics` facade.
+//! The binary installs the recorder; without one these calls cost almost nothing.
+
+pub const REFRESH_TOTAL: &str = "tokenwarden_refresh_total";
+pub const REFRESH_ATTEMPTS: &str = "tokenwarden_refresh_attempts";
+pub const REFRESH_DURATION_SECONDS: &str = "tokenwarden_refresh_duration_seconds";
+pub const AUTO_REFRESH_TOTAL: &str = "tokenwarden_auto_refresh_total";
+pub const ERRORS_TOTAL: &str = "tokenwarden_errors_total";
+pub const CIRCUIT_OPEN: &str = "tokenwarden_circuit_open";
+pub const TOKEN_REQUESTS_TOTAL: &str = "tokenwarden_token_requests_total";
+pub const CONNECTIONS: &str = "tokenwarden_connections";
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "tokenwarden_upstream_requests_total";
+
+/// Every metric name SPEC.md lists.
+pub const ALL: [&str; 9] = [
+    REFRESH_TOTAL,
+    REFRESH_ATTEMPTS,
+    REFRESH_DURATION_SECONDS,
+    AUTO_REFRESH_TOTAL,
+    ERRORS_TOTAL,
+    CIRCUIT_OPEN,
+    TOKEN_REQUESTS_TOTAL,
+    CONNECTIONS,
+    UPSTREAM_REQUESTS_TOTAL,
+];
+
+pub(crate) fn upstream_request(provider: &str, status: &str) {
+    metrics::counter!(UPSTREAM_REQUESTS_TOTAL, "provider" => provider.to_owned(), "status" => status.to_owned())
+        .increment(1);
+}

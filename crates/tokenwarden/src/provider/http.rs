@@ -1,0 +1,102 @@
+//! The outbound HTTP client for token endpoints: connect and total timeouts, no redirects,
+//! a cap on the response body, and the body read even on HTTP 200 (several providers send
+//! errors with 200).
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+
+use crate::provider::RefreshFailure;
+
+/// Outbound HTTP settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Default 5 s.
+    pub connect_timeout: Duration,
+    /// Whole request, body included. Default 15 s.
+    pub request_timeout: Duration,
+    /// Larger bodies are rejected as unparseable. Default 64 KiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A response read in full (up to the cap).
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// A shared HTTP client (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    client: reqwest::Client,
+    settings: HttpSettings,
+}
+
+impl HttpClient {
+    pub fn new(settings: HttpSettings) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self { client, settings })
+    }
+
+    /// The underlying client, to build requests.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn settings(&self) -> &HttpSettings {
+        &self.settings
+    }
+
+    /// Sends a request and reads the whole body, up to the cap. Transport problems and an
+    /// oversized body become transient [`RefreshFailure`]s; the messages never include the
+    /// URL's query (Instagram puts the token there) or the body.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<RawResponse, RefreshFailure> {
+        let mut response = request.send().await.map_err(transport_failure)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let cap = self.settings.max_body_bytes;
+        if response.content_length().is_some_and(|len| len > cap as u64) {
+            return Err(RefreshFailure::unparseable(status, format!("response body larger than {cap} bytes")));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport_failure)? {
+            if body.len() + chunk.len() > cap {
+                return Err(RefreshFailure::unparseable(status, format!("response body larger than {cap} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(RawResponse { status, headers, body })
+    }
+}
+
+fn transport_failure(error: reqwest::Error) -> RefreshFailure {
+    let timeout = error.is_timeout();
+    // Strip the URL: Instagram's refresh URL carries the access token in its query.
+    let error = error.without_url();
+    let kind = if timeout {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "reading the response failed"
+    } else {
+        "request failed"
+    };
+    RefreshFailure::transport(format!("{kind}: {error}"), timeout)
+}

@@ -1,0 +1,17 @@
+//! TODO: adapter.
+
+use crate::connection::ProviderName;
+use crate::provider::{HttpClient, ProviderConfig, ProviderConfigError};
+
+#[derive(Debug)]
+pub struct InstagramProvider;
+
+impl InstagramProvider {
+    pub fn new(
+        _name: ProviderName,
+        _config: &ProviderConfig,
+        _http: HttpClient,
+    ) -> Result<Self, ProviderConfigError> {
+        todo!()
+    }
+}

@@ -1,0 +1,1 @@
+//! Single flight: concurrent callers for one connection share one refresh.

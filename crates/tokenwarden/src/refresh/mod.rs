@@ -1,0 +1,57 @@
+//! The refresh machinery: retry policy and backoff, error classification, the per-provider
+//! circuit breaker and single flight. The orchestration that ties them to the store lives in
+//! `warden`; nothing here does I/O of its own.
+
+use std::time::Duration;
+
+pub mod breaker;
+pub mod classify;
+pub mod flight;
+pub mod policy;
+
+pub use breaker::{Breaker, BreakerConfig, BreakerState};
+pub use policy::RetryPolicy;
+
+/// Library-wide refresh settings (the `[refresh]` configuration section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshConfig {
+    /// Refresh when the token expires within this. Default 5 minutes.
+    pub threshold: Duration,
+    /// Default retry policy for refreshes (3 retries, 1 s, 10 s).
+    pub retry: RetryPolicy,
+    /// Ceiling on a provider's `Retry-After`. Default 60 s.
+    pub max_retry_after: Duration,
+    /// How long a token cached in memory is trusted before the store is read again, so a
+    /// change made by another process is seen within this bound. Default 5 s.
+    pub cache_ttl: Duration,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        Self {
+            threshold: Duration::from_secs(300),
+            retry: RetryPolicy::default(),
+            max_retry_after: Duration::from_secs(60),
+            cache_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Per-call overrides of the retry policy (the seed's `refreshToken` options).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefreshOptions {
+    pub max_retries: Option<u32>,
+    pub initial_delay: Option<Duration>,
+    pub max_delay: Option<Duration>,
+}
+
+impl RefreshOptions {
+    /// Applies these overrides to `base`.
+    pub fn apply(&self, base: &RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            max_retries: self.max_retries.unwrap_or(base.max_retries),
+            initial_delay: self.initial_delay.unwrap_or(base.initial_delay),
+            max_delay: self.max_delay.unwrap_or(base.max_delay),
+        }
+    }
+}

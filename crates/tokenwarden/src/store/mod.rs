@@ -1,0 +1,105 @@
+//! Persistence: the [`Store`] trait every backend implements, and its shared types.
+//!
+//! A store persists connections with their secrets sealed by the [`KeyRing`] it was built
+//! with (see `crypto`); callers hand it and get back plaintext [`Connection`]s. Writes that
+//! follow a refresh are compare-and-swap on [`ConnectionMeta::version`], so a refresh never
+//! overwrites an import or delete that happened while it ran. Every backend passes the
+//! conformance suite in `conformance` (run by each backend's tests).
+//!
+//! [`KeyRing`]: crate::crypto::KeyRing
+
+use async_trait::async_trait;
+
+use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, ProviderName, UserId};
+
+pub mod conformance;
+pub mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// Store failures. A database error is never reported as "not found".
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The connection does not exist (for writes that need it to).
+    #[error("connection not found")]
+    NotFound,
+    /// The connection changed since it was read (version mismatch).
+    #[error("connection was modified concurrently")]
+    Conflict,
+    /// A stored secret could not be decrypted (missing key, tampering).
+    #[error("stored secret could not be decrypted")]
+    Decrypt,
+    /// A list cursor that this store did not produce.
+    #[error("invalid cursor")]
+    BadCursor,
+    /// The database failed. The message never contains a secret.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+/// Whether a put created a connection or replaced one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    Replaced,
+}
+
+/// Filters and paging for [`Store::list`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub provider: Option<ProviderName>,
+    pub user_id: Option<UserId>,
+    pub status: Option<ConnectionStatus>,
+    /// Page size; stores clamp it to 1..=1000.
+    pub limit: u32,
+    /// Opaque cursor from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+}
+
+/// One page of connections, ordered by key.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub items: Vec<ConnectionMeta>,
+    /// Set when more items may follow.
+    pub next_cursor: Option<String>,
+}
+
+/// How many ciphertexts use each key id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    pub key_id: String,
+    pub ciphertexts: u64,
+}
+
+/// A connection store.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// The connection with decrypted secrets, or `None`.
+    async fn get(&self, key: &ConnectionKey) -> Result<Option<Connection>, StoreError>;
+
+    /// Creates or replaces a connection (an import). On replace, `created_at` is kept and
+    /// everything else comes from `conn`; the stored version moves past the old one. Returns
+    /// the stored connection's metadata.
+    async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError>;
+
+    /// Writes `conn` if the stored version still equals `conn.meta.version`, and returns the
+    /// stored metadata with the new version. `Conflict` when it changed, `NotFound` when it
+    /// was deleted. Durable (committed) when it returns.
+    async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError>;
+
+    /// Deletes a connection; false when there was none.
+    async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError>;
+
+    /// Lists connection metadata (no secrets, no decryption), ordered by key.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError>;
+
+    /// Connections per status.
+    async fn count_by_status(&self) -> Result<Vec<(ConnectionStatus, u64)>, StoreError>;
+
+    /// Ciphertexts per key id.
+    async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError>;
+
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

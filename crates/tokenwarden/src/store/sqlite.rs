@@ -1,0 +1,5 @@
+//! TODO: SQLite store.
+
+/// The embedded SQLite store.
+#[derive(Debug)]
+pub struct SqliteStore;
