@@ -33,7 +33,10 @@ pub struct TokioClock {
 
 impl TokioClock {
     pub fn new(start_wall: OffsetDateTime) -> Self {
-        Self { start_wall, start: tokio::time::Instant::now() }
+        Self {
+            start_wall,
+            start: tokio::time::Instant::now(),
+        }
     }
 }
 
@@ -53,17 +56,26 @@ impl ManualClock {
     }
 
     pub fn set(&self, now: OffsetDateTime) {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
     }
 
     pub fn advance(&self, by: std::time::Duration) {
-        let mut guard = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *guard += by;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -140,7 +140,11 @@ pub struct ConnectionKey {
 impl ConnectionKey {
     /// Builds a key from its three parts.
     pub fn new(user_id: UserId, provider: ProviderName, account_id: AccountId) -> Self {
-        Self { user_id, provider, account_id }
+        Self {
+            user_id,
+            provider,
+            account_id,
+        }
     }
 
     /// Validates three strings into a key.
@@ -211,8 +215,10 @@ pub struct ConnectionMeta {
     pub expires_at: Option<OffsetDateTime>,
     /// When the refresh token expires, when the provider says (`refresh_expires_in`).
     pub refresh_expires_at: Option<OffsetDateTime>,
-    /// When the current access token was obtained (import or refresh time).
-    pub issued_at: OffsetDateTime,
+    /// When the current access token was issued, if known: the refresh time, or the import
+    /// time when the application gave `expires_in`. Unknown for an import with only
+    /// `expires_at`, whose lifetime we cannot tell.
+    pub issued_at: Option<OffsetDateTime>,
     pub scopes: Vec<String>,
     pub metadata: serde_json::Value,
     pub status: ConnectionStatus,
@@ -229,8 +235,8 @@ pub struct ConnectionMeta {
 impl ConnectionMeta {
     /// The access token's whole lifetime, when it has an expiry after its issue time.
     pub fn lifetime(&self) -> Option<Duration> {
-        let expires_at = self.expires_at?;
-        Duration::try_from(expires_at - self.issued_at).ok().filter(|d| !d.is_zero())
+        let lifetime = self.expires_at? - self.issued_at?;
+        Duration::try_from(lifetime).ok().filter(|d| !d.is_zero())
     }
 }
 

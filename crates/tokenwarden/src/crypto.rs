@@ -53,8 +53,14 @@ impl KeyId {
     pub fn parse(value: &str) -> Result<Self, KeyError> {
         let ok = !value.is_empty()
             && value.len() <= 32
-            && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if ok { Ok(Self(value.to_owned())) } else { Err(KeyError::BadKeyId) }
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if ok {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(KeyError::BadKeyId)
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -94,7 +100,10 @@ impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut ids: Vec<&str> = self.ciphers.keys().map(KeyId::as_str).collect();
         ids.sort_unstable();
-        f.debug_struct("KeyRing").field("active", &self.active).field("key_ids", &ids).finish()
+        f.debug_struct("KeyRing")
+            .field("active", &self.active)
+            .field("key_ids", &ids)
+            .finish()
     }
 }
 
@@ -109,7 +118,9 @@ impl KeyRing {
         for (id, encoded) in keys {
             let id = KeyId::parse(id)?;
             let bytes = Zeroizing::new(
-                BASE64.decode(encoded.trim()).map_err(|_| KeyError::BadKey(id.0.clone()))?,
+                BASE64
+                    .decode(encoded.trim())
+                    .map_err(|_| KeyError::BadKey(id.0.clone()))?,
             );
             let cipher =
                 Aes256Gcm::new_from_slice(&bytes).map_err(|_| KeyError::BadKey(id.0.clone()))?;
@@ -147,7 +158,13 @@ impl KeyRing {
         let aad = associated_data(kid, key, field);
         // Encrypting into a Vec cannot fail for messages under GCM's 64 GiB limit.
         let sealed = cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad: &aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .unwrap_or_else(|_| unreachable!("AES-GCM encryption of a token cannot fail"));
         let mut out = Vec::with_capacity(2 + kid.len() + NONCE_LEN + sealed.len());
         out.push(ALG_AES256_GCM);
@@ -167,11 +184,20 @@ impl KeyRing {
     ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
         let parts = Envelope::parse(envelope).ok_or(DecryptError)?;
         let kid = std::str::from_utf8(parts.kid).map_err(|_| DecryptError)?;
-        let cipher = self.ciphers.get(&KeyId(kid.to_owned())).ok_or(DecryptError)?;
+        let cipher = self
+            .ciphers
+            .get(&KeyId(kid.to_owned()))
+            .ok_or(DecryptError)?;
         let nonce = Nonce::try_from(parts.nonce).map_err(|_| DecryptError)?;
         let aad = associated_data(parts.kid, key, field);
         cipher
-            .decrypt(&nonce, Payload { msg: parts.body, aad: &aad })
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: parts.body,
+                    aad: &aad,
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| DecryptError)
     }
@@ -282,7 +308,10 @@ mod tests {
         let old = ring("k1").seal(b"secret", &k, Field::AccessToken);
         let new_ring = ring("k2");
         assert!(new_ring.needs_reseal(&old));
-        assert_eq!(&*new_ring.open(&old, &k, Field::AccessToken).expect("opens"), b"secret");
+        assert_eq!(
+            &*new_ring.open(&old, &k, Field::AccessToken).expect("opens"),
+            b"secret"
+        );
         let resealed = new_ring.seal(b"secret", &k, Field::AccessToken);
         assert_eq!(envelope_key_id(&resealed), Some("k2"));
         assert!(!new_ring.needs_reseal(&resealed));

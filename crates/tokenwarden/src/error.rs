@@ -105,30 +105,47 @@ pub struct ErrorMeta {
     pub provider_error: Option<String>,
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+type SharedError = std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>;
 
-/// The library's error.
-#[derive(thiserror::Error)]
-#[error("{message}")]
-pub struct Error {
+/// The library's error. Boxed, so `Result<T, Error>` stays one pointer wide on the fast path.
+#[derive(Clone)]
+pub struct Error(Box<Inner>);
+
+#[derive(Clone)]
+struct Inner {
     code: ErrorCode,
     message: String,
     reconnect: bool,
     retry_after: Option<Duration>,
     meta: ErrorMeta,
-    #[source]
-    source: Option<BoxError>,
+    source: Option<SharedError>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = &self.0;
         f.debug_struct("Error")
-            .field("code", &self.code)
-            .field("message", &self.message)
-            .field("reconnect", &self.reconnect)
-            .field("retry_after", &self.retry_after)
-            .field("meta", &self.meta)
-            .field("source", &self.source.as_ref().map(ToString::to_string))
+            .field("code", &e.code)
+            .field("message", &e.message)
+            .field("reconnect", &e.reconnect)
+            .field("retry_after", &e.retry_after)
+            .field("meta", &e.meta)
+            .field("source", &e.source.as_ref().map(ToString::to_string))
             .finish()
     }
 }
@@ -137,66 +154,69 @@ impl Error {
     /// A new error; `reconnect` defaults to what the code implies.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let reconnect = matches!(code, ErrorCode::NoRefreshToken | ErrorCode::TokenExpired);
-        Self { code, message: message.into(), reconnect, retry_after: None, meta: ErrorMeta::default(), source: None }
+        Self(Box::new(Inner {
+            code,
+            message: message.into(),
+            reconnect,
+            retry_after: None,
+            meta: ErrorMeta::default(),
+            source: None,
+        }))
     }
 
     /// Sets whether the user must reconnect.
     #[must_use]
     pub fn with_reconnect(mut self, reconnect: bool) -> Self {
-        self.reconnect = reconnect;
+        self.0.reconnect = reconnect;
         self
     }
 
     /// Sets a retry-after hint.
     #[must_use]
     pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
-        self.retry_after = retry_after;
+        self.0.retry_after = retry_after;
         self
     }
 
     /// Replaces the metadata.
     #[must_use]
     pub fn with_meta(mut self, meta: ErrorMeta) -> Self {
-        self.meta = meta;
+        self.0.meta = meta;
         self
     }
 
     /// Attaches an underlying cause. Its `Display` must not contain a secret.
     #[must_use]
-    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        self.source = Some(source.into());
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.0.source = Some(std::sync::Arc::new(source));
         self
     }
 
     pub fn code(&self) -> ErrorCode {
-        self.code
+        self.0.code
     }
 
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// True when only the user can fix this, by reconnecting the account.
     pub fn reconnect(&self) -> bool {
-        self.reconnect
+        self.0.reconnect
     }
 
     /// When to try again, if known (breaker open, provider's Retry-After).
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        self.0.retry_after
     }
 
     pub fn meta(&self) -> &ErrorMeta {
-        &self.meta
-    }
-
-    pub(crate) fn meta_mut(&mut self) -> &mut ErrorMeta {
-        &mut self.meta
+        &self.0.meta
     }
 
     /// True when the provider's circuit breaker refused the call.
     pub fn is_circuit_open(&self) -> bool {
-        self.meta.failure == Some(FailureClass::CircuitOpen)
+        self.0.meta.failure == Some(FailureClass::CircuitOpen)
     }
 }
 

@@ -24,7 +24,9 @@ pub const ALL: [&str; 9] = [
     UPSTREAM_REQUESTS_TOTAL,
 ];
 
-pub(crate) fn upstream_request(provider: &str, status: &str) {
+/// Counts one upstream token-endpoint request (`status` is the HTTP status or
+/// `timeout` / `error`).
+pub fn upstream_request(provider: &str, status: &str) {
     metrics::counter!(UPSTREAM_REQUESTS_TOTAL, "provider" => provider.to_owned(), "status" => status.to_owned())
         .increment(1);
 }

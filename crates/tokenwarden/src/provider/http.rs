@@ -66,22 +66,38 @@ impl HttpClient {
     /// Sends a request and reads the whole body, up to the cap. Transport problems and an
     /// oversized body become transient [`RefreshFailure`]s; the messages never include the
     /// URL's query (Instagram puts the token there) or the body.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<RawResponse, RefreshFailure> {
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<RawResponse, RefreshFailure> {
         let mut response = request.send().await.map_err(transport_failure)?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let cap = self.settings.max_body_bytes;
-        if response.content_length().is_some_and(|len| len > cap as u64) {
-            return Err(RefreshFailure::unparseable(status, format!("response body larger than {cap} bytes")));
+        if response
+            .content_length()
+            .is_some_and(|len| len > cap as u64)
+        {
+            return Err(RefreshFailure::unparseable(
+                status,
+                format!("response body larger than {cap} bytes"),
+            ));
         }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(transport_failure)? {
             if body.len() + chunk.len() > cap {
-                return Err(RefreshFailure::unparseable(status, format!("response body larger than {cap} bytes")));
+                return Err(RefreshFailure::unparseable(
+                    status,
+                    format!("response body larger than {cap} bytes"),
+                ));
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(RawResponse { status, headers, body })
+        Ok(RawResponse {
+            status,
+            headers,
+            body,
+        })
     }
 }
 

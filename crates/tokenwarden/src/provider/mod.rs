@@ -56,7 +56,11 @@ pub struct RefreshFailure {
 pub enum FailureKind {
     /// The provider answered and refused. `error` is its OAuth `error` value (or Meta's
     /// `code`), `description` its sanitized description.
-    Rejected { status: u16, error: String, description: Option<String> },
+    Rejected {
+        status: u16,
+        error: String,
+        description: Option<String>,
+    },
     /// No usable answer: connect/read error or timeout.
     Transport { message: String, timeout: bool },
     /// An answer that could not be understood.
@@ -78,7 +82,11 @@ pub enum NotRefreshable {
 
 impl RefreshFailure {
     pub fn new(class: FailureClass, kind: FailureKind) -> Self {
-        Self { class, kind, retry_after: None }
+        Self {
+            class,
+            kind,
+            retry_after: None,
+        }
     }
 
     #[must_use]
@@ -89,12 +97,24 @@ impl RefreshFailure {
 
     /// A transport failure (always transient).
     pub fn transport(message: impl Into<String>, timeout: bool) -> Self {
-        Self::new(FailureClass::Transient, FailureKind::Transport { message: message.into(), timeout })
+        Self::new(
+            FailureClass::Transient,
+            FailureKind::Transport {
+                message: message.into(),
+                timeout,
+            },
+        )
     }
 
     /// An unparseable answer (always transient).
     pub fn unparseable(status: u16, message: impl Into<String>) -> Self {
-        Self::new(FailureClass::Transient, FailureKind::Unparseable { status, message: message.into() })
+        Self::new(
+            FailureClass::Transient,
+            FailureKind::Unparseable {
+                status,
+                message: message.into(),
+            },
+        )
     }
 
     /// The provider's error value, if it gave one.
@@ -119,7 +139,11 @@ impl RefreshFailure {
 impl fmt::Display for RefreshFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            FailureKind::Rejected { status, error, description } => {
+            FailureKind::Rejected {
+                status,
+                error,
+                description,
+            } => {
                 write!(f, "provider refused the refresh (HTTP {status}, {error})")?;
                 if let Some(d) = description {
                     write!(f, ": {d}")?;
@@ -238,7 +262,11 @@ pub trait Provider: Send + Sync + fmt::Debug {
     fn info(&self) -> ProviderInfo;
 
     /// Checks, without calling the provider, that `conn` can be refreshed at `now`.
-    fn check_refreshable(&self, conn: &Connection, now: OffsetDateTime) -> Result<(), NotRefreshable>;
+    fn check_refreshable(
+        &self,
+        conn: &Connection,
+        now: OffsetDateTime,
+    ) -> Result<(), NotRefreshable>;
 
     /// One refresh attempt. No retries here; the caller retries transient failures.
     async fn refresh(&self, conn: &Connection) -> Result<TokenResponse, RefreshFailure>;

@@ -24,15 +24,22 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self { failure_threshold: 5, open_for: Duration::from_secs(10) }
+        Self {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(10),
+        }
     }
 }
 
 /// An observable snapshot of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
-    Closed { consecutive_failures: u32 },
-    Open { retry_after: Duration },
+    Closed {
+        consecutive_failures: u32,
+    },
+    Open {
+        retry_after: Duration,
+    },
     /// One probe is in flight; everyone else fails fast.
     HalfOpen,
 }
@@ -89,18 +96,28 @@ impl Breaker {
     pub fn new(provider: impl Into<String>, config: BreakerConfig) -> Self {
         let provider = provider.into();
         metrics::gauge!(CIRCUIT_OPEN, "provider" => provider.clone()).set(0.0);
-        Self { provider, config, inner: Mutex::new(Inner::Closed { failures: 0 }) }
+        Self {
+            provider,
+            config,
+            inner: Mutex::new(Inner::Closed { failures: 0 }),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Asks to call the provider; `Err(retry_after)` while open.
     pub fn try_acquire(&self) -> Result<Permit<'_>, Duration> {
         let mut inner = self.lock();
         match *inner {
-            Inner::Closed { .. } => Ok(Permit { breaker: self, probe: false, done: false }),
+            Inner::Closed { .. } => Ok(Permit {
+                breaker: self,
+                probe: false,
+                done: false,
+            }),
             Inner::Open { until } => {
                 let now = Instant::now();
                 if now < until {
@@ -108,7 +125,11 @@ impl Breaker {
                 } else {
                     *inner = Inner::HalfOpen;
                     tracing::info!(provider = %self.provider, "circuit breaker half-open: probing");
-                    Ok(Permit { breaker: self, probe: true, done: false })
+                    Ok(Permit {
+                        breaker: self,
+                        probe: true,
+                        done: false,
+                    })
                 }
             }
             Inner::HalfOpen => Err(Duration::from_secs(1).min(self.config.open_for)),
@@ -118,10 +139,12 @@ impl Breaker {
     /// The current state.
     pub fn state(&self) -> BreakerState {
         match *self.lock() {
-            Inner::Closed { failures } => BreakerState::Closed { consecutive_failures: failures },
-            Inner::Open { until } => {
-                BreakerState::Open { retry_after: until.saturating_duration_since(Instant::now()) }
-            }
+            Inner::Closed { failures } => BreakerState::Closed {
+                consecutive_failures: failures,
+            },
+            Inner::Open { until } => BreakerState::Open {
+                retry_after: until.saturating_duration_since(Instant::now()),
+            },
             Inner::HalfOpen => BreakerState::HalfOpen,
         }
     }
@@ -134,14 +157,16 @@ impl Breaker {
             (Health::Down, Inner::Closed { failures }) => {
                 let failures = failures.saturating_add(1);
                 if failures >= self.config.failure_threshold {
-                    Inner::Open { until: Instant::now() + self.config.open_for }
+                    Inner::Open {
+                        until: Instant::now() + self.config.open_for,
+                    }
                 } else {
                     Inner::Closed { failures }
                 }
             }
-            (Health::Down, Inner::HalfOpen) if probe => {
-                Inner::Open { until: Instant::now() + self.config.open_for }
-            }
+            (Health::Down, Inner::HalfOpen) if probe => Inner::Open {
+                until: Instant::now() + self.config.open_for,
+            },
             // A non-probe attempt that started before the breaker opened: already open.
             (Health::Down, state) => state,
         };
@@ -154,8 +179,11 @@ impl Breaker {
             } else {
                 tracing::info!(provider = %self.provider, "circuit breaker closed");
             }
-            metrics::gauge!(CIRCUIT_OPEN, "provider" => self.provider.clone())
-                .set(if after_open { 1.0 } else { 0.0 });
+            metrics::gauge!(CIRCUIT_OPEN, "provider" => self.provider.clone()).set(if after_open {
+                1.0
+            } else {
+                0.0
+            });
         }
     }
 }
@@ -173,7 +201,9 @@ impl Drop for Permit<'_> {
         if self.probe && !self.done {
             let mut inner = self.breaker.lock();
             if matches!(*inner, Inner::HalfOpen) {
-                *inner = Inner::Open { until: Instant::now() };
+                *inner = Inner::Open {
+                    until: Instant::now(),
+                };
             }
         }
     }
@@ -184,7 +214,13 @@ mod tests {
     use super::*;
 
     fn breaker() -> Breaker {
-        Breaker::new("p", BreakerConfig { failure_threshold: 3, open_for: Duration::from_secs(10) })
+        Breaker::new(
+            "p",
+            BreakerConfig {
+                failure_threshold: 3,
+                open_for: Duration::from_secs(10),
+            },
+        )
     }
 
     #[tokio::test(start_paused = true)]
@@ -193,20 +229,33 @@ mod tests {
         for _ in 0..2 {
             b.try_acquire().expect("closed").record(Health::Down);
         }
-        assert_eq!(b.state(), BreakerState::Closed { consecutive_failures: 2 });
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed {
+                consecutive_failures: 2
+            }
+        );
         b.try_acquire().expect("closed").record(Health::Down);
         let retry = b.try_acquire().expect_err("open");
         assert_eq!(retry, Duration::from_secs(10));
 
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert_eq!(b.try_acquire().expect_err("still open"), Duration::from_secs(6));
+        assert_eq!(
+            b.try_acquire().expect_err("still open"),
+            Duration::from_secs(6)
+        );
 
         tokio::time::advance(Duration::from_secs(6)).await;
         let probe = b.try_acquire().expect("probe allowed");
         assert!(b.try_acquire().is_err(), "only one probe at a time");
         assert_eq!(b.state(), BreakerState::HalfOpen);
         probe.record(Health::Up);
-        assert_eq!(b.state(), BreakerState::Closed { consecutive_failures: 0 });
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed {
+                consecutive_failures: 0
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -217,7 +266,12 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(10)).await;
         b.try_acquire().expect("probe").record(Health::Down);
-        assert_eq!(b.state(), BreakerState::Open { retry_after: Duration::from_secs(10) });
+        assert_eq!(
+            b.state(),
+            BreakerState::Open {
+                retry_after: Duration::from_secs(10)
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -227,7 +281,12 @@ mod tests {
         b.try_acquire().expect("closed").record(Health::Down);
         b.try_acquire().expect("closed").record(Health::Up);
         b.try_acquire().expect("closed").record(Health::Down);
-        assert_eq!(b.state(), BreakerState::Closed { consecutive_failures: 1 });
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed {
+                consecutive_failures: 1
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,13 +15,27 @@ use crate::error::FailureClass;
 /// do not understand would throw away grants that may still be good.
 pub fn classify_oauth_error(error: &str, status: u16) -> FailureClass {
     match error {
-        "invalid_grant" | "access_denied" | "interaction_required" | "consent_required"
-        | "login_required" | "bad_refresh_token" | "invalid_refresh_token" | "token_revoked"
+        "invalid_grant"
+        | "access_denied"
+        | "interaction_required"
+        | "consent_required"
+        | "login_required"
+        | "bad_refresh_token"
+        | "invalid_refresh_token"
+        | "token_revoked"
         | "account_inactive" => FailureClass::Permanent,
-        "invalid_client" | "unauthorized_client" | "invalid_request" | "unsupported_grant_type"
-        | "invalid_scope" | "incorrect_client_credentials" | "invalid_client_id"
+        "invalid_client"
+        | "unauthorized_client"
+        | "invalid_request"
+        | "unsupported_grant_type"
+        | "invalid_scope"
+        | "incorrect_client_credentials"
+        | "invalid_client_id"
         | "bad_client_secret" => FailureClass::Configuration,
-        "temporarily_unavailable" | "server_error" | "rate_limit_exceeded" | "slow_down"
+        "temporarily_unavailable"
+        | "server_error"
+        | "rate_limit_exceeded"
+        | "slow_down"
         | "internal_error" => FailureClass::Transient,
         _ => classify_status(status),
     }
@@ -81,14 +95,38 @@ mod tests {
 
     #[test]
     fn oauth_errors() {
-        assert_eq!(classify_oauth_error("invalid_grant", 400), FailureClass::Permanent);
-        assert_eq!(classify_oauth_error("invalid_grant", 403), FailureClass::Permanent);
-        assert_eq!(classify_oauth_error("invalid_client", 401), FailureClass::Configuration);
-        assert_eq!(classify_oauth_error("unauthorized_client", 400), FailureClass::Configuration);
-        assert_eq!(classify_oauth_error("temporarily_unavailable", 400), FailureClass::Transient);
-        assert_eq!(classify_oauth_error("server_error", 200), FailureClass::Transient);
-        assert_eq!(classify_oauth_error("mystery", 503), FailureClass::Transient);
-        assert_eq!(classify_oauth_error("mystery", 400), FailureClass::Configuration);
+        assert_eq!(
+            classify_oauth_error("invalid_grant", 400),
+            FailureClass::Permanent
+        );
+        assert_eq!(
+            classify_oauth_error("invalid_grant", 403),
+            FailureClass::Permanent
+        );
+        assert_eq!(
+            classify_oauth_error("invalid_client", 401),
+            FailureClass::Configuration
+        );
+        assert_eq!(
+            classify_oauth_error("unauthorized_client", 400),
+            FailureClass::Configuration
+        );
+        assert_eq!(
+            classify_oauth_error("temporarily_unavailable", 400),
+            FailureClass::Transient
+        );
+        assert_eq!(
+            classify_oauth_error("server_error", 200),
+            FailureClass::Transient
+        );
+        assert_eq!(
+            classify_oauth_error("mystery", 503),
+            FailureClass::Transient
+        );
+        assert_eq!(
+            classify_oauth_error("mystery", 400),
+            FailureClass::Configuration
+        );
     }
 
     #[test]
@@ -107,9 +145,15 @@ mod tests {
             parse_retry_after("Thu, 26 Nov 2026 12:00:30 GMT", now),
             Some(Duration::from_secs(30))
         );
-        assert_eq!(parse_retry_after("Thu, 26 Nov 2026 11:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Thu, 26 Nov 2026 11:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_reset_header("12.5", now), Some(Duration::from_secs_f64(12.5)));
+        assert_eq!(
+            parse_reset_header("12.5", now),
+            Some(Duration::from_secs_f64(12.5))
+        );
         assert_eq!(parse_reset_header("-1", now), None);
         let abs = (now.unix_timestamp() + 20).to_string();
         assert_eq!(parse_reset_header(&abs, now), Some(Duration::from_secs(20)));

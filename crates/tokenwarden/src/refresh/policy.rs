@@ -31,13 +31,20 @@ impl RetryPolicy {
     /// The un-jittered delay before retry `n` (0-based): min(max_delay, initial·2ⁿ).
     pub fn base_delay(&self, n: u32) -> Duration {
         let factor = 2u32.checked_pow(n).unwrap_or(u32::MAX);
-        self.initial_delay.checked_mul(factor).unwrap_or(Duration::MAX).min(self.max_delay)
+        self.initial_delay
+            .checked_mul(factor)
+            .unwrap_or(Duration::MAX)
+            .min(self.max_delay)
     }
 
     /// The delay before retry `n`, jittered within [d/2, d] using `unit` ∈ [0, 1].
     pub fn jittered_delay(&self, n: u32, unit: f64) -> Duration {
         let d = self.base_delay(n);
-        let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 1.0 };
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
         d / 2 + (d / 2).mul_f64(unit)
     }
 

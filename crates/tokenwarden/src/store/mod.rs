@@ -10,11 +10,15 @@
 
 use async_trait::async_trait;
 
-use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, ProviderName, UserId};
+use crate::connection::{
+    Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, ProviderName, UserId,
+};
 
 pub mod conformance;
+pub mod memory;
 pub mod sqlite;
 
+pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
 /// Store failures. A database error is never reported as "not found".

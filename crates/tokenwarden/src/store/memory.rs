@@ -1,0 +1,212 @@
+//! An in-memory [`Store`], for embedding in tests and for trying the library out. It keeps
+//! secrets sealed like the persistent backends do, so it exercises the same key ring paths,
+//! but nothing survives the process.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, Tokens};
+use crate::crypto::{Field, KeyRing, envelope_key_id};
+use crate::secret::{AccessToken, RefreshToken};
+use crate::store::{KeyUsage, ListPage, ListQuery, PutOutcome, Store, StoreError};
+
+#[derive(Debug, Clone)]
+struct Row {
+    meta: ConnectionMeta,
+    access_token: Vec<u8>,
+    refresh_token: Option<Vec<u8>>,
+}
+
+/// A store that lives in memory.
+#[derive(Debug)]
+pub struct MemoryStore {
+    keys: Arc<KeyRing>,
+    rows: Mutex<BTreeMap<ConnectionKey, Row>>,
+}
+
+impl MemoryStore {
+    pub fn new(keys: Arc<KeyRing>) -> Self {
+        Self {
+            keys,
+            rows: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<ConnectionKey, Row>> {
+        self.rows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn seal(&self, conn: &Connection, meta: ConnectionMeta) -> Row {
+        let key = conn.key();
+        Row {
+            access_token: self.keys.seal(
+                conn.tokens.access_token.expose_secret().as_bytes(),
+                key,
+                Field::AccessToken,
+            ),
+            refresh_token: conn.tokens.refresh_token.as_ref().map(|rt| {
+                self.keys
+                    .seal(rt.expose_secret().as_bytes(), key, Field::RefreshToken)
+            }),
+            meta: ConnectionMeta {
+                has_refresh_token: conn.tokens.refresh_token.is_some(),
+                ..meta
+            },
+        }
+    }
+
+    fn open(&self, row: &Row) -> Result<Connection, StoreError> {
+        let key = &row.meta.key;
+        let access = self
+            .keys
+            .open_string(&row.access_token, key, Field::AccessToken)
+            .map_err(|_| StoreError::Decrypt)?;
+        let refresh = match &row.refresh_token {
+            Some(sealed) => Some(RefreshToken::new(
+                self.keys
+                    .open_string(sealed, key, Field::RefreshToken)
+                    .map_err(|_| StoreError::Decrypt)?,
+            )),
+            None => None,
+        };
+        Ok(Connection {
+            meta: row.meta.clone(),
+            tokens: Tokens {
+                access_token: AccessToken::new(access),
+                refresh_token: refresh,
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn get(&self, key: &ConnectionKey) -> Result<Option<Connection>, StoreError> {
+        let row = self.rows().get(key).cloned();
+        row.map(|row| self.open(&row)).transpose()
+    }
+
+    async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
+        let mut rows = self.rows();
+        let previous = rows.get(conn.key());
+        let (outcome, created_at, version) = match previous {
+            Some(old) => (
+                PutOutcome::Replaced,
+                old.meta.created_at,
+                old.meta.version + 1,
+            ),
+            None => (PutOutcome::Created, conn.meta.created_at, 1),
+        };
+        let meta = ConnectionMeta {
+            created_at,
+            version,
+            ..conn.meta.clone()
+        };
+        let row = self.seal(conn, meta);
+        let meta = row.meta.clone();
+        rows.insert(conn.key().clone(), row);
+        Ok((meta, outcome))
+    }
+
+    async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
+        let mut rows = self.rows();
+        let current = rows.get(conn.key()).ok_or(StoreError::NotFound)?;
+        if current.meta.version != conn.meta.version {
+            return Err(StoreError::Conflict);
+        }
+        let meta = ConnectionMeta {
+            created_at: current.meta.created_at,
+            version: conn.meta.version + 1,
+            ..conn.meta.clone()
+        };
+        let row = self.seal(conn, meta);
+        let meta = row.meta.clone();
+        rows.insert(conn.key().clone(), row);
+        Ok(meta)
+    }
+
+    async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+        Ok(self.rows().remove(key).is_some())
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        let limit = match query.limit {
+            0 => 100,
+            n => n.min(1000),
+        } as usize;
+        let after: Option<ConnectionKey> = match &query.cursor {
+            Some(cursor) => Some(
+                URL_SAFE_NO_PAD
+                    .decode(cursor)
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                    .ok_or(StoreError::BadCursor)?,
+            ),
+            None => None,
+        };
+        let rows = self.rows();
+        let mut items: Vec<ConnectionMeta> = rows
+            .iter()
+            .filter(|(key, _)| after.as_ref().is_none_or(|after| *key > after))
+            .map(|(_, row)| &row.meta)
+            .filter(|m| query.provider.as_ref().is_none_or(|p| &m.key.provider == p))
+            .filter(|m| query.user_id.as_ref().is_none_or(|u| &m.key.user_id == u))
+            .filter(|m| query.status.is_none_or(|s| m.status == s))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items
+                .last()
+                .and_then(|m| serde_json::to_vec(&m.key).ok())
+                .map(|b| URL_SAFE_NO_PAD.encode(b))
+        } else {
+            None
+        };
+        Ok(ListPage { items, next_cursor })
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(ConnectionStatus, u64)>, StoreError> {
+        let rows = self.rows();
+        let mut active = 0;
+        let mut reconnect = 0;
+        for row in rows.values() {
+            match row.meta.status {
+                ConnectionStatus::Active => active += 1,
+                ConnectionStatus::NeedsReconnect => reconnect += 1,
+            }
+        }
+        Ok(vec![
+            (ConnectionStatus::Active, active),
+            (ConnectionStatus::NeedsReconnect, reconnect),
+        ])
+    }
+
+    async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for row in self.rows().values() {
+            for sealed in std::iter::once(&row.access_token).chain(row.refresh_token.as_ref()) {
+                let id = envelope_key_id(sealed).unwrap_or("unknown").to_owned();
+                *counts.entry(id).or_default() += 1;
+            }
+        }
+        Ok(counts
+            .into_iter()
+            .map(|(key_id, ciphertexts)| KeyUsage {
+                key_id,
+                ciphertexts,
+            })
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
