@@ -1,0 +1,651 @@
+//! The HTTP API v1 (SPEC.md's table), the unauthenticated operational routes, and the OpenAPI
+//! document generated from these handlers.
+//!
+//! Handlers only translate: they validate input into the library's types, call
+//! [`tokenwarden::Warden`], and turn the result into a view or an [`ApiError`]. Every
+//! extractor is taken as a `Result` so that no client input reaches axum's default
+//! plain-text rejections: all errors share the JSON error body.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokenwarden::store::ListQuery;
+use tokenwarden::{
+    AccountId, ConnectionKey, ConnectionStatus, ImportRequest, ProviderName, RefreshOptions, UserId,
+};
+use utoipa::OpenApi;
+
+use crate::app::App;
+use crate::config::{MAX_DELAY_MS_LIMIT, MAX_RETRIES_LIMIT, redact_quoted};
+use crate::error::{ApiError, ErrorBody};
+use crate::views::{
+    AccessTokenView, ConnectionList, ConnectionView, Health, ImportBody, ProviderList,
+    ProviderView, RefreshBody, rfc3339,
+};
+
+/// Longest accepted `expires_in` / `refresh_expires_in`: ten years, far beyond any provider.
+const MAX_EXPIRES_IN_S: u64 = 10 * 366 * 86_400;
+/// Default page size of `GET /v1/connections`.
+const DEFAULT_LIST_LIMIT: u32 = 100;
+const MAX_LIST_LIMIT: u32 = 1000;
+const MAX_SCOPES: usize = 1000;
+
+type ConnPath = Result<Path<(String, String, String)>, PathRejection>;
+type Body = Result<Bytes, BytesRejection>;
+
+/// Rejects requests without a configured API key.
+pub async fn require_api_key(State(app): State<App>, request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if app.api_keys().check_header(header) {
+        next.run(request).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+/// Validates the path into a key of a configured provider.
+fn connection_key(app: &App, path: ConnPath) -> Result<ConnectionKey, ApiError> {
+    let Path((user_id, provider, account_id)) =
+        path.map_err(|e| ApiError::invalid("path", redact_quoted(&e.body_text())))?;
+    let user_id = UserId::parse(user_id).map_err(|e| ApiError::invalid_message(e.to_string()))?;
+    let account_id =
+        AccountId::parse(account_id).map_err(|e| ApiError::invalid_message(e.to_string()))?;
+    let provider = configured_provider(app, &provider)?;
+    Ok(ConnectionKey::new(user_id, provider, account_id))
+}
+
+/// A provider name that is configured; any other name (valid or not) is UNKNOWN_PROVIDER.
+fn configured_provider(app: &App, provider: &str) -> Result<ProviderName, ApiError> {
+    ProviderName::parse(provider)
+        .ok()
+        .filter(|name| app.warden().provider(name).is_some())
+        .ok_or_else(|| ApiError::unknown_provider(provider))
+}
+
+/// Parses a JSON body, naming the failing field. Values are never echoed (they may be tokens).
+fn parse_json<T: DeserializeOwned>(app: &App, body: Body) -> Result<T, ApiError> {
+    let bytes = read_body(app, body)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid("body", "a JSON object is required"));
+    }
+    json_from_bytes(&bytes)
+}
+
+fn read_body(app: &App, body: Body) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(app.max_body_bytes())
+        } else {
+            ApiError::invalid("body", "could not be read")
+        }
+    })
+}
+
+fn json_from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." || path.is_empty() {
+            "body".to_owned()
+        } else {
+            path
+        };
+        ApiError::invalid(&field, redact_quoted(&e.inner().to_string()))
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid("body", redact_quoted(&e.to_string())))?;
+    Ok(value)
+}
+
+/// Keeps the connection gauge current after a write; a failure only delays it.
+async fn refresh_gauges(app: &App) {
+    if let Err(error) = app.warden().update_connection_gauges().await {
+        tracing::warn!(error = %error, "could not update the connections gauge");
+    }
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/users/{user_id}/connections/{provider}/{account_id}",
+    tag = "connections",
+    params(
+        ("user_id" = String, Path, description = "your identifier for the user"),
+        ("provider" = String, Path, description = "a configured provider name"),
+        ("account_id" = String, Path, description = "the account at the provider"),
+    ),
+    request_body = ImportBody,
+    responses(
+        (status = 201, description = "created", body = ConnectionView),
+        (status = 200, description = "replaced", body = ConnectionView),
+        (status = 400, description = "INVALID_REQUEST or UNKNOWN_PROVIDER", body = ErrorBody),
+        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+/// Creates or replaces a connection from tokens the application holds.
+pub async fn put_connection(
+    State(app): State<App>,
+    path: ConnPath,
+    body: Body,
+) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
+    let key = connection_key(&app, path)?;
+    let body: ImportBody = parse_json(&app, body)?;
+    let request = import_request(body, OffsetDateTime::now_utc())?;
+    let (meta, outcome) = app.warden().import(key, request).await?;
+    refresh_gauges(&app).await;
+    let status = match outcome {
+        tokenwarden::store::PutOutcome::Created => StatusCode::CREATED,
+        tokenwarden::store::PutOutcome::Replaced => StatusCode::OK,
+    };
+    Ok((status, Json(ConnectionView::from(&meta))))
+}
+
+/// Parses and validates an import document (the CLI's `connections import` uses this too).
+pub fn parse_import(bytes: &[u8], now: OffsetDateTime) -> Result<ImportRequest, ApiError> {
+    import_request(json_from_bytes(bytes)?, now)
+}
+
+/// Validates an import body into the library's request.
+pub fn import_request(body: ImportBody, now: OffsetDateTime) -> Result<ImportRequest, ApiError> {
+    if body.access_token.is_empty() {
+        return Err(ApiError::invalid("access_token", "must not be empty"));
+    }
+    if body
+        .refresh_token
+        .as_ref()
+        .is_some_and(tokenwarden::RefreshToken::is_empty)
+    {
+        return Err(ApiError::invalid(
+            "refresh_token",
+            "must not be empty when given",
+        ));
+    }
+    let issued_at = body.expires_in.map(|_| now);
+    let expires_at = match (body.expires_in, body.expires_at) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "expires_at",
+                "give expires_in or expires_at, not both",
+            ));
+        }
+        (Some(secs), None) => Some(after(now, "expires_in", secs)?),
+        (None, Some(at)) => Some(
+            OffsetDateTime::parse(&at, &Rfc3339)
+                .map_err(|_| ApiError::invalid("expires_at", "must be an RFC 3339 date-time"))?,
+        ),
+        (None, None) => None,
+    };
+    let refresh_expires_at = body
+        .refresh_expires_in
+        .map(|secs| after(now, "refresh_expires_in", secs))
+        .transpose()?;
+    if let Some(token_type) = &body.token_type
+        && (token_type.is_empty()
+            || token_type.len() > 64
+            || !token_type.chars().all(|c| c.is_ascii_graphic()))
+    {
+        return Err(ApiError::invalid(
+            "token_type",
+            "must be 1-64 printable characters",
+        ));
+    }
+    let scopes = body.scopes.unwrap_or_default();
+    if scopes.len() > MAX_SCOPES {
+        return Err(ApiError::invalid(
+            "scopes",
+            format!("at most {MAX_SCOPES} scopes"),
+        ));
+    }
+    let metadata = match body.metadata {
+        None | Some(serde_json::Value::Null) => serde_json::Value::Object(serde_json::Map::new()),
+        Some(value @ serde_json::Value::Object(_)) => value,
+        Some(_) => return Err(ApiError::invalid("metadata", "must be a JSON object")),
+    };
+    Ok(ImportRequest {
+        access_token: body.access_token,
+        refresh_token: body.refresh_token,
+        expires_at,
+        refresh_expires_at,
+        issued_at,
+        token_type: body.token_type,
+        scopes,
+        metadata,
+    })
+}
+
+fn after(now: OffsetDateTime, field: &str, secs: u64) -> Result<OffsetDateTime, ApiError> {
+    if secs > MAX_EXPIRES_IN_S {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be ≤ {MAX_EXPIRES_IN_S} seconds"),
+        ));
+    }
+    let secs = i64::try_from(secs).map_err(|_| ApiError::invalid(field, "too large"))?;
+    now.checked_add(time::Duration::seconds(secs))
+        .ok_or_else(|| ApiError::invalid(field, "too large"))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/connections/{provider}/{account_id}",
+    tag = "connections",
+    params(("user_id" = String, Path), ("provider" = String, Path), ("account_id" = String, Path)),
+    responses(
+        (status = 200, body = ConnectionView),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+/// A connection's view (no secrets).
+pub async fn get_connection(
+    State(app): State<App>,
+    path: ConnPath,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let key = connection_key(&app, path)?;
+    let meta = app.warden().connection(&key).await?;
+    Ok(Json(ConnectionView::from(&meta)))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/connections/{provider}/{account_id}/access-token",
+    tag = "connections",
+    params(("user_id" = String, Path), ("provider" = String, Path), ("account_id" = String, Path)),
+    responses(
+        (status = 200, description = "a valid access token", body = AccessTokenView),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN",
+            body = ErrorBody),
+        (status = 502, description = "TOKEN_REFRESH_ERROR", body = ErrorBody),
+        (status = 503, description = "TOKEN_REFRESH_ERROR while the breaker is open",
+            body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+/// A valid access token, refreshed first when needed.
+pub async fn get_access_token(
+    State(app): State<App>,
+    path: ConnPath,
+) -> Result<Response, ApiError> {
+    let key = connection_key(&app, path)?;
+    let grant = app.warden().access_token(&key).await?;
+    let view = AccessTokenView {
+        access_token: grant.access_token.expose_secret().to_owned(),
+        token_type: grant.token_type,
+        expires_at: grant.expires_at.map(rfc3339),
+    };
+    let mut response = Json(view).into_response();
+    // A token must not land in a shared or browser cache.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/users/{user_id}/connections/{provider}/{account_id}/refresh",
+    tag = "connections",
+    params(("user_id" = String, Path), ("provider" = String, Path), ("account_id" = String, Path)),
+    request_body(content = Option<RefreshBody>, description = "optional retry overrides"),
+    responses(
+        (status = 200, description = "refreshed", body = ConnectionView),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 502, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+/// Forces a refresh and returns the updated connection.
+pub async fn refresh_connection(
+    State(app): State<App>,
+    path: ConnPath,
+    body: Body,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let key = connection_key(&app, path)?;
+    let bytes = read_body(&app, body)?;
+    let body: RefreshBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RefreshBody::default()
+    } else {
+        json_from_bytes(&bytes)?
+    };
+    let options = refresh_options(&app, &body)?;
+    let result = app.warden().refresh_token(&key, options).await;
+    refresh_gauges(&app).await;
+    Ok(Json(ConnectionView::from(&result?)))
+}
+
+fn refresh_options(app: &App, body: &RefreshBody) -> Result<RefreshOptions, ApiError> {
+    if let Some(n) = body.max_retries
+        && n > MAX_RETRIES_LIMIT
+    {
+        return Err(ApiError::invalid(
+            "max_retries",
+            format!("must be ≤ {MAX_RETRIES_LIMIT}"),
+        ));
+    }
+    for (field, value) in [
+        ("initial_delay_ms", body.initial_delay_ms),
+        ("max_delay_ms", body.max_delay_ms),
+    ] {
+        if let Some(ms) = value
+            && !(1..=MAX_DELAY_MS_LIMIT).contains(&ms)
+        {
+            return Err(ApiError::invalid(
+                field,
+                format!("must be 1-{MAX_DELAY_MS_LIMIT}"),
+            ));
+        }
+    }
+    let base = app.refresh_policy();
+    let initial = body.initial_delay_ms.map(Duration::from_millis);
+    let max = body.max_delay_ms.map(Duration::from_millis);
+    if initial.unwrap_or(base.initial_delay) > max.unwrap_or(base.max_delay) {
+        return Err(ApiError::invalid(
+            "initial_delay_ms",
+            "must be ≤ max_delay_ms",
+        ));
+    }
+    Ok(RefreshOptions {
+        max_retries: body.max_retries,
+        initial_delay: initial,
+        max_delay: max,
+    })
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{user_id}/connections/{provider}/{account_id}",
+    tag = "connections",
+    params(("user_id" = String, Path), ("provider" = String, Path), ("account_id" = String, Path)),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+/// Deletes a connection (revoking it upstream where the provider supports it).
+pub async fn delete_connection(
+    State(app): State<App>,
+    path: ConnPath,
+) -> Result<StatusCode, ApiError> {
+    let key = connection_key(&app, path)?;
+    let deleted = app.warden().delete(&key).await?;
+    if !deleted {
+        return Err(ApiError::not_found(key.account_id.as_str()));
+    }
+    refresh_gauges(&app).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/connections",
+    tag = "connections",
+    params(
+        ("provider" = Option<String>, Query, description = "a configured provider"),
+        ("user_id" = Option<String>, Query),
+        ("status" = Option<String>, Query, description = "active or needs_reconnect"),
+        ("limit" = Option<u32>, Query, description = "1-1000, default 100"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses((status = 200, body = ConnectionList), (status = 400, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+/// Lists connections, paginated.
+pub async fn list_connections(
+    State(app): State<App>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<ConnectionList>, ApiError> {
+    let Query(params) =
+        query.map_err(|e| ApiError::invalid("query", redact_quoted(&e.body_text())))?;
+    let mut list = ListQuery {
+        limit: DEFAULT_LIST_LIMIT,
+        ..ListQuery::default()
+    };
+    for (name, value) in params {
+        match name.as_str() {
+            "provider" => list.provider = Some(configured_provider(&app, &value)?),
+            "user_id" => {
+                list.user_id = Some(
+                    UserId::parse(value).map_err(|e| ApiError::invalid_message(e.to_string()))?,
+                );
+            }
+            "status" => {
+                list.status = Some(ConnectionStatus::parse(&value).ok_or_else(|| {
+                    ApiError::invalid("status", "must be active or needs_reconnect")
+                })?);
+            }
+            "limit" => {
+                list.limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::invalid("limit", format!("must be an integer 1-{MAX_LIST_LIMIT}"))
+                    })?;
+            }
+            "cursor" => {
+                if value.is_empty() || value.len() > 1024 {
+                    return Err(ApiError::invalid(
+                        "cursor",
+                        "is not a cursor from this server",
+                    ));
+                }
+                list.cursor = Some(value);
+            }
+            other => {
+                let shown: String = other.chars().filter(|c| !c.is_control()).take(64).collect();
+                return Err(ApiError::invalid(
+                    "query",
+                    format!(
+                        "unknown parameter `{shown}` (provider, user_id, status, limit, cursor)"
+                    ),
+                ));
+            }
+        }
+    }
+    let page = app.warden().list(&list).await?;
+    Ok(Json(ConnectionList {
+        items: page.items.iter().map(ConnectionView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/providers",
+    tag = "providers",
+    responses((status = 200, body = ProviderList), (status = 401, body = ErrorBody)),
+    security(("api_key" = []))
+)]
+/// Configured providers (no secrets) with their circuit breaker state.
+pub async fn list_providers(State(app): State<App>) -> Json<ProviderList> {
+    let providers = app
+        .warden()
+        .providers()
+        .into_iter()
+        .map(|info| {
+            let state = ProviderName::parse(info.name.as_str())
+                .ok()
+                .and_then(|n| app.warden().breaker_state(&n));
+            ProviderView::new(info, state)
+        })
+        .collect();
+    Json(ProviderList { providers })
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "the process is up", body = Health)))]
+/// Liveness: the process answers.
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+    })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, description = "database down", body = Health)))]
+/// Readiness: the database answers.
+pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Health>) {
+    match app.warden().store().ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ok".to_owned(),
+            }),
+        ),
+        Err(error) => {
+            tracing::warn!(error = %error, "readiness check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(Health {
+                    status: "unavailable".to_owned(),
+                }),
+            )
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String)))]
+/// Prometheus metrics.
+pub async fn metrics(State(app): State<App>) -> Response {
+    let body = app.metrics().render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The OpenAPI document.
+pub async fn openapi_json() -> Response {
+    match ApiDoc::openapi().to_json() {
+        Ok(json) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            json,
+        )
+            .into_response(),
+        Err(_) => ApiError::internal("could not render the OpenAPI document").into_response(),
+    }
+}
+
+/// Any other path: a JSON 404 instead of an empty body.
+pub async fn fallback(request: Request) -> Response {
+    let path: String = request.uri().path().chars().take(200).collect();
+    let mut response =
+        ApiError::invalid_message(format!("no route for {} {path}", request.method()))
+            .into_response();
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+}
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The OpenAPI document of the API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tokenwarden", description = "Self-hosted OAuth token broker: HTTP API v1"),
+    paths(
+        put_connection, get_connection, get_access_token, refresh_connection, delete_connection,
+        list_connections, list_providers, healthz, readyz, metrics
+    ),
+    components(schemas(
+        ConnectionView, crate::views::LastErrorView, ConnectionList, AccessTokenView, ImportBody,
+        RefreshBody, ProviderView, crate::views::BreakerView, ProviderList, Health, ErrorBody,
+        crate::error::ErrorObject
+    )),
+    modifiers(&SecurityAddon)
+)]
+pub struct ApiDoc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> ImportBody {
+        json_from_bytes(json.as_bytes()).expect("parses")
+    }
+
+    #[test]
+    fn import_validation_names_fields() {
+        let now = OffsetDateTime::now_utc();
+        let err = import_request(body(r#"{"access_token": ""}"#), now).expect_err("empty");
+        assert_eq!(err.code(), "INVALID_REQUEST");
+        let err = import_request(
+            body(r#"{"access_token":"a","expires_in":5,"expires_at":"2026-01-01T00:00:00Z"}"#),
+            now,
+        )
+        .expect_err("both");
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert!(import_request(body(r#"{"access_token":"a","metadata":[1]}"#), now).is_err());
+        assert!(import_request(body(r#"{"access_token":"a","expires_at":"soon"}"#), now).is_err());
+        let ok = import_request(
+            body(r#"{"access_token":"a","expires_at":"2020-01-01T00:00:00Z","scopes":["x"]}"#),
+            now,
+        )
+        .expect("past expiry is allowed");
+        assert_eq!(ok.scopes, vec!["x".to_owned()]);
+        assert!(ok.metadata.is_object());
+    }
+
+    #[test]
+    fn wrong_types_name_the_field_without_the_value() {
+        let Err(err) =
+            json_from_bytes::<ImportBody>(br#"{"access_token": "tok", "expires_in": "s3cret"}"#)
+        else {
+            panic!("must fail");
+        };
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn openapi_lists_every_route() {
+        let doc = ApiDoc::openapi().to_json().expect("renders");
+        for path in [
+            "/v1/connections",
+            "/v1/providers",
+            "/access-token",
+            "/refresh",
+            "/readyz",
+        ] {
+            assert!(doc.contains(path), "{path}");
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The application: a [`Warden`] built from configuration, the accepted API keys and the
+//! metrics handle, plus [`run`], which serves it until a shutdown future resolves.
+//!
+//! `run` takes its listener and shutdown signal as arguments (mini-redis's shape) so tests
+//! start the real app on `127.0.0.1:0` and stop it deterministically. Background tasks
+//! (metrics upkeep, the connections gauge) are owned by `run` and stopped with it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, header};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokenwarden::provider::{self, HttpClient};
+use tokenwarden::refresh::RetryPolicy;
+use tokenwarden::store::Store;
+use tokenwarden::{KeyRing, ProviderName, Warden};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+use crate::api;
+use crate::auth::ApiKeys;
+use crate::config::{Config, ConfigError};
+
+/// Why the app could not start. Messages name keys and paths, never values.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("database: {0}")]
+    Store(String),
+    #[error("outbound HTTP client: {0}")]
+    Http(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The running application's shared state (cheap to clone).
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    warden: Warden,
+    api_keys: ApiKeys,
+    metrics: PrometheusHandle,
+    config: Config,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("api_keys", &self.inner.api_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Builds the app from a validated configuration.
+    pub async fn build(config: Config, metrics: PrometheusHandle) -> Result<Self, StartError> {
+        let api_keys = ApiKeys::from_config(config.auth.api_keys.iter().map(|k| k.expose_secret()))
+            .map_err(|message| ConfigError::key("auth.api_keys", message))?;
+        crate::telemetry::register_known_series(config.providers.keys().map(String::as_str));
+        let warden = build_warden(&config).await?;
+        if let Err(error) = warden.update_connection_gauges().await {
+            tracing::warn!(error = %error, "could not compute the connections gauge");
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                warden,
+                api_keys,
+                metrics,
+                config,
+            }),
+        })
+    }
+
+    pub fn warden(&self) -> &Warden {
+        &self.inner.warden
+    }
+
+    pub fn api_keys(&self) -> &ApiKeys {
+        &self.inner.api_keys
+    }
+
+    pub fn metrics(&self) -> &PrometheusHandle {
+        &self.inner.metrics
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.inner.config.server.max_body_bytes
+    }
+
+    /// The configured default retry policy (request overrides are checked against it).
+    pub fn refresh_policy(&self) -> RetryPolicy {
+        self.inner.config.refresh_config().retry
+    }
+
+    /// All routes with their middleware.
+    pub fn router(&self) -> Router {
+        let v1 = Router::new()
+            .route(
+                "/v1/users/{user_id}/connections/{provider}/{account_id}",
+                get(api::get_connection)
+                    .put(api::put_connection)
+                    .delete(api::delete_connection),
+            )
+            .route(
+                "/v1/users/{user_id}/connections/{provider}/{account_id}/access-token",
+                get(api::get_access_token),
+            )
+            .route(
+                "/v1/users/{user_id}/connections/{provider}/{account_id}/refresh",
+                axum::routing::post(api::refresh_connection),
+            )
+            .route("/v1/connections", get(api::list_connections))
+            .route("/v1/providers", get(api::list_providers))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                api::require_api_key,
+            ));
+
+        let trace = TraceLayer::new_for_http()
+            .make_span_with(|request: &Request<_>| {
+                let request_id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                // Path only: no headers (Authorization), no query, no body.
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    request_id = %request_id,
+                )
+            })
+            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
+
+        Router::new()
+            .merge(v1)
+            .route("/healthz", get(api::healthz))
+            .route("/readyz", get(api::readyz))
+            .route("/metrics", get(api::metrics))
+            .route("/openapi.json", get(api::openapi_json))
+            .fallback(api::fallback)
+            .layer(DefaultBodyLimit::max(self.max_body_bytes()))
+            .layer(
+                ServiceBuilder::new()
+                    .layer(SetSensitiveRequestHeadersLayer::new([
+                        header::AUTHORIZATION,
+                    ]))
+                    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                    .layer(trace)
+                    .layer(PropagateRequestIdLayer::x_request_id()),
+            )
+            .with_state(self.clone())
+    }
+}
+
+/// Builds the library's [`Warden`] from configuration: key ring, store, providers, settings.
+/// The CLI uses this too, so both see the same database the same way.
+pub async fn build_warden(config: &Config) -> Result<Warden, StartError> {
+    let active = config
+        .encryption
+        .active_key
+        .as_deref()
+        .ok_or_else(|| ConfigError::key("encryption.active_key", "required"))?;
+    let keys = KeyRing::from_base64(
+        active,
+        config
+            .encryption
+            .keys
+            .iter()
+            .map(|(id, key)| (id.as_str(), key.expose_secret())),
+    )
+    .map_err(|e| ConfigError::key("encryption", e.to_string()))?;
+    let store = connect_store(&config.database_url, Arc::new(keys)).await?;
+    let http =
+        HttpClient::new(config.http_settings()).map_err(|e| StartError::Http(e.to_string()))?;
+    let mut providers = Vec::with_capacity(config.providers.len());
+    for (name, provider_config) in &config.providers {
+        let parsed = ProviderName::parse(name.as_str())
+            .map_err(|e| ConfigError::key(format!("providers.{name}"), e.to_string()))?;
+        let built = provider::build(parsed, provider_config, http.clone()).map_err(|e| {
+            ConfigError::key(format!("providers.{}.{}", e.provider, e.key), e.message)
+        })?;
+        providers.push(built);
+    }
+    Ok(Warden::builder(store)
+        .providers(providers)
+        .refresh_config(config.refresh_config())
+        .breaker_config(config.breaker_config())
+        .build())
+}
+
+/// Opens the store named by `database_url`, creating the SQLite file's directory if needed.
+async fn connect_store(
+    database_url: &str,
+    keys: Arc<KeyRing>,
+) -> Result<Arc<dyn Store>, StartError> {
+    if let Some(path) = sqlite_path(database_url)
+        && let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        crate::bootstrap::create_private_dir(parent)
+            .map_err(|e| StartError::Io(format!("creating {}: {e}", parent.display())))?;
+    }
+    // MERGE-STORE: placeholder until SqliteStore::connect lands on main.
+    let _ = keys;
+    Err(StartError::Store(
+        "the SQLite store is not in this build yet".to_owned(),
+    ))
+}
+
+/// The file path of a `sqlite:` URL (`None` for in-memory databases).
+pub fn sqlite_path(database_url: &str) -> Option<std::path::PathBuf> {
+    let rest = database_url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let rest = rest.split('?').next().unwrap_or(rest);
+    if rest.is_empty() || rest == ":memory:" {
+        return None;
+    }
+    Some(std::path::PathBuf::from(rest))
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish
+/// for up to `server.shutdown_timeout_seconds`.
+pub async fn run(
+    listener: TcpListener,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(upkeep_loop(app.metrics().clone(), stop_rx.clone()));
+    let gauge_every = Duration::from_secs(app.config().server.gauge_interval_seconds);
+    tasks.spawn(gauge_loop(
+        app.warden().clone(),
+        gauge_every,
+        stop_rx.clone(),
+    ));
+
+    let grace = Duration::from_secs(app.config().server.shutdown_timeout_seconds);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(addr = %addr, "listening");
+    }
+    let mut graceful = stop_rx.clone();
+    let server = axum::serve(listener, app.router()).with_graceful_shutdown(async move {
+        let _ = graceful.wait_for(|stop| *stop).await;
+    });
+    let stopper = async {
+        shutdown.await;
+        tracing::info!(
+            grace_s = grace.as_secs(),
+            "shutting down: draining in-flight requests"
+        );
+        let _ = stop_tx.send(true);
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        result = async { server.await } => result,
+        () = stopper => {
+            tracing::warn!("shutdown timeout reached with requests still in flight");
+            Ok(())
+        }
+    };
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("stopped");
+    result
+}
+
+/// Without the exporter's HTTP listener nobody else drains histograms: do it every 5 s.
+async fn upkeep_loop(handle: PrometheusHandle, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Recomputes `tokenwarden_connections{status}`: other instances and the CLI write too.
+async fn gauge_loop(warden: Warden, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(error) = warden.update_connection_gauges().await {
+                    tracing::warn!(error = %error, "could not update the connections gauge");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite://tokenwarden-data/tokenwarden.db"),
+            Some("tokenwarden-data/tokenwarden.db".into())
+        );
+        assert_eq!(
+            sqlite_path("sqlite:///abs/x.db?mode=rwc"),
+            Some("/abs/x.db".into())
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+    }
+}

@@ -1,0 +1,737 @@
+//! Configuration: one TOML file plus `TOKENWARDEN_*` environment overrides, validated at start.
+//!
+//! Loading goes file → `toml::Table` → environment merged into that table → typed [`Config`]
+//! → [`Config::validate`]. Merging before deserializing means every key has exactly one
+//! override form (`TOKENWARDEN_` + the key path in upper case, sections joined by `__`) and
+//! unknown keys are rejected the same way whether they came from the file or the environment.
+//! Errors name the key, never the value: configuration holds secrets.
+//!
+//! This module does not create files; the embedded first-run default lives in `bootstrap`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokenwarden::provider::{HttpSettings, ProviderConfig};
+use tokenwarden::refresh::RetryPolicy;
+use tokenwarden::{BreakerConfig, ProviderName, RefreshConfig};
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "TOKENWARDEN_";
+
+/// Largest `max_retries` accepted in configuration and in a refresh request.
+pub const MAX_RETRIES_LIMIT: u32 = 10;
+/// Largest retry delay accepted in configuration and in a refresh request, in milliseconds.
+pub const MAX_DELAY_MS_LIMIT: u64 = 60_000;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:8420`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Default `sqlite://tokenwarden-data/tokenwarden.db`.
+    #[serde(default = "default_database_url")]
+    pub database_url: String,
+    #[serde(default)]
+    pub encryption: EncryptionSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub refresh: RefreshSection,
+    #[serde(default)]
+    pub breaker: BreakerSection,
+    #[serde(default)]
+    pub scheduler: SchedulerSection,
+    /// Extension: limits of the HTTP server itself.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Extension: timeouts of calls to providers.
+    #[serde(default)]
+    pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+/// `[encryption]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSection {
+    /// Key id new ciphertexts use. Required with a configuration file.
+    #[serde(default)]
+    pub active_key: Option<String>,
+    /// Key id → base64 of 32 bytes. Every id still in use must stay listed.
+    #[serde(default)]
+    pub keys: BTreeMap<String, ConfigSecret>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Plain keys or `sha256:<hex>`. Required with a configuration file.
+    #[serde(default)]
+    pub api_keys: Vec<ConfigSecret>,
+}
+
+/// `[refresh]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefreshSection {
+    pub threshold_seconds: u64,
+    pub max_retries: u32,
+    pub initial_delay_ms: u64,
+    pub max_delay_ms: u64,
+    pub max_retry_after_seconds: u64,
+}
+
+impl Default for RefreshSection {
+    fn default() -> Self {
+        Self {
+            threshold_seconds: 300,
+            max_retries: 3,
+            initial_delay_ms: 1000,
+            max_delay_ms: 10_000,
+            max_retry_after_seconds: 60,
+        }
+    }
+}
+
+/// `[breaker]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSection {
+    pub failure_threshold: u32,
+    pub open_seconds: u64,
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_seconds: 10,
+        }
+    }
+}
+
+/// `[scheduler]`: parsed and validated now; the scheduler itself comes later.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSection {
+    pub enabled: bool,
+    pub lead_seconds: u64,
+    pub max_retry_delay_seconds: u64,
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            lead_seconds: 600,
+            max_retry_delay_seconds: 600,
+        }
+    }
+}
+
+/// `[server]` (extension).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Largest accepted request body. Default 64 KiB.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT. Default 30 s.
+    pub shutdown_timeout_seconds: u64,
+    /// How often the `tokenwarden_connections` gauge is recomputed. Default 60 s.
+    pub gauge_interval_seconds: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            shutdown_timeout_seconds: 30,
+            gauge_interval_seconds: 60,
+        }
+    }
+}
+
+/// `[upstream]` (extension): outbound calls to token endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSection {
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        let d = HttpSettings::default();
+        Self {
+            connect_timeout_ms: u64::try_from(d.connect_timeout.as_millis()).unwrap_or(5000),
+            request_timeout_ms: u64::try_from(d.request_timeout.as_millis()).unwrap_or(15_000),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8420))
+}
+
+fn default_database_url() -> String {
+    "sqlite://tokenwarden-data/tokenwarden.db".to_owned()
+}
+
+/// A secret configuration value: redacted in `Debug`, never displayed.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct ConfigSecret(String);
+
+impl ConfigSecret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself; every caller is a place the secret leaves its box.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ConfigSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// A configuration problem. It names the key (or file, or variable), never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key}: {message}")]
+    Key { key: String, message: String },
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+impl ConfigError {
+    pub fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where the configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file (given with `--config` or `TOKENWARDEN_CONFIG`).
+    File(PathBuf),
+    /// No file: defaults plus environment; `bootstrap` fills in keys from the data dir.
+    Embedded,
+}
+
+/// Reads `path` (if any), merges `env` overrides and deserializes. Does not validate.
+pub fn load(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut table = match path {
+        Some(path) => read_table(path)?,
+        None => toml::Table::new(),
+    };
+    merge_env(&mut table, env)?;
+    from_table(table)
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    text.parse::<toml::Table>().map_err(|e| {
+        // toml's Display quotes the offending source line, which may hold a secret: report
+        // only the message and the line number.
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let message = match line {
+            Some(line) => format!("line {line}: {}", e.message()),
+            None => e.message().to_owned(),
+        };
+        ConfigError::File {
+            path: path.to_owned(),
+            message,
+        }
+    })
+}
+
+/// Deserializes a merged table into a [`Config`], naming the key on error.
+pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." || path.is_empty() {
+            "config".to_owned()
+        } else {
+            path
+        };
+        ConfigError::key(key, redact_quoted(&e.inner().to_string()))
+    })
+}
+
+/// Removes `"..."` spans from a serde message: serde quotes offending string values there.
+pub fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_quote = false;
+    for c in message.chars() {
+        match (c, in_quote) {
+            ('"', false) => {
+                in_quote = true;
+                out.push_str("<redacted>");
+            }
+            ('"', true) => in_quote = false,
+            (c, false) => out.push(c),
+            (_, true) => {}
+        }
+    }
+    out
+}
+
+/// Top-level keys an environment variable may override. Other `TOKENWARDEN_*` variables
+/// (`TOKENWARDEN_CONFIG`, `TOKENWARDEN_DATA_DIR`, test variables) are not configuration keys.
+const TOP_LEVEL_KEYS: [&str; 10] = [
+    "listen",
+    "database_url",
+    "encryption",
+    "auth",
+    "refresh",
+    "breaker",
+    "scheduler",
+    "server",
+    "upstream",
+    "providers",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnvKind {
+    Str,
+    Int,
+    Bool,
+    List,
+}
+
+/// The type a key needs, so `"5"` from the environment becomes an integer where one is needed
+/// and a numeric-looking secret stays a string.
+fn env_kind(path: &[String]) -> EnvKind {
+    let path: Vec<&str> = path.iter().map(String::as_str).collect();
+    match path.as_slice() {
+        ["auth", "api_keys"] => EnvKind::List,
+        ["scheduler", "enabled"] => EnvKind::Bool,
+        [
+            "refresh" | "breaker" | "scheduler" | "server" | "upstream",
+            _,
+        ] => EnvKind::Int,
+        ["providers", _, "rate_limit_per_second"] => EnvKind::Int,
+        _ => EnvKind::Str,
+    }
+}
+
+/// Merges `TOKENWARDEN_<PATH>` variables into `table`.
+pub fn merge_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    // Deterministic order, so a conflict between two variables is reported the same way.
+    vars.sort();
+    for (name, value) in vars {
+        let rest = &name[ENV_PREFIX.len()..];
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if !TOP_LEVEL_KEYS.contains(&path[0].as_str()) {
+            continue;
+        }
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::key(
+                name,
+                "empty key segment (use `__` between sections)",
+            ));
+        }
+        let parsed = match env_kind(&path) {
+            EnvKind::Str => toml::Value::String(value),
+            EnvKind::Int => value
+                .trim()
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| ConfigError::key(&name, "expected an integer"))?,
+            EnvKind::Bool => match value.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => toml::Value::Boolean(true),
+                "false" | "0" | "no" => toml::Value::Boolean(false),
+                _ => return Err(ConfigError::key(&name, "expected true or false")),
+            },
+            EnvKind::List => toml::Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            ),
+        };
+        set_path(table, &path, parsed).map_err(|message| ConfigError::key(&name, message))?;
+    }
+    Ok(())
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut current = table;
+    for (i, segment) in parents.iter().enumerate() {
+        let entry = current
+            .entry(segment.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{} is not a section", path[..=i].join(".")))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+impl Config {
+    /// The `[refresh]` section as the library's settings.
+    pub fn refresh_config(&self) -> RefreshConfig {
+        let r = &self.refresh;
+        RefreshConfig {
+            threshold: Duration::from_secs(r.threshold_seconds),
+            retry: RetryPolicy {
+                max_retries: r.max_retries,
+                initial_delay: Duration::from_millis(r.initial_delay_ms),
+                max_delay: Duration::from_millis(r.max_delay_ms),
+            },
+            max_retry_after: Duration::from_secs(r.max_retry_after_seconds),
+            ..RefreshConfig::default()
+        }
+    }
+
+    /// The `[breaker]` section as the library's settings.
+    pub fn breaker_config(&self) -> BreakerConfig {
+        BreakerConfig {
+            failure_threshold: self.breaker.failure_threshold,
+            open_for: Duration::from_secs(self.breaker.open_seconds),
+        }
+    }
+
+    /// Outbound HTTP settings for provider calls.
+    pub fn http_settings(&self) -> HttpSettings {
+        HttpSettings {
+            connect_timeout: Duration::from_millis(self.upstream.connect_timeout_ms),
+            request_timeout: Duration::from_millis(self.upstream.request_timeout_ms),
+            ..HttpSettings::default()
+        }
+    }
+
+    /// Checks every value, returning the first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let r = &self.refresh;
+        range(
+            "refresh.threshold_seconds",
+            r.threshold_seconds,
+            0,
+            30 * 86_400,
+        )?;
+        range(
+            "refresh.max_retries",
+            u64::from(r.max_retries),
+            0,
+            u64::from(MAX_RETRIES_LIMIT),
+        )?;
+        range(
+            "refresh.initial_delay_ms",
+            r.initial_delay_ms,
+            1,
+            MAX_DELAY_MS_LIMIT,
+        )?;
+        range(
+            "refresh.max_delay_ms",
+            r.max_delay_ms,
+            1,
+            MAX_DELAY_MS_LIMIT,
+        )?;
+        if r.initial_delay_ms > r.max_delay_ms {
+            return Err(ConfigError::key(
+                "refresh.initial_delay_ms",
+                "must be ≤ refresh.max_delay_ms",
+            ));
+        }
+        range(
+            "refresh.max_retry_after_seconds",
+            r.max_retry_after_seconds,
+            1,
+            3600,
+        )?;
+        range(
+            "breaker.failure_threshold",
+            u64::from(self.breaker.failure_threshold),
+            1,
+            10_000,
+        )?;
+        range("breaker.open_seconds", self.breaker.open_seconds, 1, 86_400)?;
+        range(
+            "scheduler.lead_seconds",
+            self.scheduler.lead_seconds,
+            1,
+            30 * 86_400,
+        )?;
+        range(
+            "scheduler.max_retry_delay_seconds",
+            self.scheduler.max_retry_delay_seconds,
+            1,
+            86_400,
+        )?;
+        let max_body = u64::try_from(self.server.max_body_bytes).unwrap_or(u64::MAX);
+        range("server.max_body_bytes", max_body, 1024, 16 * 1024 * 1024)?;
+        range(
+            "server.shutdown_timeout_seconds",
+            self.server.shutdown_timeout_seconds,
+            0,
+            3600,
+        )?;
+        range(
+            "server.gauge_interval_seconds",
+            self.server.gauge_interval_seconds,
+            1,
+            86_400,
+        )?;
+        range(
+            "upstream.connect_timeout_ms",
+            self.upstream.connect_timeout_ms,
+            1,
+            120_000,
+        )?;
+        range(
+            "upstream.request_timeout_ms",
+            self.upstream.request_timeout_ms,
+            1,
+            600_000,
+        )?;
+
+        if !self.database_url.starts_with("sqlite:") {
+            let message = if self.database_url.starts_with("postgres") {
+                "PostgreSQL is not supported by this build yet; use sqlite://PATH"
+            } else {
+                "must start with sqlite:"
+            };
+            return Err(ConfigError::key("database_url", message));
+        }
+
+        self.validate_encryption()?;
+        self.validate_auth()?;
+        for name in self.providers.keys() {
+            ProviderName::parse(name.as_str()).map_err(|_| {
+                ConfigError::key(
+                    format!("providers.{name}"),
+                    "provider names must be 1-64 characters of a-z, 0-9, '_' or '-'",
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn validate_encryption(&self) -> Result<(), ConfigError> {
+        let e = &self.encryption;
+        if e.keys.is_empty() {
+            return Err(ConfigError::key(
+                "encryption.keys",
+                "at least one key is required (generate one with `tokenwarden keys generate`)",
+            ));
+        }
+        let Some(active) = &e.active_key else {
+            return Err(ConfigError::key("encryption.active_key", "required"));
+        };
+        if !e.keys.contains_key(active) {
+            return Err(ConfigError::key(
+                "encryption.active_key",
+                "names a key id that is not in encryption.keys",
+            ));
+        }
+        for (id, key) in &e.keys {
+            tokenwarden::KeyRing::from_base64(id, [(id.as_str(), key.expose_secret())]).map_err(
+                |_| {
+                    ConfigError::key(
+                        format!("encryption.keys.{id}"),
+                        "key ids must be 1-32 characters of A-Z a-z 0-9 _ - . and keys base64 \
+                         of exactly 32 bytes",
+                    )
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        if self.auth.api_keys.is_empty() {
+            return Err(ConfigError::key(
+                "auth.api_keys",
+                "at least one API key is required (plain or sha256:<hex>)",
+            ));
+        }
+        for (i, key) in self.auth.api_keys.iter().enumerate() {
+            crate::auth::parse_configured_key(key.expose_secret())
+                .map_err(|message| ConfigError::key(format!("auth.api_keys[{i}]"), message))?;
+        }
+        Ok(())
+    }
+}
+
+fn range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min {
+        Err(ConfigError::key(key, format!("must be ≥ {min}")))
+    } else if value > max {
+        Err(ConfigError::key(key, format!("must be ≤ {max}")))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_spec() {
+        let c = load(None, env(&[])).expect("defaults load");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8420");
+        assert_eq!(c.database_url, "sqlite://tokenwarden-data/tokenwarden.db");
+        assert_eq!(c.refresh.max_retries, 3);
+        assert_eq!(c.refresh.initial_delay_ms, 1000);
+        assert_eq!(c.breaker.failure_threshold, 5);
+        assert!(c.scheduler.enabled);
+    }
+
+    #[test]
+    fn env_overrides_are_typed_by_key() {
+        let c = load(
+            None,
+            env(&[
+                ("TOKENWARDEN_REFRESH__MAX_RETRIES", "5"),
+                ("TOKENWARDEN_SCHEDULER__ENABLED", "false"),
+                (
+                    "TOKENWARDEN_AUTH__API_KEYS",
+                    "aaaaaaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbbbbbb",
+                ),
+                ("TOKENWARDEN_PROVIDERS__TIKTOK__KIND", "tiktok"),
+                ("TOKENWARDEN_PROVIDERS__TIKTOK__CLIENT_SECRET", "12345"),
+                ("TOKENWARDEN_PROVIDERS__TIKTOK__RATE_LIMIT_PER_SECOND", "7"),
+                ("TOKENWARDEN_CONFIG", "/ignored"),
+                ("TOKENWARDEN_TEST_POSTGRES_URL", "postgres://ignored"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(c.refresh.max_retries, 5);
+        assert!(!c.scheduler.enabled);
+        assert_eq!(c.auth.api_keys.len(), 2);
+        let tiktok = &c.providers["tiktok"];
+        assert_eq!(tiktok.rate_limit_per_second, Some(7));
+        assert_eq!(
+            tiktok.client_secret.as_ref().map(|s| s.expose_secret()),
+            Some("12345")
+        );
+    }
+
+    #[test]
+    fn env_overrides_file_values() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[refresh]\nmax_retries = 2\nmax_delay_ms = 500\n").expect("write");
+        let c = load(
+            Some(&path),
+            env(&[("TOKENWARDEN_REFRESH__MAX_RETRIES", "4")]),
+        )
+        .expect("ok");
+        assert_eq!(c.refresh.max_retries, 4);
+        assert_eq!(c.refresh.max_delay_ms, 500);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let err = load(None, env(&[("TOKENWARDEN_REFRESH__MAX_RETRIEZ", "1")])).expect_err("bad");
+        assert!(err.to_string().contains("max_retriez"), "{err}");
+        let mut t = toml::Table::new();
+        t.insert("nope".into(), toml::Value::Integer(1));
+        assert!(from_table(t).is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key_not_the_value() {
+        let err = load(None, env(&[("TOKENWARDEN_REFRESH__MAX_RETRIES", "s3cr3t")]))
+            .expect_err("not a number");
+        let text = err.to_string();
+        assert!(text.contains("TOKENWARDEN_REFRESH__MAX_RETRIES"), "{text}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+
+        let err = load(
+            None,
+            env(&[("TOKENWARDEN_PROVIDERS__X__KIND", "sup3rsecret")]),
+        )
+        .expect_err("bad kind");
+        let text = err.to_string();
+        assert!(text.starts_with("providers.x.kind"), "{text}");
+        assert!(!text.contains("sup3rsecret"), "{text}");
+    }
+
+    #[test]
+    fn validation_names_keys() {
+        let mut c = load(None, env(&[])).expect("defaults");
+        c.encryption.active_key = Some("k1".into());
+        c.encryption.keys.insert(
+            "k1".into(),
+            ConfigSecret::new(tokenwarden::KeyRing::generate_key_base64()),
+        );
+        c.auth
+            .api_keys
+            .push(ConfigSecret::new("0123456789abcdef-key"));
+        c.validate().expect("valid");
+        c.refresh.max_retries = 11;
+        assert_eq!(
+            c.validate().expect_err("too many").to_string(),
+            "refresh.max_retries: must be ≤ 10"
+        );
+        c.refresh.max_retries = 3;
+        c.encryption
+            .keys
+            .insert("k2".into(), ConfigSecret::new("bm90LWEta2V5"));
+        let text = c.validate().expect_err("bad key").to_string();
+        assert!(text.starts_with("encryption.keys.k2"), "{text}");
+        assert!(!text.contains("bm90LWEta2V5"));
+    }
+
+    #[test]
+    fn file_syntax_errors_do_not_quote_the_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[auth]\napi_keys = [\"hunter2hunter2\"\n").expect("write");
+        let text = load(Some(&path), env(&[])).expect_err("syntax").to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn redact_quoted_strips_values() {
+        assert_eq!(
+            redact_quoted("invalid type: string \"abc\", expected u32"),
+            "invalid type: string <redacted>, expected u32"
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! The API's error responses: every library [`ErrorCode`] and the server's own codes mapped to
+//! an HTTP status and SPEC.md's error body. Nothing here may carry a secret: messages come from
+//! the library (which guarantees that) or from the server's own validation.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tokenwarden::{Error, ErrorCode};
+use utoipa::ToSchema;
+
+/// The server-only code for authentication failures.
+pub const UNAUTHORIZED: &str = "UNAUTHORIZED";
+
+/// An error as the API returns it.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    reconnect: bool,
+    retry_after: Option<Duration>,
+    details: serde_json::Map<String, serde_json::Value>,
+    /// True for errors raised by the server itself; the library counts its own errors in
+    /// `tokenwarden_errors_total`, so those must not be counted twice.
+    count_here: bool,
+}
+
+/// `{"error": {...}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorObject,
+}
+
+/// The error object of every non-2xx answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorObject {
+    /// Stable code: ACCOUNT_NOT_FOUND, NO_REFRESH_TOKEN, TOKEN_REFRESH_ERROR, TOKEN_EXPIRED,
+    /// NO_ACCESS_TOKEN, GET_TOKEN_ERROR, UNAUTHORIZED, INVALID_REQUEST, UNKNOWN_PROVIDER.
+    pub code: String,
+    pub message: String,
+    /// True only when the user must reconnect the account.
+    pub reconnect: bool,
+    /// Seconds to wait before trying again, when known.
+    pub retry_after_s: Option<u64>,
+    /// Context: account_id, provider, attempts, duration_ms, failure, provider_error, field.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            reconnect: false,
+            retry_after: None,
+            details: serde_json::Map::new(),
+            count_here: true,
+        }
+    }
+
+    /// 400 INVALID_REQUEST about `field`.
+    pub fn invalid(field: &str, message: impl std::fmt::Display) -> Self {
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest.as_str(),
+            format!("{field}: {message}"),
+        );
+        e.details.insert("field".into(), field.into());
+        e
+    }
+
+    /// 400 INVALID_REQUEST whose message already names the field.
+    pub fn invalid_message(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest.as_str(),
+            message,
+        )
+    }
+
+    /// 413 INVALID_REQUEST for an oversized body.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::InvalidRequest.as_str(),
+            format!("request body is larger than {limit} bytes"),
+        )
+    }
+
+    /// 400 UNKNOWN_PROVIDER.
+    pub fn unknown_provider(provider: &str) -> Self {
+        // Echo the name only when it is a plausible one; it is client input.
+        let shown: String = provider
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(64)
+            .collect();
+        let mut e = Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::UnknownProvider.as_str(),
+            format!("provider `{shown}` is not configured"),
+        );
+        e.details.insert("provider".into(), shown.into());
+        e
+    }
+
+    /// 404 ACCOUNT_NOT_FOUND.
+    pub fn not_found(account_id: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::AccountNotFound.as_str(),
+            "no such connection for this user",
+        );
+        e.details.insert("account_id".into(), account_id.into());
+        e
+    }
+
+    /// 401 UNAUTHORIZED.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            UNAUTHORIZED,
+            "missing or invalid API key (send `Authorization: Bearer <key>`)",
+        )
+    }
+
+    /// 500 GET_TOKEN_ERROR for a server-side failure whose detail must not reach the client.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::GetTokenError.as_str(),
+            message,
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// The HTTP status for a library error.
+pub fn status_for(error: &Error) -> StatusCode {
+    match error.code() {
+        ErrorCode::AccountNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::NoRefreshToken | ErrorCode::TokenExpired | ErrorCode::NoAccessToken => {
+            StatusCode::CONFLICT
+        }
+        ErrorCode::TokenRefreshError if error.is_circuit_open() => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::TokenRefreshError => StatusCode::BAD_GATEWAY,
+        ErrorCode::InvalidRequest | ErrorCode::UnknownProvider => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let status = status_for(&error);
+        let meta = error.meta();
+        let mut details = serde_json::Map::new();
+        details.insert("account_id".into(), meta.account_id.clone().into());
+        details.insert("attempts".into(), meta.attempts.into());
+        details.insert(
+            "duration_ms".into(),
+            meta.duration
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .into(),
+        );
+        if let Some(provider) = &meta.provider {
+            details.insert("provider".into(), provider.clone().into());
+        }
+        if let Some(failure) = meta.failure {
+            details.insert("failure".into(), failure.as_str().into());
+        }
+        if let Some(provider_error) = &meta.provider_error {
+            details.insert("provider_error".into(), provider_error.clone().into());
+        }
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            // Database and decryption problems: the library's message is safe but unhelpful
+            // to clients and may describe internals; the log has the detail.
+            tracing::error!(code = %error.code(), error = %error, "request failed");
+            "internal error while handling the connection".to_owned()
+        } else {
+            error.message().to_owned()
+        };
+        Self {
+            status,
+            code: error.code().as_str(),
+            message,
+            reconnect: error.reconnect(),
+            retry_after: error.retry_after(),
+            details,
+            count_here: false,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.count_here {
+            metrics::counter!(tokenwarden::metrics::ERRORS_TOTAL, "code" => self.code).increment(1);
+        }
+        // Round up: a client that waits the advertised time must not arrive early.
+        let retry_after_s = self.retry_after.map(|d| {
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            secs.max(1)
+        });
+        let body = ErrorBody {
+            error: ErrorObject {
+                code: self.code.to_owned(),
+                message: self.message,
+                reconnect: self.reconnect,
+                retry_after_s,
+                details: self.details,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let (StatusCode::SERVICE_UNAVAILABLE, Some(secs)) = (self.status, retry_after_s) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenwarden::{ErrorMeta, FailureClass};
+
+    #[test]
+    fn every_code_has_its_status() {
+        let cases = [
+            (ErrorCode::AccountNotFound, 404),
+            (ErrorCode::NoRefreshToken, 409),
+            (ErrorCode::TokenRefreshError, 502),
+            (ErrorCode::TokenExpired, 409),
+            (ErrorCode::NoAccessToken, 409),
+            (ErrorCode::GetTokenError, 500),
+            (ErrorCode::InvalidRequest, 400),
+            (ErrorCode::UnknownProvider, 400),
+        ];
+        assert_eq!(cases.len(), ErrorCode::ALL.len());
+        for (code, status) in cases {
+            assert_eq!(
+                status_for(&Error::new(code, "x")).as_u16(),
+                status,
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn open_breaker_is_503_with_retry_after() {
+        let meta = ErrorMeta {
+            failure: Some(FailureClass::CircuitOpen),
+            ..ErrorMeta::default()
+        };
+        let error = Error::new(ErrorCode::TokenRefreshError, "breaker open")
+            .with_meta(meta)
+            .with_retry_after(Some(Duration::from_millis(2500)));
+        let response = ApiError::from(error).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+}

@@ -1,0 +1,19 @@
+//! The tokenwarden server: the HTTP API, configuration, metrics and command line over the
+//! `tokenwarden` library.
+//!
+//! This crate is glue: it owns no refresh logic and no storage. `main.rs` only parses the
+//! command line and calls [`cli::execute`]; integration tests build an [`App`] and serve it
+//! with [`run`] on `127.0.0.1:0`.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod bootstrap;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod telemetry;
+pub mod views;
+
+pub use app::{App, StartError, build_warden, run};
+pub use config::Config;

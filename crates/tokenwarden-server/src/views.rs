@@ -1,0 +1,222 @@
+//! JSON shapes of the API: request bodies and response views.
+//!
+//! Views are built from the library's secret-free types ([`ConnectionMeta`], provider info),
+//! so a token cannot reach one by accident; the access-token response is the one deliberate
+//! exception. Request bodies deserialize secrets straight into the library's secret types.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokenwarden::provider::ProviderInfo;
+use tokenwarden::{AccessToken, BreakerState, ConnectionMeta, RefreshToken};
+use utoipa::ToSchema;
+
+/// RFC 3339 in UTC, or `None` for the rare time that cannot be formatted.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+fn opt_rfc3339(t: Option<OffsetDateTime>) -> Option<String> {
+    t.map(rfc3339)
+}
+
+/// A connection, without secrets.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionView {
+    pub user_id: String,
+    pub provider: String,
+    pub account_id: String,
+    /// `active` or `needs_reconnect`.
+    pub status: String,
+    pub token_type: String,
+    /// RFC 3339; null when the provider gave no expiry.
+    pub expires_at: Option<String>,
+    pub refresh_expires_at: Option<String>,
+    pub has_refresh_token: bool,
+    pub last_refreshed_at: Option<String>,
+    pub consecutive_failures: u32,
+    pub last_error: Option<LastErrorView>,
+    pub scopes: Vec<String>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The last refresh failure.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LastErrorView {
+    pub code: String,
+    pub message: String,
+    pub at: String,
+}
+
+impl From<&ConnectionMeta> for ConnectionView {
+    fn from(m: &ConnectionMeta) -> Self {
+        Self {
+            user_id: m.key.user_id.to_string(),
+            provider: m.key.provider.to_string(),
+            account_id: m.key.account_id.to_string(),
+            status: m.status.as_str().to_owned(),
+            token_type: m.token_type.clone(),
+            expires_at: opt_rfc3339(m.expires_at),
+            refresh_expires_at: opt_rfc3339(m.refresh_expires_at),
+            has_refresh_token: m.has_refresh_token,
+            last_refreshed_at: opt_rfc3339(m.last_refreshed_at),
+            consecutive_failures: m.consecutive_failures,
+            last_error: m.last_error.as_ref().map(|e| LastErrorView {
+                code: e.code.clone(),
+                message: e.message.clone(),
+                at: rfc3339(e.at),
+            }),
+            scopes: m.scopes.clone(),
+            metadata: m.metadata.clone(),
+            created_at: rfc3339(m.created_at),
+            updated_at: rfc3339(m.updated_at),
+        }
+    }
+}
+
+/// `GET /v1/connections`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionList {
+    pub items: Vec<ConnectionView>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET .../access-token`.
+#[derive(Serialize, ToSchema)]
+pub struct AccessTokenView {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_at: Option<String>,
+}
+
+/// `PUT .../{account_id}`: tokens the application holds.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportBody {
+    /// Non-empty.
+    #[schema(value_type = String)]
+    pub access_token: AccessToken,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub refresh_token: Option<RefreshToken>,
+    /// Seconds from now. Not together with `expires_at`.
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    /// RFC 3339; may be in the past (an expired token to refresh). Not with `expires_in`.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// Extension: seconds until the refresh token expires, when the provider said.
+    #[serde(default)]
+    pub refresh_expires_in: Option<u64>,
+    /// Extension: default `Bearer`.
+    #[serde(default)]
+    pub token_type: Option<String>,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// A JSON object.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// `POST .../refresh` (all optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshBody {
+    /// 0..=10.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// 1..=60000, ≤ max_delay_ms.
+    #[serde(default)]
+    pub initial_delay_ms: Option<u64>,
+    /// 1..=60000.
+    #[serde(default)]
+    pub max_delay_ms: Option<u64>,
+}
+
+/// A configured provider (no secrets) with its circuit breaker.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderView {
+    pub name: String,
+    /// instagram, tiktok, reddit or oauth2.
+    pub kind: String,
+    pub token_url: String,
+    pub auth_method: Option<String>,
+    pub client_id: Option<String>,
+    pub rate_limit_per_second: Option<u32>,
+    /// Extension: the provider's circuit breaker.
+    pub breaker: BreakerView,
+}
+
+/// A circuit breaker's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakerView {
+    /// closed, open or half_open.
+    pub state: String,
+    /// Transient failures in a row (closed only).
+    pub consecutive_failures: Option<u32>,
+    /// Seconds until a probe is let through (open only).
+    pub retry_after_s: Option<u64>,
+}
+
+impl ProviderView {
+    pub fn new(info: ProviderInfo, breaker: Option<BreakerState>) -> Self {
+        let auth_method = info.auth_method.map(|m| {
+            serde_json::to_value(m)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        });
+        Self {
+            name: info.name,
+            kind: info.kind.as_str().to_owned(),
+            token_url: info.token_url,
+            auth_method,
+            client_id: info.client_id,
+            rate_limit_per_second: info.rate_limit_per_second,
+            breaker: BreakerView::from(breaker),
+        }
+    }
+}
+
+impl From<Option<BreakerState>> for BreakerView {
+    fn from(state: Option<BreakerState>) -> Self {
+        let state = state.unwrap_or(BreakerState::Closed {
+            consecutive_failures: 0,
+        });
+        let (consecutive_failures, retry_after_s) = match state {
+            BreakerState::Closed {
+                consecutive_failures,
+            } => (Some(consecutive_failures), None),
+            BreakerState::Open { retry_after } => (
+                None,
+                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)),
+            ),
+            BreakerState::HalfOpen => (None, None),
+        };
+        Self {
+            state: state.as_str().to_owned(),
+            consecutive_failures,
+            retry_after_s,
+        }
+    }
+}
+
+/// `GET /v1/providers`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderList {
+    pub providers: Vec<ProviderView>,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: String,
+}
