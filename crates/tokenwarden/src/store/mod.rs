@@ -9,6 +9,7 @@
 //! [`KeyRing`]: crate::crypto::KeyRing
 
 use async_trait::async_trait;
+use time::OffsetDateTime;
 
 use crate::connection::{
     Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, ProviderName, UserId,
@@ -106,4 +107,48 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Takes the refresh lease on one connection for `owner` until `until`, if it is free,
+    /// expired, or already `owner`'s. Atomic: of several instances asking at once, one wins.
+    /// A successful [`Store::update`] releases it.
+    async fn try_lease(
+        &self,
+        key: &ConnectionKey,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Releases `owner`'s lease (a no-op when someone else holds it).
+    async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError>;
+
+    /// Claims up to `limit` active connections whose `next_refresh_at` is due at `now` and
+    /// whose lease is free or expired, leasing them to `owner` until `until`; earliest first.
+    /// Several instances claiming at once never get the same connection.
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<Vec<ConnectionKey>, StoreError>;
+
+    /// The earliest time an active, scheduled connection becomes claimable: its
+    /// `next_refresh_at`, or its lease's expiry when that is later. `None` when nothing is
+    /// scheduled.
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    /// Sizes of the refresh schedule, for metrics.
+    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError>;
+}
+
+/// Sizes of the refresh schedule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Active connections with a scheduled refresh.
+    pub scheduled: u64,
+    /// Of those, due now.
+    pub due_now: u64,
+    /// Of the scheduled, ones retrying after a failure (`consecutive_failures > 0`).
+    pub retrying: u64,
 }
