@@ -12,7 +12,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, Tokens};
 use crate::crypto::{Field, KeyRing, envelope_key_id};
 use crate::secret::{AccessToken, RefreshToken};
-use crate::store::{KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, Store, StoreError};
+use crate::store::{
+    KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
+};
 use time::OffsetDateTime;
 
 #[derive(Debug, Clone)]
@@ -286,6 +288,46 @@ impl Store for MemoryStore {
                 Some(r.lease.as_ref().map_or(due, |(_, until)| due.max(*until)))
             })
             .min())
+    }
+
+    async fn reseal_batch(
+        &self,
+        after: Option<&ConnectionKey>,
+        limit: u32,
+    ) -> Result<ResealBatch, StoreError> {
+        let mut rows = self.rows();
+        let mut batch = ResealBatch::default();
+        let stale: Vec<ConnectionKey> = rows
+            .iter()
+            .filter(|(key, _)| after.is_none_or(|after| *key > after))
+            .filter(|(_, row)| {
+                self.keys.needs_reseal(&row.access_token)
+                    || row
+                        .refresh_token
+                        .as_ref()
+                        .is_some_and(|rt| self.keys.needs_reseal(rt))
+            })
+            .map(|(key, _)| key.clone())
+            .take(limit.max(1) as usize)
+            .collect();
+        for key in &stale {
+            let Some(row) = rows.get_mut(key) else {
+                continue;
+            };
+            batch.scanned += 1;
+            let Ok(conn) = self.open(row) else {
+                batch.failed += 1;
+                continue;
+            };
+            let resealed = self.seal(&conn, row.meta.clone());
+            row.access_token = resealed.access_token;
+            row.refresh_token = resealed.refresh_token;
+            batch.resealed += 1;
+        }
+        if stale.len() == limit.max(1) as usize {
+            batch.last = stale.last().cloned();
+        }
+        Ok(batch)
     }
 
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {

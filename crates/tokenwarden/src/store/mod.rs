@@ -140,6 +140,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Sizes of the refresh schedule, for metrics.
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError>;
+
+    /// Key rotation, one batch: re-seals under the key ring's active key the secrets of up to
+    /// `limit` connections that use another key, in key order after `after`. Online: the
+    /// write is compare-and-swap on the old ciphertext and leaves `version` alone, so it
+    /// never overwrites (or disturbs) a concurrent refresh. Rows whose secrets cannot be
+    /// opened are counted in `failed` and left untouched. Resumable: run again from
+    /// `last` (or from the start) until `last` is `None`.
+    async fn reseal_batch(
+        &self,
+        after: Option<&ConnectionKey>,
+        limit: u32,
+    ) -> Result<ResealBatch, StoreError>;
+}
+
+/// The result of one [`Store::reseal_batch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResealBatch {
+    /// Connections looked at (all of them used a non-active key).
+    pub scanned: u64,
+    /// Connections whose secrets are now sealed under the active key.
+    pub resealed: u64,
+    /// Connections whose secrets could not be opened (their key is not configured).
+    pub failed: u64,
+    /// Where the next batch starts; `None` when this was the last.
+    pub last: Option<ConnectionKey>,
 }
 
 /// Sizes of the refresh schedule.
@@ -151,4 +176,35 @@ pub struct QueueStats {
     pub due_now: u64,
     /// Of the scheduled, ones retrying after a failure (`consecutive_failures > 0`).
     pub retrying: u64,
+}
+
+/// Totals of a whole key rotation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResealSummary {
+    pub resealed: u64,
+    pub failed: u64,
+    pub batches: u64,
+}
+
+/// Re-seals every secret under the active key, batch by batch, calling `progress` after each
+/// batch (for a progress bar). Safe to interrupt and run again: it only touches what is not
+/// yet under the active key.
+pub async fn reseal_all(
+    store: &dyn Store,
+    batch_size: u32,
+    mut progress: impl FnMut(&ResealBatch),
+) -> Result<ResealSummary, StoreError> {
+    let mut summary = ResealSummary::default();
+    let mut after: Option<ConnectionKey> = None;
+    loop {
+        let batch = store.reseal_batch(after.as_ref(), batch_size).await?;
+        summary.resealed += batch.resealed;
+        summary.failed += batch.failed;
+        summary.batches += 1;
+        progress(&batch);
+        match batch.last {
+            Some(last) => after = Some(last),
+            None => return Ok(summary),
+        }
+    }
 }
