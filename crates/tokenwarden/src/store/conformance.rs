@@ -107,6 +107,7 @@ where
     delete(&make).await;
     list_filters_and_order(&make).await;
     list_pagination(&make).await;
+    list_default_limit(&make).await;
     list_bad_cursor(&make).await;
     count_by_status(&make).await;
     key_usage(&make).await;
@@ -129,6 +130,7 @@ macro_rules! store_conformance_tests {
             delete,
             list_filters_and_order,
             list_pagination,
+            list_default_limit,
             list_bad_cursor,
             count_by_status,
             key_usage,
@@ -733,6 +735,33 @@ where
         keys_of(&all[6..]),
         "a cursor survives deleting its item"
     );
+}
+
+/// A limit of 0 means pages of [`DEFAULT_LIST_LIMIT`] (100) items.
+///
+/// [`DEFAULT_LIST_LIMIT`]: super::DEFAULT_LIST_LIMIT
+pub async fn list_default_limit<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("list_default_limit"), k1()).await;
+    let mut keys = Vec::new();
+    for i in 0..=super::DEFAULT_LIST_LIMIT {
+        let conn = sample_connection("bulk", "reddit", &format!("acct-{i:04}"));
+        store.put(&conn).await.expect("put");
+        keys.push(conn.key().clone());
+    }
+    let page = store.list(&ListQuery::default()).await.expect("list");
+    assert_eq!(
+        page.items.len(),
+        super::DEFAULT_LIST_LIMIT as usize,
+        "default page size"
+    );
+    assert!(page.next_cursor.is_some(), "one more item follows");
+    let got = all_pages(&store, &ListQuery::default()).await;
+    assert_eq!(keys_of(&got), keys);
 }
 
 /// A cursor the store did not make is `BadCursor`, not an empty page or a database error.
