@@ -9,6 +9,8 @@
 //! [`KeyRing`]: crate::crypto::KeyRing
 
 use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 
 use crate::connection::{
@@ -206,5 +208,68 @@ pub async fn reseal_all(
             Some(last) => after = Some(last),
             None => return Ok(summary),
         }
+    }
+}
+
+/// Page size used when [`ListQuery::limit`] is 0.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+/// Largest page size a store returns.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+impl ListQuery {
+    /// The page size stores use: `limit` clamped to 1..=1000, where 0 means
+    /// [`DEFAULT_LIST_LIMIT`].
+    pub fn effective_limit(&self) -> u32 {
+        match self.limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        }
+    }
+}
+
+/// Encodes the keyset cursor that follows `last`: base64url (no padding) of the key's JSON.
+///
+/// Every backend uses this format, so a cursor stays valid if an operator moves from SQLite
+/// to PostgreSQL between two pages. Ids are not secret, so the cursor is not encrypted.
+pub fn encode_cursor(last: &ConnectionKey) -> String {
+    // Serializing three validated strings cannot fail.
+    let json = serde_json::to_vec(last).unwrap_or_default();
+    URL_SAFE_NO_PAD.encode(json)
+}
+
+/// Decodes a cursor made by [`encode_cursor`]; anything else is [`StoreError::BadCursor`].
+pub fn decode_cursor(cursor: &str) -> Result<ConnectionKey, StoreError> {
+    let json = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| StoreError::BadCursor)?;
+    serde_json::from_slice(&json).map_err(|_| StoreError::BadCursor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let key = ConnectionKey::parse("üser 1", "tiktok", "acc/ount".replace('/', "-").as_str())
+            .expect("valid key");
+        assert_eq!(decode_cursor(&encode_cursor(&key)).expect("decodes"), key);
+        for bad in ["", "!!!", "bm90IGpzb24", "eyJ1c2VyX2lkIjoiIn0"] {
+            assert!(
+                matches!(decode_cursor(bad), Err(StoreError::BadCursor)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn limit_is_clamped() {
+        let q = |limit| ListQuery {
+            limit,
+            ..ListQuery::default()
+        };
+        assert_eq!(q(0).effective_limit(), DEFAULT_LIST_LIMIT);
+        assert_eq!(q(1).effective_limit(), 1);
+        assert_eq!(q(5000).effective_limit(), MAX_LIST_LIMIT);
     }
 }
