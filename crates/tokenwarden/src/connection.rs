@@ -228,6 +228,9 @@ pub struct ConnectionMeta {
     pub last_error: Option<LastError>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+    /// When the scheduler should next refresh this connection (proactive refresh, keep-alive
+    /// or a queued retry); `None` when nothing is scheduled.
+    pub next_refresh_at: Option<OffsetDateTime>,
     /// Incremented by every write; stores use it for compare-and-swap updates.
     pub version: i64,
 }

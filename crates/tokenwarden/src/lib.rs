@@ -34,6 +34,7 @@ pub mod error;
 pub mod metrics;
 pub mod provider;
 pub mod refresh;
+pub mod scheduler;
 pub mod secret;
 pub mod store;
 mod warden;
@@ -45,5 +46,6 @@ pub use connection::{
 pub use crypto::KeyRing;
 pub use error::{Error, ErrorCode, ErrorMeta, FailureClass};
 pub use refresh::{BreakerConfig, BreakerState, RefreshConfig, RefreshOptions};
+pub use scheduler::SchedulerConfig;
 pub use secret::{AccessToken, ClientSecret, RefreshToken};
 pub use warden::{AccessTokenGrant, ImportRequest, Warden, WardenBuilder};

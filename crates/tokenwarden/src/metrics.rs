@@ -10,6 +10,8 @@ pub const CIRCUIT_OPEN: &str = "tokenwarden_circuit_open";
 pub const TOKEN_REQUESTS_TOTAL: &str = "tokenwarden_token_requests_total";
 pub const CONNECTIONS: &str = "tokenwarden_connections";
 pub const UPSTREAM_REQUESTS_TOTAL: &str = "tokenwarden_upstream_requests_total";
+/// Extension to SPEC.md: the persistent refresh queue, `state` = scheduled | due | retrying.
+pub const REFRESH_QUEUE: &str = "tokenwarden_refresh_queue";
 
 /// Every metric name SPEC.md lists.
 pub const ALL: [&str; 9] = [

@@ -30,6 +30,9 @@ use crate::refresh::breaker::{Breaker, Health};
 use crate::refresh::flight::Flights;
 use crate::refresh::policy::{RetryPolicy, jitter_unit};
 use crate::refresh::{BreakerConfig, BreakerState, RefreshConfig, RefreshOptions};
+use crate::scheduler::{
+    RateLimiters, SchedulerConfig, Wakeup, plan_after_failure, plan_after_success,
+};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::store::{ListPage, ListQuery, PutOutcome, Store, StoreError};
 
@@ -41,6 +44,15 @@ const BLOCKING_WINDOW: Duration = Duration::from_secs(60);
 /// pause for `min(FAILURE_COOLDOWN_MAX, 1 s · 2^failures)` so a failing provider is not
 /// called on every request.
 const FAILURE_COOLDOWN_MAX: Duration = Duration::from_secs(60);
+
+/// How often the scheduler refreshes its queue-size gauges.
+const QUEUE_STATS_EVERY: Duration = Duration::from_secs(5);
+
+/// How long the scheduler waits before looking again at due work it could not claim.
+const IDLE_RECHECK: Duration = Duration::from_millis(250);
+
+/// How often a caller waiting for another instance's refresh looks at the database.
+const LEASE_POLL: Duration = Duration::from_millis(50);
 
 /// A usable access token.
 #[derive(Debug, Clone)]
@@ -73,7 +85,9 @@ pub struct WardenBuilder {
     providers: Vec<Arc<dyn Provider>>,
     refresh: RefreshConfig,
     breaker: BreakerConfig,
+    scheduler: SchedulerConfig,
     clock: Arc<dyn Clock>,
+    instance_id: Option<String>,
 }
 
 impl WardenBuilder {
@@ -105,6 +119,21 @@ impl WardenBuilder {
         self
     }
 
+    /// Scheduler settings. By default, [`SchedulerConfig::default`].
+    #[must_use]
+    pub fn scheduler_config(mut self, config: SchedulerConfig) -> Self {
+        self.scheduler = config;
+        self
+    }
+
+    /// This instance's id, which owns its refresh leases in a shared database. By default a
+    /// new random id per warden.
+    #[must_use]
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = Some(id.into());
+        self
+    }
+
     /// The wall clock. By default, the system clock.
     #[must_use]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
@@ -113,6 +142,12 @@ impl WardenBuilder {
     }
 
     pub fn build(self) -> Warden {
+        let mut limiters = RateLimiters::default();
+        for p in &self.providers {
+            if let Some(rate) = p.info().rate_limit_per_second {
+                limiters.insert(p.name().as_str(), rate);
+            }
+        }
         let providers = self
             .providers
             .into_iter()
@@ -133,9 +168,15 @@ impl WardenBuilder {
                 store: self.store,
                 providers,
                 refresh: self.refresh,
+                scheduler: self.scheduler,
                 clock: self.clock,
                 flights: Arc::default(),
                 cache: RwLock::default(),
+                instance_id: self
+                    .instance_id
+                    .unwrap_or_else(|| format!("tw-{:016x}", rand::random::<u64>())),
+                wakeup: Wakeup::default(),
+                limiters,
             }),
         }
     }
@@ -161,9 +202,15 @@ struct Inner {
     store: Arc<dyn Store>,
     providers: BTreeMap<ProviderName, ProviderEntry>,
     refresh: RefreshConfig,
+    scheduler: SchedulerConfig,
     clock: Arc<dyn Clock>,
     flights: Arc<Flights<ConnectionKey, RefreshOutcome>>,
     cache: RwLock<HashMap<ConnectionKey, CachedToken>>,
+    /// Owner id of this instance's database leases.
+    instance_id: String,
+    /// Wakes the scheduler loop when the schedule changes.
+    wakeup: Wakeup,
+    limiters: RateLimiters,
 }
 
 /// What started a refresh.
@@ -173,6 +220,18 @@ enum Trigger {
     OnDemand,
     /// An explicit request: refresh whatever the expiry.
     Forced,
+    /// The scheduler claimed it; skip if it is no longer due.
+    Scheduled,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::OnDemand => "on_demand",
+            Self::Forced => "forced",
+            Self::Scheduled => "scheduled",
+        }
+    }
 }
 
 /// The token broker. Cheap to clone; clones share everything.
@@ -189,7 +248,9 @@ impl Warden {
             providers: Vec::new(),
             refresh: RefreshConfig::default(),
             breaker: BreakerConfig::default(),
+            scheduler: SchedulerConfig::default(),
             clock: Arc::new(SystemClock),
+            instance_id: None,
         }
     }
 
@@ -367,6 +428,7 @@ impl Warden {
                 last_error: None,
                 created_at: now,
                 updated_at: now,
+                next_refresh_at: None,
                 version: 0,
             },
             tokens: Tokens {
@@ -374,12 +436,21 @@ impl Warden {
                 refresh_token: request.refresh_token,
             },
         };
+        let mut conn = conn;
+        conn.meta.next_refresh_at = plan_after_success(
+            &conn.meta,
+            &inner.scheduler,
+            inner.refresh.threshold,
+            now,
+            jitter_unit(),
+        );
         let result = inner
             .store
             .put(&conn)
             .await
             .map_err(|e| count_error(store_error(e, &key)));
         inner.forget(&key);
+        inner.wakeup.notify_one();
         result
     }
 
@@ -455,6 +526,121 @@ impl Warden {
     /// The refresh settings in force.
     pub fn refresh_config(&self) -> &RefreshConfig {
         &self.inner.refresh
+    }
+
+    /// Runs the proactive refresh scheduler until `shutdown` completes: claims due
+    /// connections in batches and refreshes them through the same path as on-demand
+    /// refreshes, at most `scheduler.concurrency` at a time. Sleeps until the next due time,
+    /// a change, or `scheduler.max_idle`. Errors are logged and backed off; it never returns
+    /// early.
+    pub async fn run_scheduler(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let inner = &self.inner;
+        let config = &inner.scheduler;
+        let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut stats_at: Option<Instant> = None;
+        tracing::info!(instance = %inner.instance_id, "refresh scheduler started");
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let now = inner.clock.now();
+            if stats_at.is_none_or(|at| at.elapsed() >= QUEUE_STATS_EVERY) {
+                stats_at = Some(Instant::now());
+                self.update_queue_gauges(now).await;
+            }
+            let lease_until = now + inner.refresh.lease_for(&inner.refresh.retry);
+            let claimed = match inner
+                .store
+                .claim_due(now, config.batch_size, &inner.instance_id, lease_until)
+                .await
+            {
+                Ok(keys) => keys,
+                Err(e) => {
+                    tracing::error!(error = %e, "scheduler could not claim due connections");
+                    tokio::select! {
+                        () = tokio::time::sleep(config.max_idle.min(Duration::from_secs(5))) => continue,
+                        () = &mut shutdown => break,
+                    }
+                }
+            };
+            let full_batch = claimed.len() >= config.batch_size as usize;
+            for key in claimed {
+                let permit = tokio::select! {
+                    p = Arc::clone(&permits).acquire_owned() => p,
+                    () = &mut shutdown => { tasks.shutdown().await; return; }
+                };
+                let Ok(permit) = permit else { break };
+                let this = self.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    this.scheduled_refresh(&key).await;
+                });
+            }
+            if full_batch {
+                continue;
+            }
+            let next = inner.store.next_due().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "scheduler could not read the next due time");
+                None
+            });
+            let sleep_for = next.map_or(config.max_idle, |at| {
+                Duration::try_from(at - inner.clock.now())
+                    .unwrap_or(Duration::ZERO)
+                    .min(config.max_idle)
+            });
+            // Due work that we could not claim is being refreshed (by us or another
+            // instance): wait for a refresh to finish instead of polling.
+            let sleep_for = if sleep_for.is_zero() {
+                IDLE_RECHECK
+            } else {
+                sleep_for
+            };
+            tokio::select! {
+                () = tokio::time::sleep(sleep_for) => {}
+                () = inner.wakeup.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = &mut shutdown => break,
+            }
+        }
+        tasks.shutdown().await;
+        tracing::info!("refresh scheduler stopped");
+    }
+
+    async fn scheduled_refresh(&self, key: &ConnectionKey) {
+        metrics::counter!(m::AUTO_REFRESH_TOTAL, "provider" => key.provider.to_string(),
+            "trigger" => "scheduled")
+        .increment(1);
+        let policy = self.inner.refresh.retry;
+        if let Err(e) = self.refresh_shared(key, Trigger::Scheduled, policy).await {
+            if e.code() == ErrorCode::UnknownProvider {
+                // The provider was removed from the configuration: look again much later.
+                let at = self.inner.clock.now() + self.inner.scheduler.max_retry_delay;
+                self.inner.reschedule(key, at).await;
+            }
+            tracing::debug!(provider = %key.provider, account_id = %key.account_id,
+                code = %e.code(), "scheduled refresh did not complete");
+        }
+    }
+
+    async fn update_queue_gauges(&self, now: OffsetDateTime) {
+        match self.inner.store.queue_stats(now).await {
+            Ok(stats) => {
+                #[allow(clippy::cast_precision_loss)]
+                for (state, n) in [
+                    ("scheduled", stats.scheduled),
+                    ("due", stats.due_now),
+                    ("retrying", stats.retrying),
+                ] {
+                    metrics::gauge!(m::REFRESH_QUEUE, "state" => state).set(n as f64);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read refresh queue sizes"),
+        }
+    }
+
+    /// This instance's lease owner id.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
     }
 
     /// Updates the `connections{status}` gauge from the store.
@@ -533,39 +719,143 @@ impl Inner {
         }
     }
 
-    /// One refresh of one connection, run inside its single-flight slot.
+    /// One refresh of one connection, run inside its single-flight slot. Across instances,
+    /// only the holder of the connection's database lease calls the provider; the others
+    /// wait for its result.
     async fn refresh_now(
         &self,
         key: &ConnectionKey,
         trigger: Trigger,
         policy: RetryPolicy,
     ) -> RefreshOutcome {
-        // Re-read under the slot: another refresh may have finished since the caller looked.
-        let conn = self.load(key).await?;
-        let now = self.clock.now();
-        if trigger == Trigger::OnDemand
-            && conn.meta.status == ConnectionStatus::Active
-            && !should_refresh(
-                conn.meta.expires_at,
-                conn.meta.lifetime(),
-                self.refresh.threshold,
-                now,
-            )
-        {
-            return Ok(Arc::new(conn));
-        }
         let entry = self
             .providers
             .get(&key.provider)
             .ok_or_else(|| unknown_provider(&key.provider))?;
+        // Fail fast while the breaker is open, before touching the database.
+        if let BreakerState::Open { retry_after } = entry.breaker.state()
+            && !retry_after.is_zero()
+        {
+            if trigger == Trigger::Scheduled {
+                self.reschedule(key, self.clock.now() + retry_after).await;
+            }
+            return Err(circuit_open_error(key, retry_after));
+        }
+        let lease_for = self.refresh.lease_for(&policy);
+        let deadline = Instant::now() + lease_for + LEASE_POLL;
+        let mut seen_version = None;
+        loop {
+            let now = self.clock.now();
+            let leased = self
+                .store
+                .try_lease(key, &self.instance_id, now, now + lease_for)
+                .await
+                .map_err(|e| match e {
+                    StoreError::NotFound => not_found_like(
+                        ErrorCode::AccountNotFound,
+                        "no such connection for this user",
+                        key,
+                    ),
+                    other => store_error(other, key),
+                })?;
+            if leased {
+                let result = self.refresh_leased(entry, key, trigger, policy).await;
+                if let Err(e) = self.store.release_lease(key, &self.instance_id).await {
+                    tracing::warn!(provider = %key.provider, account_id = %key.account_id,
+                        error = %e, "could not release the refresh lease; it will expire");
+                }
+                return result;
+            }
+            // Another instance is refreshing: wait for its result rather than refresh twice.
+            let conn = self.load(key).await?;
+            match seen_version {
+                None => seen_version = Some(conn.meta.version),
+                Some(v) if v != conn.meta.version => return self.outcome_of_other(conn),
+                Some(_) => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorCode::TokenRefreshError,
+                    "timed out waiting for another instance's refresh",
+                )
+                .with_retry_after(Some(Duration::from_secs(1))));
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        }
+    }
+
+    /// What a refresh finished by another instance means for this caller.
+    fn outcome_of_other(&self, conn: Connection) -> RefreshOutcome {
+        let failed_after = match (&conn.meta.last_error, conn.meta.last_refreshed_at) {
+            (Some(err), Some(ok_at)) => err.at > ok_at,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if conn.meta.status == ConnectionStatus::NeedsReconnect {
+            let mut e = reconnect_error(&conn);
+            e = Error::new(ErrorCode::TokenRefreshError, e.message().to_owned())
+                .with_reconnect(true)
+                .with_meta(e.meta().clone());
+            return Err(e);
+        }
+        if failed_after {
+            let message = conn
+                .meta
+                .last_error
+                .as_ref()
+                .map_or_else(String::new, |e| e.message.clone());
+            return Err(
+                Error::new(ErrorCode::TokenRefreshError, message).with_meta(ErrorMeta {
+                    provider: Some(conn.key().provider.to_string()),
+                    account_id: Some(conn.key().account_id.to_string()),
+                    failure: Some(FailureClass::Transient),
+                    ..ErrorMeta::default()
+                }),
+            );
+        }
+        self.remember(&conn);
+        Ok(Arc::new(conn))
+    }
+
+    /// The refresh proper, with this instance holding the connection's lease.
+    async fn refresh_leased(
+        &self,
+        entry: &ProviderEntry,
+        key: &ConnectionKey,
+        trigger: Trigger,
+        policy: RetryPolicy,
+    ) -> RefreshOutcome {
+        // Re-read under the lease: another refresh may have finished since the caller looked.
+        let conn = self.load(key).await?;
+        let now = self.clock.now();
+        let meta = &conn.meta;
+        let skip = match trigger {
+            Trigger::OnDemand => {
+                meta.status == ConnectionStatus::Active
+                    && !should_refresh(
+                        meta.expires_at,
+                        meta.lifetime(),
+                        self.refresh.threshold,
+                        now,
+                    )
+            }
+            Trigger::Scheduled => {
+                meta.status != ConnectionStatus::Active
+                    || meta.next_refresh_at.is_none_or(|at| at > now)
+            }
+            Trigger::Forced => false,
+        };
+        if skip {
+            return Ok(Arc::new(conn));
+        }
         let provider_label = key.provider.to_string();
 
         if let Err(reason) = entry.provider.check_refreshable(&conn, now) {
-            return self.not_refreshable(conn, reason, now).await;
+            return self.not_refreshable(conn, reason, trigger, now).await;
         }
 
         tracing::info!(provider = %key.provider, account_id = %key.account_id,
-            trigger = ?trigger, max_retries = policy.max_retries, "token refresh started");
+            trigger = trigger.as_str(), max_retries = policy.max_retries, "token refresh started");
         let started = Instant::now();
         let (result, attempts) = self.call_with_retries(entry, &conn, policy).await;
         let duration = started.elapsed();
@@ -609,9 +899,21 @@ impl Inner {
                 tracing::warn!(provider = %key.provider, account_id = %key.account_id,
                     attempts, duration_ms = duration_ms(duration), class = failure.class.as_str(),
                     code = %error.code(), error = %failure, "token refresh failed");
-                if failure.class != FailureClass::CircuitOpen || attempts > 0 {
-                    self.record_failure(conn, &error, failure.class == FailureClass::Permanent)
-                        .await;
+                if failure.class == FailureClass::CircuitOpen && attempts == 0 {
+                    // Not an attempt: the provider was not called. Scheduled work is deferred.
+                    if trigger == Trigger::Scheduled {
+                        let wait = failure
+                            .retry_after
+                            .unwrap_or(self.scheduler.initial_retry_delay);
+                        self.reschedule(key, now + wait).await;
+                    }
+                } else {
+                    let next = if failure.class == FailureClass::Permanent {
+                        Next::Reconnect
+                    } else {
+                        Next::Backoff
+                    };
+                    self.record_failure(conn, &error, next).await;
                 }
                 Err(error)
             }
@@ -629,6 +931,7 @@ impl Inner {
         let key = conn.key();
         let mut attempts = 0u32;
         loop {
+            self.limiters.acquire(key.provider.as_str()).await;
             let permit = match entry.breaker.try_acquire() {
                 Ok(permit) => permit,
                 Err(retry_after) => {
@@ -648,7 +951,15 @@ impl Inner {
                 tracing::info!(provider = %key.provider, account_id = %key.account_id,
                     attempt = attempts, max_retries = policy.max_retries, "retrying token refresh");
             }
-            match entry.provider.refresh(conn).await {
+            let attempt =
+                tokio::time::timeout(self.refresh.attempt_timeout, entry.provider.refresh(conn));
+            let result = attempt.await.unwrap_or_else(|_| {
+                Err(RefreshFailure::transport(
+                    "attempt exceeded refresh.attempt_timeout",
+                    true,
+                ))
+            });
+            match result {
                 Ok(response) => {
                     permit.record(Health::Up);
                     return (Ok(response), attempts);
@@ -683,6 +994,13 @@ impl Inner {
         let now = self.clock.now();
         let used_refresh_token = conn.tokens.refresh_token.clone();
         apply_response(&mut conn, response, now);
+        conn.meta.next_refresh_at = plan_after_success(
+            &conn.meta,
+            &self.scheduler,
+            self.refresh.threshold,
+            now,
+            jitter_unit(),
+        );
         // Compare-and-swap: a concurrent import or delete wins over this refresh.
         for _ in 0..3 {
             match self.store.update(&conn).await {
@@ -719,7 +1037,21 @@ impl Inner {
         ))
     }
 
-    async fn record_failure(&self, mut conn: Connection, error: &Error, permanent: bool) {
+    /// Moves a connection's scheduled refresh to `at` without counting a failure.
+    async fn reschedule(&self, key: &ConnectionKey, at: OffsetDateTime) {
+        let Ok(mut conn) = self.load(key).await else {
+            return;
+        };
+        conn.meta.next_refresh_at = Some(at);
+        if let Err(e) = self.store.update(&conn).await
+            && !matches!(e, StoreError::Conflict | StoreError::NotFound)
+        {
+            tracing::warn!(provider = %key.provider, account_id = %key.account_id, error = %e,
+                "could not reschedule the refresh");
+        }
+    }
+
+    async fn record_failure(&self, mut conn: Connection, error: &Error, next: Next) {
         let now = self.clock.now();
         conn.meta.consecutive_failures = conn.meta.consecutive_failures.saturating_add(1);
         conn.meta.last_error = Some(LastError {
@@ -728,8 +1060,28 @@ impl Inner {
             at: now,
         });
         conn.meta.updated_at = now;
-        if permanent {
-            conn.meta.status = ConnectionStatus::NeedsReconnect;
+        let meta = &mut conn.meta;
+        // Transient failures keep retrying until both tokens are past expiry.
+        let both_expired = meta.expires_at.is_some_and(|at| at <= now)
+            && meta.refresh_expires_at.is_some_and(|at| at <= now);
+        match next {
+            Next::Reconnect => {
+                meta.status = ConnectionStatus::NeedsReconnect;
+                meta.next_refresh_at = None;
+            }
+            Next::Backoff if both_expired => {
+                meta.status = ConnectionStatus::NeedsReconnect;
+                meta.next_refresh_at = None;
+            }
+            Next::Backoff => {
+                meta.next_refresh_at = Some(plan_after_failure(
+                    meta.consecutive_failures,
+                    &self.scheduler,
+                    now,
+                    jitter_unit(),
+                ));
+            }
+            Next::At(at) => meta.next_refresh_at = Some(at),
         }
         let key = conn.key().clone();
         match self.store.update(&conn).await {
@@ -744,6 +1096,7 @@ impl Inner {
         &self,
         conn: Connection,
         reason: NotRefreshable,
+        trigger: Trigger,
         now: OffsetDateTime,
     ) -> RefreshOutcome {
         let key = conn.key().clone();
@@ -752,24 +1105,30 @@ impl Inner {
             account_id: Some(key.account_id.to_string()),
             ..ErrorMeta::default()
         };
-        let expired = conn.meta.expires_at.is_some_and(|at| at <= now);
-        let (error, permanent) = match reason {
+        let (error, next) = match reason {
             NotRefreshable::NoRefreshToken => (
                 Error::new(
                     ErrorCode::NoRefreshToken,
                     "refresh needed but no refresh token is stored",
                 ),
-                expired,
+                // Nothing to retry; look again when it expires, to mark it for reconnect.
+                match conn.meta.expires_at {
+                    Some(at) if at > now => Next::At(at),
+                    _ => Next::Reconnect,
+                },
             ),
             NotRefreshable::Expired => (
                 Error::new(
                     ErrorCode::TokenExpired,
                     "token expired and the provider cannot refresh it",
                 ),
-                true,
+                Next::Reconnect,
             ),
             NotRefreshable::TooYoung { ready_at } => {
                 let wait = Duration::try_from(ready_at - now).unwrap_or(Duration::ZERO);
+                if trigger == Trigger::Scheduled {
+                    self.reschedule(&key, ready_at).await;
+                }
                 return Err(Error::new(
                     ErrorCode::TokenRefreshError,
                     "token is too young to be refreshed yet",
@@ -786,9 +1145,34 @@ impl Inner {
         let error = error.with_meta(meta);
         tracing::warn!(provider = %key.provider, account_id = %key.account_id,
             code = %error.code(), "token cannot be refreshed");
-        self.record_failure(conn, &error, permanent).await;
+        self.record_failure(conn, &error, next).await;
         Err(error)
     }
+}
+
+/// What a failure does to the schedule.
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    /// The user must reconnect: stop scheduling.
+    Reconnect,
+    /// Retry with the queue's exponential backoff.
+    Backoff,
+    /// Look again at this time.
+    At(OffsetDateTime),
+}
+
+fn circuit_open_error(key: &ConnectionKey, retry_after: Duration) -> Error {
+    Error::new(
+        ErrorCode::TokenRefreshError,
+        "provider is failing; its circuit breaker is open",
+    )
+    .with_retry_after(Some(retry_after))
+    .with_meta(ErrorMeta {
+        provider: Some(key.provider.to_string()),
+        account_id: Some(key.account_id.to_string()),
+        failure: Some(FailureClass::CircuitOpen),
+        ..ErrorMeta::default()
+    })
 }
 
 /// Merges a refresh answer into the connection (RFC 6749 §6: keep the old refresh token when

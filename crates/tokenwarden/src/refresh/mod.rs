@@ -24,6 +24,10 @@ pub struct RefreshConfig {
     /// How long a token cached in memory is trusted before the store is read again, so a
     /// change made by another process is seen within this bound. Default 5 s.
     pub cache_ttl: Duration,
+    /// Upper bound on one upstream attempt, as a safety net over the HTTP client's own
+    /// timeouts. It also sizes the database lease that keeps other instances from
+    /// refreshing the same connection. Default 20 s.
+    pub attempt_timeout: Duration,
 }
 
 impl Default for RefreshConfig {
@@ -33,6 +37,7 @@ impl Default for RefreshConfig {
             retry: RetryPolicy::default(),
             max_retry_after: Duration::from_secs(60),
             cache_ttl: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -43,6 +48,18 @@ pub struct RefreshOptions {
     pub max_retries: Option<u32>,
     pub initial_delay: Option<Duration>,
     pub max_delay: Option<Duration>,
+}
+
+impl RefreshConfig {
+    /// How long a refresh under `policy` can take at most, plus a margin: the length of the
+    /// lease it holds.
+    pub fn lease_for(&self, policy: &RetryPolicy) -> Duration {
+        let attempts = policy.max_retries.saturating_add(1);
+        let longest_wait = policy.max_delay.max(self.max_retry_after);
+        self.attempt_timeout.saturating_mul(attempts)
+            + longest_wait.saturating_mul(policy.max_retries)
+            + Duration::from_secs(5)
+    }
 }
 
 impl RefreshOptions {

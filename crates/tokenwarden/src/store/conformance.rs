@@ -1,1 +1,987 @@
-//! TODO
+//! The store conformance suite: the one contract every [`Store`] backend is tested against.
+//!
+//! This module owns the checks that pin down the trait's semantics (round trips, replace,
+//! compare-and-swap, listing and paging, counts, key usage, decryption failures, key rotation,
+//! concurrent updates), so that backends cannot drift apart. It contains no backend; each
+//! backend's tests run it. It is test support code: checks panic on failure.
+//!
+//! # The factory
+//!
+//! Every check takes a factory `make(db, keys) -> impl Future<Output = S>` that opens a store
+//! over the database named by `db`, sealing with `keys`:
+//!
+//! * a [`TestDb`] the factory has not seen before must give an **empty** database;
+//! * two calls with the **same** `TestDb` must give stores over the **same** data (the key
+//!   rotation checks open a second store with another key ring over what the first wrote).
+//!
+//! Each check makes its own fresh [`TestDb`] (unique across processes), so checks can run in
+//! parallel against one server. How a backend maps a `TestDb` to a database:
+//!
+//! * SQLite file: a file `<tempdir>/<db.name()>.db`.
+//! * SQLite in memory or an in-memory store: a map from `db.name()` to the shared state
+//!   (for SQLite, a pool handed to [`SqliteStore::from_pool`]).
+//! * PostgreSQL: a schema named `db.name()` (a valid unquoted identifier, ≤ 63 bytes):
+//!   `CREATE SCHEMA IF NOT EXISTS`, then connect with `search_path` set to it and run the
+//!   migrations there. Text keys must sort byte-wise (`COLLATE "C"`) to match the order
+//!   checked here, which is [`ConnectionKey`]'s `Ord`.
+//!
+//! # Running it
+//!
+//! One call runs every check, each on a fresh database:
+//!
+//! ```ignore
+//! tokenwarden::store::conformance::run_all(|db, keys| async move {
+//!     PgStore::connect_in_schema(&pg_url(), db.name(), keys).await.expect("connect")
+//! })
+//! .await;
+//! ```
+//!
+//! or [`store_conformance_tests!`](crate::store_conformance_tests) generates one `#[tokio::test]`
+//! per check, so failures are reported separately and checks run in parallel.
+//!
+//! Times in these checks are whole seconds: stores may keep only seconds.
+//!
+//! [`SqliteStore::from_pool`]: crate::store::SqliteStore::from_pool
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::{ListQuery, PutOutcome, Store, StoreError};
+use crate::connection::{
+    Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError, ProviderName, Tokens,
+    UserId,
+};
+use crate::crypto::KeyRing;
+use crate::secret::{AccessToken, RefreshToken};
+
+/// Names one test database; see the module docs for what a factory must do with it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TestDb(String);
+
+impl TestDb {
+    /// A name no other check, test process or earlier run uses: `tw_<check>_<pid>_<time>_<n>`,
+    /// lowercase ASCII, at most 63 bytes (a PostgreSQL identifier, a file name).
+    pub fn fresh(check: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos() as u64 & 0xffff_ffff_ffff;
+        let check: String = check
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .take(20)
+            .collect();
+        Self(format!("tw_{check}_{:x}_{nanos:x}_{n}", std::process::id()))
+    }
+
+    /// The name: `[a-z0-9_]`, starting with a letter.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Runs every check, each against a fresh [`TestDb`].
+pub async fn run_all<F, Fut, S>(make: F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    // Keep in step with `store_conformance_tests!` below.
+    round_trip(&make).await;
+    put_replaces(&make).await;
+    update_compare_and_swap(&make).await;
+    stale_update_after_put(&make).await;
+    delete(&make).await;
+    list_filters_and_order(&make).await;
+    list_pagination(&make).await;
+    list_default_limit(&make).await;
+    list_bad_cursor(&make).await;
+    count_by_status(&make).await;
+    key_usage(&make).await;
+    missing_key(&make).await;
+    rotation_read(&make).await;
+    concurrent_updates(&make).await;
+}
+
+/// Generates one `#[tokio::test]` per conformance check. `$make` is an expression evaluated
+/// afresh in each test that yields the factory (see the `conformance` module docs).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@each $make;
+            round_trip,
+            put_replaces,
+            update_compare_and_swap,
+            stale_update_after_put,
+            delete,
+            list_filters_and_order,
+            list_pagination,
+            list_default_limit,
+            list_bad_cursor,
+            count_by_status,
+            key_usage,
+            missing_key,
+            rotation_read,
+            concurrent_updates,
+        );
+    };
+    (@each $make:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let make = $make;
+                $crate::store::conformance::$check(&make).await;
+            }
+        )*
+    };
+}
+
+/// A key ring with the fixed test keys `k1` and `k2` (only those in `ids`), `active` sealing.
+pub fn test_keys(active: &str, ids: &[&str]) -> Arc<KeyRing> {
+    let encoded: Vec<(&str, String)> = ids
+        .iter()
+        .map(|&id| {
+            let byte = match id {
+                "k1" => 0x11,
+                "k2" => 0x22,
+                other => panic!("no test key {other}"),
+            };
+            (id, STANDARD.encode([byte; 32]))
+        })
+        .collect();
+    let ring = KeyRing::from_base64(active, encoded.iter().map(|(id, k)| (*id, k.as_str())))
+        .expect("test key ring");
+    Arc::new(ring)
+}
+
+fn k1() -> Arc<KeyRing> {
+    test_keys("k1", &["k1"])
+}
+
+/// A base time (2026-05-28) plus `seconds`.
+pub fn at(seconds: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_780_000_000 + seconds).expect("valid time")
+}
+
+/// A connection with every optional field set; its secrets name its key.
+pub fn sample_connection(user: &str, provider: &str, account: &str) -> Connection {
+    let key = ConnectionKey::parse(user, provider, account).expect("valid test key");
+    Connection {
+        meta: ConnectionMeta {
+            key,
+            token_type: "Bearer".into(),
+            has_refresh_token: true,
+            expires_at: Some(at(3600)),
+            refresh_expires_at: Some(at(30 * 86_400)),
+            issued_at: at(0),
+            scopes: vec!["read".into(), "write".into(), "user.info.basic".into()],
+            metadata: json!({"display_name": "Zoë ✓", "n": 7, "nested": {"list": [1, null, "x"]}}),
+            status: ConnectionStatus::Active,
+            last_refreshed_at: Some(at(0)),
+            consecutive_failures: 0,
+            last_error: None,
+            created_at: at(0),
+            updated_at: at(0),
+            version: 0,
+        },
+        tokens: Tokens {
+            access_token: AccessToken::new(format!("access-{user}-{provider}-{account}-ü")),
+            refresh_token: Some(RefreshToken::new(format!(
+                "refresh-{user}-{provider}-{account}"
+            ))),
+        },
+    }
+}
+
+/// `conn` as read back from a store that returned `stored`.
+fn with_version(conn: &Connection, stored: &ConnectionMeta) -> Connection {
+    let mut conn = conn.clone();
+    conn.meta.version = stored.version;
+    conn
+}
+
+fn assert_tokens(got: &Connection, want: &Connection) {
+    assert_eq!(
+        got.tokens.access_token.expose_secret(),
+        want.tokens.access_token.expose_secret(),
+        "access token of {}",
+        want.meta.key
+    );
+    assert_eq!(
+        got.tokens
+            .refresh_token
+            .as_ref()
+            .map(RefreshToken::expose_secret),
+        want.tokens
+            .refresh_token
+            .as_ref()
+            .map(RefreshToken::expose_secret),
+        "refresh token of {}",
+        want.meta.key
+    );
+}
+
+async fn must_get<S: Store>(store: &S, key: &ConnectionKey) -> Connection {
+    store
+        .get(key)
+        .await
+        .expect("get")
+        .unwrap_or_else(|| panic!("{key} is missing"))
+}
+
+/// Put/get round trip of every field: unicode ids, `None` expiry, any JSON metadata,
+/// scopes, last error; `has_refresh_token` follows the tokens; missing keys are `None`.
+pub async fn round_trip<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("round_trip"), k1()).await;
+    store.ping().await.expect("ping");
+
+    let mut full = sample_connection("ユーザー émile 👩‍💻", "tiktok", "账户:42 (main)");
+    full.meta.consecutive_failures = 2;
+    full.meta.last_error = Some(LastError {
+        code: "TOKEN_REFRESH_ERROR".into(),
+        message: "temporarily_unavailable — «retry»".into(),
+        at: at(-60),
+    });
+    let (meta, outcome) = store.put(&full).await.expect("put");
+    assert_eq!(outcome, PutOutcome::Created);
+    assert!(meta.version > 0, "versions are positive");
+    assert_eq!(
+        meta,
+        with_version(&full, &meta).meta,
+        "put returns the stored metadata"
+    );
+    let got = must_get(&store, full.key()).await;
+    assert_eq!(got.meta, meta, "get returns what put stored");
+    assert_tokens(&got, &full);
+
+    let mut bare = sample_connection("user-1", "reddit", "t2_abc");
+    bare.meta.expires_at = None;
+    bare.meta.refresh_expires_at = None;
+    bare.meta.last_refreshed_at = None;
+    bare.meta.scopes = Vec::new();
+    bare.meta.metadata = serde_json::Value::Null;
+    bare.meta.token_type = "bearer".into();
+    bare.tokens.refresh_token = None;
+    // Deliberately inconsistent: the store must derive the flag from the tokens.
+    bare.meta.has_refresh_token = true;
+    let (meta, _) = store.put(&bare).await.expect("put bare");
+    assert!(
+        !meta.has_refresh_token,
+        "has_refresh_token follows the stored refresh token"
+    );
+    let got = must_get(&store, bare.key()).await;
+    assert_eq!(got.meta, meta);
+    assert_eq!(got.meta.expires_at, None);
+    assert_tokens(&got, &bare);
+
+    for (i, metadata) in [
+        json!("a string"),
+        json!([1, 2.5, "three"]),
+        json!(42),
+        json!(true),
+        json!({}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut conn = sample_connection("user-1", "reddit", &format!("meta-{i}"));
+        conn.meta.metadata = metadata.clone();
+        store.put(&conn).await.expect("put");
+        assert_eq!(must_get(&store, conn.key()).await.meta.metadata, metadata);
+    }
+
+    let absent = ConnectionKey::parse("user-1", "reddit", "nobody").expect("key");
+    assert!(store.get(&absent).await.expect("get absent").is_none());
+    let shown = format!("{store:?}");
+    assert!(
+        !shown.contains(full.tokens.access_token.expose_secret()),
+        "Debug leaks: {shown}"
+    );
+}
+
+/// A put over an existing key replaces every field except `created_at`, reports
+/// `Replaced` and moves the version past the old one.
+pub async fn put_replaces<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("put_replaces"), k1()).await;
+    let original = sample_connection("u", "tiktok", "a");
+    let (first, outcome) = store.put(&original).await.expect("put");
+    assert_eq!(outcome, PutOutcome::Created);
+
+    let mut replacement = sample_connection("u", "tiktok", "a");
+    replacement.meta.created_at = at(500);
+    replacement.meta.issued_at = at(1000);
+    replacement.meta.updated_at = at(1000);
+    replacement.meta.expires_at = None;
+    replacement.meta.refresh_expires_at = None;
+    replacement.meta.last_refreshed_at = None;
+    replacement.meta.scopes = vec!["x".into()];
+    replacement.meta.metadata = json!([1, 2]);
+    replacement.meta.status = ConnectionStatus::NeedsReconnect;
+    replacement.meta.consecutive_failures = 3;
+    replacement.meta.last_error = Some(LastError {
+        code: "TOKEN_EXPIRED".into(),
+        message: "invalid_grant".into(),
+        at: at(900),
+    });
+    replacement.meta.token_type = "mac".into();
+    replacement.meta.has_refresh_token = false;
+    replacement.tokens = Tokens {
+        access_token: AccessToken::new("replacement-access"),
+        refresh_token: None,
+    };
+
+    let (second, outcome) = store.put(&replacement).await.expect("replace");
+    assert_eq!(outcome, PutOutcome::Replaced);
+    assert!(
+        second.version > first.version,
+        "replace moves the version forward"
+    );
+    assert_eq!(
+        second.created_at, first.created_at,
+        "replace keeps created_at"
+    );
+    let mut want = with_version(&replacement, &second).meta;
+    want.created_at = first.created_at;
+    assert_eq!(second, want, "every other field comes from the replacement");
+    let got = must_get(&store, replacement.key()).await;
+    assert_eq!(got.meta, second);
+    assert_tokens(&got, &replacement);
+}
+
+/// `update` is compare-and-swap on the version: success bumps it by one, a stale version
+/// is `Conflict`, a missing connection is `NotFound`.
+pub async fn update_compare_and_swap<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("update_cas"), k1()).await;
+    let conn = sample_connection("u", "reddit", "a");
+    let (stored, _) = store.put(&conn).await.expect("put");
+
+    let mut next = with_version(&conn, &stored);
+    next.meta.status = ConnectionStatus::NeedsReconnect;
+    next.meta.consecutive_failures = 1;
+    next.meta.last_error = Some(LastError {
+        code: "TOKEN_EXPIRED".into(),
+        message: "invalid_grant".into(),
+        at: at(60),
+    });
+    next.meta.expires_at = Some(at(7200));
+    next.meta.last_refreshed_at = Some(at(60));
+    next.meta.updated_at = at(60);
+    next.tokens = Tokens {
+        access_token: AccessToken::new("rotated-access"),
+        refresh_token: Some(RefreshToken::new("rotated-refresh")),
+    };
+    let updated = store.update(&next).await.expect("update");
+    assert_eq!(
+        updated.version,
+        stored.version + 1,
+        "update bumps the version by one"
+    );
+    assert_eq!(updated, with_version(&next, &updated).meta);
+    let got = must_get(&store, conn.key()).await;
+    assert_eq!(got.meta, updated);
+    assert_tokens(&got, &next);
+
+    let err = store.update(&next).await.expect_err("stale version");
+    assert!(matches!(err, StoreError::Conflict), "stale update: {err:?}");
+    assert_eq!(
+        must_get(&store, conn.key()).await.meta,
+        updated,
+        "a conflict writes nothing"
+    );
+
+    let missing = sample_connection("u", "reddit", "missing");
+    let err = store.update(&missing).await.expect_err("missing");
+    assert!(
+        matches!(err, StoreError::NotFound),
+        "missing update: {err:?}"
+    );
+    assert!(
+        store.get(missing.key()).await.expect("get").is_none(),
+        "update never creates"
+    );
+}
+
+/// An update prepared before a put (replace) fails, and so does one prepared before a
+/// delete and re-import: versions never repeat for a key.
+pub async fn stale_update_after_put<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("stale_after_put"), k1()).await;
+    let conn = sample_connection("u", "tiktok", "a");
+    let (first, _) = store.put(&conn).await.expect("put");
+    let in_flight = with_version(&conn, &first);
+
+    let (second, _) = store.put(&conn).await.expect("re-import");
+    let err = store.update(&in_flight).await.expect_err("stale after put");
+    assert!(
+        matches!(err, StoreError::Conflict),
+        "update after replace: {err:?}"
+    );
+
+    // Push the version up, then delete and re-import: the new row must start above it.
+    let third = store
+        .update(&with_version(&conn, &second))
+        .await
+        .expect("update");
+    let fourth = store
+        .update(&with_version(&conn, &third))
+        .await
+        .expect("update");
+    let before_delete = with_version(&conn, &fourth);
+    assert!(store.delete(conn.key()).await.expect("delete"));
+    let err = store.update(&before_delete).await.expect_err("deleted");
+    assert!(
+        matches!(err, StoreError::NotFound),
+        "update after delete: {err:?}"
+    );
+    let (recreated, outcome) = store.put(&conn).await.expect("re-create");
+    assert_eq!(outcome, PutOutcome::Created);
+    assert!(
+        recreated.version > fourth.version,
+        "a re-created connection's version ({}) must exceed every earlier one ({})",
+        recreated.version,
+        fourth.version
+    );
+    let err = store
+        .update(&before_delete)
+        .await
+        .expect_err("stale across delete");
+    assert!(
+        matches!(err, StoreError::Conflict),
+        "update across delete: {err:?}"
+    );
+}
+
+/// `delete` says whether there was something to delete and touches nothing else.
+pub async fn delete<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("delete"), k1()).await;
+    let gone = sample_connection("u", "tiktok", "gone");
+    let kept = sample_connection("u", "tiktok", "kept");
+    store.put(&gone).await.expect("put");
+    store.put(&kept).await.expect("put");
+    assert!(
+        store.delete(gone.key()).await.expect("delete"),
+        "first delete finds it"
+    );
+    assert!(
+        !store.delete(gone.key()).await.expect("delete again"),
+        "second finds nothing"
+    );
+    assert!(store.get(gone.key()).await.expect("get").is_none());
+    assert_tokens(&must_get(&store, kept.key()).await, &kept);
+    let page = store.list(&ListQuery::default()).await.expect("list");
+    let keys: Vec<_> = page.items.iter().map(|m| m.key.clone()).collect();
+    assert_eq!(keys, vec![kept.key().clone()]);
+}
+
+const LIST_USERS: [&str; 6] = ["alice", "bob", "Zoë", "ユーザー", "user 10", "user2"];
+const LIST_PROVIDERS: [&str; 2] = ["reddit", "tiktok"];
+const LIST_ACCOUNTS: [&str; 2] = ["a1", "a2"];
+
+/// Stores 24 connections; reddit `a2` ones need reconnecting, tiktok `a1` ones have no
+/// refresh token. Returns them sorted by key.
+async fn seed_list<S: Store>(store: &S) -> Vec<ConnectionMeta> {
+    let mut stored = Vec::new();
+    for user in LIST_USERS {
+        for provider in LIST_PROVIDERS {
+            for account in LIST_ACCOUNTS {
+                let mut conn = sample_connection(user, provider, account);
+                if (provider, account) == ("reddit", "a2") {
+                    conn.meta.status = ConnectionStatus::NeedsReconnect;
+                }
+                if (provider, account) == ("tiktok", "a1") {
+                    conn.tokens.refresh_token = None;
+                }
+                stored.push(store.put(&conn).await.expect("put").0);
+            }
+        }
+    }
+    stored.sort_by(|a, b| a.key.cmp(&b.key));
+    stored
+}
+
+fn keys_of(items: &[ConnectionMeta]) -> Vec<ConnectionKey> {
+    items.iter().map(|m| m.key.clone()).collect()
+}
+
+/// Every page of `query` (at most 100), checking each page's size.
+async fn all_pages<S: Store>(store: &S, query: &ListQuery) -> Vec<ConnectionMeta> {
+    let mut query = query.clone();
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let page = store.list(&query).await.expect("list page");
+        assert!(
+            page.items.len() <= query.effective_limit() as usize,
+            "page exceeds its limit"
+        );
+        if page.next_cursor.is_some() {
+            assert!(
+                !page.items.is_empty(),
+                "an empty page must not carry a cursor"
+            );
+        }
+        items.extend(page.items);
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => return items,
+        }
+    }
+    panic!("pagination did not end");
+}
+
+/// `list` filters by provider, user and status (alone and combined), orders by key, returns
+/// the same metadata as `get`, and sets no cursor on a final, partial page.
+pub async fn list_filters_and_order<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("list_filters"), k1()).await;
+    let empty = store.list(&ListQuery::default()).await.expect("list empty");
+    assert!(empty.items.is_empty() && empty.next_cursor.is_none());
+
+    let all = seed_list(&store).await;
+    let page = store.list(&ListQuery::default()).await.expect("list");
+    assert_eq!(
+        page.items, all,
+        "everything, ordered by (user_id, provider, account_id)"
+    );
+    assert!(page.next_cursor.is_none(), "no cursor after the last page");
+    for meta in &page.items {
+        assert_eq!(
+            must_get(&store, &meta.key).await.meta,
+            *meta,
+            "list agrees with get"
+        );
+    }
+    assert!(all.iter().any(|m| !m.has_refresh_token) && all.iter().any(|m| m.has_refresh_token));
+
+    let reddit = ProviderName::parse("reddit").expect("provider");
+    let zoe = UserId::parse("Zoë").expect("user");
+    type Keep = Box<dyn Fn(&ConnectionMeta) -> bool>;
+    let cases: Vec<(ListQuery, Keep)> = vec![
+        (
+            ListQuery {
+                provider: Some(reddit.clone()),
+                ..ListQuery::default()
+            },
+            Box::new(|m| m.key.provider.as_str() == "reddit"),
+        ),
+        (
+            ListQuery {
+                user_id: Some(zoe.clone()),
+                ..ListQuery::default()
+            },
+            Box::new(|m| m.key.user_id.as_str() == "Zoë"),
+        ),
+        (
+            ListQuery {
+                status: Some(ConnectionStatus::NeedsReconnect),
+                ..ListQuery::default()
+            },
+            Box::new(|m| m.status == ConnectionStatus::NeedsReconnect),
+        ),
+        (
+            ListQuery {
+                status: Some(ConnectionStatus::Active),
+                ..ListQuery::default()
+            },
+            Box::new(|m| m.status == ConnectionStatus::Active),
+        ),
+        (
+            ListQuery {
+                provider: Some(reddit),
+                user_id: Some(zoe),
+                status: Some(ConnectionStatus::Active),
+                ..ListQuery::default()
+            },
+            Box::new(|m| {
+                m.key.provider.as_str() == "reddit"
+                    && m.key.user_id.as_str() == "Zoë"
+                    && m.status == ConnectionStatus::Active
+            }),
+        ),
+        (
+            ListQuery {
+                user_id: Some(UserId::parse("nobody").expect("user")),
+                ..ListQuery::default()
+            },
+            Box::new(|_| false),
+        ),
+    ];
+    for (query, keep) in cases {
+        let want: Vec<_> = all.iter().filter(|m| keep(m)).cloned().collect();
+        let got = store.list(&query).await.expect("filtered list");
+        assert_eq!(keys_of(&got.items), keys_of(&want), "filter {query:?}");
+        assert!(got.next_cursor.is_none());
+    }
+}
+
+/// Keyset pagination visits every item once in order, with and without filters, for
+/// several page sizes (0 means the default, huge sizes are clamped), and a cursor stays
+/// valid after the item it points at is deleted.
+pub async fn list_pagination<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("list_pagination"), k1()).await;
+    let all = seed_list(&store).await;
+    for limit in [1, 5, 7, 23, 24, 25, 0, 5000] {
+        let got = all_pages(
+            &store,
+            &ListQuery {
+                limit,
+                ..ListQuery::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            keys_of(&got),
+            keys_of(&all),
+            "limit {limit}: no duplicates, no gaps"
+        );
+    }
+    let page = store
+        .list(&ListQuery {
+            limit: 5,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        page.items.len(),
+        5,
+        "a page holds `limit` items when more exist"
+    );
+    assert!(
+        page.next_cursor.is_some(),
+        "a full page with more to come has a cursor"
+    );
+
+    let tiktok = ProviderName::parse("tiktok").expect("provider");
+    let query = ListQuery {
+        provider: Some(tiktok),
+        limit: 4,
+        ..ListQuery::default()
+    };
+    let got = all_pages(&store, &query).await;
+    let want: Vec<_> = all
+        .iter()
+        .filter(|m| m.key.provider.as_str() == "tiktok")
+        .cloned()
+        .collect();
+    assert_eq!(keys_of(&got), keys_of(&want), "filtered pagination");
+
+    let first = store
+        .list(&ListQuery {
+            limit: 6,
+            ..ListQuery::default()
+        })
+        .await
+        .expect("list");
+    let last_seen = first.items.last().expect("a full first page").key.clone();
+    assert!(store.delete(&last_seen).await.expect("delete"));
+    let rest = all_pages(
+        &store,
+        &ListQuery {
+            limit: 6,
+            cursor: first.next_cursor,
+            ..ListQuery::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        keys_of(&rest),
+        keys_of(&all[6..]),
+        "a cursor survives deleting its item"
+    );
+}
+
+/// A limit of 0 means pages of [`DEFAULT_LIST_LIMIT`] (100) items.
+///
+/// [`DEFAULT_LIST_LIMIT`]: super::DEFAULT_LIST_LIMIT
+pub async fn list_default_limit<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("list_default_limit"), k1()).await;
+    let mut keys = Vec::new();
+    for i in 0..=super::DEFAULT_LIST_LIMIT {
+        let conn = sample_connection("bulk", "reddit", &format!("acct-{i:04}"));
+        store.put(&conn).await.expect("put");
+        keys.push(conn.key().clone());
+    }
+    let page = store.list(&ListQuery::default()).await.expect("list");
+    assert_eq!(
+        page.items.len(),
+        super::DEFAULT_LIST_LIMIT as usize,
+        "default page size"
+    );
+    assert!(page.next_cursor.is_some(), "one more item follows");
+    let got = all_pages(&store, &ListQuery::default()).await;
+    assert_eq!(keys_of(&got), keys);
+}
+
+/// A cursor the store did not make is `BadCursor`, not an empty page or a database error.
+pub async fn list_bad_cursor<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("list_bad_cursor"), k1()).await;
+    seed_list(&store).await;
+    for cursor in [
+        "not a cursor!".to_owned(),
+        URL_SAFE_NO_PAD.encode("{}"),
+        URL_SAFE_NO_PAD.encode("[1,2,3]"),
+        URL_SAFE_NO_PAD.encode([0xff, 0xfe, 0x00]),
+    ] {
+        let query = ListQuery {
+            cursor: Some(cursor.clone()),
+            ..ListQuery::default()
+        };
+        let err = store.list(&query).await.expect_err("bad cursor");
+        assert!(
+            matches!(err, StoreError::BadCursor),
+            "cursor {cursor:?}: {err:?}"
+        );
+    }
+}
+
+fn count_of(counts: &[(ConnectionStatus, u64)], status: ConnectionStatus) -> u64 {
+    let matching: Vec<u64> = counts
+        .iter()
+        .filter(|(s, _)| *s == status)
+        .map(|(_, n)| *n)
+        .collect();
+    assert!(matching.len() <= 1, "{status:?} listed twice: {counts:?}");
+    matching.first().copied().unwrap_or(0)
+}
+
+/// `count_by_status` counts connections per status (a missing status counts as zero).
+pub async fn count_by_status<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("count_by_status"), k1()).await;
+    let counts = store.count_by_status().await.expect("count empty");
+    assert_eq!(count_of(&counts, ConnectionStatus::Active), 0);
+    assert_eq!(count_of(&counts, ConnectionStatus::NeedsReconnect), 0);
+
+    let all = seed_list(&store).await;
+    let counts = store.count_by_status().await.expect("count");
+    assert_eq!(count_of(&counts, ConnectionStatus::Active), 18);
+    assert_eq!(count_of(&counts, ConnectionStatus::NeedsReconnect), 6);
+
+    let meta = all
+        .iter()
+        .find(|m| m.status == ConnectionStatus::Active)
+        .expect("an active one");
+    let mut conn = must_get(&store, &meta.key).await;
+    conn.meta.status = ConnectionStatus::NeedsReconnect;
+    store.update(&conn).await.expect("update");
+    let counts = store.count_by_status().await.expect("count");
+    assert_eq!(count_of(&counts, ConnectionStatus::Active), 17);
+    assert_eq!(count_of(&counts, ConnectionStatus::NeedsReconnect), 7);
+}
+
+async fn usage<S: Store>(store: &S) -> BTreeMap<String, u64> {
+    let mut map = BTreeMap::new();
+    for entry in store.key_usage().await.expect("key usage") {
+        assert!(
+            map.insert(entry.key_id.clone(), entry.ciphertexts)
+                .is_none(),
+            "key id twice"
+        );
+    }
+    map.retain(|_, n| *n > 0);
+    map
+}
+
+fn usage_of(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect()
+}
+
+/// `key_usage` counts ciphertexts (access and refresh tokens) per key id, following
+/// writes under a newer key, re-seals on update, and deletes.
+pub async fn key_usage<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let db = TestDb::fresh("key_usage");
+    let old = make(db.clone(), k1()).await;
+    assert_eq!(usage(&old).await, usage_of(&[]));
+    let a = sample_connection("u", "tiktok", "a");
+    let mut b = sample_connection("u", "tiktok", "b");
+    b.tokens.refresh_token = None;
+    old.put(&a).await.expect("put a");
+    old.put(&b).await.expect("put b");
+    assert_eq!(usage(&old).await, usage_of(&[("k1", 3)]));
+
+    let new = make(db, test_keys("k2", &["k1", "k2"])).await;
+    new.put(&sample_connection("u", "reddit", "c"))
+        .await
+        .expect("put c");
+    assert_eq!(usage(&new).await, usage_of(&[("k1", 3), ("k2", 2)]));
+
+    let current = must_get(&new, a.key()).await;
+    new.update(&current).await.expect("re-seal a");
+    assert_eq!(usage(&new).await, usage_of(&[("k1", 1), ("k2", 4)]));
+    assert!(new.delete(b.key()).await.expect("delete b"));
+    assert_eq!(usage(&old).await, usage_of(&[("k2", 4)]));
+}
+
+/// Reading with a key ring that lacks the sealing key is `Decrypt` (never `None`), while
+/// listing, counting and other rows keep working.
+pub async fn missing_key<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let db = TestDb::fresh("missing_key");
+    let writer = make(db.clone(), k1()).await;
+    let conn = sample_connection("u", "tiktok", "sealed-k1");
+    let (stored, _) = writer.put(&conn).await.expect("put");
+
+    let reader = make(db, test_keys("k2", &["k2"])).await;
+    let err = reader.get(conn.key()).await.expect_err("cannot decrypt");
+    assert!(
+        matches!(err, StoreError::Decrypt),
+        "get without the key: {err:?}"
+    );
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains(conn.tokens.access_token.expose_secret()));
+
+    let page = reader
+        .list(&ListQuery::default())
+        .await
+        .expect("list without the key");
+    assert_eq!(page.items, vec![stored], "listing never decrypts");
+    assert_eq!(
+        count_of(
+            &reader.count_by_status().await.expect("count"),
+            ConnectionStatus::Active
+        ),
+        1
+    );
+    let own = sample_connection("u", "tiktok", "sealed-k2");
+    reader.put(&own).await.expect("put under k2");
+    assert_tokens(&must_get(&reader, own.key()).await, &own);
+    assert_tokens(&must_get(&writer, conn.key()).await, &conn);
+}
+
+/// After a rotation (active key k2, k1 still held), old ciphertexts still open; an update
+/// re-seals under k2, which a ring holding only k1 can no longer open.
+pub async fn rotation_read<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let db = TestDb::fresh("rotation_read");
+    let old = make(db.clone(), k1()).await;
+    let conn = sample_connection("u", "reddit", "rotating");
+    old.put(&conn).await.expect("put under k1");
+
+    let rotated = make(db, test_keys("k2", &["k1", "k2"])).await;
+    let current = must_get(&rotated, conn.key()).await;
+    assert_tokens(&current, &conn);
+    rotated.update(&current).await.expect("re-seal");
+    assert_eq!(usage(&rotated).await, usage_of(&[("k2", 2)]));
+    assert_tokens(&must_get(&rotated, conn.key()).await, &conn);
+    let err = old.get(conn.key()).await.expect_err("k1-only ring");
+    assert!(
+        matches!(err, StoreError::Decrypt),
+        "old ring after re-seal: {err:?}"
+    );
+}
+
+/// Many concurrent updates from the same version: exactly one wins, the rest are
+/// `Conflict`, and the winner's write is what is stored.
+pub async fn concurrent_updates<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    const WRITERS: usize = 16;
+    let store = Arc::new(make(TestDb::fresh("concurrent_updates"), k1()).await);
+    let conn = sample_connection("u", "tiktok", "contended");
+    let (stored, _) = store.put(&conn).await.expect("put");
+
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let mut mine = with_version(&conn, &stored);
+            mine.tokens.access_token = AccessToken::new(format!("writer-{i}"));
+            mine.meta.consecutive_failures = u32::try_from(i).expect("small");
+            tokio::spawn(async move { (i, store.update(&mine).await) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (i, result) = task.await.expect("task");
+        match result {
+            Ok(meta) => winners.push((i, meta)),
+            Err(StoreError::Conflict) => {}
+            Err(other) => panic!("writer {i}: {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one compare-and-swap wins");
+    let (winner, meta) = &winners[0];
+    assert_eq!(meta.version, stored.version + 1);
+    let got = must_get(store.as_ref(), conn.key()).await;
+    assert_eq!(got.meta, *meta);
+    assert_eq!(
+        got.tokens.access_token.expose_secret(),
+        format!("writer-{winner}")
+    );
+}

@@ -12,13 +12,25 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, Tokens};
 use crate::crypto::{Field, KeyRing, envelope_key_id};
 use crate::secret::{AccessToken, RefreshToken};
-use crate::store::{KeyUsage, ListPage, ListQuery, PutOutcome, Store, StoreError};
+use crate::store::{
+    KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
+};
+use time::OffsetDateTime;
 
 #[derive(Debug, Clone)]
 struct Row {
     meta: ConnectionMeta,
     access_token: Vec<u8>,
     refresh_token: Option<Vec<u8>>,
+    lease: Option<(String, OffsetDateTime)>,
+}
+
+impl Row {
+    fn lease_free_for(&self, owner: &str, now: OffsetDateTime) -> bool {
+        self.lease
+            .as_ref()
+            .is_none_or(|(o, until)| o == owner || *until <= now)
+    }
 }
 
 /// A store that lives in memory.
@@ -58,6 +70,7 @@ impl MemoryStore {
                 has_refresh_token: conn.tokens.refresh_token.is_some(),
                 ..meta
             },
+            lease: None,
         }
     }
 
@@ -208,5 +221,128 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn try_lease(
+        &self,
+        key: &ConnectionKey,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut rows = self.rows();
+        let Some(row) = rows.get_mut(key) else {
+            return Err(StoreError::NotFound);
+        };
+        if !row.lease_free_for(owner, now) {
+            return Ok(false);
+        }
+        row.lease = Some((owner.to_owned(), until));
+        Ok(true)
+    }
+
+    async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError> {
+        if let Some(row) = self.rows().get_mut(key)
+            && row.lease.as_ref().is_some_and(|(o, _)| o == owner)
+        {
+            row.lease = None;
+        }
+        Ok(())
+    }
+
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<Vec<ConnectionKey>, StoreError> {
+        let mut rows = self.rows();
+        let mut due: Vec<(OffsetDateTime, ConnectionKey)> = rows
+            .values()
+            .filter(|r| r.meta.status == ConnectionStatus::Active && r.lease_free_for(owner, now))
+            .filter_map(|r| {
+                r.meta
+                    .next_refresh_at
+                    .filter(|at| *at <= now)
+                    .map(|at| (at, r.meta.key.clone()))
+            })
+            .collect();
+        due.sort();
+        due.truncate(limit as usize);
+        for (_, key) in &due {
+            if let Some(row) = rows.get_mut(key) {
+                row.lease = Some((owner.to_owned(), until));
+            }
+        }
+        Ok(due.into_iter().map(|(_, key)| key).collect())
+    }
+
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        Ok(self
+            .rows()
+            .values()
+            .filter(|r| r.meta.status == ConnectionStatus::Active)
+            .filter_map(|r| {
+                let due = r.meta.next_refresh_at?;
+                Some(r.lease.as_ref().map_or(due, |(_, until)| due.max(*until)))
+            })
+            .min())
+    }
+
+    async fn reseal_batch(
+        &self,
+        after: Option<&ConnectionKey>,
+        limit: u32,
+    ) -> Result<ResealBatch, StoreError> {
+        let mut rows = self.rows();
+        let mut batch = ResealBatch::default();
+        let stale: Vec<ConnectionKey> = rows
+            .iter()
+            .filter(|(key, _)| after.is_none_or(|after| *key > after))
+            .filter(|(_, row)| {
+                self.keys.needs_reseal(&row.access_token)
+                    || row
+                        .refresh_token
+                        .as_ref()
+                        .is_some_and(|rt| self.keys.needs_reseal(rt))
+            })
+            .map(|(key, _)| key.clone())
+            .take(limit.max(1) as usize)
+            .collect();
+        for key in &stale {
+            let Some(row) = rows.get_mut(key) else {
+                continue;
+            };
+            batch.scanned += 1;
+            let Ok(conn) = self.open(row) else {
+                batch.failed += 1;
+                continue;
+            };
+            let resealed = self.seal(&conn, row.meta.clone());
+            row.access_token = resealed.access_token;
+            row.refresh_token = resealed.refresh_token;
+            batch.resealed += 1;
+        }
+        if stale.len() == limit.max(1) as usize {
+            batch.last = stale.last().cloned();
+        }
+        Ok(batch)
+    }
+
+    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
+        let mut stats = QueueStats::default();
+        for row in self.rows().values() {
+            let meta = &row.meta;
+            if meta.status != ConnectionStatus::Active {
+                continue;
+            }
+            if let Some(at) = meta.next_refresh_at {
+                stats.scheduled += 1;
+                stats.due_now += u64::from(at <= now);
+                stats.retrying += u64::from(meta.consecutive_failures > 0);
+            }
+        }
+        Ok(stats)
     }
 }

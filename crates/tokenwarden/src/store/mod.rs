@@ -9,6 +9,9 @@
 //! [`KeyRing`]: crate::crypto::KeyRing
 
 use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use time::OffsetDateTime;
 
 use crate::connection::{
     Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, ProviderName, UserId,
@@ -106,4 +109,167 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Takes the refresh lease on one connection for `owner` until `until`, if it is free,
+    /// expired, or already `owner`'s. Atomic: of several instances asking at once, one wins.
+    /// A successful [`Store::update`] releases it.
+    async fn try_lease(
+        &self,
+        key: &ConnectionKey,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Releases `owner`'s lease (a no-op when someone else holds it).
+    async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError>;
+
+    /// Claims up to `limit` active connections whose `next_refresh_at` is due at `now` and
+    /// whose lease is free or expired, leasing them to `owner` until `until`; earliest first.
+    /// Several instances claiming at once never get the same connection.
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<Vec<ConnectionKey>, StoreError>;
+
+    /// The earliest time an active, scheduled connection becomes claimable: its
+    /// `next_refresh_at`, or its lease's expiry when that is later. `None` when nothing is
+    /// scheduled.
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    /// Sizes of the refresh schedule, for metrics.
+    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError>;
+
+    /// Key rotation, one batch: re-seals under the key ring's active key the secrets of up to
+    /// `limit` connections that use another key, in key order after `after`. Online: the
+    /// write is compare-and-swap on the old ciphertext and leaves `version` alone, so it
+    /// never overwrites (or disturbs) a concurrent refresh. Rows whose secrets cannot be
+    /// opened are counted in `failed` and left untouched. Resumable: run again from
+    /// `last` (or from the start) until `last` is `None`.
+    async fn reseal_batch(
+        &self,
+        after: Option<&ConnectionKey>,
+        limit: u32,
+    ) -> Result<ResealBatch, StoreError>;
+}
+
+/// The result of one [`Store::reseal_batch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResealBatch {
+    /// Connections looked at (all of them used a non-active key).
+    pub scanned: u64,
+    /// Connections whose secrets are now sealed under the active key.
+    pub resealed: u64,
+    /// Connections whose secrets could not be opened (their key is not configured).
+    pub failed: u64,
+    /// Where the next batch starts; `None` when this was the last.
+    pub last: Option<ConnectionKey>,
+}
+
+/// Sizes of the refresh schedule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Active connections with a scheduled refresh.
+    pub scheduled: u64,
+    /// Of those, due now.
+    pub due_now: u64,
+    /// Of the scheduled, ones retrying after a failure (`consecutive_failures > 0`).
+    pub retrying: u64,
+}
+
+/// Totals of a whole key rotation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResealSummary {
+    pub resealed: u64,
+    pub failed: u64,
+    pub batches: u64,
+}
+
+/// Re-seals every secret under the active key, batch by batch, calling `progress` after each
+/// batch (for a progress bar). Safe to interrupt and run again: it only touches what is not
+/// yet under the active key.
+pub async fn reseal_all(
+    store: &dyn Store,
+    batch_size: u32,
+    mut progress: impl FnMut(&ResealBatch),
+) -> Result<ResealSummary, StoreError> {
+    let mut summary = ResealSummary::default();
+    let mut after: Option<ConnectionKey> = None;
+    loop {
+        let batch = store.reseal_batch(after.as_ref(), batch_size).await?;
+        summary.resealed += batch.resealed;
+        summary.failed += batch.failed;
+        summary.batches += 1;
+        progress(&batch);
+        match batch.last {
+            Some(last) => after = Some(last),
+            None => return Ok(summary),
+        }
+    }
+}
+
+/// Page size used when [`ListQuery::limit`] is 0.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+/// Largest page size a store returns.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+impl ListQuery {
+    /// The page size stores use: `limit` clamped to 1..=1000, where 0 means
+    /// [`DEFAULT_LIST_LIMIT`].
+    pub fn effective_limit(&self) -> u32 {
+        match self.limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        }
+    }
+}
+
+/// Encodes the keyset cursor that follows `last`: base64url (no padding) of the key's JSON.
+///
+/// Every backend uses this format, so a cursor stays valid if an operator moves from SQLite
+/// to PostgreSQL between two pages. Ids are not secret, so the cursor is not encrypted.
+pub fn encode_cursor(last: &ConnectionKey) -> String {
+    // Serializing three validated strings cannot fail.
+    let json = serde_json::to_vec(last).unwrap_or_default();
+    URL_SAFE_NO_PAD.encode(json)
+}
+
+/// Decodes a cursor made by [`encode_cursor`]; anything else is [`StoreError::BadCursor`].
+pub fn decode_cursor(cursor: &str) -> Result<ConnectionKey, StoreError> {
+    let json = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| StoreError::BadCursor)?;
+    serde_json::from_slice(&json).map_err(|_| StoreError::BadCursor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let key = ConnectionKey::parse("üser 1", "tiktok", "acc/ount".replace('/', "-").as_str())
+            .expect("valid key");
+        assert_eq!(decode_cursor(&encode_cursor(&key)).expect("decodes"), key);
+        for bad in ["", "!!!", "bm90IGpzb24", "eyJ1c2VyX2lkIjoiIn0"] {
+            assert!(
+                matches!(decode_cursor(bad), Err(StoreError::BadCursor)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn limit_is_clamped() {
+        let q = |limit| ListQuery {
+            limit,
+            ..ListQuery::default()
+        };
+        assert_eq!(q(0).effective_limit(), DEFAULT_LIST_LIMIT);
+        assert_eq!(q(1).effective_limit(), 1);
+        assert_eq!(q(5000).effective_limit(), MAX_LIST_LIMIT);
+    }
 }

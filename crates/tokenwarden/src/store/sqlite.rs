@@ -1,5 +1,729 @@
-//! TODO: SQLite store.
+//! The embedded SQLite store: [`SqliteStore`], its `database_url` forms and its migrations.
+//!
+//! This module owns the SQLite schema (`migrations/sqlite/`), the mapping between rows and
+//! [`Connection`]s, and the connection pool settings that make a refresh durable before its
+//! token is handed out (WAL journal, `synchronous=FULL`). It seals and opens secrets only
+//! through the [`KeyRing`] it was built with; it never sees key material. It does not decide
+//! when to refresh or talk to providers.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, SqlSafeStr, Sqlite};
+use time::OffsetDateTime;
+
+use super::{
+    KeyUsage, ListPage, ListQuery, PutOutcome, Store, StoreError, decode_cursor, encode_cursor,
+};
+use crate::connection::{
+    AccountId, Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError,
+    ProviderName, Tokens, UserId,
+};
+use crate::crypto::{Field, KeyRing, envelope_key_id};
+use crate::secret::{AccessToken, RefreshToken};
+
+/// How long a statement waits for another connection's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections in a file database's pool. SQLite serializes writers anyway; a few
+/// connections let reads (WAL readers never block) proceed beside a write.
+const FILE_POOL_SIZE: u32 = 4;
+
+/// The SQLite migrations, embedded so the binary needs no migration files at run time.
+/// PostgreSQL keeps its own folder with the same file names.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "connections",
+    include_str!("../../migrations/sqlite/0001_connections.sql"),
+)];
+
+const BAD_URL: &str = "database_url must be sqlite://RELATIVE_PATH, sqlite:///ABSOLUTE_PATH \
+                       or sqlite::memory:";
 
 /// The embedded SQLite store.
-#[derive(Debug)]
-pub struct SqliteStore;
+pub struct SqliteStore {
+    pool: SqlitePool,
+    keys: Arc<KeyRing>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The pool's own Debug would print its connect options (the file path); the key ring
+        // prints key ids only.
+        f.debug_struct("SqliteStore")
+            .field("pool_size", &self.pool.size())
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, with its parent directory) the database at `database_url`
+    /// and brings its schema up to date.
+    ///
+    /// Accepted forms: `sqlite://relative/path.db` (relative to the current directory, resolved
+    /// once here), `sqlite:///abs/path.db` and `sqlite::memory:` (a private database that lives
+    /// as long as this store; its pool has exactly one connection so every query sees it).
+    /// Files use the WAL journal with `synchronous=FULL`, so a committed write survives a
+    /// crash or power loss; foreign keys are on and a writer waits up to 5 s for the lock.
+    pub async fn connect(database_url: &str, keys: Arc<KeyRing>) -> Result<Self, StoreError> {
+        let location = SqliteLocation::parse(database_url)?;
+        let (options, pool_options) = match location {
+            SqliteLocation::Memory => {
+                let options = SqliteConnectOptions::from_str("sqlite::memory:")
+                    .map_err(db_error("connect"))?;
+                // The database vanishes with its last connection: keep exactly one, forever.
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None);
+                (options, pool)
+            }
+            SqliteLocation::File(path) => {
+                let path = absolute(&path)?;
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        StoreError::Database(format!("cannot create the database directory: {e}"))
+                    })?;
+                }
+                let options = SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full);
+                (
+                    options,
+                    SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE),
+                )
+            }
+        };
+        let options = options.foreign_keys(true).busy_timeout(BUSY_TIMEOUT);
+        let pool = pool_options
+            .connect_with(options)
+            .await
+            .map_err(db_error("connect"))?;
+        Self::from_pool(pool, keys).await
+    }
+
+    /// A store over an existing pool (for example one shared with another store that holds a
+    /// different key ring, as key rotation tests do). Runs the migrations.
+    pub async fn from_pool(pool: SqlitePool, keys: Arc<KeyRing>) -> Result<Self, StoreError> {
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migrate: {e}")))?;
+        Ok(Self { pool, keys })
+    }
+
+    /// The connection pool, for backend-specific tests and maintenance (key rotation).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes the pool, waiting for connections to finish (graceful shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn seal(&self, conn: &Connection) -> SealedTokens {
+        let key = conn.key();
+        let access = self.keys.seal(
+            conn.tokens.access_token.expose_secret().as_bytes(),
+            key,
+            Field::AccessToken,
+        );
+        let access_key_id = self.sealed_key_id(&access);
+        let refresh = conn.tokens.refresh_token.as_ref().map(|token| {
+            let sealed = self
+                .keys
+                .seal(token.expose_secret().as_bytes(), key, Field::RefreshToken);
+            let key_id = self.sealed_key_id(&sealed);
+            (sealed, key_id)
+        });
+        let (refresh, refresh_key_id) = refresh.unzip();
+        SealedTokens {
+            access,
+            access_key_id,
+            refresh,
+            refresh_key_id,
+        }
+    }
+
+    fn sealed_key_id(&self, envelope: &[u8]) -> String {
+        envelope_key_id(envelope)
+            .unwrap_or(self.keys.active_key_id().as_str())
+            .to_owned()
+    }
+
+    fn open(&self, key: &ConnectionKey, row: &SqliteRow) -> Result<Tokens, StoreError> {
+        let access: Vec<u8> = get(row, "access_token")?;
+        let refresh: Option<Vec<u8>> = get(row, "refresh_token")?;
+        let access = self
+            .keys
+            .open_string(&access, key, Field::AccessToken)
+            .map_err(|_| StoreError::Decrypt)?;
+        let refresh = refresh
+            .map(|sealed| self.keys.open_string(&sealed, key, Field::RefreshToken))
+            .transpose()
+            .map_err(|_| StoreError::Decrypt)?;
+        Ok(Tokens {
+            access_token: AccessToken::new(access),
+            refresh_token: refresh.map(RefreshToken::new),
+        })
+    }
+}
+
+/// The migrations [`SqliteStore`] runs on connect.
+pub fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    AssertSqlSafe(sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Where a `database_url` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqliteLocation {
+    /// `sqlite::memory:`
+    Memory,
+    /// A file; relative paths are relative to the current directory.
+    File(PathBuf),
+}
+
+impl SqliteLocation {
+    /// Parses `sqlite://relative/path`, `sqlite:///absolute/path` or `sqlite::memory:`.
+    ///
+    /// The path is taken literally (no percent-decoding); `?` and `#` are rejected so that a
+    /// URL written for another tool's query options fails loudly instead of naming a file.
+    /// The error never repeats the URL, which for a mistyped PostgreSQL URL could hold a
+    /// password.
+    pub fn parse(database_url: &str) -> Result<Self, StoreError> {
+        if database_url == "sqlite::memory:" {
+            return Ok(Self::Memory);
+        }
+        let bad = || StoreError::Database(BAD_URL.to_owned());
+        let path = database_url.strip_prefix("sqlite://").ok_or_else(bad)?;
+        if path.is_empty() || path.ends_with('/') || path.contains(['?', '#', '\0']) {
+            return Err(bad());
+        }
+        Ok(Self::File(PathBuf::from(path)))
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, StoreError> {
+    if path.is_absolute() {
+        return Ok(path.to_owned());
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| StoreError::Database(format!("cannot resolve the current directory: {e}")))?;
+    Ok(cwd.join(path))
+}
+
+/// Ciphertexts and their key ids, ready to bind.
+struct SealedTokens {
+    access: Vec<u8>,
+    access_key_id: String,
+    refresh: Option<Vec<u8>>,
+    refresh_key_id: Option<String>,
+}
+
+/// The columns a put or update writes, in the order [`RowValues::bind`] binds them.
+/// `created_at` and `version` are each statement's own business.
+const WRITE_SET: &str = "access_token = ?, access_key_id = ?, refresh_token = ?, \
+     refresh_key_id = ?, token_type = ?, expires_at = ?, refresh_expires_at = ?, issued_at = ?, \
+     scopes = ?, metadata = ?, status = ?, last_refreshed_at = ?, consecutive_failures = ?, \
+     last_error_code = ?, last_error_message = ?, last_error_at = ?, updated_at = ?";
+
+/// Creates a row. Its version starts above every deleted version (see `store_state` in the
+/// migration), so an update prepared against a deleted incarnation of this key can never
+/// match the new one.
+const INSERT_SQL: &str = "INSERT INTO connections (access_token, access_key_id, refresh_token, \
+     refresh_key_id, token_type, expires_at, refresh_expires_at, issued_at, scopes, metadata, \
+     status, last_refreshed_at, consecutive_failures, last_error_code, last_error_message, \
+     last_error_at, updated_at, user_id, provider, account_id, created_at, version) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
+     (SELECT max_deleted_version + 1 FROM store_state WHERE id = 1)) \
+     RETURNING created_at, version";
+
+/// The columns that make up [`ConnectionMeta`].
+const META_COLUMNS: &str = "user_id, provider, account_id, token_type, \
+     refresh_token IS NOT NULL AS has_refresh_token, expires_at, refresh_expires_at, issued_at, \
+     scopes, metadata, status, last_refreshed_at, consecutive_failures, last_error_code, \
+     last_error_message, last_error_at, created_at, updated_at, version";
+
+const KEY_MATCH: &str = "user_id = ? AND provider = ? AND account_id = ?";
+
+/// Everything one write binds, converted to column types before the statement is built.
+struct RowValues {
+    sealed: SealedTokens,
+    token_type: String,
+    expires_at: Option<i64>,
+    refresh_expires_at: Option<i64>,
+    issued_at: i64,
+    scopes: String,
+    metadata: String,
+    status: &'static str,
+    last_refreshed_at: Option<i64>,
+    consecutive_failures: i64,
+    last_error_code: Option<String>,
+    last_error_message: Option<String>,
+    last_error_at: Option<i64>,
+    updated_at: i64,
+}
+
+impl RowValues {
+    fn new(meta: &ConnectionMeta, sealed: SealedTokens) -> Result<Self, StoreError> {
+        let json = |what: &str, value: Result<String, serde_json::Error>| {
+            value.map_err(|_| StoreError::Database(format!("cannot encode {what} as JSON")))
+        };
+        Ok(Self {
+            sealed,
+            token_type: meta.token_type.clone(),
+            expires_at: meta.expires_at.map(unix),
+            refresh_expires_at: meta.refresh_expires_at.map(unix),
+            issued_at: unix(meta.issued_at),
+            scopes: json("scopes", serde_json::to_string(&meta.scopes))?,
+            metadata: json("metadata", serde_json::to_string(&meta.metadata))?,
+            status: meta.status.as_str(),
+            last_refreshed_at: meta.last_refreshed_at.map(unix),
+            consecutive_failures: i64::from(meta.consecutive_failures),
+            last_error_code: meta.last_error.as_ref().map(|e| e.code.clone()),
+            last_error_message: meta.last_error.as_ref().map(|e| e.message.clone()),
+            last_error_at: meta.last_error.as_ref().map(|e| unix(e.at)),
+            updated_at: unix(meta.updated_at),
+        })
+    }
+
+    /// Binds the values in [`WRITE_SET`] order.
+    fn bind<'q>(self, query: SqliteQuery<'q>) -> SqliteQuery<'q> {
+        let s = self.sealed;
+        query
+            .bind(s.access)
+            .bind(s.access_key_id)
+            .bind(s.refresh)
+            .bind(s.refresh_key_id)
+            .bind(self.token_type)
+            .bind(self.expires_at)
+            .bind(self.refresh_expires_at)
+            .bind(self.issued_at)
+            .bind(self.scopes)
+            .bind(self.metadata)
+            .bind(self.status)
+            .bind(self.last_refreshed_at)
+            .bind(self.consecutive_failures)
+            .bind(self.last_error_code)
+            .bind(self.last_error_message)
+            .bind(self.last_error_at)
+            .bind(self.updated_at)
+    }
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
+
+fn bind_key<'q>(query: SqliteQuery<'q>, key: &ConnectionKey) -> SqliteQuery<'q> {
+    query
+        .bind(key.user_id.as_str().to_owned())
+        .bind(key.provider.as_str().to_owned())
+        .bind(key.account_id.as_str().to_owned())
+}
+
+/// The stored metadata after a write: the caller's fields plus what the store decided.
+fn written_meta(
+    conn: &Connection,
+    created_at: i64,
+    version: i64,
+) -> Result<ConnectionMeta, StoreError> {
+    let mut meta = conn.meta.clone();
+    meta.has_refresh_token = conn.tokens.refresh_token.is_some();
+    meta.created_at = from_unix(created_at)?;
+    meta.version = version;
+    // What a read returns: times at whole seconds, as stored.
+    for t in [&mut meta.issued_at, &mut meta.updated_at] {
+        *t = truncate(*t)?;
+    }
+    for t in [
+        &mut meta.expires_at,
+        &mut meta.refresh_expires_at,
+        &mut meta.last_refreshed_at,
+    ] {
+        *t = t.map(truncate).transpose()?;
+    }
+    if let Some(e) = meta.last_error.as_mut() {
+        e.at = truncate(e.at)?;
+    }
+    Ok(meta)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get(&self, key: &ConnectionKey) -> Result<Option<Connection>, StoreError> {
+        let sql = format!(
+            "SELECT {META_COLUMNS}, access_token, refresh_token FROM connections WHERE {KEY_MATCH}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(key.user_id.as_str())
+            .bind(key.provider.as_str())
+            .bind(key.account_id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("get"))?;
+        let Some(row) = row else { return Ok(None) };
+        let meta = meta_from_row(&row)?;
+        let tokens = self.open(&meta.key, &row)?;
+        Ok(Some(Connection { meta, tokens }))
+    }
+
+    async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
+        let key = conn.key();
+        let values = RowValues::new(&conn.meta, self.seal(conn))?;
+        // IMMEDIATE takes the write lock up front: a deferred transaction that reads and
+        // then writes fails at once (SQLITE_BUSY, no busy wait) if another writer committed
+        // in between, which would surface as spurious errors under concurrent imports.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error("put"))?;
+        let existing: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT version, created_at FROM connections \
+             WHERE user_id = ? AND provider = ? AND account_id = ?",
+        )
+        .bind(key.user_id.as_str())
+        .bind(key.provider.as_str())
+        .bind(key.account_id.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error("put"))?;
+
+        let (created_at, version, outcome) = match existing {
+            Some((old_version, created_at)) => {
+                let version = old_version + 1;
+                let sql =
+                    format!("UPDATE connections SET {WRITE_SET}, version = ? WHERE {KEY_MATCH}");
+                let query = values.bind(sqlx::query(AssertSqlSafe(sql))).bind(version);
+                bind_key(query, key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("put"))?;
+                (created_at, version, PutOutcome::Replaced)
+            }
+            None => {
+                let query = values.bind(sqlx::query(INSERT_SQL));
+                let row = bind_key(query, key)
+                    .bind(unix(conn.meta.created_at))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error("put"))?;
+                (
+                    get(&row, "created_at")?,
+                    get(&row, "version")?,
+                    PutOutcome::Created,
+                )
+            }
+        };
+        tx.commit().await.map_err(db_error("put"))?;
+        Ok((written_meta(conn, created_at, version)?, outcome))
+    }
+
+    async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
+        let key = conn.key();
+        let values = RowValues::new(&conn.meta, self.seal(conn))?;
+        // One statement, so the version check and the write are atomic without a transaction.
+        let sql = format!(
+            "UPDATE connections SET {WRITE_SET}, version = version + 1 \
+             WHERE {KEY_MATCH} AND version = ? RETURNING created_at, version"
+        );
+        let query = values.bind(sqlx::query(AssertSqlSafe(sql)));
+        let row = bind_key(query, key)
+            .bind(conn.meta.version)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("update"))?;
+        if let Some(row) = row {
+            return written_meta(conn, get(&row, "created_at")?, get(&row, "version")?);
+        }
+        let exists: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM connections WHERE user_id = ? AND provider = ? AND account_id = ?",
+        )
+        .bind(key.user_id.as_str())
+        .bind(key.provider.as_str())
+        .bind(key.account_id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error("update"))?;
+        Err(if exists.is_some() {
+            StoreError::Conflict
+        } else {
+            StoreError::NotFound
+        })
+    }
+
+    async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM connections WHERE user_id = ? AND provider = ? AND account_id = ?",
+        )
+        .bind(key.user_id.as_str())
+        .bind(key.provider.as_str())
+        .bind(key.account_id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("delete"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+        let limit = query.effective_limit();
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {META_COLUMNS} FROM connections"));
+        let mut sep = " WHERE ";
+        if let Some(provider) = &query.provider {
+            qb.push(sep)
+                .push("provider = ")
+                .push_bind(provider.as_str().to_owned());
+            sep = " AND ";
+        }
+        if let Some(user_id) = &query.user_id {
+            qb.push(sep)
+                .push("user_id = ")
+                .push_bind(user_id.as_str().to_owned());
+            sep = " AND ";
+        }
+        if let Some(status) = query.status {
+            qb.push(sep).push("status = ").push_bind(status.as_str());
+            sep = " AND ";
+        }
+        if let Some(after) = &after {
+            qb.push(sep)
+                .push("(user_id, provider, account_id) > (")
+                .push_bind(after.user_id.as_str().to_owned())
+                .push(", ")
+                .push_bind(after.provider.as_str().to_owned())
+                .push(", ")
+                .push_bind(after.account_id.as_str().to_owned())
+                .push(")");
+        }
+        // One row past the page tells whether another page follows, so the last page
+        // carries no cursor.
+        qb.push(" ORDER BY user_id, provider, account_id LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("list"))?;
+        let mut items = rows
+            .iter()
+            .map(meta_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next_cursor = if more {
+            items.last().map(|m| encode_cursor(&m.key))
+        } else {
+            None
+        };
+        Ok(ListPage { items, next_cursor })
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(ConnectionStatus, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM connections GROUP BY status")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error("count_by_status"))?;
+        // Every status appears, zero included, so a gauge built from this drops to 0.
+        let mut counts = vec![
+            (ConnectionStatus::Active, 0),
+            (ConnectionStatus::NeedsReconnect, 0),
+        ];
+        for (status, n) in rows {
+            let status = ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?;
+            let n = u64::try_from(n).map_err(|_| corrupt("count"))?;
+            if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == status) {
+                entry.1 = n;
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT key_id, COUNT(*) FROM ( \
+                 SELECT access_key_id AS key_id FROM connections \
+                 UNION ALL \
+                 SELECT refresh_key_id FROM connections WHERE refresh_key_id IS NOT NULL \
+             ) GROUP BY key_id ORDER BY key_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("key_usage"))?;
+        rows.into_iter()
+            .map(|(key_id, n)| {
+                let ciphertexts = u64::try_from(n).map_err(|_| corrupt("count"))?;
+                Ok(KeyUsage {
+                    key_id,
+                    ciphertexts,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("ping"))?;
+        Ok(())
+    }
+}
+
+fn meta_from_row(row: &SqliteRow) -> Result<ConnectionMeta, StoreError> {
+    let key = ConnectionKey {
+        user_id: UserId::parse(get::<String>(row, "user_id")?).map_err(|_| corrupt("user_id"))?,
+        provider: ProviderName::parse(get::<String>(row, "provider")?)
+            .map_err(|_| corrupt("provider"))?,
+        account_id: AccountId::parse(get::<String>(row, "account_id")?)
+            .map_err(|_| corrupt("account_id"))?,
+    };
+    let status: String = get(row, "status")?;
+    let scopes: String = get(row, "scopes")?;
+    let metadata: String = get(row, "metadata")?;
+    let last_error_code: Option<String> = get(row, "last_error_code")?;
+    let last_error_message: Option<String> = get(row, "last_error_message")?;
+    let last_error_at: Option<i64> = get(row, "last_error_at")?;
+    let last_error = match (last_error_code, last_error_at) {
+        (Some(code), Some(at)) => Some(LastError {
+            code,
+            message: last_error_message.unwrap_or_default(),
+            at: from_unix(at)?,
+        }),
+        _ => None,
+    };
+    Ok(ConnectionMeta {
+        key,
+        token_type: get(row, "token_type")?,
+        has_refresh_token: get(row, "has_refresh_token")?,
+        expires_at: get::<Option<i64>>(row, "expires_at")?
+            .map(from_unix)
+            .transpose()?,
+        refresh_expires_at: get::<Option<i64>>(row, "refresh_expires_at")?
+            .map(from_unix)
+            .transpose()?,
+        issued_at: from_unix(get(row, "issued_at")?)?,
+        scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
+        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?,
+        status: ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        last_refreshed_at: get::<Option<i64>>(row, "last_refreshed_at")?
+            .map(from_unix)
+            .transpose()?,
+        consecutive_failures: u32::try_from(get::<i64>(row, "consecutive_failures")?)
+            .map_err(|_| corrupt("consecutive_failures"))?,
+        last_error,
+        created_at: from_unix(get(row, "created_at")?)?,
+        updated_at: from_unix(get(row, "updated_at")?)?,
+        version: get(row, "version")?,
+    })
+}
+
+/// Reads a column. Decode errors name the column and the types, never the value.
+fn get<T>(row: &SqliteRow, column: &'static str) -> Result<T, StoreError>
+where
+    T: for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(column)
+        .map_err(|_| StoreError::Database(format!("cannot decode column {column}")))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Database(format!("stored {what} is invalid"))
+}
+
+/// Maps a driver error. sqlx's messages carry the SQLite error, never bound values.
+fn db_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| StoreError::Database(format!("{op}: {e}"))
+}
+
+fn unix(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+fn from_unix(seconds: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(seconds).map_err(|_| corrupt("timestamp"))
+}
+
+fn truncate(t: OffsetDateTime) -> Result<OffsetDateTime, StoreError> {
+    from_unix(unix(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_database_urls() {
+        assert_eq!(
+            SqliteLocation::parse("sqlite::memory:").ok(),
+            Some(SqliteLocation::Memory)
+        );
+        assert_eq!(
+            SqliteLocation::parse("sqlite://tokenwarden-data/tokenwarden.db").ok(),
+            Some(SqliteLocation::File(PathBuf::from(
+                "tokenwarden-data/tokenwarden.db"
+            )))
+        );
+        assert_eq!(
+            SqliteLocation::parse("sqlite:///var/lib/tw/db.sqlite").ok(),
+            Some(SqliteLocation::File(PathBuf::from("/var/lib/tw/db.sqlite")))
+        );
+        let relative = SqliteLocation::parse("sqlite://a/b.db").expect("parses");
+        let SqliteLocation::File(path) = relative else {
+            panic!("not a file")
+        };
+        assert!(path.is_relative());
+        let resolved = absolute(&path).expect("resolves");
+        assert!(resolved.is_absolute() && resolved.ends_with("a/b.db"));
+    }
+
+    #[test]
+    fn rejects_other_urls_without_echoing_them() {
+        for url in [
+            "",
+            "sqlite://",
+            "sqlite:",
+            "sqlite:db.sqlite",
+            "sqlite://dir/",
+            "sqlite://x.db?mode=ro",
+            "postgres://user:hunter2@localhost/db",
+        ] {
+            let err = SqliteLocation::parse(url).expect_err(url);
+            assert!(!err.to_string().contains("hunter2"));
+            assert!(matches!(err, StoreError::Database(_)));
+        }
+    }
+
+    #[test]
+    fn migrations_are_embedded_in_order() {
+        let migrator = migrator();
+        let versions: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+        assert_eq!(versions, (1..=MIGRATIONS.len() as i64).collect::<Vec<_>>());
+    }
+}

@@ -93,6 +93,10 @@ pub struct FakeProvider {
     pub presented: Mutex<Vec<Option<String>>>,
     /// Simulated network latency per call.
     pub latency: Mutex<Duration>,
+    /// When each call started (tokio time).
+    pub call_times: Mutex<Vec<tokio::time::Instant>>,
+    /// Reported as the provider's `rate_limit_per_second`.
+    pub rate_limit: Mutex<Option<u32>>,
 }
 
 impl FakeProvider {
@@ -103,6 +107,8 @@ impl FakeProvider {
             calls: AtomicU32::new(0),
             presented: Mutex::new(Vec::new()),
             latency: Mutex::new(Duration::ZERO),
+            call_times: Mutex::new(Vec::new()),
+            rate_limit: Mutex::new(None),
         })
     }
 
@@ -129,7 +135,7 @@ impl Provider for FakeProvider {
             token_url: "http://127.0.0.1/token".into(),
             auth_method: None,
             client_id: None,
-            rate_limit_per_second: None,
+            rate_limit_per_second: *self.rate_limit.lock().expect("lock"),
         }
     }
 
@@ -146,6 +152,10 @@ impl Provider for FakeProvider {
 
     async fn refresh(&self, conn: &Connection) -> Result<TokenResponse, RefreshFailure> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.call_times
+            .lock()
+            .expect("lock")
+            .push(tokio::time::Instant::now());
         self.presented.lock().expect("lock").push(
             conn.tokens
                 .refresh_token

@@ -1,0 +1,73 @@
+-- Connections and their sealed secrets. Times are INTEGER unix seconds (UTC).
+--
+-- Text keys use SQLite's default BINARY collation, so ORDER BY and the keyset comparison in
+-- list() follow byte order of UTF-8, the same order as Rust's `String`/`ConnectionKey`.
+CREATE TABLE connections (
+    user_id              TEXT    NOT NULL,
+    provider             TEXT    NOT NULL,
+    account_id           TEXT    NOT NULL,
+
+    -- Envelopes from KeyRing::seal; the key id beside each makes key_usage and an online
+    -- rotation ("reseal everything not under the active key") plain indexed queries.
+    access_token         BLOB    NOT NULL,
+    access_key_id        TEXT    NOT NULL,
+    refresh_token        BLOB,
+    refresh_key_id       TEXT,
+
+    token_type           TEXT    NOT NULL,
+    expires_at           INTEGER,
+    refresh_expires_at   INTEGER,
+    issued_at            INTEGER NOT NULL,
+    scopes               TEXT    NOT NULL DEFAULT '[]',   -- JSON array of strings
+    metadata             TEXT    NOT NULL DEFAULT 'null', -- any JSON value
+
+    status               TEXT    NOT NULL DEFAULT 'active'
+                         CHECK (status IN ('active', 'needs_reconnect')),
+    last_refreshed_at    INTEGER,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0 CHECK (consecutive_failures >= 0),
+    last_error_code      TEXT,
+    last_error_message   TEXT,
+    last_error_at        INTEGER,
+
+    created_at           INTEGER NOT NULL,
+    updated_at           INTEGER NOT NULL,
+    -- Compare-and-swap counter. A re-created row starts above every deleted version (see
+    -- store_state), so a write prepared before a delete can never match the new row.
+    version              INTEGER NOT NULL CHECK (version > 0),
+
+    -- Reserved for the proactive refresh scheduler and the cross-instance refresh lease, so
+    -- that those features need no table rebuild. The store trait does not expose them yet.
+    next_refresh_at      INTEGER,
+    refresh_attempt      INTEGER NOT NULL DEFAULT 0,
+    lease_owner          TEXT,
+    lease_until          INTEGER,
+
+    PRIMARY KEY (user_id, provider, account_id),
+    -- A refresh token and its key id come together; so do an error code and its time.
+    CHECK ((refresh_token IS NULL) = (refresh_key_id IS NULL)),
+    CHECK ((last_error_code IS NULL) = (last_error_at IS NULL))
+);
+
+CREATE INDEX connections_by_provider ON connections (provider, user_id, account_id);
+CREATE INDEX connections_by_status ON connections (status, user_id, provider, account_id);
+CREATE INDEX connections_by_access_key ON connections (access_key_id);
+CREATE INDEX connections_by_refresh_key ON connections (refresh_key_id)
+    WHERE refresh_key_id IS NOT NULL;
+CREATE INDEX connections_next_refresh ON connections (next_refresh_at)
+    WHERE next_refresh_at IS NOT NULL;
+
+-- One row of store-wide state. max_deleted_version is the highest version any deleted
+-- connection had; new rows start above it.
+CREATE TABLE store_state (
+    id                  INTEGER PRIMARY KEY CHECK (id = 1),
+    max_deleted_version INTEGER NOT NULL
+);
+INSERT INTO store_state (id, max_deleted_version) VALUES (1, 0);
+
+-- A trigger rather than code in delete(), so any future bulk delete keeps the guarantee.
+CREATE TRIGGER connections_track_deleted_version AFTER DELETE ON connections
+BEGIN
+    UPDATE store_state
+       SET max_deleted_version = MAX(max_deleted_version, OLD.version)
+     WHERE id = 1;
+END;

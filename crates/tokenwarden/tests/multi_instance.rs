@@ -1,0 +1,117 @@
+//! Several wardens (instances) over one shared store: exactly one upstream refresh per
+//! needed refresh, and a crashed lease owner is taken over after its lease expires.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use time::OffsetDateTime;
+use time::macros::datetime;
+use tokenwarden::clock::TokioClock;
+use tokenwarden::store::Store;
+use tokenwarden::{RefreshConfig, Warden};
+
+const T0: OffsetDateTime = datetime!(2026-11-26 12:00 UTC);
+
+fn instance(store: Arc<dyn Store>, provider: Arc<FakeProvider>, id: &str) -> Warden {
+    Warden::builder(store)
+        .provider(provider)
+        .clock(Arc::new(TokioClock::new(T0)))
+        .instance_id(id)
+        .refresh_config(RefreshConfig {
+            attempt_timeout: Duration::from_secs(2),
+            ..RefreshConfig::default()
+        })
+        .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn three_instances_and_150_callers_make_one_upstream_call() {
+    let store: Arc<dyn Store> = memory_store();
+    let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);
+    *provider.latency.lock().expect("lock") = Duration::from_millis(300);
+    let instances: Vec<Warden> = (0..3)
+        .map(|i| instance(store.clone(), provider.clone(), &format!("i{i}")))
+        .collect();
+    let k = key("u", "a");
+    instances[0]
+        .import(
+            k.clone(),
+            import("at-1", Some("rt-1"), Some(T0 - time::Duration::seconds(5))),
+        )
+        .await
+        .expect("import");
+
+    let mut tasks = Vec::new();
+    for n in 0..150 {
+        let w = instances[n % 3].clone();
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move { w.access_token(&k).await }));
+    }
+    for t in tasks {
+        let grant = t.await.expect("join").expect("token");
+        assert_eq!(grant.access_token.expose_secret(), "at-2");
+    }
+    assert_eq!(provider.calls(), 1);
+    assert_eq!(
+        provider.presented.lock().expect("lock").as_slice(),
+        [Some("rt-1".to_owned())]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_owners_lease_expires_and_another_instance_completes_the_refresh() {
+    let store: Arc<dyn Store> = memory_store();
+    let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);
+    let w = instance(store.clone(), provider.clone(), "survivor");
+    let k = key("u", "a");
+    w.import(
+        k.clone(),
+        import("at-1", Some("rt-1"), Some(T0 - time::Duration::seconds(5))),
+    )
+    .await
+    .expect("import");
+    // An instance took the lease and died (kill -9) before finishing.
+    let lease_until = T0 + time::Duration::seconds(20);
+    assert!(
+        store
+            .try_lease(&k, "crashed", T0, lease_until)
+            .await
+            .expect("lease")
+    );
+
+    let start = tokio::time::Instant::now();
+    let grant = w.access_token(&k).await.expect("token after takeover");
+    assert_eq!(grant.access_token.expose_secret(), "at-2");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(20) && waited < Duration::from_secs(21),
+        "{waited:?}"
+    );
+    assert_eq!(provider.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_owners_result_is_shared_with_waiting_instances() {
+    let store: Arc<dyn Store> = memory_store();
+    let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);
+    *provider.latency.lock().expect("lock") = Duration::from_secs(1);
+    let a = instance(store.clone(), provider.clone(), "a");
+    let b = instance(store.clone(), provider.clone(), "b");
+    let k = key("u", "a");
+    a.import(
+        k.clone(),
+        import("at-1", Some("rt-1"), Some(T0 - time::Duration::seconds(5))),
+    )
+    .await
+    .expect("import");
+    let (ra, rb) = tokio::join!(a.access_token(&k), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.access_token(&k).await
+    });
+    assert_eq!(ra.expect("a").access_token.expose_secret(), "at-2");
+    assert_eq!(rb.expect("b").access_token.expose_secret(), "at-2");
+    assert_eq!(provider.calls(), 1);
+}

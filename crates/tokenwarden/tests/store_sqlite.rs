@@ -1,0 +1,286 @@
+//! `SqliteStore` against the store conformance suite (on a file and in memory), plus what
+//! only SQLite has: its pragmas, file creation, durability across a reopen, and the raw
+//! database file never holding a plaintext token.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use sqlx::sqlite::SqlitePool;
+use tempfile::TempDir;
+use tokenwarden::store::conformance::{TestDb, sample_connection, test_keys};
+use tokenwarden::store::{SqliteStore, Store, StoreError};
+use tokenwarden::{AccessToken, KeyRing, RefreshToken};
+
+type Factory = Box<dyn Fn(TestDb, Arc<KeyRing>) -> BoxFuture<'static, SqliteStore> + Send + Sync>;
+
+/// One temporary directory per test; each `TestDb` is a file in it.
+fn file_factory() -> Factory {
+    let dir = Arc::new(TempDir::new().expect("temp dir"));
+    Box::new(move |db, keys| {
+        let dir = Arc::clone(&dir);
+        Box::pin(async move {
+            let url = file_url(&dir.path().join(format!("{}.db", db.name())));
+            SqliteStore::connect(&url, keys).await.expect("connect")
+        })
+    })
+}
+
+/// `sqlite::memory:`; stores opened for the same `TestDb` share its one-connection pool.
+fn memory_factory() -> Factory {
+    let pools: Arc<Mutex<HashMap<TestDb, SqlitePool>>> = Arc::default();
+    Box::new(move |db, keys| {
+        let pools = Arc::clone(&pools);
+        Box::pin(async move {
+            let existing = pools.lock().expect("pools").get(&db).cloned();
+            if let Some(pool) = existing {
+                return SqliteStore::from_pool(pool, keys).await.expect("from pool");
+            }
+            let store = SqliteStore::connect("sqlite::memory:", keys)
+                .await
+                .expect("connect");
+            pools
+                .lock()
+                .expect("pools")
+                .insert(db, store.pool().clone());
+            store
+        })
+    })
+}
+
+mod file {
+    tokenwarden::store_conformance_tests!(super::file_factory());
+}
+
+mod memory {
+    tokenwarden::store_conformance_tests!(super::memory_factory());
+}
+
+fn file_url(path: &Path) -> String {
+    let path = path.to_str().expect("utf-8 temp path");
+    assert!(path.starts_with('/'), "absolute path");
+    format!("sqlite://{path}")
+}
+
+async fn open(path: &Path) -> SqliteStore {
+    SqliteStore::connect(&file_url(path), test_keys("k1", &["k1"]))
+        .await
+        .expect("connect")
+}
+
+#[tokio::test]
+async fn run_all_covers_every_check() {
+    tokenwarden::store::conformance::run_all(memory_factory()).await;
+}
+
+#[tokio::test]
+async fn file_database_uses_wal_and_full_sync() {
+    let dir = TempDir::new().expect("temp dir");
+    let store = open(&dir.path().join("tw.db")).await;
+    let pool = store.pool();
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(pool)
+        .await
+        .expect("pragma");
+    assert_eq!(journal, "wal");
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(pool)
+        .await
+        .expect("pragma");
+    assert_eq!(synchronous, 2, "synchronous=FULL");
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(pool)
+        .await
+        .expect("pragma");
+    assert_eq!(foreign_keys, 1);
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(pool)
+        .await
+        .expect("pragma");
+    assert_eq!(busy, 5000);
+}
+
+#[tokio::test]
+async fn creates_missing_parent_directories() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir
+        .path()
+        .join("not")
+        .join("yet")
+        .join("there")
+        .join("tw.db");
+    let store = open(&path).await;
+    store.ping().await.expect("ping");
+    assert!(path.is_file(), "database file created");
+}
+
+#[tokio::test]
+async fn memory_databases_are_private() {
+    let a = SqliteStore::connect("sqlite::memory:", test_keys("k1", &["k1"]))
+        .await
+        .expect("a");
+    let b = SqliteStore::connect("sqlite::memory:", test_keys("k1", &["k1"]))
+        .await
+        .expect("b");
+    let conn = sample_connection("u", "tiktok", "a");
+    a.put(&conn).await.expect("put");
+    assert!(a.get(conn.key()).await.expect("get").is_some());
+    assert!(b.get(conn.key()).await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn bad_url_is_an_error_that_does_not_echo_it() {
+    let err = SqliteStore::connect("postgres://tw:hunter2@db/tw", test_keys("k1", &["k1"]))
+        .await
+        .expect_err("not sqlite");
+    assert!(matches!(err, StoreError::Database(_)));
+    assert!(!err.to_string().contains("hunter2"));
+}
+
+/// Everything in the database file and its WAL/shared-memory companions.
+fn raw_bytes(path: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        if let Ok(content) = std::fs::read(&name) {
+            bytes.extend(content);
+        }
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn database_file_never_holds_plaintext_tokens() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("tw.db");
+    let store = open(&path).await;
+    let mut conn = sample_connection("plaintext-check-user", "tiktok", "acct");
+    let access = "AT-5f0c2b9e-plaintext-must-not-hit-disk";
+    let refresh = "RT-9d41aa07-plaintext-must-not-hit-disk";
+    conn.tokens.access_token = AccessToken::new(access);
+    conn.tokens.refresh_token = Some(RefreshToken::new(refresh));
+    let (meta, _) = store.put(&conn).await.expect("put");
+    let mut next = conn.clone();
+    next.meta.version = meta.version;
+    next.tokens.access_token = AccessToken::new(format!("{access}-2"));
+    store.update(&next).await.expect("update");
+
+    let bytes = raw_bytes(&path);
+    assert!(
+        contains(&bytes, "plaintext-check-user"),
+        "sanity: the row is in these files"
+    );
+    assert!(
+        !contains(&bytes, access),
+        "access token in the database file"
+    );
+    assert!(
+        !contains(&bytes, refresh),
+        "refresh token in the database file"
+    );
+
+    store.close().await;
+    let bytes = raw_bytes(&path);
+    assert!(
+        !contains(&bytes, access) && !contains(&bytes, refresh),
+        "after checkpoint"
+    );
+}
+
+#[tokio::test]
+async fn data_survives_reopening_the_file() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("data").join("tw.db");
+    let conn = sample_connection("ünïcode user", "reddit", "acct");
+    let updated = {
+        let store = open(&path).await;
+        let (meta, _) = store.put(&conn).await.expect("put");
+        let mut next = conn.clone();
+        next.meta.version = meta.version;
+        next.tokens.access_token = AccessToken::new("after-refresh");
+        store.update(&next).await.expect("update")
+        // Dropped without close(), as in a crash after the write returned.
+    };
+    let reopened = open(&path).await;
+    let got = reopened
+        .get(conn.key())
+        .await
+        .expect("get")
+        .expect("still there");
+    assert_eq!(got.meta, updated);
+    assert_eq!(got.tokens.access_token.expose_secret(), "after-refresh");
+    // Migrations ran once; a third open is a no-op too.
+    drop(reopened);
+    let again = open(&path).await;
+    assert_eq!(
+        again
+            .get(conn.key())
+            .await
+            .expect("get")
+            .expect("there")
+            .meta,
+        updated
+    );
+}
+
+#[tokio::test]
+async fn database_errors_are_never_not_found() {
+    let store = SqliteStore::connect("sqlite::memory:", test_keys("k1", &["k1"]))
+        .await
+        .expect("connect");
+    let conn = sample_connection("u", "tiktok", "a");
+    sqlx::query("DROP TABLE connections")
+        .execute(store.pool())
+        .await
+        .expect("drop");
+    let err = store.get(conn.key()).await.expect_err("no table");
+    assert!(matches!(err, StoreError::Database(_)), "get: {err:?}");
+    let err = store.update(&conn).await.expect_err("no table");
+    assert!(matches!(err, StoreError::Database(_)), "update: {err:?}");
+    let err = store.delete(conn.key()).await.expect_err("no table");
+    assert!(matches!(err, StoreError::Database(_)), "delete: {err:?}");
+}
+
+#[tokio::test]
+async fn tampered_or_moved_ciphertexts_fail_to_decrypt() {
+    let store = SqliteStore::connect("sqlite::memory:", test_keys("k1", &["k1"]))
+        .await
+        .expect("connect");
+    let a = sample_connection("u", "tiktok", "a");
+    let b = sample_connection("u", "tiktok", "b");
+    store.put(&a).await.expect("put a");
+    store.put(&b).await.expect("put b");
+    // Move a's sealed refresh token into b's row: the associated data binds it to a.
+    sqlx::query(
+        "UPDATE connections SET refresh_token = \
+         (SELECT refresh_token FROM connections WHERE account_id = 'a') WHERE account_id = 'b'",
+    )
+    .execute(store.pool())
+    .await
+    .expect("swap");
+    let err = store.get(b.key()).await.expect_err("moved ciphertext");
+    assert!(matches!(err, StoreError::Decrypt), "{err:?}");
+    sqlx::query("UPDATE connections SET access_token = X'0102' WHERE account_id = 'a'")
+        .execute(store.pool())
+        .await
+        .expect("tamper");
+    let err = store.get(a.key()).await.expect_err("tampered");
+    assert!(matches!(err, StoreError::Decrypt), "{err:?}");
+    assert_eq!(
+        store
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        2
+    );
+}
