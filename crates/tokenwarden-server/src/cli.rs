@@ -133,6 +133,12 @@ pub enum KeysCommand {
     Generate,
     /// Shows how many ciphertexts each key id protects.
     Status,
+    /// Re-encrypts every secret under `encryption.active_key` (online, resumable).
+    Rotate {
+        /// Connections per batch (one transaction each).
+        #[arg(long, default_value_t = 200)]
+        batch_size: u32,
+    },
 }
 
 /// A failed command. Messages never contain a secret.
@@ -177,6 +183,9 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
                 Command::Connections(c) => connections(&warden, c).await,
                 Command::Providers(ProvidersCommand::List) => providers(&warden),
                 Command::Keys(KeysCommand::Status) => keys_status(&warden, &resolved.config).await,
+                Command::Keys(KeysCommand::Rotate { batch_size }) => {
+                    keys_rotate(&warden, batch_size).await
+                }
                 Command::Serve(_) | Command::Keys(KeysCommand::Generate) => Ok(()),
             }
         }
@@ -493,6 +502,36 @@ async fn keys_status(warden: &Warden, config: &crate::config::Config) -> Result<
             "MISSING from encryption.keys: these secrets cannot be decrypted"
         };
         println!("{id}\t{count}\t{state}");
+    }
+    Ok(())
+}
+
+async fn keys_rotate(warden: &Warden, batch_size: u32) -> Result<(), CliError> {
+    let batch_size = batch_size.clamp(1, 10_000);
+    let counts = warden
+        .store()
+        .count_by_status()
+        .await
+        .map_err(|e| failed(format!("counting connections: {e}")))?;
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    let bar = indicatif::ProgressBar::new(total);
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let summary = tokenwarden::store::reseal_all(warden.store().as_ref(), batch_size, |batch| {
+        bar.inc(batch.scanned);
+    })
+    .await
+    .map_err(|e| failed(format!("rotation stopped (run it again to resume): {e}")))?;
+    bar.finish_and_clear();
+    println!(
+        "re-encrypted {} connection(s) in {} batch(es); {} could not be opened",
+        summary.resealed, summary.batches, summary.failed
+    );
+    if summary.failed > 0 {
+        return Err(failed(
+            "some secrets use a key that is not configured: see `tokenwarden keys status`",
+        ));
     }
     Ok(())
 }

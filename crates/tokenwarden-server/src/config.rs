@@ -282,8 +282,14 @@ pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
     })
 }
 
-/// Removes `"..."` spans from a serde message: serde quotes offending string values there.
+/// Removes offending values from a serde message: serde quotes string values in `"..."` and
+/// an unknown enum variant in backticks. Key names (`unknown field `x``) stay.
 pub fn redact_quoted(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown variant `")
+        && let Some(end) = rest.find('`')
+    {
+        return format!("unknown variant <redacted>{}", redact_quoted(&rest[end + 1..]));
+    }
     let mut out = String::with_capacity(message.len());
     let mut in_quote = false;
     for c in message.chars() {

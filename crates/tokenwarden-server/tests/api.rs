@@ -1,0 +1,207 @@
+//! Every v1 route's happy path, over HTTP against the real app.
+
+mod common;
+
+use common::{API_KEY, error_of, expired_import, spawn};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn import_view_token_refresh_delete_round_trip() {
+    let app = spawn().await;
+
+    let created = app
+        .import(
+            "user-1",
+            "acct-1",
+            json!({
+                "access_token": "access-1-secret",
+                "refresh_token": "refresh-1-secret",
+                "expires_in": 3600,
+                "scopes": ["read", "write"],
+                "metadata": {"handle": "@someone"},
+            }),
+        )
+        .await;
+    assert_eq!(created.status().as_u16(), 201);
+    let view: Value = created.json().await.expect("view");
+    assert_eq!(view["user_id"], "user-1");
+    assert_eq!(view["provider"], "fake");
+    assert_eq!(view["account_id"], "acct-1");
+    assert_eq!(view["status"], "active");
+    assert_eq!(view["has_refresh_token"], true);
+    assert_eq!(view["scopes"], json!(["read", "write"]));
+    assert_eq!(view["metadata"], json!({"handle": "@someone"}));
+    assert!(view["expires_at"].is_string());
+    let text = view.to_string();
+    assert!(!text.contains("access-1-secret") && !text.contains("refresh-1-secret"));
+
+    // Replacing answers 200.
+    let replaced = app
+        .import("user-1", "acct-1", json!({"access_token": "access-2-secret", "expires_in": 3600}))
+        .await;
+    assert_eq!(replaced.status().as_u16(), 200);
+
+    let shown: Value = app
+        .get("/v1/users/user-1/connections/fake/acct-1")
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(shown["has_refresh_token"], false);
+    for field in ["created_at", "updated_at", "token_type", "consecutive_failures", "last_error"] {
+        assert!(shown.get(field).is_some(), "view lacks {field}");
+    }
+
+    let token = app.access_token("user-1", "acct-1").await;
+    assert_eq!(token.status().as_u16(), 200);
+    assert_eq!(token.headers()["cache-control"], "no-store");
+    let token: Value = token.json().await.expect("json");
+    assert_eq!(token["access_token"], "access-2-secret");
+    assert_eq!(token["token_type"], "Bearer");
+    assert!(token["expires_at"].is_string());
+
+    let deleted = app
+        .client
+        .delete(app.conn("user-1", "acct-1"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status().as_u16(), 204);
+    let again = app
+        .client
+        .delete(app.conn("user-1", "acct-1"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("delete");
+    let error = error_of(again, 404).await;
+    assert_eq!(error["code"], "ACCOUNT_NOT_FOUND");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn expired_token_is_refreshed_on_demand_and_rotation_is_kept() {
+    let app = spawn().await;
+    app.provider_ok("new-access-secret", "new-refresh-secret").await;
+    assert_eq!(app.import("u", "a", expired_import()).await.status().as_u16(), 201);
+
+    let token: Value = app.access_token("u", "a").await.json().await.expect("json");
+    assert_eq!(token["access_token"], "new-access-secret");
+    let view: Value = app.get("/v1/users/u/connections/fake/a").send().await.expect("get").json().await.expect("json");
+    assert!(view["last_refreshed_at"].is_string());
+    assert_eq!(view["status"], "active");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forced_refresh_accepts_optional_overrides() {
+    let app = spawn().await;
+    app.provider_ok("forced-access", "forced-refresh").await;
+    app.import("u", "a", expired_import()).await;
+
+    let without_body = app.refresh("u", "a", None).await;
+    assert_eq!(without_body.status().as_u16(), 200);
+    let view: Value = without_body.json().await.expect("json");
+    assert_eq!(view["status"], "active");
+    assert!(view["last_refreshed_at"].is_string());
+
+    let with_body = app
+        .refresh("u", "a", Some(json!({"max_retries": 0, "initial_delay_ms": 1, "max_delay_ms": 2})))
+        .await;
+    assert_eq!(with_body.status().as_u16(), 200);
+    let requests = app.provider.received_requests().await.expect("recorded");
+    assert_eq!(requests.len(), 2, "one upstream call per forced refresh");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn list_filters_and_paginates() {
+    let app = spawn().await;
+    for i in 0..5 {
+        let user = if i % 2 == 0 { "even" } else { "odd" };
+        let status = app
+            .import(user, &format!("acct-{i}"), json!({"access_token": format!("t{i}"), "expires_in": 3600}))
+            .await
+            .status();
+        assert_eq!(status.as_u16(), 201);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut url = "/v1/connections?limit=2".to_owned();
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = app.get(&url).send().await.expect("list").json().await.expect("json");
+        pages += 1;
+        for item in page["items"].as_array().expect("items") {
+            seen.push(item["account_id"].as_str().expect("id").to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+        assert!(pages < 10, "pagination does not end");
+    }
+    seen.sort();
+    assert_eq!(seen, ["acct-0", "acct-1", "acct-2", "acct-3", "acct-4"]);
+    assert!(pages >= 3);
+
+    let odd: Value = app
+        .get("/v1/connections?user_id=odd&provider=fake&status=active")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(odd["items"].as_array().expect("items").len(), 2);
+    let none: Value = app
+        .get("/v1/connections?status=needs_reconnect")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(none["items"], json!([]));
+    assert_eq!(none["next_cursor"], Value::Null);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn providers_show_breaker_state_and_no_secret() {
+    let app = spawn().await;
+    let response = app.get("/v1/providers").send().await.expect("providers");
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.expect("text");
+    assert!(!text.contains(common::CLIENT_SECRET));
+    let body: Value = serde_json::from_str(&text).expect("json");
+    let fake = &body["providers"][0];
+    assert_eq!(fake["name"], "fake");
+    assert_eq!(fake["kind"], "oauth2");
+    assert_eq!(fake["breaker"]["state"], "closed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn operational_routes_need_no_key() {
+    let app = spawn().await;
+    let health: Value = app.client.get(app.url("/healthz")).send().await.expect("h").json().await.expect("j");
+    assert_eq!(health["status"], "ok");
+    let ready = app.client.get(app.url("/readyz")).send().await.expect("r");
+    assert_eq!(ready.status().as_u16(), 200);
+    let metrics = app.client.get(app.url("/metrics")).send().await.expect("m");
+    assert_eq!(metrics.status().as_u16(), 200);
+    assert!(metrics.text().await.expect("t").contains("tokenwarden_circuit_open"));
+    let doc: Value = app.client.get(app.url("/openapi.json")).send().await.expect("o").json().await.expect("j");
+    assert!(doc["paths"]["/v1/connections"].is_object());
+    assert!(doc["paths"]["/v1/users/{user_id}/connections/{provider}/{account_id}/access-token"].is_object());
+    let response = app.client.get(app.url("/x-request-id-check")).send().await.expect("any");
+    assert!(response.headers().contains_key("x-request-id"));
+    app.stop().await;
+}

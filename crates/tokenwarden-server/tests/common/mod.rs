@@ -1,0 +1,189 @@
+//! Test support: start the real app in-process on 127.0.0.1:0 with a fresh SQLite file and
+//! fake providers (wiremock token endpoints), and talk to it over HTTP.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokenwarden_server::{App, config};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+pub const API_KEY: &str = "test-api-key-0123456789abcdef";
+pub const CLIENT_SECRET: &str = "client-secret-never-logged-42";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    /// The fake provider behind the `fake` provider (oauth2 kind).
+    pub provider: MockServer,
+    pub dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// The test configuration as TOML: one oauth2 provider `fake` whose token URL is `token_url`,
+/// short retry delays, and a low breaker threshold.
+pub fn config_toml(dir: &TempDir, token_url: &str, extra: &str) -> String {
+    let db = dir.path().join("test.db");
+    let key = tokenwarden::KeyRing::generate_key_base64();
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+database_url = "sqlite://{db}"
+
+[encryption]
+active_key = "k1"
+keys = {{ k1 = "{key}" }}
+
+[auth]
+api_keys = ["{API_KEY}"]
+
+[refresh]
+max_retries = 2
+initial_delay_ms = 1
+max_delay_ms = 5
+
+[breaker]
+failure_threshold = 3
+open_seconds = 30
+
+[server]
+max_body_bytes = 4096
+
+[providers.fake]
+kind = "oauth2"
+client_id = "client-id-1"
+client_secret = "{CLIENT_SECRET}"
+token_url = "{token_url}"
+{extra}
+"#,
+        db = db.display()
+    )
+}
+
+pub async fn spawn() -> TestApp {
+    spawn_with("").await
+}
+
+pub async fn spawn_with(extra: &str) -> TestApp {
+    let provider = MockServer::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_toml(&dir, &format!("{}/token", provider.uri()), extra);
+    let table: toml::Table = text.parse().expect("test config parses");
+    let config = config::from_table(table).expect("test config deserializes");
+    config.validate().expect("test config is valid");
+    let app = App::build(config, tokenwarden_server::telemetry::metrics_handle())
+        .await
+        .expect("app builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel();
+    let server = tokio::spawn(tokenwarden_server::run(listener, app, async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        provider,
+        dir,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn conn(&self, user: &str, account: &str) -> String {
+        self.url(&format!("/v1/users/{user}/connections/fake/{account}"))
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path)).bearer_auth(API_KEY)
+    }
+
+    pub async fn import(&self, user: &str, account: &str, body: Value) -> reqwest::Response {
+        self.client
+            .put(self.conn(user, account))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn access_token(&self, user: &str, account: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/access-token", self.conn(user, account)))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn refresh(&self, user: &str, account: &str, body: Option<Value>) -> reqwest::Response {
+        let mut request =
+            self.client.post(format!("{}/refresh", self.conn(user, account))).bearer_auth(API_KEY);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request")
+    }
+
+    /// Answers token requests with a fresh token (and a rotated refresh token).
+    pub async fn provider_ok(&self, access: &str, refresh: &str) {
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "access_token": access,
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "refresh_token": refresh,
+            })))
+            .mount(&self.provider)
+            .await;
+    }
+
+    /// Answers token requests with an OAuth error.
+    pub async fn provider_error(&self, status: u16, error: &str) {
+        Mock::given(method("POST"))
+            .and(path("/token"))
+            .respond_with(ResponseTemplate::new(status).set_body_json(json!({"error": error})))
+            .mount(&self.provider)
+            .await;
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server ran");
+        }
+    }
+}
+
+/// The error object of a response, asserting its status.
+pub async fn error_of(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status, "unexpected status");
+    let body: Value = response.json().await.expect("json error body");
+    body["error"].clone()
+}
+
+/// An expired token with a refresh token.
+pub fn expired_import() -> Value {
+    json!({
+        "access_token": "old-access-token-secret",
+        "refresh_token": "old-refresh-token-secret",
+        "expires_at": "2020-01-01T00:00:00Z",
+        "scopes": ["read"],
+    })
+}
