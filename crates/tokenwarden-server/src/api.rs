@@ -98,7 +98,8 @@ fn json_from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() {
+        // "?" is serde_path_to_error's "somewhere unknown" (syntax errors, EOF).
+        let field = if matches!(path.as_str(), "" | "." | "?") {
             "body".to_owned()
         } else {
             path

@@ -220,11 +220,10 @@ async fn connect_store(
         crate::bootstrap::create_private_dir(parent)
             .map_err(|e| StartError::Io(format!("creating {}: {e}", parent.display())))?;
     }
-    // MERGE-STORE: placeholder until SqliteStore::connect lands on main.
-    let _ = keys;
-    Err(StartError::Store(
-        "the SQLite store is not in this build yet".to_owned(),
-    ))
+    let store = tokenwarden::store::SqliteStore::connect(database_url, keys)
+        .await
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    Ok(Arc::new(store))
 }
 
 /// The file path of a `sqlite:` URL (`None` for in-memory databases).

@@ -288,7 +288,10 @@ pub fn redact_quoted(message: &str) -> String {
     if let Some(rest) = message.strip_prefix("unknown variant `")
         && let Some(end) = rest.find('`')
     {
-        return format!("unknown variant <redacted>{}", redact_quoted(&rest[end + 1..]));
+        return format!(
+            "unknown variant <redacted>{}",
+            redact_quoted(&rest[end + 1..])
+        );
     }
     let mut out = String::with_capacity(message.len());
     let mut in_quote = false;

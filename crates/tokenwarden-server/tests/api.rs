@@ -37,7 +37,11 @@ async fn import_view_token_refresh_delete_round_trip() {
 
     // Replacing answers 200.
     let replaced = app
-        .import("user-1", "acct-1", json!({"access_token": "access-2-secret", "expires_in": 3600}))
+        .import(
+            "user-1",
+            "acct-1",
+            json!({"access_token": "access-2-secret", "expires_in": 3600}),
+        )
         .await;
     assert_eq!(replaced.status().as_u16(), 200);
 
@@ -50,7 +54,13 @@ async fn import_view_token_refresh_delete_round_trip() {
         .await
         .expect("json");
     assert_eq!(shown["has_refresh_token"], false);
-    for field in ["created_at", "updated_at", "token_type", "consecutive_failures", "last_error"] {
+    for field in [
+        "created_at",
+        "updated_at",
+        "token_type",
+        "consecutive_failures",
+        "last_error",
+    ] {
         assert!(shown.get(field).is_some(), "view lacks {field}");
     }
 
@@ -85,12 +95,26 @@ async fn import_view_token_refresh_delete_round_trip() {
 #[tokio::test]
 async fn expired_token_is_refreshed_on_demand_and_rotation_is_kept() {
     let app = spawn().await;
-    app.provider_ok("new-access-secret", "new-refresh-secret").await;
-    assert_eq!(app.import("u", "a", expired_import()).await.status().as_u16(), 201);
+    app.provider_ok("new-access-secret", "new-refresh-secret")
+        .await;
+    assert_eq!(
+        app.import("u", "a", expired_import())
+            .await
+            .status()
+            .as_u16(),
+        201
+    );
 
     let token: Value = app.access_token("u", "a").await.json().await.expect("json");
     assert_eq!(token["access_token"], "new-access-secret");
-    let view: Value = app.get("/v1/users/u/connections/fake/a").send().await.expect("get").json().await.expect("json");
+    let view: Value = app
+        .get("/v1/users/u/connections/fake/a")
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert!(view["last_refreshed_at"].is_string());
     assert_eq!(view["status"], "active");
     app.stop().await;
@@ -109,7 +133,11 @@ async fn forced_refresh_accepts_optional_overrides() {
     assert!(view["last_refreshed_at"].is_string());
 
     let with_body = app
-        .refresh("u", "a", Some(json!({"max_retries": 0, "initial_delay_ms": 1, "max_delay_ms": 2})))
+        .refresh(
+            "u",
+            "a",
+            Some(json!({"max_retries": 0, "initial_delay_ms": 1, "max_delay_ms": 2})),
+        )
         .await;
     assert_eq!(with_body.status().as_u16(), 200);
     let requests = app.provider.received_requests().await.expect("recorded");
@@ -123,7 +151,11 @@ async fn list_filters_and_paginates() {
     for i in 0..5 {
         let user = if i % 2 == 0 { "even" } else { "odd" };
         let status = app
-            .import(user, &format!("acct-{i}"), json!({"access_token": format!("t{i}"), "expires_in": 3600}))
+            .import(
+                user,
+                &format!("acct-{i}"),
+                json!({"access_token": format!("t{i}"), "expires_in": 3600}),
+            )
             .await
             .status();
         assert_eq!(status.as_u16(), 201);
@@ -136,7 +168,14 @@ async fn list_filters_and_paginates() {
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = app.get(&url).send().await.expect("list").json().await.expect("json");
+        let page: Value = app
+            .get(&url)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
         pages += 1;
         for item in page["items"].as_array().expect("items") {
             seen.push(item["account_id"].as_str().expect("id").to_owned());
@@ -191,17 +230,47 @@ async fn providers_show_breaker_state_and_no_secret() {
 #[tokio::test]
 async fn operational_routes_need_no_key() {
     let app = spawn().await;
-    let health: Value = app.client.get(app.url("/healthz")).send().await.expect("h").json().await.expect("j");
+    let health: Value = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("h")
+        .json()
+        .await
+        .expect("j");
     assert_eq!(health["status"], "ok");
     let ready = app.client.get(app.url("/readyz")).send().await.expect("r");
     assert_eq!(ready.status().as_u16(), 200);
     let metrics = app.client.get(app.url("/metrics")).send().await.expect("m");
     assert_eq!(metrics.status().as_u16(), 200);
-    assert!(metrics.text().await.expect("t").contains("tokenwarden_circuit_open"));
-    let doc: Value = app.client.get(app.url("/openapi.json")).send().await.expect("o").json().await.expect("j");
+    assert!(
+        metrics
+            .text()
+            .await
+            .expect("t")
+            .contains("tokenwarden_circuit_open")
+    );
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("o")
+        .json()
+        .await
+        .expect("j");
     assert!(doc["paths"]["/v1/connections"].is_object());
-    assert!(doc["paths"]["/v1/users/{user_id}/connections/{provider}/{account_id}/access-token"].is_object());
-    let response = app.client.get(app.url("/x-request-id-check")).send().await.expect("any");
+    assert!(
+        doc["paths"]["/v1/users/{user_id}/connections/{provider}/{account_id}/access-token"]
+            .is_object()
+    );
+    let response = app
+        .client
+        .get(app.url("/x-request-id-check"))
+        .send()
+        .await
+        .expect("any");
     assert!(response.headers().contains_key("x-request-id"));
     app.stop().await;
 }

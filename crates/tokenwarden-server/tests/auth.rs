@@ -53,7 +53,10 @@ async fn every_v1_route_needs_the_exact_key() {
             }
             let response = request.send().await.expect("request");
             let error = error_of(response, 401).await;
-            assert_eq!(error["code"], "UNAUTHORIZED", "{method} {path} with {header:?}");
+            assert_eq!(
+                error["code"], "UNAUTHORIZED",
+                "{method} {path} with {header:?}"
+            );
         }
     }
     // The right key gets through (here: to a 404 or 200, anything but 401).
@@ -76,20 +79,40 @@ async fn hashed_keys_work_too() {
     let hashed = tokenwarden_server::auth::hash_for_config(other);
     let provider = wiremock::MockServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = common::config_toml(&dir, &provider.uri(), "")
-        .replace(&format!("api_keys = [\"{API_KEY}\"]"), &format!("api_keys = [\"{hashed}\"]"));
-    let config = tokenwarden_server::config::from_table(text.parse().expect("toml")).expect("config");
+    let text = common::config_toml(&dir, &provider.uri(), "").replace(
+        &format!("api_keys = [\"{API_KEY}\"]"),
+        &format!("api_keys = [\"{hashed}\"]"),
+    );
+    let config =
+        tokenwarden_server::config::from_table(text.parse().expect("toml")).expect("config");
     config.validate().expect("valid");
-    let app = tokenwarden_server::App::build(config, tokenwarden_server::telemetry::metrics_handle())
+    let app =
+        tokenwarden_server::App::build(config, tokenwarden_server::telemetry::metrics_handle())
+            .await
+            .expect("app");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("app");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(tokenwarden_server::run(listener, app, std::future::pending()));
+    let server = tokio::spawn(tokenwarden_server::run(
+        listener,
+        app,
+        std::future::pending(),
+    ));
     let client = reqwest::Client::new();
-    let ok = client.get(format!("http://{addr}/v1/providers")).bearer_auth(other).send().await.expect("req");
+    let ok = client
+        .get(format!("http://{addr}/v1/providers"))
+        .bearer_auth(other)
+        .send()
+        .await
+        .expect("req");
     assert_eq!(ok.status().as_u16(), 200);
-    let bad = client.get(format!("http://{addr}/v1/providers")).bearer_auth(&hashed).send().await.expect("req");
+    let bad = client
+        .get(format!("http://{addr}/v1/providers"))
+        .bearer_auth(&hashed)
+        .send()
+        .await
+        .expect("req");
     assert_eq!(bad.status().as_u16(), 401, "the hash itself is not a key");
     server.abort();
 }

@@ -8,7 +8,14 @@ use serde_json::json;
 #[tokio::test]
 async fn account_not_found_is_404() {
     let app = spawn().await;
-    let error = error_of(app.get("/v1/users/u/connections/fake/missing").send().await.expect("get"), 404).await;
+    let error = error_of(
+        app.get("/v1/users/u/connections/fake/missing")
+            .send()
+            .await
+            .expect("get"),
+        404,
+    )
+    .await;
     assert_eq!(error["code"], "ACCOUNT_NOT_FOUND");
     assert_eq!(error["reconnect"], false);
     let error = error_of(app.access_token("u", "missing").await, 404).await;
@@ -21,11 +28,22 @@ async fn account_not_found_is_404() {
 #[tokio::test]
 async fn no_refresh_token_is_409_with_reconnect() {
     let app = spawn().await;
-    app.import("u", "a", json!({"access_token": "only-access", "expires_in": 3600})).await;
+    app.import(
+        "u",
+        "a",
+        json!({"access_token": "only-access", "expires_in": 3600}),
+    )
+    .await;
     let error = error_of(app.refresh("u", "a", None).await, 409).await;
     assert_eq!(error["code"], "NO_REFRESH_TOKEN");
     assert_eq!(error["reconnect"], true);
-    assert!(app.provider.received_requests().await.expect("rec").is_empty());
+    assert!(
+        app.provider
+            .received_requests()
+            .await
+            .expect("rec")
+            .is_empty()
+    );
     app.stop().await;
 }
 
@@ -39,11 +57,22 @@ async fn invalid_grant_on_expired_token_is_token_expired_409_and_needs_reconnect
     assert_eq!(error["reconnect"], true);
     assert_eq!(error["details"]["account_id"], "a");
     let text = error.to_string();
-    assert!(!text.contains("old-access-token-secret") && !text.contains("old-refresh-token-secret"));
+    assert!(
+        !text.contains("old-access-token-secret") && !text.contains("old-refresh-token-secret")
+    );
     // Not retried: one upstream call.
-    assert_eq!(app.provider.received_requests().await.expect("rec").len(), 1);
-    let view: serde_json::Value =
-        app.get("/v1/users/u/connections/fake/a").send().await.expect("get").json().await.expect("j");
+    assert_eq!(
+        app.provider.received_requests().await.expect("rec").len(),
+        1
+    );
+    let view: serde_json::Value = app
+        .get("/v1/users/u/connections/fake/a")
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("j");
     assert_eq!(view["status"], "needs_reconnect");
     assert!(view["last_error"]["code"].is_string());
     app.stop().await;
@@ -61,7 +90,10 @@ async fn transient_failures_are_502_then_503_with_retry_after_when_the_breaker_o
     assert_eq!(error["reconnect"], false);
     assert_eq!(error["details"]["attempts"], 3);
     assert!(error["details"]["duration_ms"].is_u64());
-    assert_eq!(app.provider.received_requests().await.expect("rec").len(), 3);
+    assert_eq!(
+        app.provider.received_requests().await.expect("rec").len(),
+        3
+    );
 
     let response = app.access_token("u", "a").await;
     assert_eq!(response.status().as_u16(), 503);
@@ -75,9 +107,19 @@ async fn transient_failures_are_502_then_503_with_retry_after_when_the_breaker_o
     assert_eq!(error["code"], "TOKEN_REFRESH_ERROR");
     assert!(error["retry_after_s"].as_u64().is_some_and(|s| s >= 1));
     // The breaker kept the provider from being called again.
-    assert_eq!(app.provider.received_requests().await.expect("rec").len(), 3);
+    assert_eq!(
+        app.provider.received_requests().await.expect("rec").len(),
+        3
+    );
 
-    let providers: serde_json::Value = app.get("/v1/providers").send().await.expect("p").json().await.expect("j");
+    let providers: serde_json::Value = app
+        .get("/v1/providers")
+        .send()
+        .await
+        .expect("p")
+        .json()
+        .await
+        .expect("j");
     assert_eq!(providers["providers"][0]["breaker"]["state"], "open");
     app.stop().await;
 }
@@ -128,10 +170,19 @@ async fn malformed_bodies_are_invalid_request_naming_the_field() {
         (r#"{"refresh_token": "r"}"#, "access_token"),
         (r#"{"access_token": ""}"#, "access_token"),
         (r#"{"access_token": 42}"#, "access_token"),
-        (r#"{"access_token": "a", "expires_in": "soon-secret"}"#, "expires_in"),
+        (
+            r#"{"access_token": "a", "expires_in": "soon-secret"}"#,
+            "expires_in",
+        ),
         (r#"{"access_token": "a", "expires_in": -5}"#, "expires_in"),
-        (r#"{"access_token": "a", "expires_at": "yesterday"}"#, "expires_at"),
-        (r#"{"access_token": "a", "expires_in": 60, "expires_at": "2030-01-01T00:00:00Z"}"#, "expires_at"),
+        (
+            r#"{"access_token": "a", "expires_at": "yesterday"}"#,
+            "expires_at",
+        ),
+        (
+            r#"{"access_token": "a", "expires_in": 60, "expires_at": "2030-01-01T00:00:00Z"}"#,
+            "expires_at",
+        ),
         (r#"{"access_token": "a", "scopes": "read"}"#, "scopes"),
         (r#"{"access_token": "a", "metadata": [1, 2]}"#, "metadata"),
         (r#"{"access_token": "a", "expires": 60}"#, "expires"),
@@ -141,7 +192,10 @@ async fn malformed_bodies_are_invalid_request_naming_the_field() {
         let error = error_of(put_raw(&app, *body).await, 400).await;
         assert_eq!(error["code"], "INVALID_REQUEST", "{body}");
         let message = error["message"].as_str().expect("message");
-        assert!(message.contains(field), "{body}: message {message:?} should name {field}");
+        assert!(
+            message.contains(field),
+            "{body}: message {message:?} should name {field}"
+        );
         assert!(!message.contains("soon-secret"), "{message}");
     }
     app.stop().await;
@@ -189,15 +243,27 @@ async fn refresh_overrides_are_bounded() {
         (json!({"max_retries": -1}), "max_retries"),
         (json!({"initial_delay_ms": 0}), "initial_delay_ms"),
         (json!({"max_delay_ms": 60_001}), "max_delay_ms"),
-        (json!({"initial_delay_ms": 500, "max_delay_ms": 100}), "initial_delay_ms"),
+        (
+            json!({"initial_delay_ms": 500, "max_delay_ms": 100}),
+            "initial_delay_ms",
+        ),
         (json!({"max_retries": "3"}), "max_retries"),
         (json!({"retries": 3}), "retries"),
     ] {
         let error = error_of(app.refresh("u", "a", Some(body.clone())).await, 400).await;
         assert_eq!(error["code"], "INVALID_REQUEST", "{body}");
-        assert!(error["message"].as_str().expect("m").contains(field), "{body}: {error}");
+        assert!(
+            error["message"].as_str().expect("m").contains(field),
+            "{body}: {error}"
+        );
     }
-    assert!(app.provider.received_requests().await.expect("rec").is_empty());
+    assert!(
+        app.provider
+            .received_requests()
+            .await
+            .expect("rec")
+            .is_empty()
+    );
     app.stop().await;
 }
 

@@ -1,8 +1,8 @@
 //! Metrics and logs: every SPEC metric name is exported, and no secret reaches the logs.
 
-mod common;
 #[path = "common/binary.rs"]
 mod binary;
+mod common;
 
 use common::{API_KEY, CLIENT_SECRET, expired_import, spawn};
 use serde_json::json;
@@ -14,12 +14,26 @@ async fn metrics_has_every_spec_name_after_a_refresh() {
     app.import("u", "a", expired_import()).await;
     assert_eq!(app.access_token("u", "a").await.status().as_u16(), 200);
     assert_eq!(app.refresh("u", "a", None).await.status().as_u16(), 200);
-    let text = app.client.get(app.url("/metrics")).send().await.expect("m").text().await.expect("t");
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
     for name in tokenwarden::metrics::ALL {
         assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
     }
-    assert!(text.contains("tokenwarden_circuit_open{provider=\"fake\"} 0"), "{text}");
-    assert!(text.contains("tokenwarden_refresh_duration_seconds_bucket"), "histogram, not summary");
+    assert!(
+        text.contains("tokenwarden_circuit_open{provider=\"fake\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tokenwarden_refresh_duration_seconds_bucket"),
+        "histogram, not summary"
+    );
     assert!(text.contains("tokenwarden_connections{status=\"active\"}"));
     app.stop().await;
 }
@@ -49,7 +63,13 @@ async fn debug_logs_contain_no_secret() {
 
     let running = binary::start(
         dir.path(),
-        &["serve", "--config", path.to_str().expect("utf-8"), "--listen", "127.0.0.1:0"],
+        &[
+            "serve",
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
         &[("RUST_LOG", "debug")],
     );
     let base = format!("http://{}", running.addr);
@@ -67,11 +87,26 @@ async fn debug_logs_contain_no_secret() {
         .await
         .expect("import");
     assert_eq!(imported.status().as_u16(), 201);
-    let token = client.get(format!("{conn}/access-token")).bearer_auth(API_KEY).send().await.expect("t");
+    let token = client
+        .get(format!("{conn}/access-token"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("t");
     assert_eq!(token.status().as_u16(), 200);
-    let refreshed = client.post(format!("{conn}/refresh")).bearer_auth(API_KEY).send().await.expect("r");
+    let refreshed = client
+        .post(format!("{conn}/refresh"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("r");
     assert_eq!(refreshed.status().as_u16(), 200);
-    let denied = client.get(format!("{base}/v1/providers")).bearer_auth("wrong-SECRET-5").send().await.expect("d");
+    let denied = client
+        .get(format!("{base}/v1/providers"))
+        .bearer_auth("wrong-SECRET-5")
+        .send()
+        .await
+        .expect("d");
     assert_eq!(denied.status().as_u16(), 401);
 
     let logs = running.stop();

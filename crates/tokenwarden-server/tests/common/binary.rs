@@ -18,7 +18,11 @@ pub struct Running {
 /// Starts `tokenwarden <args>` in `cwd` and waits for its "listening" log line.
 pub fn start(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tokenwarden"));
-    command.args(args).current_dir(cwd).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // The developer's own configuration must not leak into the test.
     for (name, _) in std::env::vars() {
         if name.starts_with("TOKENWARDEN_") || name == "RUST_LOG" {
@@ -43,13 +47,21 @@ pub fn start(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
             let _ = tx2.send(line);
         }
     });
-    let mut running = Running { child, lines: Vec::new(), rx, addr: String::new() };
+    let mut running = Running {
+        child,
+        lines: Vec::new(),
+        rx,
+        addr: String::new(),
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while running.addr.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(line) = running.rx.recv_timeout(left) else {
             let _ = running.child.kill();
-            panic!("no listening line; output so far:\n{}", running.lines.join("\n"));
+            panic!(
+                "no listening line; output so far:\n{}",
+                running.lines.join("\n")
+            );
         };
         if line.contains("\"listening\"")
             && let Some(start) = line.find("\"addr\":\"")
@@ -82,7 +94,11 @@ impl Running {
         while let Ok(line) = self.rx.recv_timeout(Duration::from_millis(300)) {
             self.lines.push(line);
         }
-        assert!(exit.success(), "exit {exit:?}; output:\n{}", self.lines.join("\n"));
+        assert!(
+            exit.success(),
+            "exit {exit:?}; output:\n{}",
+            self.lines.join("\n")
+        );
         self.lines.join("\n")
     }
 }

@@ -80,7 +80,9 @@ pub async fn spawn_with(extra: &str) -> TestApp {
     let app = App::build(config, tokenwarden_server::telemetry::metrics_handle())
         .await
         .expect("app builds");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
     let server = tokio::spawn(tokenwarden_server::run(listener, app, async move {
@@ -129,9 +131,16 @@ impl TestApp {
             .expect("request")
     }
 
-    pub async fn refresh(&self, user: &str, account: &str, body: Option<Value>) -> reqwest::Response {
-        let mut request =
-            self.client.post(format!("{}/refresh", self.conn(user, account))).bearer_auth(API_KEY);
+    pub async fn refresh(
+        &self,
+        user: &str,
+        account: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}/refresh", self.conn(user, account)))
+            .bearer_auth(API_KEY);
         if let Some(body) = body {
             request = request.json(&body);
         }
