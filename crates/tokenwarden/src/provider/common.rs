@@ -38,6 +38,10 @@ pub(crate) fn endpoint_url(
     if url.host_str().is_none_or(str::is_empty) {
         return Err(config_error(name, key, "must name a host"));
     }
+    // reqwest would turn user info into its own Basic header, and Debug would show it.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(config_error(name, key, "must not contain credentials"));
+    }
     Ok(url)
 }
 
