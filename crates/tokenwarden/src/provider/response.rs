@@ -24,7 +24,7 @@ use crate::secret::{AccessToken, RefreshToken};
 /// Longest access or refresh token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Longest lifetime accepted for `expires_in` / `refresh_expires_in`: ten years.
-pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+pub const MAX_LIFETIME: Duration = Duration::from_secs((10 * 365 + 3) * 24 * 3600);
 /// Longest provider description copied into a failure, in characters.
 pub const MAX_DESCRIPTION_CHARS: usize = 200;
 /// Longest provider error value copied into a failure, in characters.
@@ -369,4 +369,101 @@ pub(crate) fn scrub(text: &str, secrets: &[&str], max_chars: usize) -> String {
         .collect::<String>()
         .trim()
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::test_support::{any_headers, any_status, json_like_body, t0};
+    use proptest::prelude::*;
+
+    #[test]
+    fn scrub_replaces_secrets_before_truncating() {
+        let secret = "s3cr3t/+=";
+        let text = format!("{}{secret} and {}", "x".repeat(195), "s3cr3t%2F%2B%3D");
+        let out = scrub(&text, &[secret], 200);
+        assert!(!out.contains("s3cr3t"), "{out}");
+        assert_eq!(out.chars().count(), 200);
+        assert_eq!(scrub("a\u{0}b\r\nc", &[""], 10), "abc");
+    }
+
+    #[test]
+    fn lifetime_bounds() {
+        let ten_years = MAX_LIFETIME.as_secs();
+        let ok = format!(r#"{{"access_token":"a","expires_in":{ten_years}}}"#);
+        let too_long = format!(r#"{{"access_token":"a","expires_in":{}}}"#, ten_years + 1);
+        let parse = |body: &str| {
+            parse_token_response(
+                &Dialect::RFC6749,
+                200,
+                &HeaderMap::new(),
+                body.as_bytes(),
+                t0(),
+                &[],
+            )
+        };
+        assert_eq!(parse(&ok).expect("ok").expires_in, Some(MAX_LIFETIME));
+        assert!(parse(&too_long).is_err());
+        assert_eq!(
+            parse(r#"{"access_token":"a","expires_in":" 3600 "}"#)
+                .expect("ok")
+                .expires_in,
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            parse(r#"{"access_token":"a","expires_in":1.5}"#)
+                .expect("ok")
+                .expires_in,
+            Some(Duration::from_millis(1500))
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the provider echoes, a secret that was sent never reaches a failure.
+        #[test]
+        fn echoed_secrets_never_reach_failures(
+            secret in "[A-Za-z0-9._~+/=-]{8,40}",
+            before in "[ -~]{0,300}",
+            after in "[ -~]{0,50}",
+            status in any_status(),
+            field in prop_oneof![Just("error_description"), Just("error")],
+        ) {
+            let text = format!("{before}{secret}{after}");
+            let body = serde_json::json!({ "error": "invalid_grant", field: text });
+            let body = serde_json::to_vec(&body).expect("json");
+            let result = parse_token_response(
+                &Dialect::RFC6749, status, &HeaderMap::new(), &body, t0(), &[secret.as_str()],
+            );
+            let failure = result.expect_err("an error value always fails");
+            let shown = format!("{failure} {failure:?}");
+            prop_assert!(!shown.contains(&secret), "{}", shown);
+        }
+
+        /// Success only with 2xx; hints only on transient failures; bounded lifetimes.
+        #[test]
+        fn answers_are_consistent(status in any_status(), body in json_like_body(), h in any_headers()) {
+            match parse_token_response(&Dialect::RFC6749, status, &h, &body, t0(), &[]) {
+                Ok(ok) => {
+                    prop_assert!((200..300).contains(&status));
+                    prop_assert!(!ok.access_token.is_empty());
+                    prop_assert!(ok.access_token.expose_secret().len() <= MAX_TOKEN_BYTES);
+                    for d in [ok.expires_in, ok.refresh_expires_in].into_iter().flatten() {
+                        prop_assert!(!d.is_zero() && d <= MAX_LIFETIME);
+                    }
+                }
+                Err(failure) => {
+                    if failure.retry_after.is_some() {
+                        prop_assert_eq!(failure.class, FailureClass::Transient);
+                    }
+                    if let FailureKind::Rejected { error, description, .. } = &failure.kind {
+                        prop_assert!(error.chars().count() <= MAX_ERROR_CHARS);
+                        let len = description.as_ref().map_or(0, |d| d.chars().count());
+                        prop_assert!(len <= MAX_DESCRIPTION_CHARS);
+                    }
+                }
+            }
+        }
+    }
 }
