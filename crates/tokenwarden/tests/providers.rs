@@ -1220,3 +1220,76 @@ async fn no_secret_in_any_log_line() {
         assert!(!logs.contains(secret), "secret in logs:\n{logs}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Revocation at Reddit and TikTok (only when a revoke_url is configured)
+
+#[tokio::test]
+async fn reddit_revoke_shape_and_error_on_200() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/revoke_token"))
+        .respond_with(ResponseTemplate::new(204))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/revoke_token"))
+        .respond_with(json(200, r#"{"error":"invalid_client"}"#))
+        .mount(&server)
+        .await;
+    let cfg = format!(
+        "{}\nrevoke_url = \"{}/api/v1/revoke_token\"",
+        reddit_config(&server, Some(CLIENT_SECRET)),
+        server.uri()
+    );
+    let provider = build("reddit", &cfg);
+    provider.revoke(&conn("reddit")).await.expect("revoked");
+    let failure = provider
+        .revoke(&conn("reddit"))
+        .await
+        .expect_err("error in a 200 body");
+    assert_eq!(failure.class, FailureClass::Configuration);
+
+    let requests = server.received_requests().await.expect("recording");
+    let request = &requests[0];
+    assert_eq!(
+        header(request, "authorization"),
+        Some(basic("reddit-app-id", CLIENT_SECRET).as_str())
+    );
+    assert_eq!(
+        header(request, "user-agent"),
+        Some("web:tokenwarden-test:1.0 (by /u/tester)")
+    );
+    assert_eq!(
+        form(request),
+        expected_form(&[("token", RT), ("token_type_hint", "refresh_token")])
+    );
+}
+
+#[tokio::test]
+async fn tiktok_revoke_shape() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v2/oauth/revoke/"))
+        .respond_with(json(200, "{}"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let cfg = format!(
+        "{}\nrevoke_url = \"{}/v2/oauth/revoke/\"",
+        tiktok_config(&server),
+        server.uri()
+    );
+    let provider = build("tiktok", &cfg);
+    provider.revoke(&conn("tiktok")).await.expect("revoked");
+    let request = only_request(&server).await;
+    assert_eq!(
+        form(&request),
+        expected_form(&[
+            ("client_key", "aw-client-key"),
+            ("client_secret", CLIENT_SECRET),
+            ("token", AT),
+        ])
+    );
+}

@@ -14,7 +14,7 @@ use crate::provider::common::{
     config_error, display_url, endpoint_url, non_empty, now, refresh_token_of, send_recorded,
     user_agent,
 };
-use crate::provider::response::{Dialect, parse_token_response};
+use crate::provider::response::{Dialect, parse_revoke_response, parse_token_response};
 use crate::provider::{
     AuthMethod, HttpClient, NotRefreshable, Provider, ProviderConfig, ProviderConfigError,
     ProviderInfo, ProviderKind, RefreshFailure, TokenResponse,
@@ -173,8 +173,8 @@ impl Provider for OAuth2Provider {
     }
 
     /// RFC 7009: revokes the refresh token (which revokes the grant at most servers), or the
-    /// access token when there is none. Any 2xx is success, as the RFC asks servers to answer
-    /// 200 even for tokens they do not know.
+    /// access token when there is none. Any 2xx without an error body is success, as the RFC
+    /// asks servers to answer 200 even for tokens they do not know.
     async fn revoke(&self, conn: &Connection) -> Result<(), RefreshFailure> {
         let Some(revoke_url) = &self.revoke_url else {
             return Ok(());
@@ -186,11 +186,8 @@ impl Provider for OAuth2Provider {
         let mut form = vec![("token", token), ("token_type_hint", hint)];
         let request = self.post(revoke_url, &mut form);
         let raw = send_recorded(&self.http, &self.name, "revoke", request.form(&form)).await?;
-        if (200..300).contains(&raw.status) {
-            return Ok(());
-        }
         let secrets = self.secrets(conn);
-        parse_token_response(
+        parse_revoke_response(
             &Dialect::RFC6749,
             raw.status,
             &raw.headers,
@@ -198,7 +195,6 @@ impl Provider for OAuth2Provider {
             now(),
             &secrets,
         )
-        .map(|_| ())
     }
 }
 
@@ -369,6 +365,24 @@ mod tests {
         let shown = format!("{failure} {failure:?}");
         assert!(!shown.contains("rt-SECRET"), "{shown}");
         assert!(shown.contains("[REDACTED]"));
+    }
+
+    #[test]
+    fn revoke_answers() {
+        use crate::provider::response::parse_revoke_response;
+        let revoke = |status: u16, body: &str| {
+            let h = HeaderMap::new();
+            parse_revoke_response(&Dialect::RFC6749, status, &h, body.as_bytes(), t0(), &[])
+        };
+        assert_eq!(revoke(200, ""), Ok(()));
+        assert_eq!(revoke(204, "whatever"), Ok(()));
+        assert_eq!(revoke(200, r#"{"ok":true}"#), Ok(()));
+        let failure = revoke(200, r#"{"error":"invalid_client"}"#).expect_err("error body");
+        assert_eq!(failure.class, FailureClass::Configuration);
+        let failure = revoke(400, r#"{"error":"unsupported_token_type"}"#).expect_err("400");
+        assert_eq!(failure.provider_error(), Some("unsupported_token_type"));
+        let failure = revoke(503, "").expect_err("503");
+        assert_eq!(failure.class, FailureClass::Transient);
     }
 
     proptest! {

@@ -10,10 +10,10 @@ use url::Url;
 
 use crate::connection::{Connection, ProviderName};
 use crate::provider::common::{
-    config_error, display_url, endpoint_or_default, non_empty, now, refresh_token_of,
+    config_error, display_url, endpoint_or_default, endpoint_url, non_empty, now, refresh_token_of,
     send_recorded, user_agent,
 };
-use crate::provider::response::{Dialect, parse_token_response};
+use crate::provider::response::{Dialect, parse_revoke_response, parse_token_response};
 use crate::provider::{
     AuthMethod, HttpClient, NotRefreshable, Provider, ProviderConfig, ProviderConfigError,
     ProviderInfo, ProviderKind, RefreshFailure, TokenResponse,
@@ -45,6 +45,8 @@ pub struct RedditProvider {
     name: ProviderName,
     http: HttpClient,
     token_url: Url,
+    /// Reddit's `/api/v1/revoke_token`, when configured.
+    revoke_url: Option<Url>,
     client_id: String,
     client_secret: Option<ClientSecret>,
     user_agent: HeaderValue,
@@ -74,8 +76,14 @@ impl RedditProvider {
                 "required for kind reddit: a unique `<platform>:<app id>:<version> (by /u/<user>)`",
             )
         })?;
+        let revoke_url = config
+            .revoke_url
+            .as_deref()
+            .map(|u| endpoint_url(&name, "revoke_url", u))
+            .transpose()?;
         Ok(Self {
             token_url,
+            revoke_url,
             client_id,
             client_secret: config.client_secret.clone(),
             user_agent,
@@ -116,29 +124,13 @@ impl Provider for RedditProvider {
     async fn refresh(&self, conn: &Connection) -> Result<TokenResponse, RefreshFailure> {
         let refresh_token = refresh_token_of(conn)
             .ok_or_else(|| RefreshFailure::not_refreshable(NotRefreshable::NoRefreshToken))?;
-        let secret = self
-            .client_secret
-            .as_ref()
-            .map_or("", ClientSecret::expose_secret);
         let form = [
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose_secret()),
         ];
-        let request = self
-            .http
-            .client()
-            .post(self.token_url.clone())
-            .header(ACCEPT, HeaderValue::from_static("application/json"))
-            .header(USER_AGENT, self.user_agent.clone())
-            // Reddit (like prawcore) takes the raw id and secret, not form-encoded.
-            .basic_auth(&self.client_id, Some(secret))
-            .form(&form);
+        let request = self.post(&self.token_url).form(&form);
         let raw = send_recorded(&self.http, &self.name, "refresh", request).await?;
-        let secrets = [
-            conn.tokens.access_token.expose_secret(),
-            refresh_token.expose_secret(),
-            secret,
-        ];
+        let secrets = self.secrets(conn);
         parse_token_response(
             &DIALECT,
             raw.status,
@@ -147,6 +139,60 @@ impl Provider for RedditProvider {
             now(),
             &secrets,
         )
+    }
+
+    /// Revokes the refresh token (or the access token when there is none) at the configured
+    /// `revoke_url`, RFC 7009 style; without one this does nothing.
+    async fn revoke(&self, conn: &Connection) -> Result<(), RefreshFailure> {
+        let Some(revoke_url) = &self.revoke_url else {
+            return Ok(());
+        };
+        let (token, hint) = match refresh_token_of(conn) {
+            Some(rt) => (rt.expose_secret(), "refresh_token"),
+            None => (conn.tokens.access_token.expose_secret(), "access_token"),
+        };
+        let request = self
+            .post(revoke_url)
+            .form(&[("token", token), ("token_type_hint", hint)]);
+        let raw = send_recorded(&self.http, &self.name, "revoke", request).await?;
+        let secrets = self.secrets(conn);
+        parse_revoke_response(
+            &DIALECT,
+            raw.status,
+            &raw.headers,
+            &raw.body,
+            now(),
+            &secrets,
+        )
+    }
+}
+
+impl RedditProvider {
+    /// A POST with Reddit's required User-Agent and HTTP Basic client authentication.
+    fn post(&self, url: &Url) -> reqwest::RequestBuilder {
+        let secret = self
+            .client_secret
+            .as_ref()
+            .map_or("", ClientSecret::expose_secret);
+        self.http
+            .client()
+            .post(url.clone())
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .header(USER_AGENT, self.user_agent.clone())
+            // Reddit (like prawcore) takes the raw id and secret, not form-encoded.
+            .basic_auth(&self.client_id, Some(secret))
+    }
+
+    fn secrets<'a>(&'a self, conn: &'a Connection) -> Vec<&'a str> {
+        let mut secrets = vec![conn.tokens.access_token.expose_secret()];
+        secrets.extend(
+            conn.tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| t.expose_secret()),
+        );
+        secrets.extend(self.client_secret.as_ref().map(ClientSecret::expose_secret));
+        secrets
     }
 }
 

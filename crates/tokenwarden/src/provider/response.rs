@@ -97,6 +97,31 @@ pub(crate) fn parse_token_response(
     }
 }
 
+/// Parses a revocation answer (RFC 7009 §2.2): any 2xx is success, unless the body carries
+/// an error (Reddit and TikTok answer errors with 200). The body of a success is ignored.
+pub(crate) fn parse_revoke_response(
+    dialect: &Dialect,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: OffsetDateTime,
+    secrets: &[&str],
+) -> Result<(), RefreshFailure> {
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    let has_error = json
+        .as_ref()
+        .and_then(Value::as_object)
+        .is_some_and(|map| find_error(map, status, secrets).is_some());
+    if (200..300).contains(&status) && !has_error {
+        return Ok(());
+    }
+    // Same classification as a refresh; a non-2xx or an error body never parses as success.
+    match parse_token_response(dialect, status, headers, body, now, secrets) {
+        Ok(_) => Ok(()),
+        Err(failure) => Err(failure),
+    }
+}
+
 /// A refusal found in an answer body.
 struct Refusal {
     class: FailureClass,

@@ -11,10 +11,10 @@ use url::Url;
 
 use crate::connection::{Connection, ProviderName};
 use crate::provider::common::{
-    config_error, display_url, endpoint_or_default, non_empty, now, refresh_token_of,
+    config_error, display_url, endpoint_or_default, endpoint_url, non_empty, now, refresh_token_of,
     send_recorded, user_agent,
 };
-use crate::provider::response::{Dialect, parse_token_response};
+use crate::provider::response::{Dialect, parse_revoke_response, parse_token_response};
 use crate::provider::{
     AuthMethod, HttpClient, NotRefreshable, Provider, ProviderConfig, ProviderConfigError,
     ProviderInfo, ProviderKind, RefreshFailure, TokenResponse,
@@ -46,6 +46,8 @@ pub struct TikTokProvider {
     name: ProviderName,
     http: HttpClient,
     token_url: Url,
+    /// TikTok's `/v2/oauth/revoke/`, when configured.
+    revoke_url: Option<Url>,
     client_key: String,
     client_secret: ClientSecret,
     user_agent: Option<HeaderValue>,
@@ -73,8 +75,14 @@ impl TikTokProvider {
             .filter(|s| !s.is_empty())
             .ok_or_else(|| config_error(&name, "client_secret", "required for kind tiktok"))?;
         let user_agent = user_agent(&name, config.user_agent.as_deref())?;
+        let revoke_url = config
+            .revoke_url
+            .as_deref()
+            .map(|u| endpoint_url(&name, "revoke_url", u))
+            .transpose()?;
         Ok(Self {
             token_url,
+            revoke_url,
             client_key,
             client_secret,
             user_agent,
@@ -121,20 +129,14 @@ impl Provider for TikTokProvider {
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose_secret()),
         ];
-        let mut request = self
-            .http
-            .client()
-            .post(self.token_url.clone())
-            .header(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some(ua) = &self.user_agent {
-            request = request.header(USER_AGENT, ua.clone());
-        }
-        let raw = send_recorded(&self.http, &self.name, "refresh", request.form(&form)).await?;
-        let secrets = [
-            conn.tokens.access_token.expose_secret(),
-            refresh_token.expose_secret(),
-            self.client_secret.expose_secret(),
-        ];
+        let raw = send_recorded(
+            &self.http,
+            &self.name,
+            "refresh",
+            self.post(&self.token_url, &form),
+        )
+        .await?;
+        let secrets = self.secrets(conn);
         parse_token_response(
             &DIALECT,
             raw.status,
@@ -143,6 +145,61 @@ impl Provider for TikTokProvider {
             now(),
             &secrets,
         )
+    }
+
+    /// Revokes the access token (which ends the grant) at the configured `revoke_url`, with
+    /// the client credentials in the body as TikTok wants; without one this does nothing.
+    async fn revoke(&self, conn: &Connection) -> Result<(), RefreshFailure> {
+        let Some(revoke_url) = &self.revoke_url else {
+            return Ok(());
+        };
+        let form = [
+            ("client_key", self.client_key.as_str()),
+            ("client_secret", self.client_secret.expose_secret()),
+            ("token", conn.tokens.access_token.expose_secret()),
+        ];
+        let raw = send_recorded(
+            &self.http,
+            &self.name,
+            "revoke",
+            self.post(revoke_url, &form),
+        )
+        .await?;
+        let secrets = self.secrets(conn);
+        parse_revoke_response(
+            &DIALECT,
+            raw.status,
+            &raw.headers,
+            &raw.body,
+            now(),
+            &secrets,
+        )
+    }
+}
+
+impl TikTokProvider {
+    fn post(&self, url: &Url, form: &[(&str, &str)]) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .client()
+            .post(url.clone())
+            .header(ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some(ua) = &self.user_agent {
+            request = request.header(USER_AGENT, ua.clone());
+        }
+        request.form(form)
+    }
+
+    fn secrets<'a>(&'a self, conn: &'a Connection) -> Vec<&'a str> {
+        let mut secrets = vec![conn.tokens.access_token.expose_secret()];
+        secrets.extend(
+            conn.tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| t.expose_secret()),
+        );
+        secrets.push(self.client_secret.expose_secret());
+        secrets
     }
 }
 
