@@ -116,10 +116,7 @@ pub(crate) fn parse_revoke_response(
         return Ok(());
     }
     // Same classification as a refresh; a non-2xx or an error body never parses as success.
-    match parse_token_response(dialect, status, headers, body, now, secrets) {
-        Ok(_) => Ok(()),
-        Err(failure) => Err(failure),
-    }
+    parse_token_response(dialect, status, headers, body, now, secrets).map(|_| ())
 }
 
 /// A refusal found in an answer body.
