@@ -17,7 +17,7 @@ CREATE TABLE connections (
     token_type           TEXT    NOT NULL,
     expires_at           INTEGER,
     refresh_expires_at   INTEGER,
-    issued_at            INTEGER NOT NULL,
+    issued_at            INTEGER,                         -- unknown for some imports
     scopes               TEXT    NOT NULL DEFAULT '[]',   -- JSON array of strings
     metadata             TEXT    NOT NULL DEFAULT 'null', -- any JSON value
 
@@ -35,8 +35,8 @@ CREATE TABLE connections (
     -- store_state), so a write prepared before a delete can never match the new row.
     version              INTEGER NOT NULL CHECK (version > 0),
 
-    -- Reserved for the proactive refresh scheduler and the cross-instance refresh lease, so
-    -- that those features need no table rebuild. The store trait does not expose them yet.
+    -- The proactive refresh scheduler's and retry queue's next run, and the refresh lease
+    -- (owner instance and expiry) that keeps two instances from refreshing one connection.
     next_refresh_at      INTEGER,
     refresh_attempt      INTEGER NOT NULL DEFAULT 0,
     lease_owner          TEXT,
@@ -54,7 +54,7 @@ CREATE INDEX connections_by_access_key ON connections (access_key_id);
 CREATE INDEX connections_by_refresh_key ON connections (refresh_key_id)
     WHERE refresh_key_id IS NOT NULL;
 CREATE INDEX connections_next_refresh ON connections (next_refresh_at)
-    WHERE next_refresh_at IS NOT NULL;
+    WHERE next_refresh_at IS NOT NULL AND status = 'active';
 
 -- One row of store-wide state. max_deleted_version is the highest version any deleted
 -- connection had; new rows start above it.

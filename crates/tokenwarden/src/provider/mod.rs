@@ -18,13 +18,22 @@ use crate::connection::{Connection, ProviderName};
 use crate::error::FailureClass;
 use crate::secret::{AccessToken, ClientSecret, RefreshToken};
 
+mod common;
 pub mod http;
 pub mod instagram;
 pub mod oauth2;
 pub mod reddit;
+mod response;
+#[cfg(test)]
+mod test_support;
 pub mod tiktok;
 
 pub use http::{HttpClient, HttpSettings};
+pub use instagram::InstagramProvider;
+pub use oauth2::OAuth2Provider;
+pub use reddit::RedditProvider;
+pub use response::{MAX_DESCRIPTION_CHARS, MAX_ERROR_CHARS, MAX_LIFETIME, MAX_TOKEN_BYTES};
+pub use tiktok::TikTokProvider;
 
 /// A successful refresh answer, parsed.
 #[derive(Debug, Clone)]
@@ -104,6 +113,20 @@ impl RefreshFailure {
                 timeout,
             },
         )
+    }
+
+    /// A connection that cannot be refreshed as it is, found without calling the provider.
+    ///
+    /// No refresh token and an expired Instagram token are permanent: only the user can fix
+    /// them. A too-young Instagram token is classed as configuration, not transient: retrying
+    /// within seconds cannot help and must not count against the provider's circuit breaker,
+    /// and the user has nothing to do (the current token is still valid).
+    pub fn not_refreshable(reason: NotRefreshable) -> Self {
+        let class = match reason {
+            NotRefreshable::NoRefreshToken | NotRefreshable::Expired => FailureClass::Permanent,
+            NotRefreshable::TooYoung { .. } => FailureClass::Configuration,
+        };
+        Self::new(class, FailureKind::NotRefreshable(reason))
     }
 
     /// An unparseable answer (always transient).
@@ -283,10 +306,10 @@ pub fn build(
     config: &ProviderConfig,
     http: HttpClient,
 ) -> Result<Arc<dyn Provider>, ProviderConfigError> {
-    match config.kind {
-        ProviderKind::Oauth2 => todo!("{name:?} {http:?}"),
-        ProviderKind::Tiktok => todo!(),
-        ProviderKind::Reddit => todo!(),
-        ProviderKind::Instagram => todo!(),
-    }
+    Ok(match config.kind {
+        ProviderKind::Oauth2 => Arc::new(OAuth2Provider::new(name, config, http)?),
+        ProviderKind::Tiktok => Arc::new(TikTokProvider::new(name, config, http)?),
+        ProviderKind::Reddit => Arc::new(RedditProvider::new(name, config, http)?),
+        ProviderKind::Instagram => Arc::new(InstagramProvider::new(name, config, http)?),
+    })
 }

@@ -1,17 +1,402 @@
-//! TODO: adapter.
+//! The generic RFC 6749 adapter: refresh-token grant at a configured token endpoint (§6),
+//! client authentication by `client_secret_post` or `client_secret_basic` (§2.3.1), and
+//! optional RFC 7009 revocation. Google, GitHub, Slack, Microsoft and friends are this adapter
+//! plus configuration.
 
-use crate::connection::ProviderName;
-use crate::provider::{HttpClient, ProviderConfig, ProviderConfigError};
+use async_trait::async_trait;
+use reqwest::RequestBuilder;
+use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, USER_AGENT};
+use time::OffsetDateTime;
+use url::Url;
 
+use crate::connection::{Connection, ProviderName};
+use crate::provider::common::{
+    config_error, display_url, endpoint_url, non_empty, now, refresh_token_of, send_recorded,
+    user_agent,
+};
+use crate::provider::response::{Dialect, parse_revoke_response, parse_token_response};
+use crate::provider::{
+    AuthMethod, HttpClient, NotRefreshable, Provider, ProviderConfig, ProviderConfigError,
+    ProviderInfo, ProviderKind, RefreshFailure, TokenResponse,
+};
+use crate::secret::ClientSecret;
+
+/// Parses an RFC 6749 token-endpoint answer (§5.1 success, §5.2 error).
+pub fn parse_response(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: OffsetDateTime,
+) -> Result<TokenResponse, RefreshFailure> {
+    parse_token_response(&Dialect::RFC6749, status, headers, body, now, &[])
+}
+
+/// A generic RFC 6749 provider.
 #[derive(Debug)]
-pub struct OAuth2Provider;
+pub struct OAuth2Provider {
+    name: ProviderName,
+    http: HttpClient,
+    token_url: Url,
+    revoke_url: Option<Url>,
+    client_id: String,
+    client_secret: Option<ClientSecret>,
+    auth_method: AuthMethod,
+    user_agent: Option<HeaderValue>,
+    rate_limit_per_second: Option<u32>,
+}
 
 impl OAuth2Provider {
+    /// Checks the configuration: `token_url` and `client_id` are required, URLs must be
+    /// http(s), `user_agent` must be a valid header value.
     pub fn new(
-        _name: ProviderName,
-        _config: &ProviderConfig,
-        _http: HttpClient,
+        name: ProviderName,
+        config: &ProviderConfig,
+        http: HttpClient,
     ) -> Result<Self, ProviderConfigError> {
-        todo!()
+        let token_url = config
+            .token_url
+            .as_deref()
+            .ok_or_else(|| config_error(&name, "token_url", "required for kind oauth2"))?;
+        let token_url = endpoint_url(&name, "token_url", token_url)?;
+        let revoke_url = config
+            .revoke_url
+            .as_deref()
+            .map(|u| endpoint_url(&name, "revoke_url", u))
+            .transpose()?;
+        let client_id = non_empty(config.client_id.as_deref())
+            .ok_or_else(|| config_error(&name, "client_id", "required for kind oauth2"))?;
+        let user_agent = user_agent(&name, config.user_agent.as_deref())?;
+        Ok(Self {
+            token_url,
+            revoke_url,
+            client_id,
+            client_secret: config.client_secret.clone(),
+            auth_method: config.auth_method.unwrap_or_default(),
+            user_agent,
+            rate_limit_per_second: config.rate_limit_per_second,
+            http,
+            name,
+        })
+    }
+
+    /// A POST to `url` with the common headers and client authentication; `form` gets the
+    /// credentials when they travel in the body.
+    fn post<'a>(&'a self, url: &Url, form: &mut Vec<(&'static str, &'a str)>) -> RequestBuilder {
+        let mut request = self
+            .http
+            .client()
+            .post(url.clone())
+            .header(ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some(ua) = &self.user_agent {
+            request = request.header(USER_AGENT, ua.clone());
+        }
+        let secret = self.client_secret.as_ref().map(ClientSecret::expose_secret);
+        match self.auth_method {
+            AuthMethod::ClientSecretPost => {
+                form.push(("client_id", &self.client_id));
+                if let Some(secret) = secret {
+                    form.push(("client_secret", secret));
+                }
+            }
+            AuthMethod::ClientSecretBasic => {
+                // RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding.
+                let id = form_encode(&self.client_id);
+                let secret = form_encode(secret.unwrap_or_default());
+                request = request.basic_auth(id, Some(secret));
+            }
+        }
+        request
+    }
+
+    fn secrets<'a>(&'a self, conn: &'a Connection) -> Vec<&'a str> {
+        let mut secrets = vec![conn.tokens.access_token.expose_secret()];
+        secrets.extend(
+            conn.tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| t.expose_secret()),
+        );
+        secrets.extend(self.client_secret.as_ref().map(ClientSecret::expose_secret));
+        secrets
+    }
+}
+
+fn form_encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+#[async_trait]
+impl Provider for OAuth2Provider {
+    fn name(&self) -> &ProviderName {
+        &self.name
+    }
+
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            name: self.name.to_string(),
+            kind: ProviderKind::Oauth2,
+            token_url: display_url(&self.token_url),
+            auth_method: Some(self.auth_method),
+            client_id: Some(self.client_id.clone()),
+            rate_limit_per_second: self.rate_limit_per_second,
+        }
+    }
+
+    fn check_refreshable(
+        &self,
+        conn: &Connection,
+        _now: OffsetDateTime,
+    ) -> Result<(), NotRefreshable> {
+        refresh_token_of(conn)
+            .map(|_| ())
+            .ok_or(NotRefreshable::NoRefreshToken)
+    }
+
+    async fn refresh(&self, conn: &Connection) -> Result<TokenResponse, RefreshFailure> {
+        let refresh_token = refresh_token_of(conn)
+            .ok_or_else(|| RefreshFailure::not_refreshable(NotRefreshable::NoRefreshToken))?;
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+        ];
+        let request = self.post(&self.token_url, &mut form);
+        let raw = send_recorded(&self.http, &self.name, "refresh", request.form(&form)).await?;
+        let secrets = self.secrets(conn);
+        parse_token_response(
+            &Dialect::RFC6749,
+            raw.status,
+            &raw.headers,
+            &raw.body,
+            now(),
+            &secrets,
+        )
+    }
+
+    /// RFC 7009: revokes the refresh token (which revokes the grant at most servers), or the
+    /// access token when there is none. Any 2xx without an error body is success, as the RFC
+    /// asks servers to answer 200 even for tokens they do not know.
+    async fn revoke(&self, conn: &Connection) -> Result<(), RefreshFailure> {
+        let Some(revoke_url) = &self.revoke_url else {
+            return Ok(());
+        };
+        let (token, hint) = match refresh_token_of(conn) {
+            Some(rt) => (rt.expose_secret(), "refresh_token"),
+            None => (conn.tokens.access_token.expose_secret(), "access_token"),
+        };
+        let mut form = vec![("token", token), ("token_type_hint", hint)];
+        let request = self.post(revoke_url, &mut form);
+        let raw = send_recorded(&self.http, &self.name, "revoke", request.form(&form)).await?;
+        let secrets = self.secrets(conn);
+        parse_revoke_response(
+            &Dialect::RFC6749,
+            raw.status,
+            &raw.headers,
+            &raw.body,
+            now(),
+            &secrets,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::FailureClass;
+    use crate::provider::FailureKind;
+    use crate::provider::test_support::{any_headers, any_status, headers, rejected, t0};
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn parse(status: u16, body: &str) -> Result<TokenResponse, RefreshFailure> {
+        parse_response(status, &HeaderMap::new(), body.as_bytes(), t0())
+    }
+
+    #[test]
+    fn full_success() {
+        let ok = parse(
+            200,
+            r#"{"access_token":"at-1","token_type":"Bearer","expires_in":3599,
+                "refresh_token":"rt-2","refresh_token_expires_in":"7776000",
+                "scope":"openid email  profile"}"#,
+        )
+        .expect("success");
+        assert_eq!(ok.access_token.expose_secret(), "at-1");
+        assert_eq!(
+            ok.refresh_token.as_ref().map(|t| t.expose_secret()),
+            Some("rt-2")
+        );
+        assert_eq!(ok.token_type.as_deref(), Some("Bearer"));
+        assert_eq!(ok.expires_in, Some(Duration::from_secs(3599)));
+        assert_eq!(ok.refresh_expires_in, Some(Duration::from_secs(7_776_000)));
+        let scopes = ok.scopes.expect("scopes");
+        assert_eq!(scopes, ["openid", "email", "profile"]);
+    }
+
+    #[test]
+    fn minimal_success_keeps_old_refresh_token() {
+        let ok = parse(200, r#"{"access_token":"at"}"#).expect("success");
+        assert!(ok.refresh_token.is_none());
+        assert!(ok.token_type.is_none());
+        assert!(ok.expires_in.is_none());
+        assert!(ok.scopes.is_none());
+        let ok = parse(
+            200,
+            r#"{"access_token":"at","refresh_token":null,"expires_in":"60"}"#,
+        )
+        .expect("success");
+        assert!(ok.refresh_token.is_none());
+        assert_eq!(ok.expires_in, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn bad_success_bodies_are_unparseable() {
+        let long = format!(r#"{{"access_token":"{}"}}"#, "a".repeat(16 * 1024 + 1));
+        for body in [
+            "",
+            "<html><body>502 Bad Gateway</body></html>",
+            r#"{"access_token":"at","expires_in":36"#,
+            r#"["access_token"]"#,
+            r#"{"access_token":""}"#,
+            r#"{"access_token":42}"#,
+            r#"{"token_type":"Bearer"}"#,
+            r#"{"access_token":"at","expires_in":0}"#,
+            r#"{"access_token":"at","expires_in":-5}"#,
+            r#"{"access_token":"at","expires_in":"soon"}"#,
+            r#"{"access_token":"at","expires_in":"NaN"}"#,
+            r#"{"access_token":"at","expires_in":400000000}"#,
+            r#"{"access_token":"at","expires_in":true}"#,
+            r#"{"access_token":"at","refresh_expires_in":0}"#,
+            r#"{"access_token":"at","refresh_token":7}"#,
+            long.as_str(),
+        ] {
+            let failure = parse(200, body).expect_err(body);
+            assert_eq!(failure.class, FailureClass::Transient, "{body}");
+            assert!(
+                matches!(failure.kind, FailureKind::Unparseable { status: 200, .. }),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn oauth_errors_are_classified() {
+        let cases = [
+            (400, "invalid_grant", FailureClass::Permanent),
+            (403, "invalid_grant", FailureClass::Permanent),
+            (401, "invalid_client", FailureClass::Configuration),
+            (400, "unauthorized_client", FailureClass::Configuration),
+            (400, "invalid_request", FailureClass::Configuration),
+            (400, "server_error", FailureClass::Transient),
+            (503, "temporarily_unavailable", FailureClass::Transient),
+            // An error in a 200 body wins over the status.
+            (200, "invalid_grant", FailureClass::Permanent),
+        ];
+        for (status, error, class) in cases {
+            let body = format!(r#"{{"error":"{error}","error_description":"nope"}}"#);
+            let failure = parse(status, &body).expect_err(error);
+            assert_eq!(failure.class, class, "{status} {error}");
+            assert_eq!(
+                rejected(&failure),
+                (status, error.to_owned(), Some("nope".to_owned()))
+            );
+        }
+    }
+
+    #[test]
+    fn statuses_without_error_values() {
+        for (status, class) in [
+            (500, FailureClass::Transient),
+            (502, FailureClass::Transient),
+            (503, FailureClass::Transient),
+            (408, FailureClass::Transient),
+            (429, FailureClass::Transient),
+            (401, FailureClass::Configuration),
+            (404, FailureClass::Configuration),
+            (302, FailureClass::Configuration),
+        ] {
+            for body in ["", "<html>oops</html>", "{}"] {
+                let failure = parse(status, body).expect_err("failure");
+                assert_eq!(failure.class, class, "{status} {body}");
+                assert_eq!(failure.http_status(), Some(status));
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_on_429_and_503() {
+        let h = headers(&[("retry-after", "7")]);
+        let failure = parse_response(429, &h, b"", t0()).expect_err("429");
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(7)));
+        let h = headers(&[("retry-after", "Thu, 26 Nov 2026 12:00:30 GMT")]);
+        let failure = parse_response(503, &h, br#"{"error":"temporarily_unavailable"}"#, t0())
+            .expect_err("503");
+        assert_eq!(failure.retry_after, Some(Duration::from_secs(30)));
+        // Not retried, so no hint.
+        let failure =
+            parse_response(400, &h, br#"{"error":"invalid_grant"}"#, t0()).expect_err("400");
+        assert_eq!(failure.retry_after, None);
+    }
+
+    #[test]
+    fn descriptions_are_truncated_and_control_free() {
+        let body = format!(
+            r#"{{"error":"invalid_grant","error_description":"a\n{}"}}"#,
+            "x".repeat(500)
+        );
+        let failure = parse(400, &body).expect_err("failure");
+        let (_, _, description) = rejected(&failure);
+        let description = description.expect("description");
+        assert_eq!(description.chars().count(), 200);
+        assert!(!description.contains('\n'));
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_from_descriptions() {
+        let body = br#"{"error":"invalid_grant","error_description":"token rt-SECRET/1 and rt-SECRET%2F1 unknown"}"#;
+        let failure = parse_token_response(
+            &Dialect::RFC6749,
+            400,
+            &HeaderMap::new(),
+            body,
+            t0(),
+            &["rt-SECRET/1"],
+        )
+        .expect_err("failure");
+        let shown = format!("{failure} {failure:?}");
+        assert!(!shown.contains("rt-SECRET"), "{shown}");
+        assert!(shown.contains("[REDACTED]"));
+    }
+
+    #[test]
+    fn revoke_answers() {
+        use crate::provider::response::parse_revoke_response;
+        let revoke = |status: u16, body: &str| {
+            let h = HeaderMap::new();
+            parse_revoke_response(&Dialect::RFC6749, status, &h, body.as_bytes(), t0(), &[])
+        };
+        assert_eq!(revoke(200, ""), Ok(()));
+        assert_eq!(revoke(204, "whatever"), Ok(()));
+        assert_eq!(revoke(200, r#"{"ok":true}"#), Ok(()));
+        let failure = revoke(200, r#"{"error":"invalid_client"}"#).expect_err("error body");
+        assert_eq!(failure.class, FailureClass::Configuration);
+        let failure = revoke(400, r#"{"error":"unsupported_token_type"}"#).expect_err("400");
+        assert_eq!(failure.provider_error(), Some("unsupported_token_type"));
+        let failure = revoke(503, "").expect_err("503");
+        assert_eq!(failure.class, FailureClass::Transient);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn never_panics(status in any_status(), body in proptest::collection::vec(any::<u8>(), 0..512),
+                        h in any_headers()) {
+            let _ = parse_response(status, &h, &body, t0());
+        }
+
+        #[test]
+        fn never_panics_on_json_like(status in any_status(), body in "[{}\\[\\]\":,a-z0-9_ .-]{0,200}") {
+            let _ = parse_response(status, &HeaderMap::new(), body.as_bytes(), t0());
+        }
     }
 }

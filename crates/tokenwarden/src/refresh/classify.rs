@@ -82,8 +82,10 @@ pub fn parse_reset_header(value: &str, now: OffsetDateTime) -> Option<Duration> 
         return None;
     }
     if secs > 1_000_000_000.0 {
+        // Clamped like the relative form: a far-future "timestamp" must not overflow
+        // `Duration` (found by the providers' fuzz tests).
         let delta = secs - now.unix_timestamp() as f64;
-        return Some(Duration::from_secs_f64(delta.max(0.0)));
+        return Some(Duration::from_secs_f64(delta.clamp(0.0, 1e9)));
     }
     Some(Duration::from_secs_f64(secs.min(1e9)))
 }
@@ -157,5 +159,8 @@ mod tests {
         assert_eq!(parse_reset_header("-1", now), None);
         let abs = (now.unix_timestamp() + 20).to_string();
         assert_eq!(parse_reset_header(&abs, now), Some(Duration::from_secs(20)));
+        assert_eq!(parse_reset_header("1e25", now), Some(Duration::from_secs(1_000_000_000)));
+        assert_eq!(parse_reset_header("1e308", now), Some(Duration::from_secs(1_000_000_000)));
+        assert_eq!(parse_reset_header("inf", now), None);
     }
 }

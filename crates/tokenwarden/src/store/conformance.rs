@@ -53,7 +53,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{ListQuery, PutOutcome, Store, StoreError};
+use super::{ListQuery, PutOutcome, Store, StoreError, reseal_all};
 use crate::connection::{
     Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError, ProviderName, Tokens,
     UserId,
@@ -114,6 +114,12 @@ where
     missing_key(&make).await;
     rotation_read(&make).await;
     concurrent_updates(&make).await;
+    leases(&make).await;
+    concurrent_leases(&make).await;
+    claim_due(&make).await;
+    concurrent_claims(&make).await;
+    queue(&make).await;
+    reseal(&make).await;
 }
 
 /// Generates one `#[tokio::test]` per conformance check. `$make` is an expression evaluated
@@ -137,6 +143,12 @@ macro_rules! store_conformance_tests {
             missing_key,
             rotation_read,
             concurrent_updates,
+            leases,
+            concurrent_leases,
+            claim_due,
+            concurrent_claims,
+            queue,
+            reseal,
         );
     };
     (@each $make:expr; $($check:ident),* $(,)?) => {
@@ -187,7 +199,7 @@ pub fn sample_connection(user: &str, provider: &str, account: &str) -> Connectio
             has_refresh_token: true,
             expires_at: Some(at(3600)),
             refresh_expires_at: Some(at(30 * 86_400)),
-            issued_at: at(0),
+            issued_at: Some(at(0)),
             scopes: vec!["read".into(), "write".into(), "user.info.basic".into()],
             metadata: json!({"display_name": "Zoë ✓", "n": 7, "nested": {"list": [1, null, "x"]}}),
             status: ConnectionStatus::Active,
@@ -196,6 +208,7 @@ pub fn sample_connection(user: &str, provider: &str, account: &str) -> Connectio
             last_error: None,
             created_at: at(0),
             updated_at: at(0),
+            next_refresh_at: Some(at(3000)),
             version: 0,
         },
         tokens: Tokens {
@@ -333,7 +346,7 @@ where
 
     let mut replacement = sample_connection("u", "tiktok", "a");
     replacement.meta.created_at = at(500);
-    replacement.meta.issued_at = at(1000);
+    replacement.meta.issued_at = Some(at(1000));
     replacement.meta.updated_at = at(1000);
     replacement.meta.expires_at = None;
     replacement.meta.refresh_expires_at = None;
@@ -983,5 +996,312 @@ where
     assert_eq!(
         got.tokens.access_token.expose_secret(),
         format!("writer-{winner}")
+    );
+}
+
+/// Refresh leases: exclusive, re-entrant for their owner, free again after expiry or
+/// release, released by a successful update, and `NotFound` for a missing connection.
+pub async fn leases<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("leases"), k1()).await;
+    let conn = sample_connection("u", "tiktok", "leased");
+    let (stored, _) = store.put(&conn).await.expect("put");
+    let key = conn.key();
+    assert!(
+        store
+            .try_lease(key, "a", at(0), at(100))
+            .await
+            .expect("lease")
+    );
+    assert!(
+        !store
+            .try_lease(key, "b", at(50), at(150))
+            .await
+            .expect("held by a")
+    );
+    assert!(
+        store
+            .try_lease(key, "a", at(50), at(150))
+            .await
+            .expect("re-entrant")
+    );
+    // Only the owner releases.
+    store.release_lease(key, "b").await.expect("no-op");
+    assert!(
+        !store
+            .try_lease(key, "b", at(60), at(160))
+            .await
+            .expect("still a's")
+    );
+    // Expiry frees it.
+    assert!(
+        store
+            .try_lease(key, "b", at(150), at(250))
+            .await
+            .expect("expired")
+    );
+    store.release_lease(key, "b").await.expect("release");
+    assert!(
+        store
+            .try_lease(key, "c", at(160), at(260))
+            .await
+            .expect("released")
+    );
+    // A successful update ends the refresh and releases the lease.
+    store
+        .update(&with_version(&conn, &stored))
+        .await
+        .expect("update");
+    assert!(
+        store
+            .try_lease(key, "d", at(170), at(270))
+            .await
+            .expect("released by update")
+    );
+    let missing = ConnectionKey::parse("nobody", "tiktok", "none").expect("key");
+    assert!(matches!(
+        store.try_lease(&missing, "a", at(0), at(1)).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+/// Many instances asking for one lease at once: exactly one gets it.
+pub async fn concurrent_leases<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = Arc::new(make(TestDb::fresh("concurrent_leases"), k1()).await);
+    let conn = sample_connection("u", "tiktok", "contended-lease");
+    store.put(&conn).await.expect("put");
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let key = conn.key().clone();
+            tokio::spawn(async move {
+                store
+                    .try_lease(&key, &format!("instance-{i}"), at(0), at(60))
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for task in tasks {
+        won += usize::from(task.await.expect("task").expect("lease"));
+    }
+    assert_eq!(won, 1);
+}
+
+/// `claim_due` takes due, active, unleased connections earliest first, up to the limit,
+/// leasing them; `next_due` reports the earliest claimable time.
+pub async fn claim_due<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("claim_due"), k1()).await;
+    assert_eq!(store.next_due().await.expect("next_due"), None);
+    assert!(
+        store
+            .claim_due(at(0), 10, "a", at(60))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let mut keys = Vec::new();
+    for (i, due) in [
+        (0, Some(30)),
+        (1, Some(10)),
+        (2, Some(20)),
+        (3, Some(500)),
+        (4, None),
+    ] {
+        let mut conn = sample_connection("u", "tiktok", &format!("acct-{i}"));
+        conn.meta.next_refresh_at = due.map(at);
+        store.put(&conn).await.expect("put");
+        keys.push(conn.key().clone());
+    }
+    let mut reconnect = sample_connection("u", "tiktok", "needs-reconnect");
+    reconnect.meta.status = ConnectionStatus::NeedsReconnect;
+    reconnect.meta.next_refresh_at = Some(at(0));
+    store.put(&reconnect).await.expect("put");
+
+    assert_eq!(store.next_due().await.expect("next_due"), Some(at(10)));
+    // Someone else holds acct-2.
+    assert!(
+        store
+            .try_lease(&keys[2], "other", at(0), at(1000))
+            .await
+            .expect("lease")
+    );
+    let claimed = store
+        .claim_due(at(100), 1, "a", at(160))
+        .await
+        .expect("claim");
+    assert_eq!(
+        claimed,
+        vec![keys[1].clone()],
+        "earliest first, limit respected"
+    );
+    let claimed = store
+        .claim_due(at(100), 10, "a", at(160))
+        .await
+        .expect("claim");
+    assert_eq!(
+        claimed,
+        vec![keys[0].clone()],
+        "leased, future, unscheduled and inactive skipped"
+    );
+    assert!(
+        store
+            .claim_due(at(100), 10, "b", at(160))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    // Claimable again once the lease expires: acct-1 at 160, acct-2 (other's) at 1000.
+    assert_eq!(store.next_due().await.expect("next_due"), Some(at(160)));
+    let mut later = store
+        .claim_due(at(600), 10, "b", at(700))
+        .await
+        .expect("claim");
+    later.sort();
+    assert_eq!(
+        later,
+        vec![keys[0].clone(), keys[1].clone(), keys[3].clone()]
+    );
+}
+
+/// Several claimers at once never get the same connection, and together get all of them.
+pub async fn concurrent_claims<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = Arc::new(make(TestDb::fresh("concurrent_claims"), k1()).await);
+    for i in 0..60 {
+        let mut conn = sample_connection("u", "tiktok", &format!("due-{i:02}"));
+        conn.meta.next_refresh_at = Some(at(i));
+        store.put(&conn).await.expect("put");
+    }
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let batch = store
+                        .claim_due(at(1000), 7, &format!("claimer-{i}"), at(2000))
+                        .await
+                        .expect("claim");
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(batch);
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("task"));
+    }
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), total, "no connection claimed twice");
+    assert_eq!(total, 60, "every due connection claimed");
+}
+
+/// Queue sizes: scheduled, due now and retrying, over active connections only.
+pub async fn queue<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("queue"), k1()).await;
+    assert_eq!(
+        store.queue_stats(at(0)).await.expect("stats"),
+        super::QueueStats::default()
+    );
+    for (i, due, failures) in [
+        (0, Some(10), 0),
+        (1, Some(20), 2),
+        (2, Some(500), 1),
+        (3, None, 0),
+    ] {
+        let mut conn = sample_connection("u", "reddit", &format!("q-{i}"));
+        conn.meta.next_refresh_at = due.map(at);
+        conn.meta.consecutive_failures = failures;
+        store.put(&conn).await.expect("put");
+    }
+    let stats = store.queue_stats(at(100)).await.expect("stats");
+    assert_eq!(
+        stats,
+        super::QueueStats {
+            scheduled: 3,
+            due_now: 2,
+            retrying: 2
+        }
+    );
+}
+
+/// Key rotation: everything written under k1 is re-sealed under k2 in batches, resumably,
+/// without touching versions; then a ring without k1 reads everything, and a ciphertext
+/// whose key is gone is reported, not lost.
+pub async fn reseal<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let db = TestDb::fresh("reseal");
+    let old = make(db.clone(), k1()).await;
+    let mut conns = Vec::new();
+    for i in 0..7 {
+        let mut conn = sample_connection("u", "tiktok", &format!("r-{i}"));
+        if i % 3 == 0 {
+            conn.tokens.refresh_token = None;
+        }
+        let (meta, _) = old.put(&conn).await.expect("put");
+        conns.push(with_version(&conn, &meta));
+    }
+    let rotating = make(db.clone(), test_keys("k2", &["k1", "k2"])).await;
+    // Interrupted after one batch of 3...
+    let first = rotating.reseal_batch(None, 3).await.expect("batch");
+    assert_eq!((first.scanned, first.resealed, first.failed), (3, 3, 0));
+    assert!(first.last.is_some());
+    // ...and resumed from scratch: only what is left is touched.
+    let mut seen = 0;
+    let summary = reseal_all(&rotating, 2, |b| seen += b.scanned)
+        .await
+        .expect("rotation");
+    assert_eq!(summary.resealed, 4);
+    assert_eq!(seen, 4);
+    assert_eq!(usage(&rotating).await, usage_of(&[("k2", 11)]));
+    // Versions untouched: a refresh prepared before the rotation still commits.
+    rotating
+        .update(&conns[0])
+        .await
+        .expect("update with pre-rotation version");
+    let only_new = make(db, test_keys("k2", &["k2"])).await;
+    for conn in &conns {
+        assert_tokens(&must_get(&only_new, conn.key()).await, conn);
+    }
+    // Nothing left to do.
+    assert_eq!(
+        reseal_all(&only_new, 10, |_| {})
+            .await
+            .expect("again")
+            .resealed,
+        0
     );
 }

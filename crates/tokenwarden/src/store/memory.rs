@@ -260,7 +260,12 @@ impl Store for MemoryStore {
         let mut rows = self.rows();
         let mut due: Vec<(OffsetDateTime, ConnectionKey)> = rows
             .values()
-            .filter(|r| r.meta.status == ConnectionStatus::Active && r.lease_free_for(owner, now))
+            .filter(|r| {
+                // Not `lease_free_for(owner)`: a claimer must not re-claim rows it already
+                // holds (they are being refreshed).
+                r.meta.status == ConnectionStatus::Active
+                    && r.lease.as_ref().is_none_or(|(_, until)| *until <= now)
+            })
             .filter_map(|r| {
                 r.meta
                     .next_refresh_at

@@ -125,7 +125,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError>;
 
     /// Claims up to `limit` active connections whose `next_refresh_at` is due at `now` and
-    /// whose lease is free or expired, leasing them to `owner` until `until`; earliest first.
+    /// whose lease is free or expired (rows `owner` itself holds are not claimed again),
+    /// leasing them to `owner` until `until`; earliest first.
     /// Several instances claiming at once never get the same connection.
     async fn claim_due(
         &self,

@@ -22,7 +22,8 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, SqlSafeStr, Sqlite};
 use time::OffsetDateTime;
 
 use super::{
-    KeyUsage, ListPage, ListQuery, PutOutcome, Store, StoreError, decode_cursor, encode_cursor,
+    KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
+    decode_cursor, encode_cursor,
 };
 use crate::connection::{
     AccountId, Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError,
@@ -135,14 +136,17 @@ impl SqliteStore {
     }
 
     fn seal(&self, conn: &Connection) -> SealedTokens {
-        let key = conn.key();
+        self.seal_tokens(conn.key(), &conn.tokens)
+    }
+
+    fn seal_tokens(&self, key: &ConnectionKey, tokens: &Tokens) -> SealedTokens {
         let access = self.keys.seal(
-            conn.tokens.access_token.expose_secret().as_bytes(),
+            tokens.access_token.expose_secret().as_bytes(),
             key,
             Field::AccessToken,
         );
         let access_key_id = self.sealed_key_id(&access);
-        let refresh = conn.tokens.refresh_token.as_ref().map(|token| {
+        let refresh = tokens.refresh_token.as_ref().map(|token| {
             let sealed = self
                 .keys
                 .seal(token.expose_secret().as_bytes(), key, Field::RefreshToken);
@@ -251,7 +255,8 @@ struct SealedTokens {
 const WRITE_SET: &str = "access_token = ?, access_key_id = ?, refresh_token = ?, \
      refresh_key_id = ?, token_type = ?, expires_at = ?, refresh_expires_at = ?, issued_at = ?, \
      scopes = ?, metadata = ?, status = ?, last_refreshed_at = ?, consecutive_failures = ?, \
-     last_error_code = ?, last_error_message = ?, last_error_at = ?, updated_at = ?";
+     last_error_code = ?, last_error_message = ?, last_error_at = ?, updated_at = ?, \
+     next_refresh_at = ?";
 
 /// Creates a row. Its version starts above every deleted version (see `store_state` in the
 /// migration), so an update prepared against a deleted incarnation of this key can never
@@ -259,8 +264,9 @@ const WRITE_SET: &str = "access_token = ?, access_key_id = ?, refresh_token = ?,
 const INSERT_SQL: &str = "INSERT INTO connections (access_token, access_key_id, refresh_token, \
      refresh_key_id, token_type, expires_at, refresh_expires_at, issued_at, scopes, metadata, \
      status, last_refreshed_at, consecutive_failures, last_error_code, last_error_message, \
-     last_error_at, updated_at, user_id, provider, account_id, created_at, version) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
+     last_error_at, updated_at, next_refresh_at, user_id, provider, account_id, created_at, \
+     version) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
      (SELECT max_deleted_version + 1 FROM store_state WHERE id = 1)) \
      RETURNING created_at, version";
 
@@ -268,7 +274,7 @@ const INSERT_SQL: &str = "INSERT INTO connections (access_token, access_key_id, 
 const META_COLUMNS: &str = "user_id, provider, account_id, token_type, \
      refresh_token IS NOT NULL AS has_refresh_token, expires_at, refresh_expires_at, issued_at, \
      scopes, metadata, status, last_refreshed_at, consecutive_failures, last_error_code, \
-     last_error_message, last_error_at, created_at, updated_at, version";
+     last_error_message, last_error_at, created_at, updated_at, next_refresh_at, version";
 
 const KEY_MATCH: &str = "user_id = ? AND provider = ? AND account_id = ?";
 
@@ -278,7 +284,7 @@ struct RowValues {
     token_type: String,
     expires_at: Option<i64>,
     refresh_expires_at: Option<i64>,
-    issued_at: i64,
+    issued_at: Option<i64>,
     scopes: String,
     metadata: String,
     status: &'static str,
@@ -288,6 +294,7 @@ struct RowValues {
     last_error_message: Option<String>,
     last_error_at: Option<i64>,
     updated_at: i64,
+    next_refresh_at: Option<i64>,
 }
 
 impl RowValues {
@@ -300,7 +307,7 @@ impl RowValues {
             token_type: meta.token_type.clone(),
             expires_at: meta.expires_at.map(unix),
             refresh_expires_at: meta.refresh_expires_at.map(unix),
-            issued_at: unix(meta.issued_at),
+            issued_at: meta.issued_at.map(unix),
             scopes: json("scopes", serde_json::to_string(&meta.scopes))?,
             metadata: json("metadata", serde_json::to_string(&meta.metadata))?,
             status: meta.status.as_str(),
@@ -310,6 +317,7 @@ impl RowValues {
             last_error_message: meta.last_error.as_ref().map(|e| e.message.clone()),
             last_error_at: meta.last_error.as_ref().map(|e| unix(e.at)),
             updated_at: unix(meta.updated_at),
+            next_refresh_at: meta.next_refresh_at.map(unix),
         })
     }
 
@@ -334,6 +342,7 @@ impl RowValues {
             .bind(self.last_error_message)
             .bind(self.last_error_at)
             .bind(self.updated_at)
+            .bind(self.next_refresh_at)
     }
 }
 
@@ -357,10 +366,10 @@ fn written_meta(
     meta.created_at = from_unix(created_at)?;
     meta.version = version;
     // What a read returns: times at whole seconds, as stored.
-    for t in [&mut meta.issued_at, &mut meta.updated_at] {
-        *t = truncate(*t)?;
-    }
+    meta.updated_at = truncate(meta.updated_at)?;
     for t in [
+        &mut meta.issued_at,
+        &mut meta.next_refresh_at,
         &mut meta.expires_at,
         &mut meta.refresh_expires_at,
         &mut meta.last_refreshed_at,
@@ -448,8 +457,10 @@ impl Store for SqliteStore {
         let key = conn.key();
         let values = RowValues::new(&conn.meta, self.seal(conn))?;
         // One statement, so the version check and the write are atomic without a transaction.
+        // It ends the refresh: the lease is released in the same write.
         let sql = format!(
-            "UPDATE connections SET {WRITE_SET}, version = version + 1 \
+            "UPDATE connections SET {WRITE_SET}, version = version + 1, \
+             lease_owner = NULL, lease_until = NULL \
              WHERE {KEY_MATCH} AND version = ? RETURNING created_at, version"
         );
         let query = values.bind(sqlx::query(AssertSqlSafe(sql)));
@@ -594,16 +605,196 @@ impl Store for SqliteStore {
             .map_err(db_error("ping"))?;
         Ok(())
     }
+
+    async fn try_lease(
+        &self,
+        key: &ConnectionKey,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE connections SET lease_owner = ?, lease_until = ? WHERE {KEY_MATCH} \
+             AND (lease_owner IS NULL OR lease_until <= ? OR lease_owner = ?)"
+        );
+        let query = sqlx::query(AssertSqlSafe(sql))
+            .bind(owner.to_owned())
+            .bind(unix(until));
+        let done = bind_key(query, key)
+            .bind(unix(now))
+            .bind(owner.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("try_lease"))?;
+        if done.rows_affected() > 0 {
+            return Ok(true);
+        }
+        let exists: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT 1 FROM connections WHERE {KEY_MATCH}"
+        )))
+        .bind(key.user_id.as_str())
+        .bind(key.provider.as_str())
+        .bind(key.account_id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error("try_lease"))?;
+        if exists.is_some() {
+            Ok(false)
+        } else {
+            Err(StoreError::NotFound)
+        }
+    }
+
+    async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE connections SET lease_owner = NULL, lease_until = NULL \
+             WHERE {KEY_MATCH} AND lease_owner = ?"
+        );
+        bind_key(sqlx::query(AssertSqlSafe(sql)), key)
+            .bind(owner.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("release_lease"))?;
+        Ok(())
+    }
+
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<Vec<ConnectionKey>, StoreError> {
+        // One statement: SQLite runs it under its single writer lock, so two claimers can
+        // never take the same row.
+        let rows = sqlx::query(
+            "UPDATE connections SET lease_owner = ?1, lease_until = ?2 \
+             WHERE (user_id, provider, account_id) IN ( \
+                 SELECT user_id, provider, account_id FROM connections \
+                 WHERE status = 'active' AND next_refresh_at IS NOT NULL \
+                   AND next_refresh_at <= ?3 \
+                   AND (lease_owner IS NULL OR lease_until <= ?3) \
+                 ORDER BY next_refresh_at LIMIT ?4) \
+             RETURNING user_id, provider, account_id",
+        )
+        .bind(owner.to_owned())
+        .bind(unix(until))
+        .bind(unix(now))
+        .bind(i64::from(limit.max(1)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("claim_due"))?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(MAX(next_refresh_at, COALESCE(lease_until, next_refresh_at))) \
+             FROM connections WHERE status = 'active' AND next_refresh_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error("next_due"))?;
+        at.map(from_unix).transpose()
+    }
+
+    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
+        let (scheduled, due, retrying): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), SUM(next_refresh_at <= ?), SUM(consecutive_failures > 0) \
+             FROM connections WHERE status = 'active' AND next_refresh_at IS NOT NULL",
+        )
+        .bind(unix(now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error("queue_stats"))?;
+        let count = |n: i64| u64::try_from(n).map_err(|_| corrupt("count"));
+        Ok(QueueStats {
+            scheduled: count(scheduled)?,
+            due_now: count(due.unwrap_or(0))?,
+            retrying: count(retrying.unwrap_or(0))?,
+        })
+    }
+
+    async fn reseal_batch(
+        &self,
+        after: Option<&ConnectionKey>,
+        limit: u32,
+    ) -> Result<ResealBatch, StoreError> {
+        let active = self.keys.active_key_id().as_str().to_owned();
+        let limit = limit.max(1);
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT user_id, provider, account_id, access_token, refresh_token FROM connections \
+             WHERE (access_key_id <> ",
+        );
+        qb.push_bind(active.clone())
+            .push(" OR (refresh_key_id IS NOT NULL AND refresh_key_id <> ")
+            .push_bind(active)
+            .push("))");
+        if let Some(after) = after {
+            qb.push(" AND (user_id, provider, account_id) > (")
+                .push_bind(after.user_id.as_str().to_owned())
+                .push(", ")
+                .push_bind(after.provider.as_str().to_owned())
+                .push(", ")
+                .push_bind(after.account_id.as_str().to_owned())
+                .push(")");
+        }
+        qb.push(" ORDER BY user_id, provider, account_id LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("reseal"))?;
+        let mut batch = ResealBatch::default();
+        for row in &rows {
+            let key = key_from_row(row)?;
+            batch.scanned += 1;
+            let Ok(tokens) = self.open(&key, row) else {
+                batch.failed += 1;
+                continue;
+            };
+            let old_access: Vec<u8> = get(row, "access_token")?;
+            let old_refresh: Option<Vec<u8>> = get(row, "refresh_token")?;
+            let sealed = self.seal_tokens(&key, &tokens);
+            // Compare-and-swap on the old ciphertexts; the version is left alone so a refresh
+            // running meanwhile commits normally (and its write is already under the new key).
+            let sql = format!(
+                "UPDATE connections SET access_token = ?, access_key_id = ?, refresh_token = ?, \
+                 refresh_key_id = ? WHERE {KEY_MATCH} AND access_token = ? AND refresh_token IS ?"
+            );
+            let query = sqlx::query(AssertSqlSafe(sql))
+                .bind(sealed.access)
+                .bind(sealed.access_key_id)
+                .bind(sealed.refresh)
+                .bind(sealed.refresh_key_id);
+            let done = bind_key(query, &key)
+                .bind(old_access)
+                .bind(old_refresh)
+                .execute(&self.pool)
+                .await
+                .map_err(db_error("reseal"))?;
+            batch.resealed += done.rows_affected();
+        }
+        if rows.len() == limit as usize {
+            batch.last = rows.last().map(key_from_row).transpose()?;
+        }
+        Ok(batch)
+    }
 }
 
-fn meta_from_row(row: &SqliteRow) -> Result<ConnectionMeta, StoreError> {
-    let key = ConnectionKey {
+fn key_from_row(row: &SqliteRow) -> Result<ConnectionKey, StoreError> {
+    Ok(ConnectionKey {
         user_id: UserId::parse(get::<String>(row, "user_id")?).map_err(|_| corrupt("user_id"))?,
         provider: ProviderName::parse(get::<String>(row, "provider")?)
             .map_err(|_| corrupt("provider"))?,
         account_id: AccountId::parse(get::<String>(row, "account_id")?)
             .map_err(|_| corrupt("account_id"))?,
-    };
+    })
+}
+
+fn meta_from_row(row: &SqliteRow) -> Result<ConnectionMeta, StoreError> {
+    let key = key_from_row(row)?;
     let status: String = get(row, "status")?;
     let scopes: String = get(row, "scopes")?;
     let metadata: String = get(row, "metadata")?;
@@ -628,7 +819,9 @@ fn meta_from_row(row: &SqliteRow) -> Result<ConnectionMeta, StoreError> {
         refresh_expires_at: get::<Option<i64>>(row, "refresh_expires_at")?
             .map(from_unix)
             .transpose()?,
-        issued_at: from_unix(get(row, "issued_at")?)?,
+        issued_at: get::<Option<i64>>(row, "issued_at")?
+            .map(from_unix)
+            .transpose()?,
         scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
         metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?,
         status: ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
@@ -640,6 +833,9 @@ fn meta_from_row(row: &SqliteRow) -> Result<ConnectionMeta, StoreError> {
         last_error,
         created_at: from_unix(get(row, "created_at")?)?,
         updated_at: from_unix(get(row, "updated_at")?)?,
+        next_refresh_at: get::<Option<i64>>(row, "next_refresh_at")?
+            .map(from_unix)
+            .transpose()?,
         version: get(row, "version")?,
     })
 }

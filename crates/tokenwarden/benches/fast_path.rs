@@ -1,0 +1,113 @@
+//! The in-process fast path: `Warden::access_token` on a fresh token, next to the baseline
+//! of a plain `RwLock<HashMap>` lookup plus a clone of the same token string. Both run in the
+//! same process and the same criterion run, so their ratio is what counts (see
+//! BENCHMARKS.md).
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use criterion::{Criterion, criterion_group, criterion_main};
+use time::OffsetDateTime;
+use tokenwarden::connection::ProviderName;
+use tokenwarden::provider::{
+    NotRefreshable, Provider, ProviderInfo, ProviderKind, RefreshFailure, TokenResponse,
+};
+use tokenwarden::store::SqliteStore;
+use tokenwarden::{
+    AccessToken, Connection, ConnectionKey, ImportRequest, KeyRing, RefreshToken, Warden,
+};
+
+/// A provider that is never called on the fast path.
+#[derive(Debug)]
+struct Unused(ProviderName);
+
+#[async_trait]
+impl Provider for Unused {
+    fn name(&self) -> &ProviderName {
+        &self.0
+    }
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            name: self.0.to_string(),
+            kind: ProviderKind::Oauth2,
+            token_url: String::new(),
+            auth_method: None,
+            client_id: None,
+            rate_limit_per_second: None,
+        }
+    }
+    fn check_refreshable(&self, _: &Connection, _: OffsetDateTime) -> Result<(), NotRefreshable> {
+        Ok(())
+    }
+    async fn refresh(&self, _: &Connection) -> Result<TokenResponse, RefreshFailure> {
+        Err(RefreshFailure::transport(
+            "not used in this benchmark",
+            false,
+        ))
+    }
+}
+
+const TOKEN: &str = "ya29.a0AfB_byC-benchmark-access-token-of-a-realistic-length-0123456789abcdef";
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/bench.db", dir.path().display());
+    let keys = Arc::new(
+        KeyRing::from_base64("k1", [("k1", KeyRing::generate_key_base64().as_str())])
+            .expect("keys"),
+    );
+    let warden = rt.block_on(async {
+        let store = Arc::new(SqliteStore::connect(&url, keys).await.expect("store"));
+        let warden = Warden::builder(store)
+            .provider(Arc::new(Unused("bench".parse().expect("name"))))
+            .build();
+        for i in 0..1000 {
+            let key = ConnectionKey::parse(&format!("user-{i}"), "bench", "acct").expect("key");
+            let req = ImportRequest {
+                access_token: AccessToken::new(TOKEN),
+                refresh_token: Some(RefreshToken::new("rt")),
+                expires_at: Some(OffsetDateTime::now_utc() + time::Duration::days(1)),
+                refresh_expires_at: None,
+                issued_at: None,
+                token_type: None,
+                scopes: vec![],
+                metadata: serde_json::Value::Null,
+            };
+            warden.import(key, req).await.expect("import");
+        }
+        warden
+    });
+    let key = ConnectionKey::parse("user-500", "bench", "acct").expect("key");
+    rt.block_on(warden.access_token(&key)).expect("warm");
+
+    let mut baseline: HashMap<ConnectionKey, String> = HashMap::new();
+    for i in 0..1000 {
+        let k = ConnectionKey::parse(&format!("user-{i}"), "bench", "acct").expect("key");
+        baseline.insert(k, TOKEN.to_owned());
+    }
+    let baseline = RwLock::new(baseline);
+
+    let mut group = c.benchmark_group("fast_path");
+    group.bench_function("baseline_rwlock_hashmap_clone", |b| {
+        // Through the same async harness as the warden, so only the lookups differ.
+        b.to_async(&rt).iter(|| async {
+            let map = baseline.read().expect("lock");
+            black_box(map.get(black_box(&key)).cloned())
+        });
+    });
+    group.bench_function("warden_access_token", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(warden.access_token(black_box(&key)).await.expect("token"))
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
