@@ -3,7 +3,8 @@
 //!
 //! `run` takes its listener and shutdown signal as arguments (mini-redis's shape) so tests
 //! start the real app on `127.0.0.1:0` and stop it deterministically. Background tasks
-//! (metrics upkeep, the connections gauge) are owned by `run` and stopped with it.
+//! (metrics upkeep, the connections gauge, the library's refresh scheduler) are owned by
+//! `run` and stopped with it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -204,6 +205,7 @@ pub async fn build_warden(config: &Config) -> Result<Warden, StartError> {
         .providers(providers)
         .refresh_config(config.refresh_config())
         .breaker_config(config.breaker_config())
+        .scheduler_config(config.scheduler_config())
         .build())
 }
 
@@ -253,6 +255,17 @@ pub async fn run(
         gauge_every,
         stop_rx.clone(),
     ));
+    if app.config().scheduler.enabled {
+        let warden = app.warden().clone();
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            warden
+                .run_scheduler(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+        });
+    }
 
     let grace = Duration::from_secs(app.config().server.shutdown_timeout_seconds);
     if let Ok(addr) = listener.local_addr() {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokenwarden::provider::{HttpSettings, ProviderConfig};
 use tokenwarden::refresh::RetryPolicy;
-use tokenwarden::{BreakerConfig, ProviderName, RefreshConfig};
+use tokenwarden::{BreakerConfig, ProviderName, RefreshConfig, SchedulerConfig};
 
 /// Prefix of every environment override.
 pub const ENV_PREFIX: &str = "TOKENWARDEN_";
@@ -118,7 +118,7 @@ impl Default for BreakerSection {
     }
 }
 
-/// `[scheduler]`: parsed and validated now; the scheduler itself comes later.
+/// `[scheduler]`: proactive refresh and the persistent retry queue.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerSection {
@@ -433,6 +433,16 @@ impl Config {
         BreakerConfig {
             failure_threshold: self.breaker.failure_threshold,
             open_for: Duration::from_secs(self.breaker.open_seconds),
+        }
+    }
+
+    /// The `[scheduler]` section as the library's settings (other knobs keep their defaults).
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            enabled: self.scheduler.enabled,
+            lead: Duration::from_secs(self.scheduler.lead_seconds),
+            max_retry_delay: Duration::from_secs(self.scheduler.max_retry_delay_seconds),
+            ..SchedulerConfig::default()
         }
     }
 

@@ -73,6 +73,10 @@ fn describe() {
     );
     metrics::describe_counter!(m::TOKEN_REQUESTS_TOTAL, "Access-token requests by outcome");
     metrics::describe_gauge!(m::CONNECTIONS, "Connections by status");
+    metrics::describe_gauge!(
+        m::REFRESH_QUEUE,
+        "Connections in the refresh schedule: scheduled, due, retrying"
+    );
     metrics::describe_counter!(
         m::UPSTREAM_REQUESTS_TOTAL,
         "Calls to provider token endpoints by provider and HTTP status"

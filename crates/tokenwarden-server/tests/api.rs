@@ -274,3 +274,54 @@ async fn operational_routes_need_no_key() {
     assert!(response.headers().contains_key("x-request-id"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_scheduler_refreshes_due_connections_without_a_request() {
+    let app = common::spawn_with_scheduler().await;
+    app.provider_ok("scheduled-access", "scheduled-refresh")
+        .await;
+    assert_eq!(
+        app.import("u", "due", expired_import())
+            .await
+            .status()
+            .as_u16(),
+        201
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let calls = app
+            .provider
+            .received_requests()
+            .await
+            .expect("recorded")
+            .len();
+        if calls >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler never refreshed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let view: Value = app
+            .get("/v1/users/u/connections/fake/due")
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if view["last_refreshed_at"].is_string() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "refresh not committed: {view}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}

@@ -29,6 +29,10 @@ pub struct TestApp {
 /// The test configuration as TOML: one oauth2 provider `fake` whose token URL is `token_url`,
 /// short retry delays, and a low breaker threshold.
 pub fn config_toml(dir: &TempDir, token_url: &str, extra: &str) -> String {
+    config_toml_with(dir, token_url, extra, false)
+}
+
+pub fn config_toml_with(dir: &TempDir, token_url: &str, extra: &str, scheduler: bool) -> String {
     let db = dir.path().join("test.db");
     let key = tokenwarden::KeyRing::generate_key_base64();
     format!(
@@ -55,6 +59,10 @@ open_seconds = 30
 [server]
 max_body_bytes = 4096
 
+[scheduler]
+# Request-driven tests count upstream calls; the scheduler test turns it on.
+enabled = {scheduler}
+
 [providers.fake]
 kind = "oauth2"
 client_id = "client-id-1"
@@ -71,9 +79,17 @@ pub async fn spawn() -> TestApp {
 }
 
 pub async fn spawn_with(extra: &str) -> TestApp {
+    spawn_full(extra, false).await
+}
+
+pub async fn spawn_with_scheduler() -> TestApp {
+    spawn_full("", true).await
+}
+
+async fn spawn_full(extra: &str, scheduler: bool) -> TestApp {
     let provider = MockServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = config_toml(&dir, &format!("{}/token", provider.uri()), extra);
+    let text = config_toml_with(&dir, &format!("{}/token", provider.uri()), extra, scheduler);
     let table: toml::Table = text.parse().expect("test config parses");
     let config = config::from_table(table).expect("test config deserializes");
     config.validate().expect("test config is valid");
