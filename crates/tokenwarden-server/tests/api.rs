@@ -325,3 +325,41 @@ async fn the_scheduler_refreshes_due_connections_without_a_request() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let app = spawn().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "slow", "expires_in": 3600}))
+                .set_delay(std::time::Duration::from_millis(400)),
+        )
+        .mount(&app.provider)
+        .await;
+    app.import("u", "a", expired_import()).await;
+    let client = app.client.clone();
+    let url = format!("{}/refresh", app.conn("u", "a"));
+    let in_flight = tokio::spawn(async move { client.post(url).bearer_auth(API_KEY).send().await });
+    // Let the request reach the provider, then ask the server to stop.
+    while app
+        .provider
+        .received_requests()
+        .await
+        .expect("recorded")
+        .is_empty()
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let base = app.base.clone();
+    app.stop().await;
+    let response = in_flight
+        .await
+        .expect("task")
+        .expect("the in-flight request completes");
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(
+        reqwest::get(format!("{base}/healthz")).await.is_err(),
+        "no longer listening"
+    );
+}
