@@ -74,7 +74,7 @@ fn connection(
             has_refresh_token: refresh.is_some(),
             expires_at: expires_in.map(|d| now + d),
             refresh_expires_at: None,
-            issued_at: now,
+            issued_at: Some(now),
             scopes: Vec::new(),
             metadata: serde_json::Value::Null,
             status: ConnectionStatus::Active,
@@ -83,6 +83,7 @@ fn connection(
             last_error: None,
             created_at: now,
             updated_at: now,
+            next_refresh_at: None,
             version: 1,
         },
         tokens: Tokens {

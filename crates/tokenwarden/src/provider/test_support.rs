@@ -128,7 +128,7 @@ pub(crate) fn connection(provider: &str, access: &str, refresh: Option<&str>) ->
             has_refresh_token: refresh.is_some(),
             expires_at: Some(t0() + time::Duration::hours(1)),
             refresh_expires_at: None,
-            issued_at: t0(),
+            issued_at: Some(t0()),
             scopes: Vec::new(),
             metadata: Value::Null,
             status: ConnectionStatus::Active,
@@ -137,6 +137,7 @@ pub(crate) fn connection(provider: &str, access: &str, refresh: Option<&str>) ->
             last_error: None,
             created_at: t0(),
             updated_at: t0(),
+            next_refresh_at: None,
             version: 1,
         },
         tokens: Tokens {

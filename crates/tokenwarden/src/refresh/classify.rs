@@ -159,8 +159,14 @@ mod tests {
         assert_eq!(parse_reset_header("-1", now), None);
         let abs = (now.unix_timestamp() + 20).to_string();
         assert_eq!(parse_reset_header(&abs, now), Some(Duration::from_secs(20)));
-        assert_eq!(parse_reset_header("1e25", now), Some(Duration::from_secs(1_000_000_000)));
-        assert_eq!(parse_reset_header("1e308", now), Some(Duration::from_secs(1_000_000_000)));
+        assert_eq!(
+            parse_reset_header("1e25", now),
+            Some(Duration::from_secs(1_000_000_000))
+        );
+        assert_eq!(
+            parse_reset_header("1e308", now),
+            Some(Duration::from_secs(1_000_000_000))
+        );
         assert_eq!(parse_reset_header("inf", now), None);
     }
 }

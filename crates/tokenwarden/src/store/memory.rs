@@ -3,6 +3,7 @@
 //! but nothing survives the process.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -37,14 +38,29 @@ impl Row {
 #[derive(Debug)]
 pub struct MemoryStore {
     keys: Arc<KeyRing>,
-    rows: Mutex<BTreeMap<ConnectionKey, Row>>,
+    rows: Arc<Mutex<BTreeMap<ConnectionKey, Row>>>,
+    /// The highest version any deleted connection had; new rows start above it, so a write
+    /// prepared against a deleted incarnation can never match a re-created one.
+    max_deleted_version: Arc<AtomicI64>,
 }
 
 impl MemoryStore {
     pub fn new(keys: Arc<KeyRing>) -> Self {
         Self {
             keys,
-            rows: Mutex::new(BTreeMap::new()),
+            rows: Arc::default(),
+            max_deleted_version: Arc::default(),
+        }
+    }
+
+    /// Another handle on the same data, sealing and opening with `keys` (as a second
+    /// process with another key configuration would see one database).
+    #[must_use]
+    pub fn sharing(&self, keys: Arc<KeyRing>) -> Self {
+        Self {
+            keys,
+            rows: Arc::clone(&self.rows),
+            max_deleted_version: Arc::clone(&self.max_deleted_version),
         }
     }
 
@@ -114,7 +130,11 @@ impl Store for MemoryStore {
                 old.meta.created_at,
                 old.meta.version + 1,
             ),
-            None => (PutOutcome::Created, conn.meta.created_at, 1),
+            None => (
+                PutOutcome::Created,
+                conn.meta.created_at,
+                self.max_deleted_version.load(Ordering::SeqCst) + 1,
+            ),
         };
         let meta = ConnectionMeta {
             created_at,
@@ -145,7 +165,12 @@ impl Store for MemoryStore {
     }
 
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
-        Ok(self.rows().remove(key).is_some())
+        let removed = self.rows().remove(key);
+        if let Some(row) = &removed {
+            self.max_deleted_version
+                .fetch_max(row.meta.version, Ordering::SeqCst);
+        }
+        Ok(removed.is_some())
     }
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
