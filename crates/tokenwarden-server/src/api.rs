@@ -52,7 +52,12 @@ pub async fn require_api_key(State(app): State<App>, request: Request, next: Nex
     if app.api_keys().check_header(header) {
         next.run(request).await
     } else {
-        ApiError::unauthorized().into_response()
+        let mut response = ApiError::unauthorized().into_response();
+        // RFC 6750 §3: tell the client which scheme is expected.
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
     }
 }
 

@@ -52,6 +52,7 @@ async fn every_v1_route_needs_the_exact_key() {
                 request = request.header("authorization", value);
             }
             let response = request.send().await.expect("request");
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
             let error = error_of(response, 401).await;
             assert_eq!(
                 error["code"], "UNAUTHORIZED",
