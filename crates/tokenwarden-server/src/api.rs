@@ -293,7 +293,7 @@ pub async fn get_access_token(
     let grant = app.warden().access_token(&key).await?;
     let view = AccessTokenView {
         access_token: grant.access_token.expose_secret().to_owned(),
-        token_type: grant.token_type,
+        token_type: grant.token_type.to_string(),
         expires_at: grant.expires_at.map(rfc3339),
     };
     let mut response = Json(view).into_response();

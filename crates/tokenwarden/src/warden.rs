@@ -58,7 +58,8 @@ const LEASE_POLL: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone)]
 pub struct AccessTokenGrant {
     pub access_token: AccessToken,
-    pub token_type: String,
+    /// Shared, so handing out a cached grant allocates only for the token itself.
+    pub token_type: Arc<str>,
     pub expires_at: Option<OffsetDateTime>,
 }
 
@@ -191,8 +192,9 @@ struct ProviderEntry {
 #[derive(Debug, Clone)]
 struct CachedToken {
     grant: AccessTokenGrant,
-    lifetime: Option<Duration>,
-    cached_at: Instant,
+    /// On the monotonic clock: the earlier of "trusted for `cache_ttl`" and "the token
+    /// enters its refresh threshold". One clock read decides a cache hit.
+    fresh_until: Instant,
 }
 
 type RefreshOutcome = Result<Arc<Connection>, Error>;
@@ -667,29 +669,25 @@ impl Inner {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = cache.get(key)?;
-        if entry.cached_at.elapsed() >= self.refresh.cache_ttl {
-            return None;
-        }
-        let now = self.clock.now();
-        if should_refresh(
-            entry.grant.expires_at,
-            entry.lifetime,
-            self.refresh.threshold,
-            now,
-        ) {
-            return None;
-        }
-        Some(entry.grant.clone())
+        (Instant::now() < entry.fresh_until).then(|| entry.grant.clone())
     }
 
     fn remember(&self, conn: &Connection) {
         if self.refresh.cache_ttl.is_zero() || conn.meta.status != ConnectionStatus::Active {
             return;
         }
+        let mut trust = self.refresh.cache_ttl;
+        if let Some(expires_at) = conn.meta.expires_at {
+            let threshold = effective_threshold(conn.meta.lifetime(), self.refresh.threshold);
+            let until_threshold = expires_at - threshold - self.clock.now();
+            match Duration::try_from(until_threshold) {
+                Ok(d) if !d.is_zero() => trust = trust.min(d),
+                _ => return,
+            }
+        }
         let entry = CachedToken {
             grant: grant_of(conn),
-            lifetime: conn.meta.lifetime(),
-            cached_at: Instant::now(),
+            fresh_until: Instant::now() + trust,
         };
         self.cache
             .write()
@@ -1208,7 +1206,7 @@ fn apply_response(conn: &mut Connection, response: TokenResponse, now: OffsetDat
 fn grant_of(conn: &Connection) -> AccessTokenGrant {
     AccessTokenGrant {
         access_token: conn.tokens.access_token.clone(),
-        token_type: conn.meta.token_type.clone(),
+        token_type: Arc::from(conn.meta.token_type.as_str()),
         expires_at: conn.meta.expires_at,
     }
 }
