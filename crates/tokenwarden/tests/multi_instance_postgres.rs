@@ -5,7 +5,8 @@
 //!
 //! These run on real time (the database is real I/O), with short latencies and leases so
 //! each takes a few seconds at most. They need `TOKENWARDEN_TEST_POSTGRES_URL`; without it
-//! they print that they were skipped and pass. Each test uses a schema of its own.
+//! they print that they were skipped and pass. Each test uses a schema of its own and drops
+//! it when it passes.
 
 mod common;
 
@@ -41,6 +42,17 @@ async fn stores_over(url: &str, db: &TestDb, keys: &Arc<KeyRing>, n: usize) -> V
         stores.push(Arc::new(store));
     }
     stores
+}
+
+/// Drops a test's own schema (never anything else).
+async fn drop_schema(url: &str, db: &TestDb) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", db.name());
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .expect("drop schema");
 }
 
 /// Short attempts and no retries: a lease of `lease_for` = 0.5 s + 5 s margin.
@@ -122,6 +134,7 @@ async fn three_instances_and_120_callers_make_one_upstream_call() {
             .expect("lease"),
         "the lease is free after the refresh"
     );
+    drop_schema(&url, &db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,6 +184,7 @@ async fn a_dead_owners_lease_expires_and_another_instance_completes_the_refresh(
         waited >= LEASE - Duration::from_secs(1) && waited < LEASE + Duration::from_secs(2),
         "{waited:?}"
     );
+    drop_schema(&url, &db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,4 +274,5 @@ async fn three_schedulers_refresh_60_due_connections_exactly_once() {
             "rescheduled into the future"
         );
     }
+    drop_schema(&url, &db).await;
 }

@@ -4,12 +4,12 @@
 //!
 //! Needs `TOKENWARDEN_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`);
 //! without it every test prints that it was skipped and passes. Each test works in schemas
-//! of its own (one per `TestDb`), so tests run in parallel against one server. The schemas
-//! are left behind for inspection; they are uniquely named and dropping them could race a
-//! concurrent run.
+//! of its own (one per `TestDb`), so tests run in parallel against one server. A test that
+//! passes drops the schemas it made (and only those); a failing one leaves them for
+//! inspection.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use tokenwarden::store::conformance::{TestDb, at, sample_connection, test_keys};
@@ -29,16 +29,35 @@ fn pg_url(test: &str) -> Option<String> {
 
 type Factory = Box<dyn Fn(TestDb, Arc<KeyRing>) -> BoxFuture<'static, PgStore> + Send + Sync>;
 
+/// The schemas one test made, to drop when it passes.
+type Made = Arc<Mutex<HashSet<String>>>;
+
 /// One schema per `TestDb`; stores opened for the same `TestDb` share it.
-fn factory(url: String) -> Factory {
+fn factory(url: String, made: Made) -> Factory {
     Box::new(move |db, keys| {
         let url = url.clone();
+        made.lock().expect("made").insert(db.name().to_owned());
         Box::pin(async move {
             PgStore::connect_in_schema(&url, db.name(), keys)
                 .await
                 .expect("connect")
         })
     })
+}
+
+/// Drops this test's own schemas (never anything else).
+async fn drop_schemas(url: &str, names: impl IntoIterator<Item = String>) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    for name in names {
+        assert!(name.starts_with("tw_"), "only test schemas");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("drop schema");
+    }
 }
 
 /// Like `store_conformance_tests!`, but each test first checks that a server is configured.
@@ -49,8 +68,12 @@ macro_rules! pg_conformance_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
                     let Some(url) = super::pg_url(stringify!($check)) else { return };
-                    let make = super::factory(url);
+                    let made = super::Made::default();
+                    let make = super::factory(url.clone(), made.clone());
                     tokenwarden::store::conformance::$check(&make).await;
+                    drop(make);
+                    let names: Vec<String> = made.lock().expect("made").drain().collect();
+                    super::drop_schemas(&url, names).await;
                 }
             )*
         }
@@ -86,7 +109,10 @@ async fn run_all_covers_every_check() {
     let Some(url) = pg_url("run_all_covers_every_check") else {
         return;
     };
-    tokenwarden::store::conformance::run_all(factory(url)).await;
+    let made = Made::default();
+    tokenwarden::store::conformance::run_all(factory(url.clone(), made.clone())).await;
+    let names: Vec<String> = made.lock().expect("made").drain().collect();
+    drop_schemas(&url, names).await;
 }
 
 async fn store_in(url: &str, db: &TestDb) -> PgStore {
@@ -138,6 +164,7 @@ async fn a_committed_write_is_read_by_a_new_pool() {
             .meta,
         updated
     );
+    drop_schemas(&url, [db.name().to_owned()]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,6 +224,7 @@ async fn four_claimers_over_200_due_rows_get_disjoint_complete_shares() {
             assert_eq!(leased.as_deref(), Some(owner.as_str()), "{key}");
         }
     }
+    drop_schemas(&url, [db.name().to_owned()]).await;
 }
 
 #[tokio::test]
@@ -237,6 +265,7 @@ async fn claim_due_skips_rows_locked_by_another_transaction_instead_of_waiting()
         .expect("claim");
     let accounts: Vec<&str> = claimed.iter().map(|k| k.account_id.as_str()).collect();
     assert_eq!(accounts, ["row-0"]);
+    drop_schemas(&url, [db.name().to_owned()]).await;
 }
 
 #[tokio::test]
@@ -288,6 +317,7 @@ async fn the_table_holds_no_plaintext_secret() {
         assert!(!access_text.contains(secret) && !refresh_text.contains(secret));
         assert!(!access_text.contains(&hex(secret)) && !refresh_text.contains(&hex(secret)));
     }
+    drop_schemas(&url, [db.name().to_owned()]).await;
 }
 
 #[tokio::test]
@@ -295,8 +325,9 @@ async fn schemas_are_isolated() {
     let Some(url) = pg_url("schemas_are_isolated") else {
         return;
     };
-    let a = store_in(&url, &TestDb::fresh("iso_a")).await;
-    let b = store_in(&url, &TestDb::fresh("iso_b")).await;
+    let (db_a, db_b) = (TestDb::fresh("iso_a"), TestDb::fresh("iso_b"));
+    let a = store_in(&url, &db_a).await;
+    let b = store_in(&url, &db_b).await;
     let conn = sample_connection("u", "tiktok", "a");
     a.put(&conn).await.expect("put");
     assert!(a.get(conn.key()).await.expect("get").is_some());
@@ -319,6 +350,7 @@ async fn schemas_are_isolated() {
     };
     assert!(floor(&a).await > 0);
     assert_eq!(floor(&b).await, 0);
+    drop_schemas(&url, [db_a.name().to_owned(), db_b.name().to_owned()]).await;
 }
 
 #[tokio::test]
@@ -336,6 +368,7 @@ async fn the_same_schema_can_be_opened_concurrently() {
     for open in opens {
         open.await.expect("task").ping().await.expect("ping");
     }
+    drop_schemas(&url, [db.name().to_owned()]).await;
 }
 
 /// `url` with `search_path` set through the URL's own `options` parameter, as an operator
@@ -376,6 +409,7 @@ async fn the_backend_chooser_opens_postgres_urls() {
     .ping()
     .await
     .expect("ping");
+    drop_schemas(&url, [db.name().to_owned()]).await;
 }
 
 #[tokio::test]
@@ -402,18 +436,14 @@ async fn errors_and_debug_never_show_the_password() {
         let shown = format!("{err} {err:?}");
         assert!(!shown.contains("hunter2-secret"), "{shown}");
     }
-    let store = PgStore::connect_in_schema(
-        &url,
-        TestDb::fresh("debug").name(),
-        test_keys("k1", &["k1"]),
-    )
-    .await
-    .expect("connect");
+    let db = TestDb::fresh("debug");
+    let store = store_in(&url, &db).await;
     let shown = format!("{store:?}");
     assert!(
         !shown.contains(&url) && !shown.contains("127.0.0.1"),
         "{shown}"
     );
+    drop_schemas(&url, [db.name().to_owned()]).await;
 }
 
 #[tokio::test]
@@ -421,7 +451,8 @@ async fn database_errors_are_never_not_found() {
     let Some(url) = pg_url("database_errors_are_never_not_found") else {
         return;
     };
-    let store = store_in(&url, &TestDb::fresh("db_errors")).await;
+    let db = TestDb::fresh("db_errors");
+    let store = store_in(&url, &db).await;
     let conn = sample_connection("u", "tiktok", "a");
     sqlx::query("DROP TABLE connections")
         .execute(store.pool())
@@ -438,6 +469,7 @@ async fn database_errors_are_never_not_found() {
         .await
         .expect_err("no table");
     assert!(matches!(err, StoreError::Database(_)), "try_lease: {err:?}");
+    drop_schemas(&url, [db.name().to_owned()]).await;
 }
 
 #[tokio::test]
@@ -445,7 +477,8 @@ async fn tampered_or_moved_ciphertexts_fail_to_decrypt() {
     let Some(url) = pg_url("tampered_or_moved_ciphertexts_fail_to_decrypt") else {
         return;
     };
-    let store = store_in(&url, &TestDb::fresh("tamper")).await;
+    let db = TestDb::fresh("tamper");
+    let store = store_in(&url, &db).await;
     let a = sample_connection("u", "tiktok", "a");
     let b = sample_connection("u", "tiktok", "b");
     store.put(&a).await.expect("put a");
@@ -475,6 +508,7 @@ async fn tampered_or_moved_ciphertexts_fail_to_decrypt() {
             .len(),
         2
     );
+    drop_schemas(&url, [db.name().to_owned()]).await;
 }
 
 #[tokio::test]
@@ -482,7 +516,8 @@ async fn nul_in_provider_text_does_not_fail_a_write() {
     let Some(url) = pg_url("nul_in_provider_text_does_not_fail_a_write") else {
         return;
     };
-    let store = store_in(&url, &TestDb::fresh("nul_text")).await;
+    let db = TestDb::fresh("nul_text");
+    let store = store_in(&url, &db).await;
     let mut conn = sample_connection("u", "tiktok", "nul");
     conn.meta.token_type = "Bea\0rer".into();
     conn.meta.metadata = serde_json::json!({"odd": "a\u{0}b"});
@@ -494,4 +529,5 @@ async fn nul_in_provider_text_does_not_fail_a_write() {
         got.meta.metadata, conn.meta.metadata,
         "JSON keeps NUL escaped"
     );
+    drop_schemas(&url, [db.name().to_owned()]).await;
 }
