@@ -8,6 +8,8 @@
 //!
 //! [`KeyRing`]: crate::crypto::KeyRing
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,13 +18,32 @@ use time::OffsetDateTime;
 use crate::connection::{
     Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, ProviderName, UserId,
 };
+use crate::crypto::KeyRing;
 
 pub mod conformance;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 pub use memory::MemoryStore;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+/// Opens the store `database_url` names, bringing its schema up to date: SQLite for
+/// `sqlite:` URLs (see [`SqliteStore::connect`]), PostgreSQL for `postgres://` and
+/// `postgresql://` (see [`PgStore::connect`]). Anything else is an error that does not
+/// repeat the URL, which may hold a password.
+pub async fn connect(database_url: &str, keys: Arc<KeyRing>) -> Result<Arc<dyn Store>, StoreError> {
+    if database_url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(database_url, keys).await?))
+    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(database_url, keys).await?))
+    } else {
+        Err(StoreError::Database(
+            "database_url must start with sqlite:, postgres:// or postgresql://".to_owned(),
+        ))
+    }
+}
 
 /// Store failures. A database error is never reported as "not found".
 #[derive(Debug, thiserror::Error)]
@@ -261,6 +282,22 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn connect_refuses_unknown_schemes_without_echoing_the_url() {
+        let keys = conformance::test_keys("k1", &["k1"]);
+        for url in [
+            "mysql://tw:hunter2@db/tw",
+            "",
+            "Postgres://tw:hunter2@db/tw",
+        ] {
+            let err = connect(url, keys.clone()).await.expect_err(url);
+            assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        let store = connect("sqlite::memory:", keys).await.expect("sqlite");
+        store.ping().await.expect("ping");
     }
 
     #[test]

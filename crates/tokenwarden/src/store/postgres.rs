@@ -1,0 +1,1040 @@
+//! The PostgreSQL store: [`PgStore`], for one instance or several sharing one database.
+//!
+//! This module owns the PostgreSQL schema (`migrations/postgres/`, the same migrations as
+//! SQLite's, in PostgreSQL types), the mapping between rows and [`Connection`]s, and the pool
+//! settings. What makes several instances safe lives in its SQL: compare-and-swap writes are
+//! single `UPDATE … WHERE version = … RETURNING` statements, a lease is taken by one
+//! conditional `UPDATE` (PostgreSQL re-checks the condition on the newest row after waiting
+//! for a concurrent writer, so exactly one of several instances wins), and `claim_due` locks
+//! its candidates with `FOR UPDATE SKIP LOCKED`, so instances claiming at once split the due
+//! work without overlap and without waiting on each other.
+//!
+//! It seals and opens secrets only through the [`KeyRing`] it was built with; it never sees
+//! key material. It does not decide when to refresh or talk to providers. Neither the
+//! `database_url` (it may hold a password) nor any bound value ever appears in its errors or
+//! its `Debug`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Connection as _, Postgres, QueryBuilder, Row, SqlSafeStr};
+use time::OffsetDateTime;
+
+use super::{
+    KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
+    decode_cursor, encode_cursor,
+};
+use crate::connection::{
+    AccountId, Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError,
+    ProviderName, Tokens, UserId,
+};
+use crate::crypto::{Field, KeyRing, envelope_key_id};
+use crate::secret::{AccessToken, RefreshToken};
+
+/// Connections per pool. Every instance has its own pool, so a deployment of N instances
+/// uses up to N × 10 of the server's `max_connections` (100 by default).
+pub const POOL_SIZE: u32 = 10;
+/// How long connecting (or waiting for a pooled connection) may take before it fails.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The PostgreSQL migrations, embedded so the binary needs no migration files at run time.
+/// Same versions and names as SQLite's (`migrations/sqlite/`); a conformance suite keeps
+/// their behaviour the same.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "connections",
+    include_str!("../../migrations/postgres/0001_connections.sql"),
+)];
+
+const BAD_URL: &str = "database_url must be a postgres:// or postgresql:// URL";
+const BAD_SCHEMA: &str = "schema name must match [a-z_][a-z0-9_]{0,62}";
+
+/// How often `put` retries when a concurrent delete or insert of the same key slips between
+/// its insert and its replace. Each retry needs another writer to win a race in a window of
+/// one statement, so this is never reached in practice.
+const PUT_ATTEMPTS: usize = 5;
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    pool: PgPool,
+    keys: Arc<KeyRing>,
+    schema: Option<String>,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The pool's own Debug prints its connect options, password included.
+        f.debug_struct("PgStore")
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool.size())
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to `database_url` (`postgres://user:password@host:port/db?…`, also
+    /// `postgresql://`) and brings the schema up to date, creating the tables in the first
+    /// schema of the role's default `search_path` (normally `public`).
+    ///
+    /// The pool holds up to [`POOL_SIZE`] connections and gives up connecting after
+    /// [`CONNECT_TIMEOUT`]. Sessions run with `synchronous_commit = on`, so a write is on
+    /// disk when it returns even if the server's default says otherwise.
+    pub async fn connect(database_url: &str, keys: Arc<KeyRing>) -> Result<Self, StoreError> {
+        let options = connect_options(database_url)?;
+        let pool = open_pool(options).await?;
+        Self::from_pool(pool, keys).await
+    }
+
+    /// Like [`PgStore::connect`], but everything lives in `schema`, which is created if it
+    /// is missing: every pooled connection's `search_path` is set to it. Several stores (or
+    /// test databases) can so share one database without seeing each other's data.
+    ///
+    /// `schema` must match `[a-z_][a-z0-9_]{0,62}` (an unquoted PostgreSQL identifier).
+    pub async fn connect_in_schema(
+        database_url: &str,
+        schema: &str,
+        keys: Arc<KeyRing>,
+    ) -> Result<Self, StoreError> {
+        if !is_valid_schema_name(schema) {
+            return Err(StoreError::Database(BAD_SCHEMA.to_owned()));
+        }
+        let options = connect_options(database_url)?;
+        create_schema(&options, schema).await?;
+        let pool = open_pool(options.options([("search_path", schema)])).await?;
+        let mut store = Self::from_pool(pool, keys).await?;
+        store.schema = Some(schema.to_owned());
+        Ok(store)
+    }
+
+    /// A store over an existing pool (for example one shared with another store that holds a
+    /// different key ring). Runs the migrations in the pool's `search_path`.
+    pub async fn from_pool(pool: PgPool, keys: Arc<KeyRing>) -> Result<Self, StoreError> {
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migrate: {e}")))?;
+        Ok(Self {
+            pool,
+            keys,
+            schema: None,
+        })
+    }
+
+    /// The connection pool, for backend-specific tests and maintenance.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes the pool, waiting for connections to finish (graceful shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn seal(&self, conn: &Connection) -> SealedTokens {
+        self.seal_tokens(conn.key(), &conn.tokens)
+    }
+
+    fn seal_tokens(&self, key: &ConnectionKey, tokens: &Tokens) -> SealedTokens {
+        let access = self.keys.seal(
+            tokens.access_token.expose_secret().as_bytes(),
+            key,
+            Field::AccessToken,
+        );
+        let access_key_id = self.sealed_key_id(&access);
+        let refresh = tokens.refresh_token.as_ref().map(|token| {
+            let sealed = self
+                .keys
+                .seal(token.expose_secret().as_bytes(), key, Field::RefreshToken);
+            let key_id = self.sealed_key_id(&sealed);
+            (sealed, key_id)
+        });
+        let (refresh, refresh_key_id) = refresh.unzip();
+        SealedTokens {
+            access,
+            access_key_id,
+            refresh,
+            refresh_key_id,
+        }
+    }
+
+    fn sealed_key_id(&self, envelope: &[u8]) -> String {
+        envelope_key_id(envelope)
+            .unwrap_or(self.keys.active_key_id().as_str())
+            .to_owned()
+    }
+
+    fn open(&self, key: &ConnectionKey, row: &PgRow) -> Result<Tokens, StoreError> {
+        let access: Vec<u8> = get(row, "access_token")?;
+        let refresh: Option<Vec<u8>> = get(row, "refresh_token")?;
+        let access = self
+            .keys
+            .open_string(&access, key, Field::AccessToken)
+            .map_err(|_| StoreError::Decrypt)?;
+        let refresh = refresh
+            .map(|sealed| self.keys.open_string(&sealed, key, Field::RefreshToken))
+            .transpose()
+            .map_err(|_| StoreError::Decrypt)?;
+        Ok(Tokens {
+            access_token: AccessToken::new(access),
+            refresh_token: refresh.map(RefreshToken::new),
+        })
+    }
+
+    /// `Conflict` if the connection exists, else `NotFound`: what a write that matched no
+    /// row means.
+    async fn missed_write(&self, key: &ConnectionKey, op: &'static str) -> StoreError {
+        let exists = bind_key(sqlx::query(EXISTS_SQL), key)
+            .fetch_optional(&self.pool)
+            .await;
+        match exists {
+            Ok(Some(_)) => StoreError::Conflict,
+            Ok(None) => StoreError::NotFound,
+            Err(e) => db_error(op)(e),
+        }
+    }
+}
+
+/// The migrations [`PgStore`] runs on connect.
+pub fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    AssertSqlSafe(sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Whether `name` is a schema name [`PgStore::connect_in_schema`] accepts:
+/// `[a-z_][a-z0-9_]{0,62}`, which needs no quoting anywhere.
+pub fn is_valid_schema_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0] == b'_')
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Parses a `postgres://` URL. The error is fixed text: the URL may hold a password.
+fn connect_options(database_url: &str) -> Result<PgConnectOptions, StoreError> {
+    let bad = || StoreError::Database(BAD_URL.to_owned());
+    if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+        return Err(bad());
+    }
+    let options = PgConnectOptions::from_str(database_url).map_err(|_| bad())?;
+    Ok(options
+        .application_name("tokenwarden")
+        // The store promises that a write is durable when it returns; a server (or role)
+        // default of `off` would silently break that, so each session asks for it.
+        .options([("synchronous_commit", "on")]))
+}
+
+async fn open_pool(options: PgConnectOptions) -> Result<PgPool, StoreError> {
+    PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(db_error("connect"))
+}
+
+/// `CREATE SCHEMA IF NOT EXISTS`, on a connection of its own (the pool's connections
+/// already point their `search_path` at the schema).
+async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), StoreError> {
+    let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options))
+        .await
+        .map_err(|_| StoreError::Database("connect: timed out".to_owned()))?
+        .map_err(db_error("connect"))?;
+    // The name was validated as a plain identifier; quoting also keeps keywords working.
+    let sql = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+    let created = sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await;
+    let _ = conn.close().await;
+    match created {
+        Ok(_) => Ok(()),
+        // Two stores creating the same schema at once: IF NOT EXISTS is not atomic, and the
+        // loser sees a duplicate; the schema exists either way.
+        Err(e) if is_duplicate(&e) => Ok(()),
+        Err(e) => Err(db_error("create schema")(e)),
+    }
+}
+
+fn is_duplicate(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "23505" || code == "42P06")
+}
+
+/// Ciphertexts and their key ids, ready to bind.
+#[derive(Clone)]
+struct SealedTokens {
+    access: Vec<u8>,
+    access_key_id: String,
+    refresh: Option<Vec<u8>>,
+    refresh_key_id: Option<String>,
+}
+
+/// The columns a put or update writes, bound as `$1..=$18` in this order by
+/// [`RowValues::bind`]. `created_at` and `version` are each statement's own business; the
+/// key follows as `$19..=$21`.
+const WRITE_COLUMNS: [&str; 18] = [
+    "access_token",
+    "access_key_id",
+    "refresh_token",
+    "refresh_key_id",
+    "token_type",
+    "expires_at",
+    "refresh_expires_at",
+    "issued_at",
+    "scopes",
+    "metadata",
+    "status",
+    "last_refreshed_at",
+    "consecutive_failures",
+    "last_error_code",
+    "last_error_message",
+    "last_error_at",
+    "updated_at",
+    "next_refresh_at",
+];
+
+/// `user_id = $19 AND …`: the key as bound after the written columns.
+static WRITE_KEY_MATCH: LazyLock<String> = LazyLock::new(|| {
+    let n = WRITE_COLUMNS.len();
+    format!(
+        "user_id = ${} AND provider = ${} AND account_id = ${}",
+        n + 1,
+        n + 2,
+        n + 3
+    )
+});
+
+static WRITE_SET: LazyLock<String> = LazyLock::new(|| {
+    WRITE_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, column)| format!("{column} = ${}", i + 1))
+        .collect::<Vec<_>>()
+        .join(", ")
+});
+
+/// Creates a row unless the key exists. Its version starts above every deleted version
+/// (see `store_state` in the migration), so an update prepared against a deleted
+/// incarnation of this key can never match the new one.
+static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
+    let n = WRITE_COLUMNS.len();
+    let values: Vec<String> = (1..=n + 4).map(|i| format!("${i}")).collect();
+    format!(
+        "INSERT INTO connections ({}, user_id, provider, account_id, created_at, version) \
+         VALUES ({}, (SELECT max_deleted_version + 1 FROM store_state WHERE id = 1)) \
+         ON CONFLICT (user_id, provider, account_id) DO NOTHING \
+         RETURNING created_at, version",
+        WRITE_COLUMNS.join(", "),
+        values.join(", ")
+    )
+});
+
+/// Replaces an existing row (an import over it): `created_at` and the lease stay.
+static REPLACE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE connections SET {}, version = version + 1 WHERE {} \
+         RETURNING created_at, version",
+        *WRITE_SET, *WRITE_KEY_MATCH
+    )
+});
+
+/// Compare-and-swap on the version, releasing the lease: the end of a refresh.
+static UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE connections SET {}, version = version + 1, \
+         lease_owner = NULL, lease_until = NULL \
+         WHERE {} AND version = ${} RETURNING created_at, version",
+        *WRITE_SET,
+        *WRITE_KEY_MATCH,
+        WRITE_COLUMNS.len() + 4
+    )
+});
+
+/// The columns that make up [`ConnectionMeta`].
+const META_COLUMNS: &str = "user_id, provider, account_id, token_type, \
+     refresh_token IS NOT NULL AS has_refresh_token, expires_at, refresh_expires_at, issued_at, \
+     scopes, metadata, status, last_refreshed_at, consecutive_failures, last_error_code, \
+     last_error_message, last_error_at, created_at, updated_at, next_refresh_at, version";
+
+static GET_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {META_COLUMNS}, access_token, refresh_token FROM connections \
+         WHERE user_id = $1 AND provider = $2 AND account_id = $3"
+    )
+});
+
+const EXISTS_SQL: &str =
+    "SELECT 1 FROM connections WHERE user_id = $1 AND provider = $2 AND account_id = $3";
+
+/// Everything one write binds, converted to column types before the statement is built.
+#[derive(Clone)]
+struct RowValues {
+    sealed: SealedTokens,
+    token_type: String,
+    expires_at: Option<i64>,
+    refresh_expires_at: Option<i64>,
+    issued_at: Option<i64>,
+    scopes: String,
+    metadata: String,
+    status: &'static str,
+    last_refreshed_at: Option<i64>,
+    consecutive_failures: i64,
+    last_error_code: Option<String>,
+    last_error_message: Option<String>,
+    last_error_at: Option<i64>,
+    updated_at: i64,
+    next_refresh_at: Option<i64>,
+}
+
+impl RowValues {
+    fn new(meta: &ConnectionMeta, sealed: SealedTokens) -> Result<Self, StoreError> {
+        let json = |what: &str, value: Result<String, serde_json::Error>| {
+            value.map_err(|_| StoreError::Database(format!("cannot encode {what} as JSON")))
+        };
+        Ok(Self {
+            sealed,
+            token_type: text(&meta.token_type),
+            expires_at: meta.expires_at.map(unix),
+            refresh_expires_at: meta.refresh_expires_at.map(unix),
+            issued_at: meta.issued_at.map(unix),
+            scopes: json("scopes", serde_json::to_string(&meta.scopes))?,
+            metadata: json("metadata", serde_json::to_string(&meta.metadata))?,
+            status: meta.status.as_str(),
+            last_refreshed_at: meta.last_refreshed_at.map(unix),
+            consecutive_failures: i64::from(meta.consecutive_failures),
+            last_error_code: meta.last_error.as_ref().map(|e| text(&e.code)),
+            last_error_message: meta.last_error.as_ref().map(|e| text(&e.message)),
+            last_error_at: meta.last_error.as_ref().map(|e| unix(e.at)),
+            updated_at: unix(meta.updated_at),
+            next_refresh_at: meta.next_refresh_at.map(unix),
+        })
+    }
+
+    /// Binds the values in [`WRITE_COLUMNS`] order.
+    fn bind<'q>(self, query: PgQuery<'q>) -> PgQuery<'q> {
+        let s = self.sealed;
+        query
+            .bind(s.access)
+            .bind(s.access_key_id)
+            .bind(s.refresh)
+            .bind(s.refresh_key_id)
+            .bind(self.token_type)
+            .bind(self.expires_at)
+            .bind(self.refresh_expires_at)
+            .bind(self.issued_at)
+            .bind(self.scopes)
+            .bind(self.metadata)
+            .bind(self.status)
+            .bind(self.last_refreshed_at)
+            .bind(self.consecutive_failures)
+            .bind(self.last_error_code)
+            .bind(self.last_error_message)
+            .bind(self.last_error_at)
+            .bind(self.updated_at)
+            .bind(self.next_refresh_at)
+    }
+}
+
+/// Provider-supplied free text (token type, error code and message). PostgreSQL's `TEXT`
+/// cannot hold NUL, which SQLite stores; replacing it keeps a stray NUL in a provider's
+/// answer from failing the write that commits a refresh (and losing a rotated token).
+fn text(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+fn bind_key<'q>(query: PgQuery<'q>, key: &ConnectionKey) -> PgQuery<'q> {
+    query
+        .bind(key.user_id.as_str().to_owned())
+        .bind(key.provider.as_str().to_owned())
+        .bind(key.account_id.as_str().to_owned())
+}
+
+/// The stored metadata after a write: the caller's fields plus what the store decided.
+fn written_meta(
+    conn: &Connection,
+    created_at: i64,
+    version: i64,
+) -> Result<ConnectionMeta, StoreError> {
+    let mut meta = conn.meta.clone();
+    meta.has_refresh_token = conn.tokens.refresh_token.is_some();
+    meta.created_at = from_unix(created_at)?;
+    meta.version = version;
+    meta.token_type = text(&meta.token_type);
+    // What a read returns: times at whole seconds, as stored.
+    meta.updated_at = truncate(meta.updated_at)?;
+    for t in [
+        &mut meta.issued_at,
+        &mut meta.next_refresh_at,
+        &mut meta.expires_at,
+        &mut meta.refresh_expires_at,
+        &mut meta.last_refreshed_at,
+    ] {
+        *t = t.map(truncate).transpose()?;
+    }
+    if let Some(e) = meta.last_error.as_mut() {
+        e.at = truncate(e.at)?;
+        e.code = text(&e.code);
+        e.message = text(&e.message);
+    }
+    Ok(meta)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn get(&self, key: &ConnectionKey) -> Result<Option<Connection>, StoreError> {
+        let row = bind_key(sqlx::query(AssertSqlSafe(GET_SQL.as_str())), key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("get"))?;
+        let Some(row) = row else { return Ok(None) };
+        let meta = meta_from_row(&row)?;
+        let tokens = self.open(&meta.key, &row)?;
+        Ok(Some(Connection { meta, tokens }))
+    }
+
+    async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
+        let key = conn.key();
+        let values = RowValues::new(&conn.meta, self.seal(conn))?;
+        // Two single statements instead of a transaction: the insert does nothing if the key
+        // exists (waiting for a concurrent insert of it to settle), then the replace bumps
+        // the existing row's version. Only a delete landing between the two leaves both
+        // without a row, and then the insert succeeds on the next round.
+        for _ in 0..PUT_ATTEMPTS {
+            let insert = values
+                .clone()
+                .bind(sqlx::query(AssertSqlSafe(INSERT_SQL.as_str())));
+            let row = bind_key(insert, key)
+                .bind(unix(conn.meta.created_at))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error("put"))?;
+            if let Some(row) = row {
+                let meta = written_meta(conn, get(&row, "created_at")?, get(&row, "version")?)?;
+                return Ok((meta, PutOutcome::Created));
+            }
+            let replace = values
+                .clone()
+                .bind(sqlx::query(AssertSqlSafe(REPLACE_SQL.as_str())));
+            let row = bind_key(replace, key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error("put"))?;
+            if let Some(row) = row {
+                let meta = written_meta(conn, get(&row, "created_at")?, get(&row, "version")?)?;
+                return Ok((meta, PutOutcome::Replaced));
+            }
+        }
+        Err(StoreError::Database(
+            "put: the connection kept being deleted and re-created concurrently".to_owned(),
+        ))
+    }
+
+    async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
+        let key = conn.key();
+        let values = RowValues::new(&conn.meta, self.seal(conn))?;
+        // One statement, so the version check and the write are atomic: a concurrent writer
+        // of the same row makes this one wait, then re-check `version` on its result. It
+        // commits before returning (autocommit, synchronous_commit = on).
+        let query = values.bind(sqlx::query(AssertSqlSafe(UPDATE_SQL.as_str())));
+        let row = bind_key(query, key)
+            .bind(conn.meta.version)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("update"))?;
+        match row {
+            Some(row) => written_meta(conn, get(&row, "created_at")?, get(&row, "version")?),
+            None => Err(self.missed_write(key, "update").await),
+        }
+    }
+
+    async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+        let done = bind_key(
+            sqlx::query(
+                "DELETE FROM connections WHERE user_id = $1 AND provider = $2 AND account_id = $3",
+            ),
+            key,
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("delete"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+        let limit = query.effective_limit();
+        let mut qb =
+            QueryBuilder::<Postgres>::new(format!("SELECT {META_COLUMNS} FROM connections"));
+        let mut sep = " WHERE ";
+        if let Some(provider) = &query.provider {
+            qb.push(sep)
+                .push("provider = ")
+                .push_bind(provider.as_str().to_owned());
+            sep = " AND ";
+        }
+        if let Some(user_id) = &query.user_id {
+            qb.push(sep)
+                .push("user_id = ")
+                .push_bind(user_id.as_str().to_owned());
+            sep = " AND ";
+        }
+        if let Some(status) = query.status {
+            qb.push(sep).push("status = ").push_bind(status.as_str());
+            sep = " AND ";
+        }
+        if let Some(after) = &after {
+            // The key columns are COLLATE "C", which wins over the parameters' default
+            // collation: the comparison is byte-wise, like ConnectionKey's Ord.
+            qb.push(sep)
+                .push("(user_id, provider, account_id) > (")
+                .push_bind(after.user_id.as_str().to_owned())
+                .push(", ")
+                .push_bind(after.provider.as_str().to_owned())
+                .push(", ")
+                .push_bind(after.account_id.as_str().to_owned())
+                .push(")");
+        }
+        // One row past the page tells whether another page follows, so the last page
+        // carries no cursor.
+        qb.push(" ORDER BY user_id, provider, account_id LIMIT ")
+            .push_bind(i64::from(limit) + 1);
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("list"))?;
+        let mut items = rows
+            .iter()
+            .map(meta_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next_cursor = if more {
+            items.last().map(|m| encode_cursor(&m.key))
+        } else {
+            None
+        };
+        Ok(ListPage { items, next_cursor })
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(ConnectionStatus, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM connections GROUP BY status")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error("count_by_status"))?;
+        // Every status appears, zero included, so a gauge built from this drops to 0.
+        let mut counts = vec![
+            (ConnectionStatus::Active, 0),
+            (ConnectionStatus::NeedsReconnect, 0),
+        ];
+        for (status, n) in rows {
+            let status = ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?;
+            let n = u64::try_from(n).map_err(|_| corrupt("count"))?;
+            if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == status) {
+                entry.1 = n;
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT key_id, COUNT(*) FROM ( \
+                 SELECT access_key_id AS key_id FROM connections \
+                 UNION ALL \
+                 SELECT refresh_key_id FROM connections WHERE refresh_key_id IS NOT NULL \
+             ) AS ciphertexts GROUP BY key_id ORDER BY key_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("key_usage"))?;
+        rows.into_iter()
+            .map(|(key_id, n)| {
+                let ciphertexts = u64::try_from(n).map_err(|_| corrupt("count"))?;
+                Ok(KeyUsage {
+                    key_id,
+                    ciphertexts,
+                })
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("ping"))?;
+        Ok(())
+    }
+
+    async fn try_lease(
+        &self,
+        key: &ConnectionKey,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        // Of several instances running this at once, the first locks the row; the others
+        // wait, then re-evaluate the condition on its committed result and match nothing.
+        let query = sqlx::query(
+            "UPDATE connections SET lease_owner = $4, lease_until = $5 \
+             WHERE user_id = $1 AND provider = $2 AND account_id = $3 \
+               AND (lease_owner IS NULL OR lease_until <= $6 OR lease_owner = $4)",
+        );
+        let done = bind_key(query, key)
+            .bind(owner.to_owned())
+            .bind(unix(until))
+            .bind(unix(now))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("try_lease"))?;
+        if done.rows_affected() > 0 {
+            return Ok(true);
+        }
+        match self.missed_write(key, "try_lease").await {
+            StoreError::Conflict => Ok(false),
+            other => Err(other),
+        }
+    }
+
+    async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError> {
+        let query = sqlx::query(
+            "UPDATE connections SET lease_owner = NULL, lease_until = NULL \
+             WHERE user_id = $1 AND provider = $2 AND account_id = $3 AND lease_owner = $4",
+        );
+        bind_key(query, key)
+            .bind(owner.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("release_lease"))?;
+        Ok(())
+    }
+
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<Vec<ConnectionKey>, StoreError> {
+        // SKIP LOCKED: rows another claimer (or a try_lease) is writing right now are passed
+        // over instead of waited for, so instances never block each other. A row that was
+        // leased and committed after this statement's snapshot is re-checked against the
+        // lease condition when locked, so it is never claimed twice. RETURNING has no order,
+        // hence the outer ORDER BY.
+        let rows = sqlx::query(
+            "WITH due AS ( \
+                 SELECT user_id, provider, account_id FROM connections \
+                 WHERE status = 'active' AND next_refresh_at IS NOT NULL \
+                   AND next_refresh_at <= $3 \
+                   AND (lease_owner IS NULL OR lease_until <= $3) \
+                 ORDER BY next_refresh_at, user_id, provider, account_id \
+                 LIMIT $4 \
+                 FOR UPDATE SKIP LOCKED \
+             ), claimed AS ( \
+                 UPDATE connections AS c SET lease_owner = $1, lease_until = $2 \
+                 FROM due \
+                 WHERE c.user_id = due.user_id AND c.provider = due.provider \
+                   AND c.account_id = due.account_id \
+                 RETURNING c.user_id, c.provider, c.account_id, c.next_refresh_at \
+             ) \
+             SELECT user_id, provider, account_id FROM claimed \
+             ORDER BY next_refresh_at, user_id, provider, account_id",
+        )
+        .bind(owner.to_owned())
+        .bind(unix(until))
+        .bind(unix(now))
+        .bind(i64::from(limit.max(1)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("claim_due"))?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        // GREATEST ignores NULLs: without a lease it is next_refresh_at.
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(GREATEST(next_refresh_at, lease_until)) \
+             FROM connections WHERE status = 'active' AND next_refresh_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error("next_due"))?;
+        at.map(from_unix).transpose()
+    }
+
+    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
+        let (scheduled, due, retrying): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), \
+                    COUNT(*) FILTER (WHERE next_refresh_at <= $1), \
+                    COUNT(*) FILTER (WHERE consecutive_failures > 0) \
+             FROM connections WHERE status = 'active' AND next_refresh_at IS NOT NULL",
+        )
+        .bind(unix(now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error("queue_stats"))?;
+        let count = |n: i64| u64::try_from(n).map_err(|_| corrupt("count"));
+        Ok(QueueStats {
+            scheduled: count(scheduled)?,
+            due_now: count(due)?,
+            retrying: count(retrying)?,
+        })
+    }
+
+    async fn reseal_batch(
+        &self,
+        after: Option<&ConnectionKey>,
+        limit: u32,
+    ) -> Result<ResealBatch, StoreError> {
+        let active = self.keys.active_key_id().as_str().to_owned();
+        let limit = limit.max(1);
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "SELECT user_id, provider, account_id, access_token, refresh_token FROM connections \
+             WHERE (access_key_id <> ",
+        );
+        qb.push_bind(active.clone())
+            .push(" OR (refresh_key_id IS NOT NULL AND refresh_key_id <> ")
+            .push_bind(active)
+            .push("))");
+        if let Some(after) = after {
+            qb.push(" AND (user_id, provider, account_id) > (")
+                .push_bind(after.user_id.as_str().to_owned())
+                .push(", ")
+                .push_bind(after.provider.as_str().to_owned())
+                .push(", ")
+                .push_bind(after.account_id.as_str().to_owned())
+                .push(")");
+        }
+        qb.push(" ORDER BY user_id, provider, account_id LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = qb
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("reseal"))?;
+        let mut batch = ResealBatch::default();
+        for row in &rows {
+            let key = key_from_row(row)?;
+            batch.scanned += 1;
+            let Ok(tokens) = self.open(&key, row) else {
+                batch.failed += 1;
+                continue;
+            };
+            let old_access: Vec<u8> = get(row, "access_token")?;
+            let old_refresh: Option<Vec<u8>> = get(row, "refresh_token")?;
+            let sealed = self.seal_tokens(&key, &tokens);
+            // Compare-and-swap on the old ciphertexts; the version is left alone so a refresh
+            // running meanwhile commits normally (and its write is already under the new key).
+            let query = sqlx::query(
+                "UPDATE connections SET access_token = $4, access_key_id = $5, \
+                 refresh_token = $6, refresh_key_id = $7 \
+                 WHERE user_id = $1 AND provider = $2 AND account_id = $3 \
+                   AND access_token = $8 AND refresh_token IS NOT DISTINCT FROM $9",
+            );
+            let done = bind_key(query, &key)
+                .bind(sealed.access)
+                .bind(sealed.access_key_id)
+                .bind(sealed.refresh)
+                .bind(sealed.refresh_key_id)
+                .bind(old_access)
+                .bind(old_refresh)
+                .execute(&self.pool)
+                .await
+                .map_err(db_error("reseal"))?;
+            batch.resealed += done.rows_affected();
+        }
+        if rows.len() == limit as usize {
+            batch.last = rows.last().map(key_from_row).transpose()?;
+        }
+        Ok(batch)
+    }
+}
+
+fn key_from_row(row: &PgRow) -> Result<ConnectionKey, StoreError> {
+    Ok(ConnectionKey {
+        user_id: UserId::parse(get::<String>(row, "user_id")?).map_err(|_| corrupt("user_id"))?,
+        provider: ProviderName::parse(get::<String>(row, "provider")?)
+            .map_err(|_| corrupt("provider"))?,
+        account_id: AccountId::parse(get::<String>(row, "account_id")?)
+            .map_err(|_| corrupt("account_id"))?,
+    })
+}
+
+fn meta_from_row(row: &PgRow) -> Result<ConnectionMeta, StoreError> {
+    let key = key_from_row(row)?;
+    let status: String = get(row, "status")?;
+    let scopes: String = get(row, "scopes")?;
+    let metadata: String = get(row, "metadata")?;
+    let last_error_code: Option<String> = get(row, "last_error_code")?;
+    let last_error_message: Option<String> = get(row, "last_error_message")?;
+    let last_error_at: Option<i64> = get(row, "last_error_at")?;
+    let last_error = match (last_error_code, last_error_at) {
+        (Some(code), Some(at)) => Some(LastError {
+            code,
+            message: last_error_message.unwrap_or_default(),
+            at: from_unix(at)?,
+        }),
+        _ => None,
+    };
+    let time = |column: &'static str| -> Result<Option<OffsetDateTime>, StoreError> {
+        get::<Option<i64>>(row, column)?.map(from_unix).transpose()
+    };
+    Ok(ConnectionMeta {
+        key,
+        token_type: get(row, "token_type")?,
+        has_refresh_token: get(row, "has_refresh_token")?,
+        expires_at: time("expires_at")?,
+        refresh_expires_at: time("refresh_expires_at")?,
+        issued_at: time("issued_at")?,
+        scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
+        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?,
+        status: ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        last_refreshed_at: time("last_refreshed_at")?,
+        consecutive_failures: u32::try_from(get::<i64>(row, "consecutive_failures")?)
+            .map_err(|_| corrupt("consecutive_failures"))?,
+        last_error,
+        created_at: from_unix(get(row, "created_at")?)?,
+        updated_at: from_unix(get(row, "updated_at")?)?,
+        next_refresh_at: time("next_refresh_at")?,
+        version: get(row, "version")?,
+    })
+}
+
+/// Reads a column. Decode errors name the column, never the value.
+fn get<T>(row: &PgRow, column: &'static str) -> Result<T, StoreError>
+where
+    T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(column)
+        .map_err(|_| StoreError::Database(format!("cannot decode column {column}")))
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Database(format!("stored {what} is invalid"))
+}
+
+/// Maps a driver error. sqlx's messages carry the server's message (no bound values, no
+/// connection URL); PostgreSQL's DETAIL lines, which can quote key values, are not part of
+/// it.
+fn db_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| StoreError::Database(format!("{op}: {e}"))
+}
+
+fn unix(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+fn from_unix(seconds: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(seconds).map_err(|_| corrupt("timestamp"))
+}
+
+fn truncate(t: OffsetDateTime) -> Result<OffsetDateTime, StoreError> {
+    from_unix(unix(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["a", "_", "tw_round_trip_1f_2a_0", "x9", &"a".repeat(63)] {
+            assert!(is_valid_schema_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "9a",
+            "A",
+            "a-b",
+            "a b",
+            "a\"b",
+            "public; drop table x",
+            "ü",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_valid_schema_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_urls_are_errors_that_do_not_echo_them() {
+        for url in [
+            "",
+            "sqlite::memory:",
+            "mysql://tw:hunter2@db/tw",
+            "postgres://tw:hunter2@[::1/tw",
+            "postgres://tw:hunter2@db:notaport/tw",
+        ] {
+            let err = connect_options(url).expect_err(url);
+            assert!(matches!(err, StoreError::Database(_)));
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        assert!(connect_options("postgres://tw:hunter2@db:5432/tw").is_ok());
+        assert!(connect_options("postgresql://db/tw?sslmode=disable").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_bad_schema_is_refused_before_connecting() {
+        let keys = Arc::new(
+            KeyRing::from_base64("k1", [("k1", KeyRing::generate_key_base64().as_str())])
+                .expect("keys"),
+        );
+        let err = PgStore::connect_in_schema("postgres://nowhere.invalid/x", "Bad-Name", keys)
+            .await
+            .expect_err("bad schema");
+        assert_eq!(err.to_string(), format!("database error: {BAD_SCHEMA}"));
+    }
+
+    #[test]
+    fn statements_number_their_parameters_in_order() {
+        assert!(INSERT_SQL.contains("$22, (SELECT max_deleted_version"));
+        assert!(REPLACE_SQL.ends_with(
+            "WHERE user_id = $19 AND provider = $20 AND account_id = $21 \
+             RETURNING created_at, version"
+        ));
+        assert!(UPDATE_SQL.contains("AND version = $22 RETURNING"));
+        assert!(WRITE_SET.starts_with("access_token = $1, ") && WRITE_SET.ends_with("= $18"));
+    }
+
+    #[test]
+    fn nul_in_provider_text_is_replaced() {
+        assert_eq!(text("a\0b"), "a\u{FFFD}b");
+        assert_eq!(text("plain"), "plain");
+    }
+
+    #[test]
+    fn migrations_are_embedded_in_order_and_match_sqlite() {
+        let versions: Vec<(i64, String)> = migrator()
+            .iter()
+            .map(|m| (m.version, m.description.to_string()))
+            .collect();
+        let sqlite: Vec<(i64, String)> = crate::store::sqlite::migrator()
+            .iter()
+            .map(|m| (m.version, m.description.to_string()))
+            .collect();
+        assert_eq!(versions, sqlite, "backends' migrations must not drift");
+    }
+}

@@ -1,0 +1,533 @@
+//! `PgStore` against the store conformance suite, plus what only PostgreSQL has: durability
+//! across pools, `claim_due` shared by concurrent claimers over `SKIP LOCKED`, ciphertexts
+//! in the table, schema isolation, and errors that keep secrets out.
+//!
+//! Needs `TOKENWARDEN_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`);
+//! without it every test prints that it was skipped and passes. Each test works in schemas
+//! of its own (one per `TestDb`), so tests run in parallel against one server. A test that
+//! passes drops the schemas it made (and only those); a failing one leaves them for
+//! inspection.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use tokenwarden::store::conformance::{TestDb, at, sample_connection, test_keys};
+use tokenwarden::store::{PgStore, Store, StoreError};
+use tokenwarden::{AccessToken, ConnectionKey, KeyRing, RefreshToken};
+
+const URL_VAR: &str = "TOKENWARDEN_TEST_POSTGRES_URL";
+
+/// The server to test against, or `None` (and a note on stderr) when it is not configured.
+fn pg_url(test: &str) -> Option<String> {
+    let url = std::env::var(URL_VAR).ok().filter(|u| !u.is_empty());
+    if url.is_none() {
+        eprintln!("skipped {test}: {URL_VAR} is not set");
+    }
+    url
+}
+
+type Factory = Box<dyn Fn(TestDb, Arc<KeyRing>) -> BoxFuture<'static, PgStore> + Send + Sync>;
+
+/// The schemas one test made, to drop when it passes.
+type Made = Arc<Mutex<HashSet<String>>>;
+
+/// One schema per `TestDb`; stores opened for the same `TestDb` share it.
+fn factory(url: String, made: Made) -> Factory {
+    Box::new(move |db, keys| {
+        let url = url.clone();
+        made.lock().expect("made").insert(db.name().to_owned());
+        Box::pin(async move {
+            PgStore::connect_in_schema(&url, db.name(), keys)
+                .await
+                .expect("connect")
+        })
+    })
+}
+
+/// Drops this test's own schemas (never anything else).
+async fn drop_schemas(url: &str, names: impl IntoIterator<Item = String>) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    for name in names {
+        assert!(name.starts_with("tw_"), "only test schemas");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("drop schema");
+    }
+}
+
+/// Like `store_conformance_tests!`, but each test first checks that a server is configured.
+macro_rules! pg_conformance_tests {
+    ($($check:ident),* $(,)?) => {
+        mod conformance {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let Some(url) = super::pg_url(stringify!($check)) else { return };
+                    let made = super::Made::default();
+                    let make = super::factory(url.clone(), made.clone());
+                    tokenwarden::store::conformance::$check(&make).await;
+                    drop(make);
+                    let names: Vec<String> = made.lock().expect("made").drain().collect();
+                    super::drop_schemas(&url, names).await;
+                }
+            )*
+        }
+    };
+}
+
+pg_conformance_tests!(
+    round_trip,
+    put_replaces,
+    update_compare_and_swap,
+    stale_update_after_put,
+    delete,
+    list_filters_and_order,
+    list_pagination,
+    list_default_limit,
+    list_bad_cursor,
+    count_by_status,
+    key_usage,
+    missing_key,
+    rotation_read,
+    concurrent_updates,
+    leases,
+    concurrent_leases,
+    claim_due,
+    concurrent_claims,
+    queue,
+    reseal,
+);
+
+/// Guards the list above: `run_all` is the suite's own list of checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_all_covers_every_check() {
+    let Some(url) = pg_url("run_all_covers_every_check") else {
+        return;
+    };
+    let made = Made::default();
+    tokenwarden::store::conformance::run_all(factory(url.clone(), made.clone())).await;
+    let names: Vec<String> = made.lock().expect("made").drain().collect();
+    drop_schemas(&url, names).await;
+}
+
+async fn store_in(url: &str, db: &TestDb) -> PgStore {
+    PgStore::connect_in_schema(url, db.name(), test_keys("k1", &["k1"]))
+        .await
+        .expect("connect")
+}
+
+#[tokio::test]
+async fn a_committed_write_is_read_by_a_new_pool() {
+    let Some(url) = pg_url("a_committed_write_is_read_by_a_new_pool") else {
+        return;
+    };
+    let db = TestDb::fresh("durable");
+    let conn = sample_connection("ünïcode user", "reddit", "acct");
+    let updated = {
+        let store = store_in(&url, &db).await;
+        let (meta, _) = store.put(&conn).await.expect("put");
+        let mut next = conn.clone();
+        next.meta.version = meta.version;
+        next.tokens.access_token = AccessToken::new("after-refresh");
+        let updated = store.update(&next).await.expect("update");
+        // Closed at once, as in a process exiting right after the write returned.
+        store.close().await;
+        updated
+    };
+    let reopened = store_in(&url, &db).await;
+    let got = reopened
+        .get(conn.key())
+        .await
+        .expect("get")
+        .expect("still there");
+    assert_eq!(got.meta, updated);
+    assert_eq!(got.tokens.access_token.expose_secret(), "after-refresh");
+    // Migrations ran once: a third pool over the schema is a no-op too.
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(reopened.pool())
+        .await
+        .expect("migrations table in the schema");
+    assert_eq!(applied, 1);
+    reopened.close().await;
+    let again = store_in(&url, &db).await;
+    assert_eq!(
+        again
+            .get(conn.key())
+            .await
+            .expect("get")
+            .expect("there")
+            .meta,
+        updated
+    );
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_claimers_over_200_due_rows_get_disjoint_complete_shares() {
+    let Some(url) = pg_url("four_claimers_over_200_due_rows") else {
+        return;
+    };
+    let db = TestDb::fresh("claim_200");
+    let seed = store_in(&url, &db).await;
+    for i in 0..200 {
+        let mut conn = sample_connection("u", "tiktok", &format!("due-{i:03}"));
+        conn.meta.next_refresh_at = Some(at(i));
+        seed.put(&conn).await.expect("put");
+    }
+    // Four instances, each with its own pool, as separate processes would have.
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let store = store_in(&url, &db).await;
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("claimer-{i}");
+            let mut mine = Vec::new();
+            loop {
+                let batch = store
+                    .claim_due(at(1000), 9, &owner, at(2000))
+                    .await
+                    .expect("claim");
+                if batch.is_empty() {
+                    return (owner, mine);
+                }
+                mine.extend(batch);
+            }
+        }));
+    }
+    let mut all: Vec<ConnectionKey> = Vec::new();
+    let mut shares = Vec::new();
+    for task in tasks {
+        let (owner, mine) = task.await.expect("task");
+        shares.push((owner, mine.clone()));
+        all.extend(mine);
+    }
+    let distinct: HashSet<_> = all.iter().cloned().collect();
+    assert_eq!(distinct.len(), all.len(), "a connection was claimed twice");
+    assert_eq!(all.len(), 200, "every due connection claimed");
+    // The database agrees: each row is leased to the claimer that got it.
+    for (owner, mine) in shares {
+        for key in mine {
+            let leased: Option<String> = sqlx::query_scalar(
+                "SELECT lease_owner FROM connections \
+                 WHERE user_id = $1 AND provider = $2 AND account_id = $3",
+            )
+            .bind(key.user_id.as_str())
+            .bind(key.provider.as_str())
+            .bind(key.account_id.as_str())
+            .fetch_one(seed.pool())
+            .await
+            .expect("lease owner");
+            assert_eq!(leased.as_deref(), Some(owner.as_str()), "{key}");
+        }
+    }
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}
+
+#[tokio::test]
+async fn claim_due_skips_rows_locked_by_another_transaction_instead_of_waiting() {
+    let Some(url) = pg_url("claim_due_skips_locked_rows") else {
+        return;
+    };
+    let db = TestDb::fresh("skip_locked");
+    let store = store_in(&url, &db).await;
+    for i in 0..3 {
+        let mut conn = sample_connection("u", "tiktok", &format!("row-{i}"));
+        conn.meta.next_refresh_at = Some(at(i));
+        store.put(&conn).await.expect("put");
+    }
+    // Another session holds row-0's row lock (as a claimer mid-statement would).
+    let mut tx = store.pool().begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM connections WHERE account_id = 'row-0' FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .expect("lock");
+    let claimed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        store.claim_due(at(100), 10, "a", at(200)),
+    )
+    .await
+    .expect("claim_due must not wait for the lock")
+    .expect("claim");
+    let accounts: Vec<&str> = claimed.iter().map(|k| k.account_id.as_str()).collect();
+    assert_eq!(
+        accounts,
+        ["row-1", "row-2"],
+        "earliest first, locked row skipped"
+    );
+    tx.rollback().await.expect("rollback");
+    let claimed = store
+        .claim_due(at(100), 10, "b", at(200))
+        .await
+        .expect("claim");
+    let accounts: Vec<&str> = claimed.iter().map(|k| k.account_id.as_str()).collect();
+    assert_eq!(accounts, ["row-0"]);
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}
+
+#[tokio::test]
+async fn the_table_holds_no_plaintext_secret() {
+    let Some(url) = pg_url("the_table_holds_no_plaintext_secret") else {
+        return;
+    };
+    let db = TestDb::fresh("no_plaintext");
+    let store = store_in(&url, &db).await;
+    let mut conn = sample_connection("plaintext-check-user", "tiktok", "acct");
+    let access = "AT-5f0c2b9e-plaintext-must-not-hit-disk";
+    let refresh = "RT-9d41aa07-plaintext-must-not-hit-disk";
+    conn.tokens.access_token = AccessToken::new(access);
+    conn.tokens.refresh_token = Some(RefreshToken::new(refresh));
+    let (meta, _) = store.put(&conn).await.expect("put");
+    let mut next = conn.clone();
+    next.meta.version = meta.version;
+    next.tokens.access_token = AccessToken::new(format!("{access}-2"));
+    store.update(&next).await.expect("update");
+
+    // Every column of the row as text (bytea as hex and as raw bytes read as text).
+    let (row, access_raw, refresh_raw): (String, Vec<u8>, Vec<u8>) = sqlx::query_as(
+        "SELECT c::text, access_token, refresh_token FROM connections AS c \
+         WHERE user_id = 'plaintext-check-user'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("row");
+    assert!(row.contains("plaintext-check-user"), "sanity: the row");
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    for secret in [access, refresh] {
+        assert!(!row.contains(secret), "plaintext in the row");
+        assert!(!row.contains(&hex(secret)), "plaintext (as hex) in the row");
+        for raw in [&access_raw, &refresh_raw] {
+            assert!(
+                !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "plaintext in a ciphertext column"
+            );
+        }
+    }
+    let (access_text, refresh_text): (String, String) = sqlx::query_as(
+        "SELECT access_token::text, refresh_token::text FROM connections \
+         WHERE user_id = 'plaintext-check-user'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .expect("as text");
+    for secret in [access, refresh] {
+        assert!(!access_text.contains(secret) && !refresh_text.contains(secret));
+        assert!(!access_text.contains(&hex(secret)) && !refresh_text.contains(&hex(secret)));
+    }
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}
+
+#[tokio::test]
+async fn schemas_are_isolated() {
+    let Some(url) = pg_url("schemas_are_isolated") else {
+        return;
+    };
+    let (db_a, db_b) = (TestDb::fresh("iso_a"), TestDb::fresh("iso_b"));
+    let a = store_in(&url, &db_a).await;
+    let b = store_in(&url, &db_b).await;
+    let conn = sample_connection("u", "tiktok", "a");
+    a.put(&conn).await.expect("put");
+    assert!(a.get(conn.key()).await.expect("get").is_some());
+    assert!(b.get(conn.key()).await.expect("get").is_none());
+    assert_eq!(
+        b.list(&Default::default()).await.expect("list").items.len(),
+        0
+    );
+    // Deleting in one schema moves only that schema's version floor (the trigger is pinned
+    // to its own schema).
+    assert!(a.delete(conn.key()).await.expect("delete"));
+    let floor = |store: &PgStore| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT max_deleted_version FROM store_state")
+                .fetch_one(&pool)
+                .await
+                .expect("floor")
+        }
+    };
+    assert!(floor(&a).await > 0);
+    assert_eq!(floor(&b).await, 0);
+    drop_schemas(&url, [db_a.name().to_owned(), db_b.name().to_owned()]).await;
+}
+
+#[tokio::test]
+async fn the_same_schema_can_be_opened_concurrently() {
+    let Some(url) = pg_url("the_same_schema_can_be_opened_concurrently") else {
+        return;
+    };
+    let db = TestDb::fresh("concurrent_open");
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, db) = (url.clone(), db.clone());
+            tokio::spawn(async move { store_in(&url, &db).await })
+        })
+        .collect();
+    for open in opens {
+        open.await.expect("task").ping().await.expect("ping");
+    }
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}
+
+/// `url` with `search_path` set through the URL's own `options` parameter, as an operator
+/// would put a deployment in a schema of its own.
+fn url_in_schema(url: &str, schema: &str) -> String {
+    let mut url = url::Url::parse(url).expect("test URL");
+    url.query_pairs_mut()
+        .append_pair("options", &format!("-c search_path={schema}"));
+    url.into()
+}
+
+#[tokio::test]
+async fn the_backend_chooser_opens_postgres_urls() {
+    let Some(url) = pg_url("the_backend_chooser_opens_postgres_urls") else {
+        return;
+    };
+    // Never the shared default schema: create a schema of its own, then point the URL at it.
+    let db = TestDb::fresh("chooser");
+    store_in(&url, &db).await.close().await;
+    let store =
+        tokenwarden::store::connect(&url_in_schema(&url, db.name()), test_keys("k1", &["k1"]))
+            .await
+            .expect("connect");
+    store.ping().await.expect("ping");
+    let conn = sample_connection("u", "tiktok", "a");
+    store.put(&conn).await.expect("put");
+    assert!(format!("{store:?}").starts_with("PgStore"));
+    // The write landed in that schema.
+    let same = store_in(&url, &db).await;
+    assert!(same.get(conn.key()).await.expect("get").is_some());
+    let postgresql = url.replacen("postgres://", "postgresql://", 1);
+    tokenwarden::store::connect(
+        &url_in_schema(&postgresql, db.name()),
+        test_keys("k1", &["k1"]),
+    )
+    .await
+    .expect("postgresql:// too")
+    .ping()
+    .await
+    .expect("ping");
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}
+
+#[tokio::test]
+async fn errors_and_debug_never_show_the_password() {
+    let Some(url) = pg_url("errors_and_debug_never_show_the_password") else {
+        return;
+    };
+    // A role that does not exist on the real server (trust auth may accept any password),
+    // and a URL that does not parse. (An unreachable server is retried until the 10 s
+    // connect timeout, too slow here; its error is sqlx's fixed "pool timed out".)
+    let mut wrong = url::Url::parse(&url).expect("test URL");
+    wrong.set_username("nobody_tw").expect("user");
+    wrong
+        .set_password(Some("hunter2-secret"))
+        .expect("password");
+    for bad in [
+        wrong.as_str(),
+        "postgres://tw:hunter2-secret@db:notaport/tw",
+    ] {
+        let err = PgStore::connect(bad, test_keys("k1", &["k1"]))
+            .await
+            .expect_err("cannot connect");
+        assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+    }
+    let db = TestDb::fresh("debug");
+    let store = store_in(&url, &db).await;
+    let shown = format!("{store:?}");
+    assert!(
+        !shown.contains(&url) && !shown.contains("127.0.0.1"),
+        "{shown}"
+    );
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}
+
+#[tokio::test]
+async fn database_errors_are_never_not_found() {
+    let Some(url) = pg_url("database_errors_are_never_not_found") else {
+        return;
+    };
+    let db = TestDb::fresh("db_errors");
+    let store = store_in(&url, &db).await;
+    let conn = sample_connection("u", "tiktok", "a");
+    sqlx::query("DROP TABLE connections")
+        .execute(store.pool())
+        .await
+        .expect("drop");
+    let err = store.get(conn.key()).await.expect_err("no table");
+    assert!(matches!(err, StoreError::Database(_)), "get: {err:?}");
+    let err = store.update(&conn).await.expect_err("no table");
+    assert!(matches!(err, StoreError::Database(_)), "update: {err:?}");
+    let err = store.delete(conn.key()).await.expect_err("no table");
+    assert!(matches!(err, StoreError::Database(_)), "delete: {err:?}");
+    let err = store
+        .try_lease(conn.key(), "a", at(0), at(1))
+        .await
+        .expect_err("no table");
+    assert!(matches!(err, StoreError::Database(_)), "try_lease: {err:?}");
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}
+
+#[tokio::test]
+async fn tampered_or_moved_ciphertexts_fail_to_decrypt() {
+    let Some(url) = pg_url("tampered_or_moved_ciphertexts_fail_to_decrypt") else {
+        return;
+    };
+    let db = TestDb::fresh("tamper");
+    let store = store_in(&url, &db).await;
+    let a = sample_connection("u", "tiktok", "a");
+    let b = sample_connection("u", "tiktok", "b");
+    store.put(&a).await.expect("put a");
+    store.put(&b).await.expect("put b");
+    // Move a's sealed refresh token into b's row: the associated data binds it to a.
+    sqlx::query(
+        "UPDATE connections SET refresh_token = \
+         (SELECT refresh_token FROM connections WHERE account_id = 'a') WHERE account_id = 'b'",
+    )
+    .execute(store.pool())
+    .await
+    .expect("swap");
+    let err = store.get(b.key()).await.expect_err("moved ciphertext");
+    assert!(matches!(err, StoreError::Decrypt), "{err:?}");
+    sqlx::query("UPDATE connections SET access_token = '\\x0102'::bytea WHERE account_id = 'a'")
+        .execute(store.pool())
+        .await
+        .expect("tamper");
+    let err = store.get(a.key()).await.expect_err("tampered");
+    assert!(matches!(err, StoreError::Decrypt), "{err:?}");
+    assert_eq!(
+        store
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        2
+    );
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}
+
+#[tokio::test]
+async fn nul_in_provider_text_does_not_fail_a_write() {
+    let Some(url) = pg_url("nul_in_provider_text_does_not_fail_a_write") else {
+        return;
+    };
+    let db = TestDb::fresh("nul_text");
+    let store = store_in(&url, &db).await;
+    let mut conn = sample_connection("u", "tiktok", "nul");
+    conn.meta.token_type = "Bea\0rer".into();
+    conn.meta.metadata = serde_json::json!({"odd": "a\u{0}b"});
+    let (meta, _) = store.put(&conn).await.expect("put with NUL");
+    let got = store.get(conn.key()).await.expect("get").expect("there");
+    assert_eq!(got.meta, meta, "what put reports is what get reads");
+    assert_eq!(got.meta.token_type, "Bea\u{FFFD}rer");
+    assert_eq!(
+        got.meta.metadata, conn.meta.metadata,
+        "JSON keeps NUL escaped"
+    );
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}
