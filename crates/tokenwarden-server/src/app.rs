@@ -209,7 +209,8 @@ pub async fn build_warden(config: &Config) -> Result<Warden, StartError> {
         .build())
 }
 
-/// Opens the store named by `database_url`, creating the SQLite file's directory if needed.
+/// Opens the store named by `database_url` (SQLite or PostgreSQL), creating the SQLite
+/// file's directory if needed.
 async fn connect_store(
     database_url: &str,
     keys: Arc<KeyRing>,
@@ -222,10 +223,9 @@ async fn connect_store(
         crate::bootstrap::create_private_dir(parent)
             .map_err(|e| StartError::Io(format!("creating {}: {e}", parent.display())))?;
     }
-    let store = tokenwarden::store::SqliteStore::connect(database_url, keys)
+    tokenwarden::store::connect(database_url, keys)
         .await
-        .map_err(|e| StartError::Store(e.to_string()))?;
-    Ok(Arc::new(store))
+        .map_err(|e| StartError::Store(e.to_string()))
 }
 
 /// The file path of a `sqlite:` URL (`None` for in-memory databases).

@@ -540,13 +540,15 @@ impl Config {
             600_000,
         )?;
 
-        if !self.database_url.starts_with("sqlite:") {
-            let message = if self.database_url.starts_with("postgres") {
-                "PostgreSQL is not supported by this build yet; use sqlite://PATH"
-            } else {
-                "must start with sqlite:"
-            };
-            return Err(ConfigError::key("database_url", message));
+        let url = self.database_url.as_str();
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
+            return Err(ConfigError::key(
+                "database_url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
         }
 
         self.validate_encryption()?;

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Runs every benchmark BENCHMARKS.md records, each next to its baseline in the same run,
+# RUNS times where the figure is noisy (medians go in BENCHMARKS.md). Takes about 15 minutes
+# on 2 cores after the release build; needs wrk (apt-get install wrk) for the HTTP figures.
+#
+#   bench/run.sh                 # everything
+#   bench/run.sh fast scheduler  # only some: fast http concurrency outage scheduler scale
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tokenwarden-target}"
+RUNS="${RUNS:-3}"
+BIN="$CARGO_TARGET_DIR/release"
+OUT="${BENCH_OUT:-$(mktemp -d /tmp/tokenwarden-bench.XXXXXX)}"
+WANT="${*:-fast http concurrency outage scheduler scale}"
+want() { [[ " $WANT " == *" $1 "* ]]; }
+
+echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(date -u +%F)"
+echo "# output: $OUT"
+cargo build --release --locked -p tokenwarden-server --bin tokenwarden --example baseline_http
+cargo build --release --locked -p tokenwarden --examples
+
+if want fast; then
+  echo "## in-process fast path (criterion)"
+  cargo bench --locked -p tokenwarden --bench fast_path -- --warm-up-time 2 --measurement-time 5 \
+    2>&1 | grep -E "^fast_path|time:" | tee "$OUT/fast.txt"
+fi
+
+if want concurrency; then
+  echo "## 1,000 concurrent callers on one expired token"
+  for i in $(seq "$RUNS"); do "$BIN/examples/bench_concurrency" 1000; done | tee "$OUT/concurrency.txt"
+fi
+
+if want scheduler; then
+  echo "## scheduler throughput vs durable single-row commits (SQLite)"
+  for i in $(seq "$RUNS"); do "$BIN/examples/bench_scheduler" 2000; done | tee "$OUT/scheduler.txt"
+  if [[ -n "${TOKENWARDEN_TEST_POSTGRES_URL:-}" ]]; then
+    echo "## scheduler throughput vs durable single-row commits (PostgreSQL)"
+    for i in $(seq "$RUNS"); do
+      "$BIN/examples/bench_scheduler" 2000 "$TOKENWARDEN_TEST_POSTGRES_URL"
+    done | tee "$OUT/scheduler_pg.txt"
+  fi
+fi
+
+if want outage; then
+  echo "## 30 s provider outage, 100 callers, breaker on vs off"
+  "$BIN/examples/bench_outage" 30 | tee "$OUT/outage.txt"
+fi
+
+# Starts `tokenwarden serve` on a config over database $1 and waits for /healthz; prints the
+# seconds it took to become healthy.
+start_server() {
+  local db="$1" port="$2" key="$3"
+  cat > "$OUT/config.toml" <<TOML
+listen = "127.0.0.1:$port"
+database_url = "sqlite://$db"
+[encryption]
+active_key = "k1"
+keys = { k1 = "$key" }
+[auth]
+api_keys = ["bench-api-key-0123456789"]
+[scheduler]
+enabled = false
+[providers.bench]
+kind = "oauth2"
+client_id = "bench"
+client_secret = "bench-secret"
+token_url = "http://127.0.0.1:9/token"
+TOML
+  local t0; t0=$(date +%s.%N)
+  RUST_LOG=warn "$BIN/tokenwarden" serve --config "$OUT/config.toml" > "$OUT/serve.log" 2>&1 &
+  SERVER_PID=$!
+  until curl -sf "http://127.0.0.1:$port/healthz" > /dev/null; do sleep 0.02; done
+  echo "$(date +%s.%N) - $t0" | bc
+}
+
+wrk_run() {
+  wrk -t2 -c64 -d10s --latency -H "Authorization: Bearer bench-api-key-0123456789" "$1" \
+    | grep -E "Requests/sec|  99%|  50%"
+}
+
+if want http || want scale; then
+  command -v wrk > /dev/null || { echo "wrk missing: apt-get install -y wrk"; exit 1; }
+  KEY=$("$BIN/tokenwarden" keys generate | tail -n1)
+fi
+
+if want http; then
+  echo "## HTTP fast path: tokenwarden serve vs bare axum, wrk -t2 -c64 -d10s"
+  rm -f "$OUT/http.db"*
+  TOKENWARDEN_BENCH_KEY="$KEY" "$BIN/examples/bench_generate" "sqlite://$OUT/http.db" 1000 bench > /dev/null
+  start_server "$OUT/http.db" 8430 "$KEY" > /dev/null
+  "$BIN/examples/baseline_http" 127.0.0.1:8431 > /dev/null &
+  BASE_PID=$!
+  sleep 0.5
+  PATH_="/v1/users/user-0000500/connections/bench/acct/access-token"
+  for i in $(seq "$RUNS"); do
+    echo "-- run $i: baseline"; wrk_run "http://127.0.0.1:8431$PATH_"
+    echo "-- run $i: tokenwarden"; wrk_run "http://127.0.0.1:8430$PATH_"
+  done | tee "$OUT/http.txt"
+  kill "$SERVER_PID" "$BASE_PID"; wait "$SERVER_PID" "$BASE_PID" 2> /dev/null || true
+fi
+
+if want scale; then
+  echo "## scale: 1,000,000 connections in SQLite vs 1,000"
+  for n in 1000 1000000; do
+    rm -f "$OUT/scale.db"*
+    TOKENWARDEN_BENCH_KEY="$KEY" "$BIN/examples/bench_generate" "sqlite://$OUT/scale.db" "$n" bench
+    echo "-- $n connections: database $(du -h "$OUT/scale.db" | cut -f1)"
+    startup=$(start_server "$OUT/scale.db" 8432 "$KEY")
+    echo "start-up to healthy: ${startup}s"
+    echo "RSS after start: $(awk '/VmRSS/ {print $2, $3}' "/proc/$SERVER_PID/status")"
+    # Spread requests over many connections: a Lua script picks a random user per request.
+    cat > "$OUT/random.lua" <<LUA
+math.randomseed(os.time())
+request = function()
+  return wrk.format("GET", string.format("/v1/users/user-%07d/connections/bench/acct/access-token", math.random(0, $n - 1)))
+end
+LUA
+    wrk -t2 -c64 -d10s --latency -s "$OUT/random.lua" \
+      -H "Authorization: Bearer bench-api-key-0123456789" "http://127.0.0.1:8432" \
+      | grep -E "Requests/sec|  99%|  50%|Non-2xx"
+    echo "RSS after load: $(awk '/VmRSS/ {print $2, $3}' "/proc/$SERVER_PID/status")"
+    kill "$SERVER_PID"; wait "$SERVER_PID" 2> /dev/null || true
+  done | tee "$OUT/scale.txt"
+fi
