@@ -87,6 +87,12 @@ pub struct RefreshSection {
     pub initial_delay_ms: u64,
     pub max_delay_ms: u64,
     pub max_retry_after_seconds: u64,
+    /// Extension: how long a token cached in memory is trusted before the database is read
+    /// again (bounds staleness when another instance refreshes). Default 5000 ms.
+    pub cache_ttl_ms: u64,
+    /// Extension: upper bound on one upstream attempt; also sizes the refresh lease.
+    /// Default 20 s.
+    pub attempt_timeout_seconds: u64,
 }
 
 impl Default for RefreshSection {
@@ -97,6 +103,8 @@ impl Default for RefreshSection {
             initial_delay_ms: 1000,
             max_delay_ms: 10_000,
             max_retry_after_seconds: 60,
+            cache_ttl_ms: 5000,
+            attempt_timeout_seconds: 20,
         }
     }
 }
@@ -125,6 +133,17 @@ pub struct SchedulerSection {
     pub enabled: bool,
     pub lead_seconds: u64,
     pub max_retry_delay_seconds: u64,
+    /// Extension: first delay of the retry queue's backoff. Default 5 s.
+    pub initial_retry_delay_seconds: u64,
+    /// Extension: keep-alive refresh interval for tokens without expiry that have a refresh
+    /// token. Default 30 days.
+    pub keepalive_seconds: u64,
+    /// Extension: connections claimed per round. Default 100.
+    pub batch_size: u64,
+    /// Extension: scheduled refreshes running at once. Default 16.
+    pub concurrency: u64,
+    /// Extension: longest sleep between rounds. Default 30 s.
+    pub max_idle_seconds: u64,
 }
 
 impl Default for SchedulerSection {
@@ -133,6 +152,11 @@ impl Default for SchedulerSection {
             enabled: true,
             lead_seconds: 600,
             max_retry_delay_seconds: 600,
+            initial_retry_delay_seconds: 5,
+            keepalive_seconds: 30 * 86_400,
+            batch_size: 100,
+            concurrency: 16,
+            max_idle_seconds: 30,
         }
     }
 }
@@ -424,7 +448,8 @@ impl Config {
                 max_delay: Duration::from_millis(r.max_delay_ms),
             },
             max_retry_after: Duration::from_secs(r.max_retry_after_seconds),
-            ..RefreshConfig::default()
+            cache_ttl: Duration::from_millis(r.cache_ttl_ms),
+            attempt_timeout: Duration::from_secs(r.attempt_timeout_seconds),
         }
     }
 
@@ -442,7 +467,11 @@ impl Config {
             enabled: self.scheduler.enabled,
             lead: Duration::from_secs(self.scheduler.lead_seconds),
             max_retry_delay: Duration::from_secs(self.scheduler.max_retry_delay_seconds),
-            ..SchedulerConfig::default()
+            initial_retry_delay: Duration::from_secs(self.scheduler.initial_retry_delay_seconds),
+            keepalive: Duration::from_secs(self.scheduler.keepalive_seconds),
+            batch_size: u32::try_from(self.scheduler.batch_size).unwrap_or(u32::MAX),
+            concurrency: usize::try_from(self.scheduler.concurrency).unwrap_or(usize::MAX),
+            max_idle: Duration::from_secs(self.scheduler.max_idle_seconds),
         }
     }
 
@@ -512,6 +541,29 @@ impl Config {
             self.scheduler.max_retry_delay_seconds,
             1,
             86_400,
+        )?;
+        let sc = &self.scheduler;
+        range(
+            "scheduler.initial_retry_delay_seconds",
+            sc.initial_retry_delay_seconds,
+            1,
+            86_400,
+        )?;
+        range(
+            "scheduler.keepalive_seconds",
+            sc.keepalive_seconds,
+            3600,
+            365 * 86_400,
+        )?;
+        range("scheduler.batch_size", sc.batch_size, 1, 10_000)?;
+        range("scheduler.concurrency", sc.concurrency, 1, 1024)?;
+        range("scheduler.max_idle_seconds", sc.max_idle_seconds, 1, 3600)?;
+        range("refresh.cache_ttl_ms", r.cache_ttl_ms, 0, 3_600_000)?;
+        range(
+            "refresh.attempt_timeout_seconds",
+            r.attempt_timeout_seconds,
+            1,
+            600,
         )?;
         let max_body = u64::try_from(self.server.max_body_bytes).unwrap_or(u64::MAX);
         range("server.max_body_bytes", max_body, 1024, 16 * 1024 * 1024)?;
