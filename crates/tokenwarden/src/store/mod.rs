@@ -23,6 +23,7 @@ use crate::crypto::KeyRing;
 pub mod conformance;
 pub mod memory;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 pub use memory::MemoryStore;

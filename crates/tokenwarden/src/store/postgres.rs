@@ -21,20 +21,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{AssertSqlSafe, Connection as _, Postgres, QueryBuilder, Row, SqlSafeStr};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection as _, Postgres, QueryBuilder, SqlSafeStr};
 use time::OffsetDateTime;
 
+use super::rows::{
+    RowValues, corrupt, db_error, from_unix, get, key_from_row, key_usage as key_usage_from,
+    meta_from_row, open_tokens, page, seal_tokens, status_counts, unix, written_meta,
+};
 use super::{
     KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
-    decode_cursor, encode_cursor,
+    decode_cursor,
 };
-use crate::connection::{
-    AccountId, Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError,
-    ProviderName, Tokens, UserId,
-};
-use crate::crypto::{Field, KeyRing, envelope_key_id};
-use crate::secret::{AccessToken, RefreshToken};
+use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus};
+use crate::crypto::KeyRing;
 
 /// Connections per pool. Every instance has its own pool, so a deployment of N instances
 /// uses up to N × 10 of the server's `max_connections` (100 by default).
@@ -136,56 +136,6 @@ impl PgStore {
         self.pool.close().await;
     }
 
-    fn seal(&self, conn: &Connection) -> SealedTokens {
-        self.seal_tokens(conn.key(), &conn.tokens)
-    }
-
-    fn seal_tokens(&self, key: &ConnectionKey, tokens: &Tokens) -> SealedTokens {
-        let access = self.keys.seal(
-            tokens.access_token.expose_secret().as_bytes(),
-            key,
-            Field::AccessToken,
-        );
-        let access_key_id = self.sealed_key_id(&access);
-        let refresh = tokens.refresh_token.as_ref().map(|token| {
-            let sealed = self
-                .keys
-                .seal(token.expose_secret().as_bytes(), key, Field::RefreshToken);
-            let key_id = self.sealed_key_id(&sealed);
-            (sealed, key_id)
-        });
-        let (refresh, refresh_key_id) = refresh.unzip();
-        SealedTokens {
-            access,
-            access_key_id,
-            refresh,
-            refresh_key_id,
-        }
-    }
-
-    fn sealed_key_id(&self, envelope: &[u8]) -> String {
-        envelope_key_id(envelope)
-            .unwrap_or(self.keys.active_key_id().as_str())
-            .to_owned()
-    }
-
-    fn open(&self, key: &ConnectionKey, row: &PgRow) -> Result<Tokens, StoreError> {
-        let access: Vec<u8> = get(row, "access_token")?;
-        let refresh: Option<Vec<u8>> = get(row, "refresh_token")?;
-        let access = self
-            .keys
-            .open_string(&access, key, Field::AccessToken)
-            .map_err(|_| StoreError::Decrypt)?;
-        let refresh = refresh
-            .map(|sealed| self.keys.open_string(&sealed, key, Field::RefreshToken))
-            .transpose()
-            .map_err(|_| StoreError::Decrypt)?;
-        Ok(Tokens {
-            access_token: AccessToken::new(access),
-            refresh_token: refresh.map(RefreshToken::new),
-        })
-    }
-
     /// `Conflict` if the connection exists, else `NotFound`: what a write that matched no
     /// row means.
     async fn missed_write(&self, key: &ConnectionKey, op: &'static str) -> StoreError {
@@ -277,15 +227,6 @@ fn is_duplicate(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .and_then(|d| d.code())
         .is_some_and(|code| code == "23505" || code == "42P06")
-}
-
-/// Ciphertexts and their key ids, ready to bind.
-#[derive(Clone)]
-struct SealedTokens {
-    access: Vec<u8>,
-    access_key_id: String,
-    refresh: Option<Vec<u8>>,
-    refresh_key_id: Option<String>,
 }
 
 /// The columns a put or update writes, bound as `$1..=$18` in this order by
@@ -385,80 +326,28 @@ static GET_SQL: LazyLock<String> = LazyLock::new(|| {
 const EXISTS_SQL: &str =
     "SELECT 1 FROM connections WHERE user_id = $1 AND provider = $2 AND account_id = $3";
 
-/// Everything one write binds, converted to column types before the statement is built.
-#[derive(Clone)]
-struct RowValues {
-    sealed: SealedTokens,
-    token_type: String,
-    expires_at: Option<i64>,
-    refresh_expires_at: Option<i64>,
-    issued_at: Option<i64>,
-    scopes: String,
-    metadata: String,
-    status: &'static str,
-    last_refreshed_at: Option<i64>,
-    consecutive_failures: i64,
-    last_error_code: Option<String>,
-    last_error_message: Option<String>,
-    last_error_at: Option<i64>,
-    updated_at: i64,
-    next_refresh_at: Option<i64>,
-}
-
-impl RowValues {
-    fn new(meta: &ConnectionMeta, sealed: SealedTokens) -> Result<Self, StoreError> {
-        let json = |what: &str, value: Result<String, serde_json::Error>| {
-            value.map_err(|_| StoreError::Database(format!("cannot encode {what} as JSON")))
-        };
-        Ok(Self {
-            sealed,
-            token_type: text(&meta.token_type),
-            expires_at: meta.expires_at.map(unix),
-            refresh_expires_at: meta.refresh_expires_at.map(unix),
-            issued_at: meta.issued_at.map(unix),
-            scopes: json("scopes", serde_json::to_string(&meta.scopes))?,
-            metadata: json("metadata", serde_json::to_string(&meta.metadata))?,
-            status: meta.status.as_str(),
-            last_refreshed_at: meta.last_refreshed_at.map(unix),
-            consecutive_failures: i64::from(meta.consecutive_failures),
-            last_error_code: meta.last_error.as_ref().map(|e| text(&e.code)),
-            last_error_message: meta.last_error.as_ref().map(|e| text(&e.message)),
-            last_error_at: meta.last_error.as_ref().map(|e| unix(e.at)),
-            updated_at: unix(meta.updated_at),
-            next_refresh_at: meta.next_refresh_at.map(unix),
-        })
-    }
-
-    /// Binds the values in [`WRITE_COLUMNS`] order.
-    fn bind<'q>(self, query: PgQuery<'q>) -> PgQuery<'q> {
-        let s = self.sealed;
-        query
-            .bind(s.access)
-            .bind(s.access_key_id)
-            .bind(s.refresh)
-            .bind(s.refresh_key_id)
-            .bind(self.token_type)
-            .bind(self.expires_at)
-            .bind(self.refresh_expires_at)
-            .bind(self.issued_at)
-            .bind(self.scopes)
-            .bind(self.metadata)
-            .bind(self.status)
-            .bind(self.last_refreshed_at)
-            .bind(self.consecutive_failures)
-            .bind(self.last_error_code)
-            .bind(self.last_error_message)
-            .bind(self.last_error_at)
-            .bind(self.updated_at)
-            .bind(self.next_refresh_at)
-    }
-}
-
-/// Provider-supplied free text (token type, error code and message). PostgreSQL's `TEXT`
-/// cannot hold NUL, which SQLite stores; replacing it keeps a stray NUL in a provider's
-/// answer from failing the write that commits a refresh (and losing a rotated token).
-fn text(s: &str) -> String {
-    s.replace('\0', "\u{FFFD}")
+/// Binds the values in [`WRITE_COLUMNS`] order.
+fn bind_values<'q>(values: RowValues, query: PgQuery<'q>) -> PgQuery<'q> {
+    let s = values.sealed;
+    query
+        .bind(s.access)
+        .bind(s.access_key_id)
+        .bind(s.refresh)
+        .bind(s.refresh_key_id)
+        .bind(values.token_type)
+        .bind(values.expires_at)
+        .bind(values.refresh_expires_at)
+        .bind(values.issued_at)
+        .bind(values.scopes)
+        .bind(values.metadata)
+        .bind(values.status)
+        .bind(values.last_refreshed_at)
+        .bind(values.consecutive_failures)
+        .bind(values.last_error_code)
+        .bind(values.last_error_message)
+        .bind(values.last_error_at)
+        .bind(values.updated_at)
+        .bind(values.next_refresh_at)
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
@@ -470,36 +359,6 @@ fn bind_key<'q>(query: PgQuery<'q>, key: &ConnectionKey) -> PgQuery<'q> {
         .bind(key.account_id.as_str().to_owned())
 }
 
-/// The stored metadata after a write: the caller's fields plus what the store decided.
-fn written_meta(
-    conn: &Connection,
-    created_at: i64,
-    version: i64,
-) -> Result<ConnectionMeta, StoreError> {
-    let mut meta = conn.meta.clone();
-    meta.has_refresh_token = conn.tokens.refresh_token.is_some();
-    meta.created_at = from_unix(created_at)?;
-    meta.version = version;
-    meta.token_type = text(&meta.token_type);
-    // What a read returns: times at whole seconds, as stored.
-    meta.updated_at = truncate(meta.updated_at)?;
-    for t in [
-        &mut meta.issued_at,
-        &mut meta.next_refresh_at,
-        &mut meta.expires_at,
-        &mut meta.refresh_expires_at,
-        &mut meta.last_refreshed_at,
-    ] {
-        *t = t.map(truncate).transpose()?;
-    }
-    if let Some(e) = meta.last_error.as_mut() {
-        e.at = truncate(e.at)?;
-        e.code = text(&e.code);
-        e.message = text(&e.message);
-    }
-    Ok(meta)
-}
-
 #[async_trait]
 impl Store for PgStore {
     async fn get(&self, key: &ConnectionKey) -> Result<Option<Connection>, StoreError> {
@@ -509,21 +368,25 @@ impl Store for PgStore {
             .map_err(db_error("get"))?;
         let Some(row) = row else { return Ok(None) };
         let meta = meta_from_row(&row)?;
-        let tokens = self.open(&meta.key, &row)?;
+        let tokens = open_tokens(&self.keys, &meta.key, &row)?;
         Ok(Some(Connection { meta, tokens }))
     }
 
     async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
         let key = conn.key();
-        let values = RowValues::new(&conn.meta, self.seal(conn))?;
+        let values = RowValues::new(
+            &conn.meta,
+            seal_tokens(&self.keys, conn.key(), &conn.tokens),
+        )?;
         // Two single statements instead of a transaction: the insert does nothing if the key
         // exists (waiting for a concurrent insert of it to settle), then the replace bumps
         // the existing row's version. Only a delete landing between the two leaves both
         // without a row, and then the insert succeeds on the next round.
         for _ in 0..PUT_ATTEMPTS {
-            let insert = values
-                .clone()
-                .bind(sqlx::query(AssertSqlSafe(INSERT_SQL.as_str())));
+            let insert = bind_values(
+                values.clone(),
+                sqlx::query(AssertSqlSafe(INSERT_SQL.as_str())),
+            );
             let row = bind_key(insert, key)
                 .bind(unix(conn.meta.created_at))
                 .fetch_optional(&self.pool)
@@ -533,9 +396,10 @@ impl Store for PgStore {
                 let meta = written_meta(conn, get(&row, "created_at")?, get(&row, "version")?)?;
                 return Ok((meta, PutOutcome::Created));
             }
-            let replace = values
-                .clone()
-                .bind(sqlx::query(AssertSqlSafe(REPLACE_SQL.as_str())));
+            let replace = bind_values(
+                values.clone(),
+                sqlx::query(AssertSqlSafe(REPLACE_SQL.as_str())),
+            );
             let row = bind_key(replace, key)
                 .fetch_optional(&self.pool)
                 .await
@@ -552,11 +416,14 @@ impl Store for PgStore {
 
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
         let key = conn.key();
-        let values = RowValues::new(&conn.meta, self.seal(conn))?;
+        let values = RowValues::new(
+            &conn.meta,
+            seal_tokens(&self.keys, conn.key(), &conn.tokens),
+        )?;
         // One statement, so the version check and the write are atomic: a concurrent writer
         // of the same row makes this one wait, then re-check `version` on its result. It
         // commits before returning (autocommit, synchronous_commit = on).
-        let query = values.bind(sqlx::query(AssertSqlSafe(UPDATE_SQL.as_str())));
+        let query = bind_values(values, sqlx::query(AssertSqlSafe(UPDATE_SQL.as_str())));
         let row = bind_key(query, key)
             .bind(conn.meta.version)
             .fetch_optional(&self.pool)
@@ -624,18 +491,11 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("list"))?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(meta_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let more = items.len() > limit as usize;
-        items.truncate(limit as usize);
-        let next_cursor = if more {
-            items.last().map(|m| encode_cursor(&m.key))
-        } else {
-            None
-        };
-        Ok(ListPage { items, next_cursor })
+        Ok(page(items, limit))
     }
 
     async fn count_by_status(&self) -> Result<Vec<(ConnectionStatus, u64)>, StoreError> {
@@ -644,19 +504,7 @@ impl Store for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_error("count_by_status"))?;
-        // Every status appears, zero included, so a gauge built from this drops to 0.
-        let mut counts = vec![
-            (ConnectionStatus::Active, 0),
-            (ConnectionStatus::NeedsReconnect, 0),
-        ];
-        for (status, n) in rows {
-            let status = ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?;
-            let n = u64::try_from(n).map_err(|_| corrupt("count"))?;
-            if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == status) {
-                entry.1 = n;
-            }
-        }
-        Ok(counts)
+        status_counts(rows)
     }
 
     async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
@@ -670,15 +518,7 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_error("key_usage"))?;
-        rows.into_iter()
-            .map(|(key_id, n)| {
-                let ciphertexts = u64::try_from(n).map_err(|_| corrupt("count"))?;
-                Ok(KeyUsage {
-                    key_id,
-                    ciphertexts,
-                })
-            })
-            .collect()
+        key_usage_from(rows)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -839,13 +679,13 @@ impl Store for PgStore {
         for row in &rows {
             let key = key_from_row(row)?;
             batch.scanned += 1;
-            let Ok(tokens) = self.open(&key, row) else {
+            let Ok(tokens) = open_tokens(&self.keys, &key, row) else {
                 batch.failed += 1;
                 continue;
             };
             let old_access: Vec<u8> = get(row, "access_token")?;
             let old_refresh: Option<Vec<u8>> = get(row, "refresh_token")?;
-            let sealed = self.seal_tokens(&key, &tokens);
+            let sealed = seal_tokens(&self.keys, &key, &tokens);
             // Compare-and-swap on the old ciphertexts; the version is left alone so a refresh
             // running meanwhile commits normally (and its write is already under the new key).
             let query = sqlx::query(
@@ -871,88 +711,6 @@ impl Store for PgStore {
         }
         Ok(batch)
     }
-}
-
-fn key_from_row(row: &PgRow) -> Result<ConnectionKey, StoreError> {
-    Ok(ConnectionKey {
-        user_id: UserId::parse(get::<String>(row, "user_id")?).map_err(|_| corrupt("user_id"))?,
-        provider: ProviderName::parse(get::<String>(row, "provider")?)
-            .map_err(|_| corrupt("provider"))?,
-        account_id: AccountId::parse(get::<String>(row, "account_id")?)
-            .map_err(|_| corrupt("account_id"))?,
-    })
-}
-
-fn meta_from_row(row: &PgRow) -> Result<ConnectionMeta, StoreError> {
-    let key = key_from_row(row)?;
-    let status: String = get(row, "status")?;
-    let scopes: String = get(row, "scopes")?;
-    let metadata: String = get(row, "metadata")?;
-    let last_error_code: Option<String> = get(row, "last_error_code")?;
-    let last_error_message: Option<String> = get(row, "last_error_message")?;
-    let last_error_at: Option<i64> = get(row, "last_error_at")?;
-    let last_error = match (last_error_code, last_error_at) {
-        (Some(code), Some(at)) => Some(LastError {
-            code,
-            message: last_error_message.unwrap_or_default(),
-            at: from_unix(at)?,
-        }),
-        _ => None,
-    };
-    let time = |column: &'static str| -> Result<Option<OffsetDateTime>, StoreError> {
-        get::<Option<i64>>(row, column)?.map(from_unix).transpose()
-    };
-    Ok(ConnectionMeta {
-        key,
-        token_type: get(row, "token_type")?,
-        has_refresh_token: get(row, "has_refresh_token")?,
-        expires_at: time("expires_at")?,
-        refresh_expires_at: time("refresh_expires_at")?,
-        issued_at: time("issued_at")?,
-        scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
-        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?,
-        status: ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
-        last_refreshed_at: time("last_refreshed_at")?,
-        consecutive_failures: u32::try_from(get::<i64>(row, "consecutive_failures")?)
-            .map_err(|_| corrupt("consecutive_failures"))?,
-        last_error,
-        created_at: from_unix(get(row, "created_at")?)?,
-        updated_at: from_unix(get(row, "updated_at")?)?,
-        next_refresh_at: time("next_refresh_at")?,
-        version: get(row, "version")?,
-    })
-}
-
-/// Reads a column. Decode errors name the column, never the value.
-fn get<T>(row: &PgRow, column: &'static str) -> Result<T, StoreError>
-where
-    T: for<'r> sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
-{
-    row.try_get(column)
-        .map_err(|_| StoreError::Database(format!("cannot decode column {column}")))
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Database(format!("stored {what} is invalid"))
-}
-
-/// Maps a driver error. sqlx's messages carry the server's message (no bound values, no
-/// connection URL); PostgreSQL's DETAIL lines, which can quote key values, are not part of
-/// it.
-fn db_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |e| StoreError::Database(format!("{op}: {e}"))
-}
-
-fn unix(t: OffsetDateTime) -> i64 {
-    t.unix_timestamp()
-}
-
-fn from_unix(seconds: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp(seconds).map_err(|_| corrupt("timestamp"))
-}
-
-fn truncate(t: OffsetDateTime) -> Result<OffsetDateTime, StoreError> {
-    from_unix(unix(t))
 }
 
 #[cfg(test)]
@@ -1017,12 +775,6 @@ mod tests {
         ));
         assert!(UPDATE_SQL.contains("AND version = $22 RETURNING"));
         assert!(WRITE_SET.starts_with("access_token = $1, ") && WRITE_SET.ends_with("= $18"));
-    }
-
-    #[test]
-    fn nul_in_provider_text_is_replaced() {
-        assert_eq!(text("a\0b"), "a\u{FFFD}b");
-        assert_eq!(text("plain"), "plain");
     }
 
     #[test]

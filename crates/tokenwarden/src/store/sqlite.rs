@@ -16,21 +16,21 @@ use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, QueryBuilder, Row, SqlSafeStr, Sqlite};
+use sqlx::{AssertSqlSafe, QueryBuilder, SqlSafeStr, Sqlite};
 use time::OffsetDateTime;
 
+use super::rows::{
+    RowValues, corrupt, db_error, from_unix, get, key_from_row, key_usage as key_usage_from,
+    meta_from_row, open_tokens, page, seal_tokens, status_counts, unix, written_meta,
+};
 use super::{
     KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
-    decode_cursor, encode_cursor,
+    decode_cursor,
 };
-use crate::connection::{
-    AccountId, Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError,
-    ProviderName, Tokens, UserId,
-};
-use crate::crypto::{Field, KeyRing, envelope_key_id};
-use crate::secret::{AccessToken, RefreshToken};
+use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus};
+use crate::crypto::KeyRing;
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,56 +134,6 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-
-    fn seal(&self, conn: &Connection) -> SealedTokens {
-        self.seal_tokens(conn.key(), &conn.tokens)
-    }
-
-    fn seal_tokens(&self, key: &ConnectionKey, tokens: &Tokens) -> SealedTokens {
-        let access = self.keys.seal(
-            tokens.access_token.expose_secret().as_bytes(),
-            key,
-            Field::AccessToken,
-        );
-        let access_key_id = self.sealed_key_id(&access);
-        let refresh = tokens.refresh_token.as_ref().map(|token| {
-            let sealed = self
-                .keys
-                .seal(token.expose_secret().as_bytes(), key, Field::RefreshToken);
-            let key_id = self.sealed_key_id(&sealed);
-            (sealed, key_id)
-        });
-        let (refresh, refresh_key_id) = refresh.unzip();
-        SealedTokens {
-            access,
-            access_key_id,
-            refresh,
-            refresh_key_id,
-        }
-    }
-
-    fn sealed_key_id(&self, envelope: &[u8]) -> String {
-        envelope_key_id(envelope)
-            .unwrap_or(self.keys.active_key_id().as_str())
-            .to_owned()
-    }
-
-    fn open(&self, key: &ConnectionKey, row: &SqliteRow) -> Result<Tokens, StoreError> {
-        let access: Vec<u8> = get(row, "access_token")?;
-        let refresh: Option<Vec<u8>> = get(row, "refresh_token")?;
-        let access = self
-            .keys
-            .open_string(&access, key, Field::AccessToken)
-            .map_err(|_| StoreError::Decrypt)?;
-        let refresh = refresh
-            .map(|sealed| self.keys.open_string(&sealed, key, Field::RefreshToken))
-            .transpose()
-            .map_err(|_| StoreError::Decrypt)?;
-        Ok(Tokens {
-            access_token: AccessToken::new(access),
-            refresh_token: refresh.map(RefreshToken::new),
-        })
-    }
 }
 
 /// The migrations [`SqliteStore`] runs on connect.
@@ -242,14 +192,6 @@ fn absolute(path: &Path) -> Result<PathBuf, StoreError> {
     Ok(cwd.join(path))
 }
 
-/// Ciphertexts and their key ids, ready to bind.
-struct SealedTokens {
-    access: Vec<u8>,
-    access_key_id: String,
-    refresh: Option<Vec<u8>>,
-    refresh_key_id: Option<String>,
-}
-
 /// The columns a put or update writes, in the order [`RowValues::bind`] binds them.
 /// `created_at` and `version` are each statement's own business.
 const WRITE_SET: &str = "access_token = ?, access_key_id = ?, refresh_token = ?, \
@@ -278,72 +220,28 @@ const META_COLUMNS: &str = "user_id, provider, account_id, token_type, \
 
 const KEY_MATCH: &str = "user_id = ? AND provider = ? AND account_id = ?";
 
-/// Everything one write binds, converted to column types before the statement is built.
-struct RowValues {
-    sealed: SealedTokens,
-    token_type: String,
-    expires_at: Option<i64>,
-    refresh_expires_at: Option<i64>,
-    issued_at: Option<i64>,
-    scopes: String,
-    metadata: String,
-    status: &'static str,
-    last_refreshed_at: Option<i64>,
-    consecutive_failures: i64,
-    last_error_code: Option<String>,
-    last_error_message: Option<String>,
-    last_error_at: Option<i64>,
-    updated_at: i64,
-    next_refresh_at: Option<i64>,
-}
-
-impl RowValues {
-    fn new(meta: &ConnectionMeta, sealed: SealedTokens) -> Result<Self, StoreError> {
-        let json = |what: &str, value: Result<String, serde_json::Error>| {
-            value.map_err(|_| StoreError::Database(format!("cannot encode {what} as JSON")))
-        };
-        Ok(Self {
-            sealed,
-            token_type: meta.token_type.clone(),
-            expires_at: meta.expires_at.map(unix),
-            refresh_expires_at: meta.refresh_expires_at.map(unix),
-            issued_at: meta.issued_at.map(unix),
-            scopes: json("scopes", serde_json::to_string(&meta.scopes))?,
-            metadata: json("metadata", serde_json::to_string(&meta.metadata))?,
-            status: meta.status.as_str(),
-            last_refreshed_at: meta.last_refreshed_at.map(unix),
-            consecutive_failures: i64::from(meta.consecutive_failures),
-            last_error_code: meta.last_error.as_ref().map(|e| e.code.clone()),
-            last_error_message: meta.last_error.as_ref().map(|e| e.message.clone()),
-            last_error_at: meta.last_error.as_ref().map(|e| unix(e.at)),
-            updated_at: unix(meta.updated_at),
-            next_refresh_at: meta.next_refresh_at.map(unix),
-        })
-    }
-
-    /// Binds the values in [`WRITE_SET`] order.
-    fn bind<'q>(self, query: SqliteQuery<'q>) -> SqliteQuery<'q> {
-        let s = self.sealed;
-        query
-            .bind(s.access)
-            .bind(s.access_key_id)
-            .bind(s.refresh)
-            .bind(s.refresh_key_id)
-            .bind(self.token_type)
-            .bind(self.expires_at)
-            .bind(self.refresh_expires_at)
-            .bind(self.issued_at)
-            .bind(self.scopes)
-            .bind(self.metadata)
-            .bind(self.status)
-            .bind(self.last_refreshed_at)
-            .bind(self.consecutive_failures)
-            .bind(self.last_error_code)
-            .bind(self.last_error_message)
-            .bind(self.last_error_at)
-            .bind(self.updated_at)
-            .bind(self.next_refresh_at)
-    }
+/// Binds the values in [`WRITE_SET`] order.
+fn bind_values<'q>(values: RowValues, query: SqliteQuery<'q>) -> SqliteQuery<'q> {
+    let s = values.sealed;
+    query
+        .bind(s.access)
+        .bind(s.access_key_id)
+        .bind(s.refresh)
+        .bind(s.refresh_key_id)
+        .bind(values.token_type)
+        .bind(values.expires_at)
+        .bind(values.refresh_expires_at)
+        .bind(values.issued_at)
+        .bind(values.scopes)
+        .bind(values.metadata)
+        .bind(values.status)
+        .bind(values.last_refreshed_at)
+        .bind(values.consecutive_failures)
+        .bind(values.last_error_code)
+        .bind(values.last_error_message)
+        .bind(values.last_error_at)
+        .bind(values.updated_at)
+        .bind(values.next_refresh_at)
 }
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
@@ -353,33 +251,6 @@ fn bind_key<'q>(query: SqliteQuery<'q>, key: &ConnectionKey) -> SqliteQuery<'q> 
         .bind(key.user_id.as_str().to_owned())
         .bind(key.provider.as_str().to_owned())
         .bind(key.account_id.as_str().to_owned())
-}
-
-/// The stored metadata after a write: the caller's fields plus what the store decided.
-fn written_meta(
-    conn: &Connection,
-    created_at: i64,
-    version: i64,
-) -> Result<ConnectionMeta, StoreError> {
-    let mut meta = conn.meta.clone();
-    meta.has_refresh_token = conn.tokens.refresh_token.is_some();
-    meta.created_at = from_unix(created_at)?;
-    meta.version = version;
-    // What a read returns: times at whole seconds, as stored.
-    meta.updated_at = truncate(meta.updated_at)?;
-    for t in [
-        &mut meta.issued_at,
-        &mut meta.next_refresh_at,
-        &mut meta.expires_at,
-        &mut meta.refresh_expires_at,
-        &mut meta.last_refreshed_at,
-    ] {
-        *t = t.map(truncate).transpose()?;
-    }
-    if let Some(e) = meta.last_error.as_mut() {
-        e.at = truncate(e.at)?;
-    }
-    Ok(meta)
 }
 
 #[async_trait]
@@ -397,13 +268,16 @@ impl Store for SqliteStore {
             .map_err(db_error("get"))?;
         let Some(row) = row else { return Ok(None) };
         let meta = meta_from_row(&row)?;
-        let tokens = self.open(&meta.key, &row)?;
+        let tokens = open_tokens(&self.keys, &meta.key, &row)?;
         Ok(Some(Connection { meta, tokens }))
     }
 
     async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
         let key = conn.key();
-        let values = RowValues::new(&conn.meta, self.seal(conn))?;
+        let values = RowValues::new(
+            &conn.meta,
+            seal_tokens(&self.keys, conn.key(), &conn.tokens),
+        )?;
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads and
         // then writes fails at once (SQLITE_BUSY, no busy wait) if another writer committed
         // in between, which would surface as spurious errors under concurrent imports.
@@ -428,7 +302,7 @@ impl Store for SqliteStore {
                 let version = old_version + 1;
                 let sql =
                     format!("UPDATE connections SET {WRITE_SET}, version = ? WHERE {KEY_MATCH}");
-                let query = values.bind(sqlx::query(AssertSqlSafe(sql))).bind(version);
+                let query = bind_values(values, sqlx::query(AssertSqlSafe(sql))).bind(version);
                 bind_key(query, key)
                     .execute(&mut *tx)
                     .await
@@ -436,7 +310,7 @@ impl Store for SqliteStore {
                 (created_at, version, PutOutcome::Replaced)
             }
             None => {
-                let query = values.bind(sqlx::query(INSERT_SQL));
+                let query = bind_values(values, sqlx::query(INSERT_SQL));
                 let row = bind_key(query, key)
                     .bind(unix(conn.meta.created_at))
                     .fetch_one(&mut *tx)
@@ -455,7 +329,10 @@ impl Store for SqliteStore {
 
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
         let key = conn.key();
-        let values = RowValues::new(&conn.meta, self.seal(conn))?;
+        let values = RowValues::new(
+            &conn.meta,
+            seal_tokens(&self.keys, conn.key(), &conn.tokens),
+        )?;
         // One statement, so the version check and the write are atomic without a transaction.
         // It ends the refresh: the lease is released in the same write.
         let sql = format!(
@@ -463,7 +340,7 @@ impl Store for SqliteStore {
              lease_owner = NULL, lease_until = NULL \
              WHERE {KEY_MATCH} AND version = ? RETURNING created_at, version"
         );
-        let query = values.bind(sqlx::query(AssertSqlSafe(sql)));
+        let query = bind_values(values, sqlx::query(AssertSqlSafe(sql)));
         let row = bind_key(query, key)
             .bind(conn.meta.version)
             .fetch_optional(&self.pool)
@@ -541,18 +418,11 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("list"))?;
-        let mut items = rows
+        let items = rows
             .iter()
             .map(meta_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let more = items.len() > limit as usize;
-        items.truncate(limit as usize);
-        let next_cursor = if more {
-            items.last().map(|m| encode_cursor(&m.key))
-        } else {
-            None
-        };
-        Ok(ListPage { items, next_cursor })
+        Ok(page(items, limit))
     }
 
     async fn count_by_status(&self) -> Result<Vec<(ConnectionStatus, u64)>, StoreError> {
@@ -561,19 +431,7 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_error("count_by_status"))?;
-        // Every status appears, zero included, so a gauge built from this drops to 0.
-        let mut counts = vec![
-            (ConnectionStatus::Active, 0),
-            (ConnectionStatus::NeedsReconnect, 0),
-        ];
-        for (status, n) in rows {
-            let status = ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?;
-            let n = u64::try_from(n).map_err(|_| corrupt("count"))?;
-            if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == status) {
-                entry.1 = n;
-            }
-        }
-        Ok(counts)
+        status_counts(rows)
     }
 
     async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
@@ -587,15 +445,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_error("key_usage"))?;
-        rows.into_iter()
-            .map(|(key_id, n)| {
-                let ciphertexts = u64::try_from(n).map_err(|_| corrupt("count"))?;
-                Ok(KeyUsage {
-                    key_id,
-                    ciphertexts,
-                })
-            })
-            .collect()
+        key_usage_from(rows)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -750,13 +600,13 @@ impl Store for SqliteStore {
         for row in &rows {
             let key = key_from_row(row)?;
             batch.scanned += 1;
-            let Ok(tokens) = self.open(&key, row) else {
+            let Ok(tokens) = open_tokens(&self.keys, &key, row) else {
                 batch.failed += 1;
                 continue;
             };
             let old_access: Vec<u8> = get(row, "access_token")?;
             let old_refresh: Option<Vec<u8>> = get(row, "refresh_token")?;
-            let sealed = self.seal_tokens(&key, &tokens);
+            let sealed = seal_tokens(&self.keys, &key, &tokens);
             // Compare-and-swap on the old ciphertexts; the version is left alone so a refresh
             // running meanwhile commits normally (and its write is already under the new key).
             let sql = format!(
@@ -781,93 +631,6 @@ impl Store for SqliteStore {
         }
         Ok(batch)
     }
-}
-
-fn key_from_row(row: &SqliteRow) -> Result<ConnectionKey, StoreError> {
-    Ok(ConnectionKey {
-        user_id: UserId::parse(get::<String>(row, "user_id")?).map_err(|_| corrupt("user_id"))?,
-        provider: ProviderName::parse(get::<String>(row, "provider")?)
-            .map_err(|_| corrupt("provider"))?,
-        account_id: AccountId::parse(get::<String>(row, "account_id")?)
-            .map_err(|_| corrupt("account_id"))?,
-    })
-}
-
-fn meta_from_row(row: &SqliteRow) -> Result<ConnectionMeta, StoreError> {
-    let key = key_from_row(row)?;
-    let status: String = get(row, "status")?;
-    let scopes: String = get(row, "scopes")?;
-    let metadata: String = get(row, "metadata")?;
-    let last_error_code: Option<String> = get(row, "last_error_code")?;
-    let last_error_message: Option<String> = get(row, "last_error_message")?;
-    let last_error_at: Option<i64> = get(row, "last_error_at")?;
-    let last_error = match (last_error_code, last_error_at) {
-        (Some(code), Some(at)) => Some(LastError {
-            code,
-            message: last_error_message.unwrap_or_default(),
-            at: from_unix(at)?,
-        }),
-        _ => None,
-    };
-    Ok(ConnectionMeta {
-        key,
-        token_type: get(row, "token_type")?,
-        has_refresh_token: get(row, "has_refresh_token")?,
-        expires_at: get::<Option<i64>>(row, "expires_at")?
-            .map(from_unix)
-            .transpose()?,
-        refresh_expires_at: get::<Option<i64>>(row, "refresh_expires_at")?
-            .map(from_unix)
-            .transpose()?,
-        issued_at: get::<Option<i64>>(row, "issued_at")?
-            .map(from_unix)
-            .transpose()?,
-        scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
-        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?,
-        status: ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
-        last_refreshed_at: get::<Option<i64>>(row, "last_refreshed_at")?
-            .map(from_unix)
-            .transpose()?,
-        consecutive_failures: u32::try_from(get::<i64>(row, "consecutive_failures")?)
-            .map_err(|_| corrupt("consecutive_failures"))?,
-        last_error,
-        created_at: from_unix(get(row, "created_at")?)?,
-        updated_at: from_unix(get(row, "updated_at")?)?,
-        next_refresh_at: get::<Option<i64>>(row, "next_refresh_at")?
-            .map(from_unix)
-            .transpose()?,
-        version: get(row, "version")?,
-    })
-}
-
-/// Reads a column. Decode errors name the column and the types, never the value.
-fn get<T>(row: &SqliteRow, column: &'static str) -> Result<T, StoreError>
-where
-    T: for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-{
-    row.try_get(column)
-        .map_err(|_| StoreError::Database(format!("cannot decode column {column}")))
-}
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Database(format!("stored {what} is invalid"))
-}
-
-/// Maps a driver error. sqlx's messages carry the SQLite error, never bound values.
-fn db_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |e| StoreError::Database(format!("{op}: {e}"))
-}
-
-fn unix(t: OffsetDateTime) -> i64 {
-    t.unix_timestamp()
-}
-
-fn from_unix(seconds: i64) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::from_unix_timestamp(seconds).map_err(|_| corrupt("timestamp"))
-}
-
-fn truncate(t: OffsetDateTime) -> Result<OffsetDateTime, StoreError> {
-    from_unix(unix(t))
 }
 
 #[cfg(test)]

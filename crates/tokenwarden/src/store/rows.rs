@@ -1,0 +1,320 @@
+//! Row mapping shared by the SQL backends: sealing and opening a connection's secrets,
+//! converting its metadata to and from column values (times as unix seconds, scopes and
+//! metadata as JSON text), and the small result-shaping helpers. SQLite and PostgreSQL keep
+//! only their SQL and their binding code; everything here is backend-independent, so the two
+//! cannot drift apart in how they store a connection.
+
+use sqlx::{ColumnIndex, Decode, Row, Type};
+use time::OffsetDateTime;
+
+use super::{KeyUsage, ListPage, StoreError, encode_cursor};
+use crate::connection::{
+    AccountId, Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError,
+    ProviderName, Tokens, UserId,
+};
+use crate::crypto::{Field, KeyRing, envelope_key_id};
+use crate::secret::{AccessToken, RefreshToken};
+
+/// Ciphertexts and their key ids, ready to bind.
+#[derive(Clone)]
+pub(crate) struct SealedTokens {
+    pub access: Vec<u8>,
+    pub access_key_id: String,
+    pub refresh: Option<Vec<u8>>,
+    pub refresh_key_id: Option<String>,
+}
+
+/// Seals a connection's secrets under the active key, bound to its key.
+pub(crate) fn seal_tokens(keys: &KeyRing, key: &ConnectionKey, tokens: &Tokens) -> SealedTokens {
+    let key_id = |envelope: &[u8]| {
+        envelope_key_id(envelope)
+            .unwrap_or(keys.active_key_id().as_str())
+            .to_owned()
+    };
+    let access = keys.seal(
+        tokens.access_token.expose_secret().as_bytes(),
+        key,
+        Field::AccessToken,
+    );
+    let access_key_id = key_id(&access);
+    let (refresh, refresh_key_id) = tokens
+        .refresh_token
+        .as_ref()
+        .map(|token| {
+            let sealed = keys.seal(token.expose_secret().as_bytes(), key, Field::RefreshToken);
+            let id = key_id(&sealed);
+            (sealed, id)
+        })
+        .unzip();
+    SealedTokens {
+        access,
+        access_key_id,
+        refresh,
+        refresh_key_id,
+    }
+}
+
+/// Opens the `access_token` and `refresh_token` columns of a row.
+pub(crate) fn open_tokens<R>(
+    keys: &KeyRing,
+    key: &ConnectionKey,
+    row: &R,
+) -> Result<Tokens, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let access: Vec<u8> = get(row, "access_token")?;
+    let refresh: Option<Vec<u8>> = get(row, "refresh_token")?;
+    let access = keys
+        .open_string(&access, key, Field::AccessToken)
+        .map_err(|_| StoreError::Decrypt)?;
+    let refresh = refresh
+        .map(|sealed| keys.open_string(&sealed, key, Field::RefreshToken))
+        .transpose()
+        .map_err(|_| StoreError::Decrypt)?;
+    Ok(Tokens {
+        access_token: AccessToken::new(access),
+        refresh_token: refresh.map(RefreshToken::new),
+    })
+}
+
+/// Everything one write binds, converted to column types before the statement is built.
+/// Each backend binds these in its own column order.
+#[derive(Clone)]
+pub(crate) struct RowValues {
+    pub sealed: SealedTokens,
+    pub token_type: String,
+    pub expires_at: Option<i64>,
+    pub refresh_expires_at: Option<i64>,
+    pub issued_at: Option<i64>,
+    pub scopes: String,
+    pub metadata: String,
+    pub status: &'static str,
+    pub last_refreshed_at: Option<i64>,
+    pub consecutive_failures: i64,
+    pub last_error_code: Option<String>,
+    pub last_error_message: Option<String>,
+    pub last_error_at: Option<i64>,
+    pub updated_at: i64,
+    pub next_refresh_at: Option<i64>,
+}
+
+impl RowValues {
+    pub(crate) fn new(meta: &ConnectionMeta, sealed: SealedTokens) -> Result<Self, StoreError> {
+        let json = |what: &str, value: Result<String, serde_json::Error>| {
+            value.map_err(|_| StoreError::Database(format!("cannot encode {what} as JSON")))
+        };
+        Ok(Self {
+            sealed,
+            token_type: text(&meta.token_type),
+            expires_at: meta.expires_at.map(unix),
+            refresh_expires_at: meta.refresh_expires_at.map(unix),
+            issued_at: meta.issued_at.map(unix),
+            scopes: json("scopes", serde_json::to_string(&meta.scopes))?,
+            metadata: json("metadata", serde_json::to_string(&meta.metadata))?,
+            status: meta.status.as_str(),
+            last_refreshed_at: meta.last_refreshed_at.map(unix),
+            consecutive_failures: i64::from(meta.consecutive_failures),
+            last_error_code: meta.last_error.as_ref().map(|e| text(&e.code)),
+            last_error_message: meta.last_error.as_ref().map(|e| text(&e.message)),
+            last_error_at: meta.last_error.as_ref().map(|e| unix(e.at)),
+            updated_at: unix(meta.updated_at),
+            next_refresh_at: meta.next_refresh_at.map(unix),
+        })
+    }
+}
+
+/// Provider-supplied free text (token type, error code and message). PostgreSQL's `TEXT`
+/// cannot hold NUL; replacing it in every backend keeps them identical and keeps a stray NUL
+/// in a provider's answer from failing the write that commits a refresh (and losing a
+/// rotated token).
+pub(crate) fn text(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
+/// The stored metadata after a write: the caller's fields plus what the store decided, as a
+/// read would return them (times at whole seconds, free text as stored).
+pub(crate) fn written_meta(
+    conn: &Connection,
+    created_at: i64,
+    version: i64,
+) -> Result<ConnectionMeta, StoreError> {
+    let mut meta = conn.meta.clone();
+    meta.has_refresh_token = conn.tokens.refresh_token.is_some();
+    meta.created_at = from_unix(created_at)?;
+    meta.version = version;
+    meta.token_type = text(&meta.token_type);
+    meta.updated_at = truncate(meta.updated_at)?;
+    for t in [
+        &mut meta.issued_at,
+        &mut meta.next_refresh_at,
+        &mut meta.expires_at,
+        &mut meta.refresh_expires_at,
+        &mut meta.last_refreshed_at,
+    ] {
+        *t = t.map(truncate).transpose()?;
+    }
+    if let Some(e) = meta.last_error.as_mut() {
+        e.at = truncate(e.at)?;
+        e.code = text(&e.code);
+        e.message = text(&e.message);
+    }
+    Ok(meta)
+}
+
+/// The key columns of a row.
+pub(crate) fn key_from_row<R>(row: &R) -> Result<ConnectionKey, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(ConnectionKey {
+        user_id: UserId::parse(get::<R, String>(row, "user_id")?)
+            .map_err(|_| corrupt("user_id"))?,
+        provider: ProviderName::parse(get::<R, String>(row, "provider")?)
+            .map_err(|_| corrupt("provider"))?,
+        account_id: AccountId::parse(get::<R, String>(row, "account_id")?)
+            .map_err(|_| corrupt("account_id"))?,
+    })
+}
+
+/// The metadata columns of a row (the backends' `META_COLUMNS`).
+pub(crate) fn meta_from_row<R>(row: &R) -> Result<ConnectionMeta, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let key = key_from_row(row)?;
+    let status: String = get(row, "status")?;
+    let scopes: String = get(row, "scopes")?;
+    let metadata: String = get(row, "metadata")?;
+    let last_error_code: Option<String> = get(row, "last_error_code")?;
+    let last_error_message: Option<String> = get(row, "last_error_message")?;
+    let last_error_at: Option<i64> = get(row, "last_error_at")?;
+    let last_error = match (last_error_code, last_error_at) {
+        (Some(code), Some(at)) => Some(LastError {
+            code,
+            message: last_error_message.unwrap_or_default(),
+            at: from_unix(at)?,
+        }),
+        _ => None,
+    };
+    let time = |column: &'static str| -> Result<Option<OffsetDateTime>, StoreError> {
+        get::<R, Option<i64>>(row, column)?
+            .map(from_unix)
+            .transpose()
+    };
+    Ok(ConnectionMeta {
+        key,
+        token_type: get(row, "token_type")?,
+        has_refresh_token: get(row, "has_refresh_token")?,
+        expires_at: time("expires_at")?,
+        refresh_expires_at: time("refresh_expires_at")?,
+        issued_at: time("issued_at")?,
+        scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
+        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?,
+        status: ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        last_refreshed_at: time("last_refreshed_at")?,
+        consecutive_failures: u32::try_from(get::<R, i64>(row, "consecutive_failures")?)
+            .map_err(|_| corrupt("consecutive_failures"))?,
+        last_error,
+        created_at: from_unix(get(row, "created_at")?)?,
+        updated_at: from_unix(get(row, "updated_at")?)?,
+        next_refresh_at: time("next_refresh_at")?,
+        version: get(row, "version")?,
+    })
+}
+
+/// Reads a column. Decode errors name the column, never the value.
+pub(crate) fn get<R, T>(row: &R, column: &'static str) -> Result<T, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> T: Decode<'r, R::Database> + Type<R::Database>,
+{
+    row.try_get(column)
+        .map_err(|_| StoreError::Database(format!("cannot decode column {column}")))
+}
+
+/// One page from `limit + 1` rows read: the extra row only says another page follows.
+pub(crate) fn page(mut items: Vec<ConnectionMeta>, limit: u32) -> ListPage {
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next_cursor = if more {
+        items.last().map(|m| encode_cursor(&m.key))
+    } else {
+        None
+    };
+    ListPage { items, next_cursor }
+}
+
+/// `(status, count)` rows as counts for every status, zero included, so a gauge built from
+/// them drops to 0.
+pub(crate) fn status_counts(
+    rows: Vec<(String, i64)>,
+) -> Result<Vec<(ConnectionStatus, u64)>, StoreError> {
+    let mut counts = vec![
+        (ConnectionStatus::Active, 0),
+        (ConnectionStatus::NeedsReconnect, 0),
+    ];
+    for (status, n) in rows {
+        let status = ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?;
+        let n = u64::try_from(n).map_err(|_| corrupt("count"))?;
+        if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == status) {
+            entry.1 = n;
+        }
+    }
+    Ok(counts)
+}
+
+/// `(key id, count)` rows as [`KeyUsage`].
+pub(crate) fn key_usage(rows: Vec<(String, i64)>) -> Result<Vec<KeyUsage>, StoreError> {
+    rows.into_iter()
+        .map(|(key_id, n)| {
+            let ciphertexts = u64::try_from(n).map_err(|_| corrupt("count"))?;
+            Ok(KeyUsage {
+                key_id,
+                ciphertexts,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn corrupt(what: &str) -> StoreError {
+    StoreError::Database(format!("stored {what} is invalid"))
+}
+
+/// Maps a driver error. sqlx's messages carry the database's message, never bound values or
+/// the connection URL.
+pub(crate) fn db_error(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| StoreError::Database(format!("{op}: {e}"))
+}
+
+pub(crate) fn unix(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+pub(crate) fn from_unix(seconds: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp(seconds).map_err(|_| corrupt("timestamp"))
+}
+
+pub(crate) fn truncate(t: OffsetDateTime) -> Result<OffsetDateTime, StoreError> {
+    from_unix(unix(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_in_provider_text_is_replaced() {
+        assert_eq!(text("a\0b"), "a\u{FFFD}b");
+        assert_eq!(text("plain"), "plain");
+    }
+}
