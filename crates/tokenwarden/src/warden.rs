@@ -343,10 +343,16 @@ impl Warden {
             return Ok((grant_of(&conn), "fresh"));
         }
 
-        match self
-            .refresh_shared(key, Trigger::OnDemand, inner.refresh.retry)
-            .await
-        {
+        // While the provider's breaker is open, answer at once: no single-flight slot, no
+        // task, no lease.
+        let outcome = match inner.open_breaker(key) {
+            Some(open) => Err(open),
+            None => {
+                self.refresh_shared(key, Trigger::OnDemand, inner.refresh.retry)
+                    .await
+            }
+        };
+        match outcome {
             Ok(fresh) => Ok((grant_of(&fresh), "refreshed")),
             Err(error) => {
                 // Graceful degradation: a token that has not expired is still usable.
@@ -663,6 +669,16 @@ impl Warden {
 }
 
 impl Inner {
+    /// The fail-fast error while `key`'s provider has its breaker open.
+    fn open_breaker(&self, key: &ConnectionKey) -> Option<Error> {
+        match self.providers.get(&key.provider)?.breaker.state() {
+            BreakerState::Open { retry_after } if !retry_after.is_zero() => {
+                Some(circuit_open_error(key, retry_after))
+            }
+            _ => None,
+        }
+    }
+
     fn cached(&self, key: &ConnectionKey) -> Option<AccessTokenGrant> {
         let cache = self
             .cache
