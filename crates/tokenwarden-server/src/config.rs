@@ -90,9 +90,11 @@ pub struct RefreshSection {
     /// Extension: how long a token cached in memory is trusted before the database is read
     /// again (bounds staleness when another instance refreshes). Default 5000 ms.
     pub cache_ttl_ms: u64,
-    /// Extension: upper bound on one upstream attempt; also sizes the refresh lease.
-    /// Default 20 s.
+    /// Extension: upper bound on one upstream attempt. Default 20 s.
     pub attempt_timeout_seconds: u64,
+    /// Extension: length of the renewable database lease a refresh holds; a crashed instance
+    /// blocks a connection for at most this long. Default 15 s.
+    pub lease_seconds: u64,
 }
 
 impl Default for RefreshSection {
@@ -105,6 +107,7 @@ impl Default for RefreshSection {
             max_retry_after_seconds: 60,
             cache_ttl_ms: 5000,
             attempt_timeout_seconds: 20,
+            lease_seconds: 15,
         }
     }
 }
@@ -450,6 +453,7 @@ impl Config {
             max_retry_after: Duration::from_secs(r.max_retry_after_seconds),
             cache_ttl: Duration::from_millis(r.cache_ttl_ms),
             attempt_timeout: Duration::from_secs(r.attempt_timeout_seconds),
+            lease_ttl: Duration::from_secs(r.lease_seconds),
         }
     }
 
@@ -565,6 +569,7 @@ impl Config {
             1,
             600,
         )?;
+        range("refresh.lease_seconds", r.lease_seconds, 3, 3600)?;
         let max_body = u64::try_from(self.server.max_body_bytes).unwrap_or(u64::MAX);
         range("server.max_body_bytes", max_body, 1024, 16 * 1024 * 1024)?;
         range(

@@ -231,8 +231,8 @@ api_keys = ["{API_KEY}"]
 
 [refresh]
 threshold_seconds = 1
-# No retries: every refresh is one upstream call, and leases stay as short as the library
-# allows (attempt timeout 20 s + 5 s), which bounds how long a dead process's lease blocks.
+# No retries: every refresh is one upstream call. Leases are renewable and last
+# refresh.lease_seconds (15 s by default), which bounds how long a dead process's lease blocks.
 max_retries = 0
 initial_delay_ms = 1
 max_delay_ms = 5
@@ -700,7 +700,7 @@ async fn kill_9_during_refreshes_loses_only_answers_in_flight() {
     let committed: u64 = last.iter().map(|&(g, _)| g).sum();
 
     // Classify every connection against the restarted server. Connections leased by the last
-    // dead process wait for the lease to lapse (about 25 s): run them all at once.
+    // dead process wait for the lease to lapse (at most 15 s): run them all at once.
     let base = format!("http://{}", server.addr);
     let mut checks = tokio::task::JoinSet::new();
     for i in 0..CONNECTIONS {

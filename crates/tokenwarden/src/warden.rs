@@ -51,6 +51,10 @@ const QUEUE_STATS_EVERY: Duration = Duration::from_secs(5);
 /// How long the scheduler waits before looking again at due work it could not claim.
 const IDLE_RECHECK: Duration = Duration::from_millis(250);
 
+/// Longest a caller waits for another instance's refresh before answering
+/// `TOKEN_REFRESH_ERROR` with a retry-after hint.
+const MAX_WAIT_FOR_OTHER: Duration = Duration::from_secs(30);
+
 /// How often a caller waiting for another instance's refresh looks at the database.
 const LEASE_POLL: Duration = Duration::from_millis(50);
 
@@ -556,10 +560,21 @@ impl Warden {
                 stats_at = Some(Instant::now());
                 self.update_queue_gauges(now).await;
             }
-            let lease_until = now + inner.refresh.lease_for(&inner.refresh.retry);
+            // Claim only what can start now: a claimed row is leased, and a lease held by a
+            // row waiting for a permit would block other instances (and, after a crash, this
+            // one) for nothing.
+            let free = u32::try_from(permits.available_permits()).unwrap_or(u32::MAX);
+            if free == 0 {
+                tokio::select! {
+                    Some(_) = tasks.join_next() => continue,
+                    () = &mut shutdown => break,
+                }
+            }
+            let limit = config.batch_size.min(free);
+            let lease_until = now + inner.refresh.lease_ttl;
             let claimed = match inner
                 .store
-                .claim_due(now, config.batch_size, &inner.instance_id, lease_until)
+                .claim_due(now, limit, &inner.instance_id, lease_until)
                 .await
             {
                 Ok(keys) => keys,
@@ -571,7 +586,7 @@ impl Warden {
                     }
                 }
             };
-            let full_batch = claimed.len() >= config.batch_size as usize;
+            let full_batch = claimed.len() >= limit as usize;
             for key in claimed {
                 let permit = tokio::select! {
                     p = Arc::clone(&permits).acquire_owned() => p,
@@ -755,14 +770,14 @@ impl Inner {
             }
             return Err(circuit_open_error(key, retry_after));
         }
-        let lease_for = self.refresh.lease_for(&policy);
-        let deadline = Instant::now() + lease_for + LEASE_POLL;
+        let lease_ttl = self.refresh.lease_ttl;
+        let deadline = Instant::now() + self.refresh.worst_case(&policy).min(MAX_WAIT_FOR_OTHER);
         let mut seen_version = None;
         loop {
             let now = self.clock.now();
             let leased = self
                 .store
-                .try_lease(key, &self.instance_id, now, now + lease_for)
+                .try_lease(key, &self.instance_id, now, now + lease_ttl)
                 .await
                 .map_err(|e| match e {
                     StoreError::NotFound => not_found_like(
@@ -773,7 +788,27 @@ impl Inner {
                     other => store_error(other, key),
                 })?;
             if leased {
-                let result = self.refresh_leased(entry, key, trigger, policy).await;
+                // Renew the lease while the refresh works, so it can stay short and a crashed
+                // instance holds the connection for at most `lease_ttl`.
+                let renew = async {
+                    loop {
+                        tokio::time::sleep(lease_ttl / 3).await;
+                        let now = self.clock.now();
+                        let renewed = self
+                            .store
+                            .try_lease(key, &self.instance_id, now, now + lease_ttl)
+                            .await;
+                        if !matches!(renewed, Ok(true)) {
+                            tracing::warn!(provider = %key.provider, account_id = %key.account_id,
+                                "could not renew the refresh lease");
+                        }
+                    }
+                };
+                let result = tokio::select! {
+                    biased;
+                    result = self.refresh_leased(entry, key, trigger, policy) => result,
+                    () = renew => unreachable!("the renewal loop never ends"),
+                };
                 if let Err(e) = self.store.release_lease(key, &self.instance_id).await {
                     tracing::warn!(provider = %key.provider, account_id = %key.account_id,
                         error = %e, "could not release the refresh lease; it will expire");

@@ -25,9 +25,12 @@ pub struct RefreshConfig {
     /// change made by another process is seen within this bound. Default 5 s.
     pub cache_ttl: Duration,
     /// Upper bound on one upstream attempt, as a safety net over the HTTP client's own
-    /// timeouts. It also sizes the database lease that keeps other instances from
-    /// refreshing the same connection. Default 20 s.
+    /// timeouts. Default 20 s.
     pub attempt_timeout: Duration,
+    /// Length of the database lease a refresh holds so other instances do not refresh the
+    /// same connection. The holder renews it every third of this while it works, so a
+    /// crashed instance blocks a connection for at most this long. Default 15 s.
+    pub lease_ttl: Duration,
 }
 
 impl Default for RefreshConfig {
@@ -38,6 +41,7 @@ impl Default for RefreshConfig {
             max_retry_after: Duration::from_secs(60),
             cache_ttl: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(20),
+            lease_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -51,9 +55,8 @@ pub struct RefreshOptions {
 }
 
 impl RefreshConfig {
-    /// How long a refresh under `policy` can take at most, plus a margin: the length of the
-    /// lease it holds.
-    pub fn lease_for(&self, policy: &RetryPolicy) -> Duration {
+    /// How long a refresh under `policy` can take at most, plus a margin.
+    pub fn worst_case(&self, policy: &RetryPolicy) -> Duration {
         let attempts = policy.max_retries.saturating_add(1);
         let longest_wait = policy.max_delay.max(self.max_retry_after);
         self.attempt_timeout.saturating_mul(attempts)
