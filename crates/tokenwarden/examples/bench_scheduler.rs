@@ -2,7 +2,7 @@
 //! durable single-row commits on the same database, measured side by side in one run.
 //!
 //! ```text
-//! cargo run --release -p tokenwarden --example bench_scheduler -- [N] [SQLITE_URL]
+//! cargo run --release -p tokenwarden --example bench_scheduler -- [N] [DATABASE_URL]
 //! ```
 //!
 //! N connections (default 2000) are imported already due; the scheduler refreshes them all
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use tokenwarden::provider::{self, HttpClient, HttpSettings};
-use tokenwarden::store::{SqliteStore, Store};
+use tokenwarden::store::{PgStore, SqliteStore, Store};
 use tokenwarden::{
     AccessToken, ConnectionKey, ImportRequest, KeyRing, RefreshToken, SchedulerConfig, Warden,
 };
@@ -34,8 +34,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "k1",
         [("k1", KeyRing::generate_key_base64().as_str())],
     )?);
-    let sqlite = Arc::new(SqliteStore::connect(&url, keys).await?);
-    let store: Arc<dyn Store> = sqlite.clone();
+    // The baseline commits through the same pool, with the same settings, as the store.
+    let (store, raw): (Arc<dyn Store>, Raw) = if url.starts_with("postgres") {
+        let schema = format!("tw_bench_{}", std::process::id());
+        let pg = Arc::new(PgStore::connect_in_schema(&url, &schema, keys).await?);
+        (pg.clone(), Raw::Pg(pg.pool().clone()))
+    } else {
+        let sqlite = Arc::new(SqliteStore::connect(&url, keys).await?);
+        (sqlite.clone(), Raw::Sqlite(sqlite.pool().clone()))
+    };
 
     let server = MockServer::start().await;
     Mock::given(method("POST"))
@@ -62,7 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     eprintln!(
         "importing {n} due connections into {}",
-        url.split("://").next().unwrap_or("?")
+        url.split(':').next().unwrap_or("?")
     );
     for i in 0..n {
         let key = ConnectionKey::parse(&format!("user-{i:07}"), "bench", "acct")?;
@@ -114,18 +121,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut tasks = tokio::task::JoinSet::new();
     let per_task = n.div_ceil(concurrency);
     for t in 0..concurrency {
-        let pool = sqlite.pool().clone();
+        let raw = raw.clone();
         tasks.spawn(async move {
             for i in (t * per_task)..((t + 1) * per_task).min(n) {
-                sqlx::query(
-                    "UPDATE connections SET updated_at = ? \
-                     WHERE user_id = ? AND provider = 'bench' AND account_id = 'acct'",
-                )
-                .bind(OffsetDateTime::now_utc().unix_timestamp())
-                .bind(format!("user-{i:07}"))
-                .execute(&pool)
-                .await
-                .expect("commit");
+                raw.touch(&format!("user-{i:07}")).await;
             }
         });
     }
@@ -147,5 +146,45 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         baseline.as_secs_f64()
     );
     println!("ratio: {:.2}", sched_rate / base_rate);
+    if let Raw::Pg(pool) = &raw {
+        let schema = format!("tw_bench_{}", std::process::id());
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(pool)
+            .await?;
+    }
     Ok(())
+}
+
+/// The same database, used without the store: one UPDATE per commit.
+#[derive(Clone)]
+enum Raw {
+    Sqlite(sqlx::SqlitePool),
+    Pg(sqlx::PgPool),
+}
+
+impl Raw {
+    async fn touch(&self, user: &str) {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        match self {
+            Self::Sqlite(pool) => sqlx::query(
+                "UPDATE connections SET updated_at = ? \
+                 WHERE user_id = ? AND provider = 'bench' AND account_id = 'acct'",
+            )
+            .bind(now)
+            .bind(user)
+            .execute(pool)
+            .await
+            .map(drop),
+            Self::Pg(pool) => sqlx::query(
+                "UPDATE connections SET updated_at = $1 \
+                 WHERE user_id = $2 AND provider = 'bench' AND account_id = 'acct'",
+            )
+            .bind(now)
+            .bind(user)
+            .execute(pool)
+            .await
+            .map(drop),
+        }
+        .expect("commit");
+    }
 }

@@ -775,19 +775,23 @@ impl Inner {
         let mut seen_version = None;
         loop {
             let now = self.clock.now();
-            let leased = self
-                .store
-                .try_lease(key, &self.instance_id, now, now + lease_ttl)
-                .await
-                .map_err(|e| match e {
-                    StoreError::NotFound => not_found_like(
-                        ErrorCode::AccountNotFound,
-                        "no such connection for this user",
-                        key,
-                    ),
-                    other => store_error(other, key),
-                })?;
+            // A scheduled refresh starts right after its claim, which leased the row to us.
+            let leased = trigger == Trigger::Scheduled
+                || self
+                    .store
+                    .try_lease(key, &self.instance_id, now, now + lease_ttl)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::NotFound => not_found_like(
+                            ErrorCode::AccountNotFound,
+                            "no such connection for this user",
+                            key,
+                        ),
+                        other => store_error(other, key),
+                    })?;
             if leased {
+                // Set when the refresh's own commit released the lease, which saves a write.
+                let released = std::sync::atomic::AtomicBool::new(false);
                 // Renew the lease while the refresh works, so it can stay short and a crashed
                 // instance holds the connection for at most `lease_ttl`.
                 let renew = async {
@@ -806,10 +810,12 @@ impl Inner {
                 };
                 let result = tokio::select! {
                     biased;
-                    result = self.refresh_leased(entry, key, trigger, policy) => result,
+                    result = self.refresh_leased(entry, key, trigger, policy, &released) => result,
                     () = renew => unreachable!("the renewal loop never ends"),
                 };
-                if let Err(e) = self.store.release_lease(key, &self.instance_id).await {
+                if !released.load(std::sync::atomic::Ordering::Relaxed)
+                    && let Err(e) = self.store.release_lease(key, &self.instance_id).await
+                {
                     tracing::warn!(provider = %key.provider, account_id = %key.account_id,
                         error = %e, "could not release the refresh lease; it will expire");
                 }
@@ -873,6 +879,7 @@ impl Inner {
         key: &ConnectionKey,
         trigger: Trigger,
         policy: RetryPolicy,
+        released: &std::sync::atomic::AtomicBool,
     ) -> RefreshOutcome {
         // Re-read under the lease: another refresh may have finished since the caller looked.
         let conn = self.load(key).await?;
@@ -923,7 +930,7 @@ impl Inner {
         };
         match result {
             Ok(response) => {
-                let committed = self.commit_success(conn, response).await;
+                let committed = self.commit_success(conn, response, released).await;
                 let outcome = if committed.is_ok() {
                     "success"
                 } else {
@@ -1039,6 +1046,7 @@ impl Inner {
         &self,
         mut conn: Connection,
         response: TokenResponse,
+        released: &std::sync::atomic::AtomicBool,
     ) -> RefreshOutcome {
         let now = self.clock.now();
         let used_refresh_token = conn.tokens.refresh_token.clone();
@@ -1054,6 +1062,8 @@ impl Inner {
         for _ in 0..3 {
             match self.store.update(&conn).await {
                 Ok(meta) => {
+                    // `update` released the lease in the same statement.
+                    released.store(true, std::sync::atomic::Ordering::Relaxed);
                     conn.meta = meta;
                     self.remember(&conn);
                     return Ok(Arc::new(conn));
