@@ -48,6 +48,9 @@ const FAILURE_COOLDOWN_MAX: Duration = Duration::from_secs(60);
 /// How often the scheduler refreshes its queue-size gauges.
 const QUEUE_STATS_EVERY: Duration = Duration::from_secs(5);
 
+/// How long a stopping scheduler waits for the refreshes it started.
+const SCHEDULER_DRAIN: Duration = Duration::from_secs(10);
+
 /// How long the scheduler waits before looking again at due work it could not claim.
 const IDLE_RECHECK: Duration = Duration::from_millis(250);
 
@@ -199,6 +202,9 @@ struct CachedToken {
     /// On the monotonic clock: the earlier of "trusted for `cache_ttl`" and "the token
     /// enters its refresh threshold". One clock read decides a cache hit.
     fresh_until: Instant,
+    /// Until when the entry reflects the store (`cache_ttl`), fresh or not. While the
+    /// provider's breaker is open, answers come from it without reading the store.
+    trusted_until: Instant,
 }
 
 type RefreshOutcome = Result<Arc<Connection>, Error>;
@@ -293,7 +299,19 @@ impl Warden {
         key: &ConnectionKey,
     ) -> Result<(AccessTokenGrant, &'static str), Error> {
         let inner = &self.inner;
+        // While the provider is down, answer from memory: a still-valid token, or the
+        // breaker's error. No store read, so these answers stay fast under load.
+        if let Some(open) = inner.open_breaker(key)
+            && let Some(grant) = inner.trusted(key)
+        {
+            let now = inner.clock.now();
+            return match grant.expires_at {
+                Some(at) if at <= now => Err(open),
+                _ => Ok((grant, "degraded")),
+            };
+        }
         let conn = inner.load(key).await?;
+        inner.remember(&conn);
         let now = inner.clock.now();
         let meta = &conn.meta;
         let expired = meta.expires_at.is_some_and(|at| at <= now);
@@ -314,7 +332,6 @@ impl Warden {
         }
         let threshold = inner.refresh.threshold;
         if !should_refresh(meta.expires_at, meta.lifetime(), threshold, now) {
-            inner.remember(&conn);
             return Ok((grant_of(&conn), "fresh"));
         }
 
@@ -625,6 +642,12 @@ impl Warden {
                 () = &mut shutdown => break,
             }
         }
+        // Let refreshes in flight finish (they may hold rotated tokens to commit, and their
+        // leases would otherwise block the connection until they lapse), within a bound.
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SCHEDULER_DRAIN, drain).await.is_err() {
+            tracing::warn!("scheduled refreshes still running at shutdown were abandoned");
+        }
         tasks.shutdown().await;
         tracing::info!("refresh scheduler stopped");
     }
@@ -684,6 +707,16 @@ impl Warden {
 }
 
 impl Inner {
+    /// The cached grant while it still reflects the store, fresh or not.
+    fn trusted(&self, key: &ConnectionKey) -> Option<AccessTokenGrant> {
+        let cache = self
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = cache.get(key)?;
+        (Instant::now() < entry.trusted_until).then(|| entry.grant.clone())
+    }
+
     /// The fail-fast error while `key`'s provider has its breaker open.
     fn open_breaker(&self, key: &ConnectionKey) -> Option<Error> {
         match self.providers.get(&key.provider)?.breaker.state() {
@@ -707,18 +740,20 @@ impl Inner {
         if self.refresh.cache_ttl.is_zero() || conn.meta.status != ConnectionStatus::Active {
             return;
         }
-        let mut trust = self.refresh.cache_ttl;
+        let ttl = self.refresh.cache_ttl;
+        let mut fresh_for = ttl;
         if let Some(expires_at) = conn.meta.expires_at {
             let threshold = effective_threshold(conn.meta.lifetime(), self.refresh.threshold);
             let until_threshold = expires_at - threshold - self.clock.now();
-            match Duration::try_from(until_threshold) {
-                Ok(d) if !d.is_zero() => trust = trust.min(d),
-                _ => return,
-            }
+            fresh_for = Duration::try_from(until_threshold)
+                .unwrap_or(Duration::ZERO)
+                .min(ttl);
         }
+        let now = Instant::now();
         let entry = CachedToken {
             grant: grant_of(conn),
-            fresh_until: Instant::now() + trust,
+            fresh_until: now + fresh_for,
+            trusted_until: now + ttl,
         };
         self.cache
             .write()

@@ -54,8 +54,10 @@ async fn start(url: &str, keys: Arc<KeyRing>, provider: Arc<FakeProvider>) -> Ap
     }
 }
 
+/// Generous: after five failures in a row the breaker opens for 10 s and defers the queued
+/// retry by that much, which the new app then honours.
 async fn wait_for(mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out");
         tokio::time::sleep(Duration::from_millis(50)).await;
