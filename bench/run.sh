@@ -46,8 +46,8 @@ if want outage; then
   "$BIN/examples/bench_outage" 30 | tee "$OUT/outage.txt"
 fi
 
-# Starts `tokenwarden serve` on a config over database $1 and waits for /healthz; prints the
-# seconds it took to become healthy.
+# Starts `tokenwarden serve` on a config over database $1 and waits for /healthz; sets
+# SERVER_PID and STARTUP (seconds until healthy). Not to be called in $(…): it sets globals.
 start_server() {
   local db="$1" port="$2" key="$3"
   cat > "$OUT/config.toml" <<TOML
@@ -70,7 +70,7 @@ TOML
   RUST_LOG=warn "$BIN/tokenwarden" serve --config "$OUT/config.toml" > "$OUT/serve.log" 2>&1 &
   SERVER_PID=$!
   until curl -sf "http://127.0.0.1:$port/healthz" > /dev/null; do sleep 0.02; done
-  echo "$(date +%s.%N) - $t0" | bc
+  STARTUP=$(echo "$(date +%s.%N) - $t0" | bc)
 }
 
 wrk_run() {
@@ -87,7 +87,7 @@ if want http; then
   echo "## HTTP fast path: tokenwarden serve vs bare axum, wrk -t2 -c64 -d10s"
   rm -f "$OUT/http.db"*
   TOKENWARDEN_BENCH_KEY="$KEY" "$BIN/examples/bench_generate" "sqlite://$OUT/http.db" 1000 bench > /dev/null
-  start_server "$OUT/http.db" 8430 "$KEY" > /dev/null
+  start_server "$OUT/http.db" 8430 "$KEY"
   "$BIN/examples/baseline_http" 127.0.0.1:8431 > /dev/null &
   BASE_PID=$!
   sleep 0.5
@@ -105,8 +105,8 @@ if want scale; then
     rm -f "$OUT/scale.db"*
     TOKENWARDEN_BENCH_KEY="$KEY" "$BIN/examples/bench_generate" "sqlite://$OUT/scale.db" "$n" bench
     echo "-- $n connections: database $(du -h "$OUT/scale.db" | cut -f1)"
-    startup=$(start_server "$OUT/scale.db" 8432 "$KEY")
-    echo "start-up to healthy: ${startup}s"
+    start_server "$OUT/scale.db" 8432 "$KEY"
+    echo "start-up to healthy: ${STARTUP}s"
     echo "RSS after start: $(awk '/VmRSS/ {print $2, $3}' "/proc/$SERVER_PID/status")"
     # Spread requests over many connections: a Lua script picks a random user per request.
     cat > "$OUT/random.lua" <<LUA

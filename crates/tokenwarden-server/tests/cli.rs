@@ -1,5 +1,7 @@
 //! The operator commands, run as the compiled binary against a config file's database.
 
+#[path = "common/binary.rs"]
+mod binary;
 mod common;
 
 use std::io::Write;
@@ -157,4 +159,90 @@ fn connections_providers_and_keys_commands() {
     let unknown = tokenwarden(&config, &["connections", "show", "u", "nope", "a"], None);
     assert!(!unknown.status.success());
     assert!(text(&unknown).contains("UNKNOWN_PROVIDER"));
+}
+
+/// Key rotation end to end: import under k1, make k2 active (k1 still listed), run
+/// `keys rotate`, see `keys status` move every ciphertext to k2, remove k1 from the
+/// configuration, and every token is still served by `serve`.
+#[test]
+fn key_rotation_then_old_key_removed_every_token_still_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tokenwarden.toml");
+    let original = common::config_toml(&dir, "http://127.0.0.1:9/token", "");
+    std::fs::write(&config, &original).expect("config");
+    let k1 = original
+        .lines()
+        .find_map(|l| l.strip_prefix("keys = { k1 = \""))
+        .and_then(|rest| rest.strip_suffix("\" }"))
+        .expect("k1 in the test config")
+        .to_owned();
+    for i in 0..5 {
+        let body = format!(
+            r#"{{"access_token": "rotate-access-{i}", "refresh_token": "rotate-refresh-{i}", "expires_in": 86400}}"#
+        );
+        let out = tokenwarden(
+            &config,
+            &[
+                "connections",
+                "import",
+                "user",
+                "fake",
+                &format!("acct-{i}"),
+                "--file",
+                "-",
+            ],
+            Some(&body),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
+    let k2 = String::from_utf8_lossy(&tokenwarden(&config, &["keys", "generate"], None).stdout)
+        .trim()
+        .to_owned();
+    let both = original.replace(
+        &format!("active_key = \"k1\"\nkeys = {{ k1 = \"{k1}\" }}"),
+        &format!("active_key = \"k2\"\nkeys = {{ k1 = \"{k1}\", k2 = \"{k2}\" }}"),
+    );
+    assert_ne!(both, original, "the key section was rewritten");
+    std::fs::write(&config, &both).expect("config");
+    let rotate = tokenwarden(&config, &["keys", "rotate"], None);
+    assert!(rotate.status.success(), "{}", text(&rotate));
+    let status = String::from_utf8_lossy(&tokenwarden(&config, &["keys", "status"], None).stdout)
+        .to_string();
+    assert!(
+        status.contains("k2\t10\tactive"),
+        "10 ciphertexts under k2: {status}"
+    );
+    assert!(status.contains("k1\t0\t"), "nothing left under k1: {status}");
+
+    let only_new = original.replace(
+        &format!("active_key = \"k1\"\nkeys = {{ k1 = \"{k1}\" }}"),
+        &format!("active_key = \"k2\"\nkeys = {{ k2 = \"{k2}\" }}"),
+    );
+    std::fs::write(&config, &only_new).expect("config");
+    let server = binary::start(
+        dir.path(),
+        &["--config", config.to_str().expect("utf-8"), "serve"],
+        &[],
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        for i in 0..5 {
+            let url = format!(
+                "http://{}/v1/users/user/connections/fake/acct-{i}/access-token",
+                server.addr
+            );
+            let response = client
+                .get(&url)
+                .bearer_auth(common::API_KEY)
+                .send()
+                .await
+                .expect("get");
+            assert_eq!(response.status(), 200);
+            let body: serde_json::Value = response.json().await.expect("json");
+            assert_eq!(body["access_token"], format!("rotate-access-{i}"));
+        }
+    });
+    server.stop();
 }
