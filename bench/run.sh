@@ -11,6 +11,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tokenwarden-target}"
 RUNS="${RUNS:-3}"
 BIN="$CARGO_TARGET_DIR/release"
 OUT="${BENCH_OUT:-$(mktemp -d /tmp/tokenwarden-bench.XXXXXX)}"
+mkdir -p "$OUT"
 WANT="${*:-fast http concurrency outage scheduler scale}"
 want() { [[ " $WANT " == *" $1 "* ]]; }
 

@@ -90,6 +90,8 @@ pub struct RefreshSection {
     /// Extension: how long a token cached in memory is trusted before the database is read
     /// again (bounds staleness when another instance refreshes). Default 5000 ms.
     pub cache_ttl_ms: u64,
+    /// Extension: most tokens kept in the in-memory cache. Default 100,000.
+    pub cache_max_entries: u64,
     /// Extension: upper bound on one upstream attempt. Default 20 s.
     pub attempt_timeout_seconds: u64,
     /// Extension: length of the renewable database lease a refresh holds; a crashed instance
@@ -106,6 +108,7 @@ impl Default for RefreshSection {
             max_delay_ms: 10_000,
             max_retry_after_seconds: 60,
             cache_ttl_ms: 5000,
+            cache_max_entries: 100_000,
             attempt_timeout_seconds: 20,
             lease_seconds: 15,
         }
@@ -452,6 +455,7 @@ impl Config {
             },
             max_retry_after: Duration::from_secs(r.max_retry_after_seconds),
             cache_ttl: Duration::from_millis(r.cache_ttl_ms),
+            cache_max_entries: usize::try_from(r.cache_max_entries).unwrap_or(usize::MAX),
             attempt_timeout: Duration::from_secs(r.attempt_timeout_seconds),
             lease_ttl: Duration::from_secs(r.lease_seconds),
         }
@@ -563,6 +567,12 @@ impl Config {
         range("scheduler.concurrency", sc.concurrency, 1, 1024)?;
         range("scheduler.max_idle_seconds", sc.max_idle_seconds, 1, 3600)?;
         range("refresh.cache_ttl_ms", r.cache_ttl_ms, 0, 3_600_000)?;
+        range(
+            "refresh.cache_max_entries",
+            r.cache_max_entries,
+            1,
+            100_000_000,
+        )?;
         range(
             "refresh.attempt_timeout_seconds",
             r.attempt_timeout_seconds,

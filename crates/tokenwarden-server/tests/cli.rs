@@ -213,7 +213,10 @@ fn key_rotation_then_old_key_removed_every_token_still_served() {
         status.contains("k2\t10\tactive"),
         "10 ciphertexts under k2: {status}"
     );
-    assert!(status.contains("k1\t0\t"), "nothing left under k1: {status}");
+    assert!(
+        status.contains("k1\t0\t"),
+        "nothing left under k1: {status}"
+    );
 
     let only_new = original.replace(
         &format!("active_key = \"k1\"\nkeys = {{ k1 = \"{k1}\" }}"),

@@ -684,6 +684,15 @@ impl Warden {
         }
     }
 
+    /// Tokens currently held in the in-memory cache.
+    pub fn cached_tokens(&self) -> usize {
+        self.inner
+            .cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
     /// This instance's lease owner id.
     pub fn instance_id(&self) -> &str {
         &self.inner.instance_id
@@ -755,10 +764,20 @@ impl Inner {
             fresh_until: now + fresh_for,
             trusted_until: now + ttl,
         };
-        self.cache
+        let mut cache = self
+            .cache
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(conn.key().clone(), entry);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let max = self.refresh.cache_max_entries;
+        if cache.len() >= max && !cache.contains_key(conn.key()) {
+            // Bounded memory with a million connections: drop what is no longer trusted,
+            // and if that is not enough, start over (the store has everything).
+            cache.retain(|_, e| e.trusted_until > now);
+            if cache.len() >= max {
+                cache.clear();
+            }
+        }
+        cache.insert(conn.key().clone(), entry);
     }
 
     fn forget(&self, key: &ConnectionKey) {

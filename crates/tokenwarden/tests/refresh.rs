@@ -549,3 +549,31 @@ async fn short_lived_tokens_are_not_refreshed_on_every_request() {
     );
     let _ = RetryPolicy::default();
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_token_cache_stays_bounded() {
+    let w = Warden::builder(memory_store())
+        .provider(FakeProvider::new([ok("x", None, 3600)]))
+        .clock(Arc::new(TokioClock::new(T0)))
+        .refresh_config(RefreshConfig {
+            cache_max_entries: 10,
+            ..RefreshConfig::default()
+        })
+        .build();
+    for i in 0..50 {
+        let k = key(&format!("u{i}"), "a");
+        w.import(k.clone(), import(&format!("at-{i}"), Some("rt"), None))
+            .await
+            .expect("import");
+        assert_eq!(
+            w.access_token(&k)
+                .await
+                .expect("token")
+                .access_token
+                .expose_secret(),
+            format!("at-{i}")
+        );
+        assert!(w.cached_tokens() <= 10, "{} cached", w.cached_tokens());
+    }
+    assert!(w.cached_tokens() >= 1);
+}

@@ -24,6 +24,9 @@ pub struct RefreshConfig {
     /// How long a token cached in memory is trusted before the store is read again, so a
     /// change made by another process is seen within this bound. Default 5 s.
     pub cache_ttl: Duration,
+    /// Most tokens kept in the in-memory cache (about 300 bytes each), so memory stays
+    /// bounded with millions of connections. Default 100,000.
+    pub cache_max_entries: usize,
     /// Upper bound on one upstream attempt, as a safety net over the HTTP client's own
     /// timeouts. Default 20 s.
     pub attempt_timeout: Duration,
@@ -40,6 +43,7 @@ impl Default for RefreshConfig {
             retry: RetryPolicy::default(),
             max_retry_after: Duration::from_secs(60),
             cache_ttl: Duration::from_secs(5),
+            cache_max_entries: 100_000,
             attempt_timeout: Duration::from_secs(20),
             lease_ttl: Duration::from_secs(15),
         }
