@@ -1173,16 +1173,30 @@ impl io::Write for Captured {
     }
 }
 
+/// The process-wide capture. A thread-local subscriber (`set_default`) lost events here when
+/// other tests of this binary ran in parallel (tracing caches each callsite's interest
+/// globally), so the capture is the global subscriber: it also sees every other test's
+/// events, which must not contain a secret either.
+fn global_capture() -> Captured {
+    static CAPTURE: OnceLock<Captured> = OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let captured = Captured::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("first global subscriber");
+            captured
+        })
+        .clone()
+}
+
 #[tokio::test]
 async fn no_secret_in_any_log_line() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let captured = global_capture();
 
     let server = MockServer::start().await;
     Mock::given(method("GET"))
