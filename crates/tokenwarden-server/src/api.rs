@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokenwarden::refresh::RetryPolicy;
 use tokenwarden::store::ListQuery;
 use tokenwarden::{
     AccountId, ConnectionKey, ConnectionStatus, ImportRequest, ProviderName, RefreshOptions, UserId,
@@ -74,19 +75,17 @@ fn connection_key(app: &App, path: ConnPath) -> Result<ConnectionKey, ApiError> 
 
 /// A provider name that is configured; any other name (valid or not) is UNKNOWN_PROVIDER.
 fn configured_provider(app: &App, provider: &str) -> Result<ProviderName, ApiError> {
-    ProviderName::parse(provider)
-        .ok()
-        .filter(|name| app.warden().provider(name).is_some())
-        .ok_or_else(|| ApiError::unknown_provider(provider))
+    known_provider(provider, |name| app.warden().provider(name).is_some())
 }
 
-/// Parses a JSON body, naming the failing field. Values are never echoed (they may be tokens).
-fn parse_json<T: DeserializeOwned>(app: &App, body: Body) -> Result<T, ApiError> {
-    let bytes = read_body(app, body)?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid("body", "a JSON object is required"));
-    }
-    json_from_bytes(&bytes)
+fn known_provider(
+    provider: &str,
+    is_configured: impl Fn(&ProviderName) -> bool,
+) -> Result<ProviderName, ApiError> {
+    ProviderName::parse(provider)
+        .ok()
+        .filter(|name| is_configured(name))
+        .ok_or_else(|| ApiError::unknown_provider(provider))
 }
 
 fn read_body(app: &App, body: Body) -> Result<Bytes, ApiError> {
@@ -149,8 +148,8 @@ pub async fn put_connection(
     body: Body,
 ) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
     let key = connection_key(&app, path)?;
-    let body: ImportBody = parse_json(&app, body)?;
-    let request = import_request(body, OffsetDateTime::now_utc())?;
+    let bytes = read_body(&app, body)?;
+    let request = parse_import_body(&bytes, OffsetDateTime::now_utc())?;
     let (meta, outcome) = app.warden().import(key, request).await?;
     refresh_gauges(&app).await;
     let status = match outcome {
@@ -158,6 +157,16 @@ pub async fn put_connection(
         tokenwarden::store::PutOutcome::Replaced => StatusCode::OK,
     };
     Ok((status, Json(ConnectionView::from(&meta))))
+}
+
+/// Parses and validates the body of `PUT .../{account_id}`: exactly what the handler runs, and
+/// public so the fuzz targets exercise the production code. Values are never echoed in
+/// errors (they may be tokens).
+pub fn parse_import_body(bytes: &[u8], now: OffsetDateTime) -> Result<ImportRequest, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid("body", "a JSON object is required"));
+    }
+    parse_import(bytes, now)
 }
 
 /// Parses and validates an import document (the CLI's `connections import` uses this too).
@@ -327,18 +336,24 @@ pub async fn refresh_connection(
 ) -> Result<Json<ConnectionView>, ApiError> {
     let key = connection_key(&app, path)?;
     let bytes = read_body(&app, body)?;
-    let body: RefreshBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-        RefreshBody::default()
-    } else {
-        json_from_bytes(&bytes)?
-    };
-    let options = refresh_options(&app, &body)?;
+    let options = parse_refresh_body(&bytes, &app.refresh_policy())?;
     let result = app.warden().refresh_token(&key, options).await;
     refresh_gauges(&app).await;
     Ok(Json(ConnectionView::from(&result?)))
 }
 
-fn refresh_options(app: &App, body: &RefreshBody) -> Result<RefreshOptions, ApiError> {
+/// Parses and validates the optional body of `POST .../refresh` against the configured
+/// default policy `base`: an empty body means no overrides. Public for the fuzz targets.
+pub fn parse_refresh_body(bytes: &[u8], base: &RetryPolicy) -> Result<RefreshOptions, ApiError> {
+    let body: RefreshBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RefreshBody::default()
+    } else {
+        json_from_bytes(bytes)?
+    };
+    refresh_options(base, &body)
+}
+
+fn refresh_options(base: &RetryPolicy, body: &RefreshBody) -> Result<RefreshOptions, ApiError> {
     if let Some(n) = body.max_retries
         && n > MAX_RETRIES_LIMIT
     {
@@ -360,7 +375,6 @@ fn refresh_options(app: &App, body: &RefreshBody) -> Result<RefreshOptions, ApiE
             ));
         }
     }
-    let base = app.refresh_policy();
     let initial = body.initial_delay_ms.map(Duration::from_millis);
     let max = body.max_delay_ms.map(Duration::from_millis);
     if initial.unwrap_or(base.initial_delay) > max.unwrap_or(base.max_delay) {
@@ -422,13 +436,27 @@ pub async fn list_connections(
 ) -> Result<Json<ConnectionList>, ApiError> {
     let Query(params) =
         query.map_err(|e| ApiError::invalid("query", redact_quoted(&e.body_text())))?;
+    let list = parse_list_query(params, |name| app.warden().provider(name).is_some())?;
+    let page = app.warden().list(&list).await?;
+    Ok(Json(ConnectionList {
+        items: page.items.iter().map(ConnectionView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Validates the decoded query of `GET /v1/connections` into a [`ListQuery`];
+/// `is_configured` says which provider names exist. Public for the fuzz targets.
+pub fn parse_list_query(
+    params: HashMap<String, String>,
+    is_configured: impl Fn(&ProviderName) -> bool,
+) -> Result<ListQuery, ApiError> {
     let mut list = ListQuery {
         limit: DEFAULT_LIST_LIMIT,
         ..ListQuery::default()
     };
     for (name, value) in params {
         match name.as_str() {
-            "provider" => list.provider = Some(configured_provider(&app, &value)?),
+            "provider" => list.provider = Some(known_provider(&value, &is_configured)?),
             "user_id" => {
                 list.user_id = Some(
                     UserId::parse(value).map_err(|e| ApiError::invalid_message(e.to_string()))?,
@@ -468,11 +496,7 @@ pub async fn list_connections(
             }
         }
     }
-    let page = app.warden().list(&list).await?;
-    Ok(Json(ConnectionList {
-        items: page.items.iter().map(ConnectionView::from).collect(),
-        next_cursor: page.next_cursor,
-    }))
+    Ok(list)
 }
 
 #[utoipa::path(

@@ -325,12 +325,16 @@ pub fn redact_quoted(message: &str) -> String {
     }
     let mut out = String::with_capacity(message.len());
     let mut in_quote = false;
+    // serde quotes with `{:?}`: a quote inside the value is `\"` and must not end it.
+    let mut escaped = false;
     for c in message.chars() {
         match (c, in_quote) {
             ('"', false) => {
                 in_quote = true;
                 out.push_str("<redacted>");
             }
+            (_, true) if escaped => escaped = false,
+            ('\\', true) => escaped = true,
             ('"', true) => in_quote = false,
             (c, false) => out.push(c),
             (_, true) => {}
@@ -821,5 +825,16 @@ mod tests {
             redact_quoted("invalid type: string \"abc\", expected u32"),
             "invalid type: string <redacted>, expected u32"
         );
+    }
+
+    /// Found by the `api_requests` fuzz target: an escaped quote inside the value ended the
+    /// redaction early and the rest of the value was echoed.
+    #[test]
+    fn fuzz_redact_quoted_escaped_quote() {
+        let value = "tok\"en-secret\\";
+        let message = format!("invalid type: string {value:?}, expected u64");
+        let out = redact_quoted(&message);
+        assert_eq!(out, "invalid type: string <redacted>, expected u64");
+        assert!(!out.contains("secret"), "{out}");
     }
 }

@@ -344,7 +344,12 @@ fn lifetime(map: &Map<String, Value>, key: &str) -> Result<Option<Duration>, Str
     if secs <= 0.0 || secs > MAX_LIFETIME.as_secs_f64() {
         return Err(format!("{key} is out of range"));
     }
-    Ok(Some(Duration::from_secs_f64(secs)))
+    // A positive value below a nanosecond rounds to zero: a token that is born expired.
+    let lifetime = Duration::from_secs_f64(secs);
+    if lifetime.is_zero() {
+        return Err(format!("{key} is out of range"));
+    }
+    Ok(Some(lifetime))
 }
 
 fn scopes(value: Option<&Value>, separator: char) -> Option<Vec<String>> {
@@ -438,6 +443,24 @@ mod tests {
                 .expires_in,
             Some(Duration::from_millis(1500))
         );
+    }
+
+    /// Found by the `provider_response` fuzz target: `1e-297` passed the `> 0` check and
+    /// became a zero `Duration`.
+    #[test]
+    fn fuzz_subnanosecond_expires_in_is_rejected() {
+        for value in ["7.414429461034431e-297", "1e-10", "\"0.0000000001\""] {
+            let body = format!(r#"{{"access_token":"a","expires_in":{value}}}"#);
+            let result = parse_token_response(
+                &Dialect::RFC6749,
+                200,
+                &HeaderMap::new(),
+                body.as_bytes(),
+                t0(),
+                &[],
+            );
+            assert!(result.is_err(), "{value} accepted");
+        }
     }
 
     proptest! {
