@@ -27,7 +27,8 @@ use time::OffsetDateTime;
 
 use super::rows::{
     RowValues, corrupt, db_error, from_unix, get, key_from_row, key_usage as key_usage_from,
-    meta_from_row, open_tokens, page, seal_tokens, status_counts, unix, written_meta,
+    list_query, meta_from_row, open_tokens, page, push_after, seal_tokens, status_counts, unix,
+    written_meta,
 };
 use super::{
     KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
@@ -451,41 +452,7 @@ impl Store for PgStore {
     async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
         let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
         let limit = query.effective_limit();
-        let mut qb =
-            QueryBuilder::<Postgres>::new(format!("SELECT {META_COLUMNS} FROM connections"));
-        let mut sep = " WHERE ";
-        if let Some(provider) = &query.provider {
-            qb.push(sep)
-                .push("provider = ")
-                .push_bind(provider.as_str().to_owned());
-            sep = " AND ";
-        }
-        if let Some(user_id) = &query.user_id {
-            qb.push(sep)
-                .push("user_id = ")
-                .push_bind(user_id.as_str().to_owned());
-            sep = " AND ";
-        }
-        if let Some(status) = query.status {
-            qb.push(sep).push("status = ").push_bind(status.as_str());
-            sep = " AND ";
-        }
-        if let Some(after) = &after {
-            // The key columns are COLLATE "C", which wins over the parameters' default
-            // collation: the comparison is byte-wise, like ConnectionKey's Ord.
-            qb.push(sep)
-                .push("(user_id, provider, account_id) > (")
-                .push_bind(after.user_id.as_str().to_owned())
-                .push(", ")
-                .push_bind(after.provider.as_str().to_owned())
-                .push(", ")
-                .push_bind(after.account_id.as_str().to_owned())
-                .push(")");
-        }
-        // One row past the page tells whether another page follows, so the last page
-        // carries no cursor.
-        qb.push(" ORDER BY user_id, provider, account_id LIMIT ")
-            .push_bind(i64::from(limit) + 1);
+        let mut qb = list_query::<Postgres>(META_COLUMNS, query, after.as_ref(), limit);
         let rows = qb
             .build()
             .fetch_all(&self.pool)
@@ -660,13 +627,8 @@ impl Store for PgStore {
             .push_bind(active)
             .push("))");
         if let Some(after) = after {
-            qb.push(" AND (user_id, provider, account_id) > (")
-                .push_bind(after.user_id.as_str().to_owned())
-                .push(", ")
-                .push_bind(after.provider.as_str().to_owned())
-                .push(", ")
-                .push_bind(after.account_id.as_str().to_owned())
-                .push(")");
+            qb.push(" AND ");
+            push_after(&mut qb, after);
         }
         qb.push(" ORDER BY user_id, provider, account_id LIMIT ")
             .push_bind(i64::from(limit));

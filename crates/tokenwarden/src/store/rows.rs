@@ -4,10 +4,10 @@
 //! only their SQL and their binding code; everything here is backend-independent, so the two
 //! cannot drift apart in how they store a connection.
 
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 use time::OffsetDateTime;
 
-use super::{KeyUsage, ListPage, StoreError, encode_cursor};
+use super::{KeyUsage, ListPage, ListQuery, StoreError, encode_cursor};
 use crate::connection::{
     AccountId, Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError,
     ProviderName, Tokens, UserId,
@@ -240,6 +240,65 @@ where
 {
     row.try_get(column)
         .map_err(|_| StoreError::Database(format!("cannot decode column {column}")))
+}
+
+/// Appends `(user_id, provider, account_id) > (after)`: keyset pagination in key order. The
+/// key columns compare byte-wise in both backends (SQLite's BINARY collation, PostgreSQL's
+/// `COLLATE "C"`), like `ConnectionKey`'s `Ord`.
+pub(crate) fn push_after<DB>(qb: &mut QueryBuilder<DB>, after: &ConnectionKey)
+where
+    DB: Database,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+{
+    qb.push("(user_id, provider, account_id) > (")
+        .push_bind(after.user_id.as_str().to_owned())
+        .push(", ")
+        .push_bind(after.provider.as_str().to_owned())
+        .push(", ")
+        .push_bind(after.account_id.as_str().to_owned())
+        .push(")");
+}
+
+/// The list statement: `meta_columns` of the connections matching the query's filters after
+/// `after`, in key order, one row past the page (which tells whether another page follows).
+pub(crate) fn list_query<DB>(
+    meta_columns: &str,
+    query: &ListQuery,
+    after: Option<&ConnectionKey>,
+    limit: u32,
+) -> QueryBuilder<DB>
+where
+    DB: Database,
+    <DB as Database>::Arguments: Default,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> &'static str: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    let mut qb = QueryBuilder::<DB>::new(format!("SELECT {meta_columns} FROM connections"));
+    let mut sep = " WHERE ";
+    if let Some(provider) = &query.provider {
+        qb.push(sep)
+            .push("provider = ")
+            .push_bind(provider.as_str().to_owned());
+        sep = " AND ";
+    }
+    if let Some(user_id) = &query.user_id {
+        qb.push(sep)
+            .push("user_id = ")
+            .push_bind(user_id.as_str().to_owned());
+        sep = " AND ";
+    }
+    if let Some(status) = query.status {
+        qb.push(sep).push("status = ").push_bind(status.as_str());
+        sep = " AND ";
+    }
+    if let Some(after) = after {
+        qb.push(sep);
+        push_after(&mut qb, after);
+    }
+    qb.push(" ORDER BY user_id, provider, account_id LIMIT ")
+        .push_bind(i64::from(limit) + 1);
+    qb
 }
 
 /// One page from `limit + 1` rows read: the extra row only says another page follows.
