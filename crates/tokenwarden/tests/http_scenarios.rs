@@ -70,6 +70,22 @@ async fn env(token_url: &str, refresh: RefreshConfig, breaker: BreakerConfig) ->
     }
 }
 
+/// An environment over `server`'s token endpoint with one expired connection imported
+/// (`at-1`, `rt-1`).
+async fn with_expired_connection(server: &MockServer) -> Env {
+    let e = env(
+        &format!("{}/token", server.uri()),
+        fast_retries(),
+        no_breaker(),
+    )
+    .await;
+    e.warden
+        .import(e.key.clone(), import("at-1", Some("rt-1"), expired()))
+        .await
+        .expect("import");
+    e
+}
+
 fn no_breaker() -> BreakerConfig {
     BreakerConfig {
         failure_threshold: 1000,
@@ -111,16 +127,7 @@ async fn successful_refresh_over_http() {
         .expect(1)
         .mount(&server)
         .await;
-    let e = env(
-        &format!("{}/token", server.uri()),
-        fast_retries(),
-        no_breaker(),
-    )
-    .await;
-    e.warden
-        .import(e.key.clone(), import("at-1", Some("rt-1"), expired()))
-        .await
-        .expect("import");
+    let e = with_expired_connection(&server).await;
     let grant = e.warden.access_token(&e.key).await.expect("token");
     assert_eq!(grant.access_token.expose_secret(), "at-2");
     assert_eq!(
@@ -188,16 +195,7 @@ async fn fails_after_max_retries_and_preserves_the_connection() {
         .expect(4)
         .mount(&server)
         .await;
-    let e = env(
-        &format!("{}/token", server.uri()),
-        fast_retries(),
-        no_breaker(),
-    )
-    .await;
-    e.warden
-        .import(e.key.clone(), import("at-1", Some("rt-1"), expired()))
-        .await
-        .expect("import");
+    let e = with_expired_connection(&server).await;
     let err = e.warden.access_token(&e.key).await.expect_err("fails");
     assert_eq!(err.code(), ErrorCode::TokenRefreshError);
     assert_eq!(err.meta().attempts, 4);
@@ -327,16 +325,7 @@ async fn rate_limited_with_retry_after() {
         .expect(1)
         .mount(&server)
         .await;
-    let e = env(
-        &format!("{}/token", server.uri()),
-        fast_retries(),
-        no_breaker(),
-    )
-    .await;
-    e.warden
-        .import(e.key.clone(), import("at-1", Some("rt-1"), expired()))
-        .await
-        .expect("import");
+    let e = with_expired_connection(&server).await;
     let start = std::time::Instant::now();
     e.warden.access_token(&e.key).await.expect("token");
     assert!(
@@ -356,16 +345,7 @@ async fn invalid_grant_one_call_and_needs_reconnect() {
         .expect(1)
         .mount(&server)
         .await;
-    let e = env(
-        &format!("{}/token", server.uri()),
-        fast_retries(),
-        no_breaker(),
-    )
-    .await;
-    e.warden
-        .import(e.key.clone(), import("at-1", Some("rt-1"), expired()))
-        .await
-        .expect("import");
+    let e = with_expired_connection(&server).await;
     let err = e.warden.access_token(&e.key).await.expect_err("fails");
     assert_eq!(err.code(), ErrorCode::TokenExpired);
     assert!(err.reconnect());
@@ -388,16 +368,7 @@ async fn invalid_client_is_configuration_and_keeps_the_user() {
         .expect(1)
         .mount(&server)
         .await;
-    let e = env(
-        &format!("{}/token", server.uri()),
-        fast_retries(),
-        no_breaker(),
-    )
-    .await;
-    e.warden
-        .import(e.key.clone(), import("at-1", Some("rt-1"), expired()))
-        .await
-        .expect("import");
+    let e = with_expired_connection(&server).await;
     let err = e.warden.access_token(&e.key).await.expect_err("fails");
     assert_eq!(err.code(), ErrorCode::TokenRefreshError);
     assert_eq!(err.meta().failure, Some(FailureClass::Configuration));
