@@ -8,7 +8,10 @@ use url::Url;
 
 use crate::connection::{Connection, ProviderName};
 use crate::provider::http::RawResponse;
-use crate::provider::{FailureKind, HttpClient, ProviderConfigError, RefreshFailure};
+use crate::provider::{
+    FailureKind, HttpClient, NotRefreshable, ProviderConfigError, RefreshFailure,
+};
+use crate::secret::{ClientSecret, RefreshToken};
 
 /// Builds a configuration error for `providers.{name}.{key}`.
 pub(crate) fn config_error(
@@ -92,8 +95,39 @@ pub(crate) fn display_url(url: &Url) -> String {
 }
 
 /// The stored refresh token, if there is a usable one.
-pub(crate) fn refresh_token_of(conn: &Connection) -> Option<&crate::secret::RefreshToken> {
+pub(crate) fn refresh_token_of(conn: &Connection) -> Option<&RefreshToken> {
     conn.tokens.refresh_token.as_ref().filter(|t| !t.is_empty())
+}
+
+/// The stored refresh token, for the adapters that refresh with one.
+pub(crate) fn required_refresh_token(conn: &Connection) -> Result<&RefreshToken, NotRefreshable> {
+    refresh_token_of(conn).ok_or(NotRefreshable::NoRefreshToken)
+}
+
+/// RFC 7009's `token` and `token_type_hint`: the refresh token (revoking the grant at most
+/// servers), or the access token when there is none.
+pub(crate) fn revocation_token(conn: &Connection) -> (&str, &'static str) {
+    match refresh_token_of(conn) {
+        Some(rt) => (rt.expose_secret(), "refresh_token"),
+        None => (conn.tokens.access_token.expose_secret(), "access_token"),
+    }
+}
+
+/// Every secret a request about `conn` may carry, for scrubbing provider answers: its tokens
+/// and the client secret.
+pub(crate) fn connection_secrets<'a>(
+    conn: &'a Connection,
+    client_secret: Option<&'a ClientSecret>,
+) -> Vec<&'a str> {
+    let mut secrets = vec![conn.tokens.access_token.expose_secret()];
+    secrets.extend(
+        conn.tokens
+            .refresh_token
+            .as_ref()
+            .map(RefreshToken::expose_secret),
+    );
+    secrets.extend(client_secret.map(ClientSecret::expose_secret));
+    secrets
 }
 
 /// Sends one request, records `upstream_requests_total{provider,status}` once, and logs the

@@ -11,8 +11,8 @@ use url::Url;
 
 use crate::connection::{Connection, ProviderName};
 use crate::provider::common::{
-    config_error, display_url, endpoint_url, non_empty, now, refresh_token_of, send_recorded,
-    user_agent,
+    config_error, connection_secrets, display_url, endpoint_url, non_empty, now,
+    required_refresh_token, revocation_token, send_recorded, user_agent,
 };
 use crate::provider::response::{Dialect, parse_revoke_response, parse_token_response};
 use crate::provider::{
@@ -107,18 +107,6 @@ impl OAuth2Provider {
         }
         request
     }
-
-    fn secrets<'a>(&'a self, conn: &'a Connection) -> Vec<&'a str> {
-        let mut secrets = vec![conn.tokens.access_token.expose_secret()];
-        secrets.extend(
-            conn.tokens
-                .refresh_token
-                .as_ref()
-                .map(|t| t.expose_secret()),
-        );
-        secrets.extend(self.client_secret.as_ref().map(ClientSecret::expose_secret));
-        secrets
-    }
 }
 
 fn form_encode(value: &str) -> String {
@@ -147,21 +135,19 @@ impl Provider for OAuth2Provider {
         conn: &Connection,
         _now: OffsetDateTime,
     ) -> Result<(), NotRefreshable> {
-        refresh_token_of(conn)
-            .map(|_| ())
-            .ok_or(NotRefreshable::NoRefreshToken)
+        required_refresh_token(conn).map(|_| ())
     }
 
     async fn refresh(&self, conn: &Connection) -> Result<TokenResponse, RefreshFailure> {
-        let refresh_token = refresh_token_of(conn)
-            .ok_or_else(|| RefreshFailure::not_refreshable(NotRefreshable::NoRefreshToken))?;
+        let refresh_token =
+            required_refresh_token(conn).map_err(RefreshFailure::not_refreshable)?;
         let mut form = vec![
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose_secret()),
         ];
         let request = self.post(&self.token_url, &mut form);
         let raw = send_recorded(&self.http, &self.name, "refresh", request.form(&form)).await?;
-        let secrets = self.secrets(conn);
+        let secrets = connection_secrets(conn, self.client_secret.as_ref());
         parse_token_response(
             &Dialect::RFC6749,
             raw.status,
@@ -179,14 +165,11 @@ impl Provider for OAuth2Provider {
         let Some(revoke_url) = &self.revoke_url else {
             return Ok(());
         };
-        let (token, hint) = match refresh_token_of(conn) {
-            Some(rt) => (rt.expose_secret(), "refresh_token"),
-            None => (conn.tokens.access_token.expose_secret(), "access_token"),
-        };
+        let (token, hint) = revocation_token(conn);
         let mut form = vec![("token", token), ("token_type_hint", hint)];
         let request = self.post(revoke_url, &mut form);
         let raw = send_recorded(&self.http, &self.name, "revoke", request.form(&form)).await?;
-        let secrets = self.secrets(conn);
+        let secrets = connection_secrets(conn, self.client_secret.as_ref());
         parse_revoke_response(
             &Dialect::RFC6749,
             raw.status,

@@ -11,8 +11,8 @@ use url::Url;
 
 use crate::connection::{Connection, ProviderName};
 use crate::provider::common::{
-    config_error, display_url, endpoint_or_default, endpoint_url, non_empty, now, refresh_token_of,
-    send_recorded, user_agent,
+    config_error, connection_secrets, display_url, endpoint_or_default, endpoint_url, non_empty,
+    now, required_refresh_token, send_recorded, user_agent,
 };
 use crate::provider::response::{Dialect, parse_revoke_response, parse_token_response};
 use crate::provider::{
@@ -115,14 +115,12 @@ impl Provider for TikTokProvider {
         conn: &Connection,
         _now: OffsetDateTime,
     ) -> Result<(), NotRefreshable> {
-        refresh_token_of(conn)
-            .map(|_| ())
-            .ok_or(NotRefreshable::NoRefreshToken)
+        required_refresh_token(conn).map(|_| ())
     }
 
     async fn refresh(&self, conn: &Connection) -> Result<TokenResponse, RefreshFailure> {
-        let refresh_token = refresh_token_of(conn)
-            .ok_or_else(|| RefreshFailure::not_refreshable(NotRefreshable::NoRefreshToken))?;
+        let refresh_token =
+            required_refresh_token(conn).map_err(RefreshFailure::not_refreshable)?;
         let form = [
             ("client_key", self.client_key.as_str()),
             ("client_secret", self.client_secret.expose_secret()),
@@ -136,7 +134,7 @@ impl Provider for TikTokProvider {
             self.post(&self.token_url, &form),
         )
         .await?;
-        let secrets = self.secrets(conn);
+        let secrets = connection_secrets(conn, Some(&self.client_secret));
         parse_token_response(
             &DIALECT,
             raw.status,
@@ -165,7 +163,7 @@ impl Provider for TikTokProvider {
             self.post(revoke_url, &form),
         )
         .await?;
-        let secrets = self.secrets(conn);
+        let secrets = connection_secrets(conn, Some(&self.client_secret));
         parse_revoke_response(
             &DIALECT,
             raw.status,
@@ -188,18 +186,6 @@ impl TikTokProvider {
             request = request.header(USER_AGENT, ua.clone());
         }
         request.form(form)
-    }
-
-    fn secrets<'a>(&'a self, conn: &'a Connection) -> Vec<&'a str> {
-        let mut secrets = vec![conn.tokens.access_token.expose_secret()];
-        secrets.extend(
-            conn.tokens
-                .refresh_token
-                .as_ref()
-                .map(|t| t.expose_secret()),
-        );
-        secrets.push(self.client_secret.expose_secret());
-        secrets
     }
 }
 
