@@ -895,31 +895,20 @@ impl Inner {
 
     /// What a refresh finished by another instance means for this caller.
     fn outcome_of_other(&self, conn: Connection) -> RefreshOutcome {
-        let failed_after = match (&conn.meta.last_error, conn.meta.last_refreshed_at) {
-            (Some(err), Some(ok_at)) => err.at > ok_at,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if conn.meta.status == ConnectionStatus::NeedsReconnect {
-            let mut e = reconnect_error(&conn);
-            e = Error::new(ErrorCode::TokenRefreshError, e.message().to_owned())
+        let meta = &conn.meta;
+        if meta.status == ConnectionStatus::NeedsReconnect {
+            let e = reconnect_error(&conn);
+            return Err(Error::new(ErrorCode::TokenRefreshError, e.message())
                 .with_reconnect(true)
-                .with_meta(e.meta().clone());
-            return Err(e);
+                .with_meta(e.meta().clone()));
         }
-        if failed_after {
-            let message = conn
-                .meta
-                .last_error
-                .as_ref()
-                .map_or_else(String::new, |e| e.message.clone());
+        if let Some(last) = &meta.last_error
+            && meta.last_refreshed_at.is_none_or(|ok_at| last.at > ok_at)
+        {
+            let failure = Some(FailureClass::Transient);
             return Err(
-                Error::new(ErrorCode::TokenRefreshError, message).with_meta(ErrorMeta {
-                    provider: Some(conn.key().provider.to_string()),
-                    account_id: Some(conn.key().account_id.to_string()),
-                    failure: Some(FailureClass::Transient),
-                    ..ErrorMeta::default()
-                }),
+                Error::new(ErrorCode::TokenRefreshError, last.message.clone())
+                    .with_meta(key_meta(conn.key(), failure)),
             );
         }
         self.remember(&conn);
@@ -1213,11 +1202,7 @@ impl Inner {
         now: OffsetDateTime,
     ) -> RefreshOutcome {
         let key = conn.key().clone();
-        let meta = ErrorMeta {
-            provider: Some(key.provider.to_string()),
-            account_id: Some(key.account_id.to_string()),
-            ..ErrorMeta::default()
-        };
+        let meta = key_meta(&key, None);
         let (error, next) = match reason {
             NotRefreshable::NoRefreshToken => (
                 Error::new(
@@ -1280,12 +1265,7 @@ fn circuit_open_error(key: &ConnectionKey, retry_after: Duration) -> Error {
         "provider is failing; its circuit breaker is open",
     )
     .with_retry_after(Some(retry_after))
-    .with_meta(ErrorMeta {
-        provider: Some(key.provider.to_string()),
-        account_id: Some(key.account_id.to_string()),
-        failure: Some(FailureClass::CircuitOpen),
-        ..ErrorMeta::default()
-    })
+    .with_meta(key_meta(key, Some(FailureClass::CircuitOpen)))
 }
 
 /// Merges a refresh answer into the connection (RFC 6749 §6: keep the old refresh token when
@@ -1399,20 +1379,21 @@ fn reconnect_error(conn: &Connection) -> Error {
         ErrorCode::TokenExpired,
         format!("token expired and the connection needs to be reconnected ({reason})"),
     )
-    .with_meta(ErrorMeta {
-        provider: Some(conn.key().provider.to_string()),
-        account_id: Some(conn.key().account_id.to_string()),
-        failure: Some(FailureClass::Permanent),
-        ..ErrorMeta::default()
-    })
+    .with_meta(key_meta(conn.key(), Some(FailureClass::Permanent)))
 }
 
 fn not_found_like(code: ErrorCode, message: &str, key: &ConnectionKey) -> Error {
-    Error::new(code, message).with_meta(ErrorMeta {
+    Error::new(code, message).with_meta(key_meta(key, None))
+}
+
+/// Error metadata naming the connection's provider and account.
+fn key_meta(key: &ConnectionKey, failure: Option<FailureClass>) -> ErrorMeta {
+    ErrorMeta {
         provider: Some(key.provider.to_string()),
         account_id: Some(key.account_id.to_string()),
+        failure,
         ..ErrorMeta::default()
-    })
+    }
 }
 
 fn unknown_provider(name: &ProviderName) -> Error {
