@@ -716,16 +716,6 @@ impl Warden {
 }
 
 impl Inner {
-    /// The cached grant while it still reflects the store, fresh or not.
-    fn trusted(&self, key: &ConnectionKey) -> Option<AccessTokenGrant> {
-        let cache = self
-            .cache
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = cache.get(key)?;
-        (Instant::now() < entry.trusted_until).then(|| entry.grant.clone())
-    }
-
     /// The fail-fast error while `key`'s provider has its breaker open.
     fn open_breaker(&self, key: &ConnectionKey) -> Option<Error> {
         match self.providers.get(&key.provider)?.breaker.state() {
@@ -736,13 +726,27 @@ impl Inner {
         }
     }
 
+    /// The cached grant while it is fresh (the fast path).
     fn cached(&self, key: &ConnectionKey) -> Option<AccessTokenGrant> {
+        self.cached_until(key, |e| e.fresh_until)
+    }
+
+    /// The cached grant while it still reflects the store, fresh or not.
+    fn trusted(&self, key: &ConnectionKey) -> Option<AccessTokenGrant> {
+        self.cached_until(key, |e| e.trusted_until)
+    }
+
+    fn cached_until(
+        &self,
+        key: &ConnectionKey,
+        deadline: fn(&CachedToken) -> Instant,
+    ) -> Option<AccessTokenGrant> {
         let cache = self
             .cache
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = cache.get(key)?;
-        (Instant::now() < entry.fresh_until).then(|| entry.grant.clone())
+        (Instant::now() < deadline(entry)).then(|| entry.grant.clone())
     }
 
     fn remember(&self, conn: &Connection) {
