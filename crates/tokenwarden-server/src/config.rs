@@ -27,8 +27,9 @@ pub const MAX_RETRIES_LIMIT: u32 = 10;
 /// Largest retry delay accepted in configuration and in a refresh request, in milliseconds.
 pub const MAX_DELAY_MS_LIMIT: u64 = 60_000;
 
-/// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+/// The whole configuration. Its `Debug` hides the credentials of `database_url` (a
+/// PostgreSQL URL may carry a password); the other secrets are redacted types.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on. Default `127.0.0.1:8420`.
@@ -55,6 +56,33 @@ pub struct Config {
     pub upstream: UpstreamSection,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &without_credentials(&self.database_url))
+            .field("encryption", &self.encryption)
+            .field("auth", &self.auth)
+            .field("refresh", &self.refresh)
+            .field("breaker", &self.breaker)
+            .field("scheduler", &self.scheduler)
+            .field("server", &self.server)
+            .field("upstream", &self.upstream)
+            .field("providers", &self.providers)
+            .finish()
+    }
+}
+
+/// `scheme://user:password@host/…` as `scheme://<redacted>@host/…`.
+fn without_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://<redacted>{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// `[encryption]`.
@@ -694,6 +722,18 @@ fn range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_database_credentials() {
+        assert_eq!(
+            without_credentials("postgres://tw:hunter2@db:5432/tw"),
+            "postgres://<redacted>@db:5432/tw"
+        );
+        assert_eq!(
+            without_credentials("sqlite:///var/tw.db"),
+            "sqlite:///var/tw.db"
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
