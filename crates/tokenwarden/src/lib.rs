@@ -28,6 +28,7 @@
 //! ```
 
 pub mod clock;
+mod commit;
 pub mod connection;
 pub mod crypto;
 pub mod error;

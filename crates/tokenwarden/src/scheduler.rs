@@ -35,7 +35,9 @@ pub struct SchedulerConfig {
     pub keepalive: Duration,
     /// Connections claimed per round. Default 100.
     pub batch_size: u32,
-    /// Refreshes run at once by the loop. Default 16.
+    /// Refreshes run at once by the loop. Default 64: real token endpoints answer in
+    /// 100-500 ms, so this is what bounds scheduled throughput (64 at 300 ms is about 210
+    /// refreshes a second); each provider's `rate_limit_per_second` still caps its own rate.
     pub concurrency: usize,
     /// Longest sleep between rounds, so work scheduled by other instances is noticed.
     /// Default 30 s.
@@ -51,7 +53,7 @@ impl Default for SchedulerConfig {
             initial_retry_delay: Duration::from_secs(5),
             keepalive: Duration::from_secs(30 * 86_400),
             batch_size: 100,
-            concurrency: 16,
+            concurrency: 64,
             max_idle: Duration::from_secs(30),
         }
     }

@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::clock::{Clock, SystemClock};
+use crate::commit::GroupCommit;
 use crate::connection::{
     Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError, ProviderName, Tokens,
     effective_threshold, should_refresh,
@@ -34,7 +35,7 @@ use crate::scheduler::{
     RateLimiters, SchedulerConfig, Wakeup, plan_after_failure, plan_after_success,
 };
 use crate::secret::{AccessToken, RefreshToken};
-use crate::store::{ListPage, ListQuery, PutOutcome, Store, StoreError};
+use crate::store::{Claimed, ListPage, ListQuery, PutOutcome, Store, StoreError};
 
 /// A token closer to expiry than this (or than half the effective threshold, if smaller) is
 /// not handed out while a refresh runs: the caller waits for the refresh instead.
@@ -57,6 +58,11 @@ const IDLE_RECHECK: Duration = Duration::from_millis(250);
 /// Longest a caller waits for another instance's refresh before answering
 /// `TOKEN_REFRESH_ERROR` with a retry-after hint.
 const MAX_WAIT_FOR_OTHER: Duration = Duration::from_secs(30);
+
+/// The most connection writes one group commit carries. Large enough that a full scheduler
+/// batch finishing together shares a few commits; small enough that one transaction holds
+/// SQLite's write lock only briefly.
+const COMMIT_BATCH: usize = 64;
 
 /// How often a caller waiting for another instance's refresh looks at the database.
 const LEASE_POLL: Duration = Duration::from_millis(50);
@@ -173,6 +179,7 @@ impl WardenBuilder {
             .collect();
         Warden {
             inner: Arc::new(Inner {
+                commits: GroupCommit::new(Arc::clone(&self.store), COMMIT_BATCH),
                 store: self.store,
                 providers,
                 refresh: self.refresh,
@@ -212,6 +219,9 @@ type RefreshOutcome = Result<Arc<Connection>, Error>;
 #[derive(Debug)]
 struct Inner {
     store: Arc<dyn Store>,
+    /// Every compare-and-swap write of a connection goes through here, so refreshes that
+    /// finish together share one durable commit.
+    commits: Arc<GroupCommit>,
     providers: BTreeMap<ProviderName, ProviderEntry>,
     refresh: RefreshConfig,
     scheduler: SchedulerConfig,
@@ -358,7 +368,9 @@ impl Warden {
                 // Not fire-and-forget: the refresh itself runs in (and is owned by) its
                 // single-flight slot; this task only starts it.
                 tokio::spawn(async move {
-                    let _ = this.refresh_shared(&key, Trigger::OnDemand, policy).await;
+                    let _ = this
+                        .refresh_shared(&key, Trigger::OnDemand, policy, None)
+                        .await;
                 });
             }
             return Ok((grant_of(&conn), "fresh"));
@@ -369,7 +381,7 @@ impl Warden {
         let outcome = match inner.open_breaker(key) {
             Some(open) => Err(open),
             None => {
-                self.refresh_shared(key, Trigger::OnDemand, inner.refresh.retry)
+                self.refresh_shared(key, Trigger::OnDemand, inner.refresh.retry, None)
                     .await
             }
         };
@@ -395,7 +407,7 @@ impl Warden {
         options: RefreshOptions,
     ) -> Result<ConnectionMeta, Error> {
         let policy = options.apply(&self.inner.refresh.retry);
-        self.refresh_shared(key, Trigger::Forced, policy)
+        self.refresh_shared(key, Trigger::Forced, policy, None)
             .await
             .map(|conn| conn.meta.clone())
             .map_err(count_error)
@@ -406,6 +418,7 @@ impl Warden {
         key: &ConnectionKey,
         trigger: Trigger,
         policy: RetryPolicy,
+        claimed: Option<Connection>,
     ) -> RefreshOutcome {
         let this = self.clone();
         let task_key = key.clone();
@@ -413,7 +426,9 @@ impl Warden {
             .inner
             .flights
             .run(key.clone(), move || async move {
-                this.inner.refresh_now(&task_key, trigger, policy).await
+                this.inner
+                    .refresh_now(&task_key, trigger, policy, claimed)
+                    .await
             })
             .await;
         out.unwrap_or_else(|| {
@@ -566,6 +581,9 @@ impl Warden {
         let inner = &self.inner;
         let config = &inner.scheduler;
         let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+        let claim_low_water = u32::try_from(config.concurrency / 4)
+            .unwrap_or(u32::MAX)
+            .max(1);
         let mut tasks = tokio::task::JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut stats_at: Option<Instant> = None;
@@ -580,8 +598,11 @@ impl Warden {
             // Claim only what can start now: a claimed row is leased, and a lease held by a
             // row waiting for a permit would block other instances (and, after a crash, this
             // one) for nothing.
+            // While refreshes run, wait until a quarter of the permits are free before
+            // claiming again: every claim is a durable commit, and claiming one row each
+            // time a refresh finishes would double the commits per refresh.
             let free = u32::try_from(permits.available_permits()).unwrap_or(u32::MAX);
-            if free == 0 {
+            if free == 0 || (!tasks.is_empty() && free < claim_low_water) {
                 tokio::select! {
                     Some(_) = tasks.join_next() => continue,
                     () = &mut shutdown => break,
@@ -604,7 +625,7 @@ impl Warden {
                 }
             };
             let full_batch = claimed.len() >= limit as usize;
-            for key in claimed {
+            for claim in claimed {
                 let permit = tokio::select! {
                     p = Arc::clone(&permits).acquire_owned() => p,
                     () = &mut shutdown => { tasks.shutdown().await; return; }
@@ -613,7 +634,7 @@ impl Warden {
                 let this = self.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
-                    this.scheduled_refresh(&key).await;
+                    this.scheduled_refresh(claim).await;
                 });
             }
             if full_batch {
@@ -652,12 +673,18 @@ impl Warden {
         tracing::info!("refresh scheduler stopped");
     }
 
-    async fn scheduled_refresh(&self, key: &ConnectionKey) {
+    async fn scheduled_refresh(&self, claim: Claimed) {
+        let key = &claim.key;
+        // A row the claim could not read is read again by the refresh, which reports why.
+        let claimed = claim.connection.ok();
         metrics::counter!(m::AUTO_REFRESH_TOTAL, "provider" => key.provider.to_string(),
             "trigger" => "scheduled")
         .increment(1);
         let policy = self.inner.refresh.retry;
-        if let Err(e) = self.refresh_shared(key, Trigger::Scheduled, policy).await {
+        if let Err(e) = self
+            .refresh_shared(key, Trigger::Scheduled, policy, claimed)
+            .await
+        {
             if e.code() == ErrorCode::UnknownProvider {
                 // The provider was removed from the configuration: look again much later.
                 let at = self.inner.clock.now() + self.inner.scheduler.max_retry_delay;
@@ -814,6 +841,7 @@ impl Inner {
         key: &ConnectionKey,
         trigger: Trigger,
         policy: RetryPolicy,
+        claimed: Option<Connection>,
     ) -> RefreshOutcome {
         let entry = self
             .providers
@@ -868,7 +896,7 @@ impl Inner {
                 };
                 let result = tokio::select! {
                     biased;
-                    result = self.refresh_leased(entry, key, trigger, policy, &released) => result,
+                    result = self.refresh_leased(entry, key, trigger, policy, &released, claimed) => result,
                     () = renew => unreachable!("the renewal loop never ends"),
                 };
                 if !released.load(std::sync::atomic::Ordering::Relaxed)
@@ -927,9 +955,14 @@ impl Inner {
         trigger: Trigger,
         policy: RetryPolicy,
         released: &std::sync::atomic::AtomicBool,
+        claimed: Option<Connection>,
     ) -> RefreshOutcome {
-        // Re-read under the lease: another refresh may have finished since the caller looked.
-        let conn = self.load(key).await?;
+        // Read under the lease: another refresh may have finished since the caller looked.
+        // A scheduled refresh has the row its claim read while taking the lease.
+        let conn = match claimed {
+            Some(conn) => conn,
+            None => self.load(key).await?,
+        };
         let now = self.clock.now();
         let meta = &conn.meta;
         let skip = match trigger {
@@ -1107,7 +1140,7 @@ impl Inner {
         );
         // Compare-and-swap: a concurrent import or delete wins over this refresh.
         for _ in 0..3 {
-            match self.store.update(&conn).await {
+            match self.commits.update(&conn).await {
                 Ok(meta) => {
                     // `update` released the lease in the same statement.
                     released.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -1149,7 +1182,7 @@ impl Inner {
             return;
         };
         conn.meta.next_refresh_at = Some(at);
-        if let Err(e) = self.store.update(&conn).await
+        if let Err(e) = self.commits.update(&conn).await
             && !matches!(e, StoreError::Conflict | StoreError::NotFound)
         {
             tracing::warn!(provider = %key.provider, account_id = %key.account_id, error = %e,
@@ -1190,7 +1223,7 @@ impl Inner {
             Next::At(at) => meta.next_refresh_at = Some(at),
         }
         let key = conn.key().clone();
-        match self.store.update(&conn).await {
+        match self.commits.update(&conn).await {
             Ok(_) | Err(StoreError::Conflict | StoreError::NotFound) => {}
             Err(e) => tracing::error!(provider = %key.provider, account_id = %key.account_id,
                 error = %e, "could not record the refresh failure"),

@@ -95,6 +95,8 @@ pg_conformance_tests!(
     missing_key,
     rotation_read,
     concurrent_updates,
+    update_batch,
+    concurrent_update_batches,
     leases,
     concurrent_leases,
     claim_due,
@@ -194,7 +196,7 @@ async fn four_claimers_over_200_due_rows_get_disjoint_complete_shares() {
                 if batch.is_empty() {
                     return (owner, mine);
                 }
-                mine.extend(batch);
+                mine.extend(batch.into_iter().map(|c| c.key));
             }
         }));
     }
@@ -252,7 +254,7 @@ async fn claim_due_skips_rows_locked_by_another_transaction_instead_of_waiting()
     .await
     .expect("claim_due must not wait for the lock")
     .expect("claim");
-    let accounts: Vec<&str> = claimed.iter().map(|k| k.account_id.as_str()).collect();
+    let accounts: Vec<&str> = claimed.iter().map(|c| c.key.account_id.as_str()).collect();
     assert_eq!(
         accounts,
         ["row-1", "row-2"],
@@ -263,7 +265,7 @@ async fn claim_due_skips_rows_locked_by_another_transaction_instead_of_waiting()
         .claim_due(at(100), 10, "b", at(200))
         .await
         .expect("claim");
-    let accounts: Vec<&str> = claimed.iter().map(|k| k.account_id.as_str()).collect();
+    let accounts: Vec<&str> = claimed.iter().map(|c| c.key.account_id.as_str()).collect();
     assert_eq!(accounts, ["row-0"]);
     drop_schemas(&url, [db.name().to_owned()]).await;
 }

@@ -53,7 +53,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{ListQuery, PutOutcome, Store, StoreError, reseal_all};
+use super::{Claimed, ListQuery, PutOutcome, Store, StoreError, reseal_all};
 use crate::connection::{
     Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError, ProviderName, Tokens,
     UserId,
@@ -114,6 +114,8 @@ where
     missing_key(&make).await;
     rotation_read(&make).await;
     concurrent_updates(&make).await;
+    update_batch(&make).await;
+    concurrent_update_batches(&make).await;
     leases(&make).await;
     concurrent_leases(&make).await;
     claim_due(&make).await;
@@ -143,6 +145,8 @@ macro_rules! store_conformance_tests {
             missing_key,
             rotation_read,
             concurrent_updates,
+            update_batch,
+            concurrent_update_batches,
             leases,
             concurrent_leases,
             claim_due,
@@ -246,6 +250,21 @@ fn assert_tokens(got: &Connection, want: &Connection) {
         "refresh token of {}",
         want.meta.key
     );
+}
+
+/// The keys of claimed rows, in the order returned; panics on a row that did not read back.
+fn claimed_keys(claimed: &[Claimed]) -> Vec<ConnectionKey> {
+    claimed
+        .iter()
+        .map(|c| {
+            let conn = c
+                .connection
+                .as_ref()
+                .unwrap_or_else(|e| panic!("claimed {} unreadable: {e:?}", c.key));
+            assert_eq!(conn.key(), &c.key, "a claim carries its own row");
+            c.key.clone()
+        })
+        .collect()
 }
 
 async fn must_get<S: Store>(store: &S, key: &ConnectionKey) -> Connection {
@@ -929,6 +948,26 @@ where
     reader.put(&own).await.expect("put under k2");
     assert_tokens(&must_get(&reader, own.key()).await, &own);
     assert_tokens(&must_get(&writer, conn.key()).await, &conn);
+
+    // A claim takes both rows; the one that does not open says so without failing the other.
+    let due = conn.meta.next_refresh_at.expect("scheduled") + time::Duration::seconds(1);
+    let claimed = reader
+        .claim_due(due, 10, "reader", due + time::Duration::seconds(60))
+        .await
+        .expect("claim without the key");
+    assert_eq!(claimed.len(), 2, "both rows claimed");
+    for c in &claimed {
+        if &c.key == conn.key() {
+            assert!(
+                matches!(c.connection, Err(StoreError::Decrypt)),
+                "{:?}",
+                c.connection.as_ref().err()
+            );
+        } else {
+            assert_eq!(&c.key, own.key());
+            assert_tokens(c.connection.as_ref().expect("opens under k2"), &own);
+        }
+    }
 }
 
 /// After a rotation (active key k2, k1 still held), old ciphertexts still open; an update
@@ -996,6 +1035,188 @@ where
     assert_eq!(
         got.tokens.access_token.expose_secret(),
         format!("writer-{winner}")
+    );
+}
+
+/// A batch of compare-and-swap writes: each row gets its own answer, in order; a conflict
+/// or a missing row does not stop the others; two writes to one key apply in order; each
+/// written row's lease is released; the batch's writes are all readable afterwards.
+pub async fn update_batch<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("update_batch"), k1()).await;
+    let [a, b, c] = ["a", "b", "c"].map(|acct| sample_connection("u", "reddit", acct));
+    let mut stored = Vec::new();
+    for conn in [&a, &b, &c] {
+        stored.push(store.put(conn).await.expect("put").0);
+    }
+    assert!(
+        store
+            .try_lease(a.key(), "me", at(0), at(100))
+            .await
+            .expect("lease")
+    );
+
+    let mut a1 = with_version(&a, &stored[0]);
+    a1.tokens.access_token = AccessToken::new("a-first");
+    let mut a2 = a1.clone();
+    a2.meta.version = stored[0].version + 1;
+    a2.tokens.access_token = AccessToken::new("a-second");
+    let mut b_stale = with_version(&b, &stored[1]);
+    b_stale.meta.version = stored[1].version + 7;
+    b_stale.tokens.access_token = AccessToken::new("b-stale");
+    let missing = sample_connection("u", "reddit", "missing");
+    let mut c1 = with_version(&c, &stored[2]);
+    c1.tokens.access_token = AccessToken::new("c-new");
+    c1.meta.consecutive_failures = 3;
+
+    // Out of key order on purpose: answers must come back in the order asked.
+    let batch = [c1.clone(), b_stale, a1, missing.clone(), a2.clone()];
+    let results = store.update_batch(&batch).await.expect("batch commits");
+    assert_eq!(results.len(), batch.len(), "one answer per row");
+    let c_meta = results[0].as_ref().expect("c written");
+    assert_eq!(c_meta.version, stored[2].version + 1);
+    assert!(
+        matches!(results[1], Err(StoreError::Conflict)),
+        "stale b: {:?}",
+        results[1]
+    );
+    assert_eq!(
+        results[2].as_ref().expect("first write of a").version,
+        stored[0].version + 1
+    );
+    assert!(
+        matches!(results[3], Err(StoreError::NotFound)),
+        "missing: {:?}",
+        results[3]
+    );
+    let a_meta = results[4]
+        .as_ref()
+        .expect("second write of a, after the first");
+    assert_eq!(a_meta.version, stored[0].version + 2);
+
+    let got_a = must_get(&store, a.key()).await;
+    assert_eq!(got_a.meta, *a_meta);
+    assert_tokens(&got_a, &a2);
+    let got_c = must_get(&store, c.key()).await;
+    assert_eq!(got_c.meta, *c_meta);
+    assert_eq!(got_c.meta.consecutive_failures, 3);
+    assert_tokens(&got_c, &c1);
+    assert_tokens(&must_get(&store, b.key()).await, &b);
+    assert!(store.get(missing.key()).await.expect("get").is_none());
+    assert!(
+        store
+            .try_lease(a.key(), "other", at(10), at(110))
+            .await
+            .expect("lease"),
+        "the batch's write released the lease"
+    );
+    assert!(
+        store
+            .update_batch(&[])
+            .await
+            .expect("empty batch")
+            .is_empty(),
+        "an empty batch answers nothing"
+    );
+
+    // Distinct keys (backends may write these in one statement): the same per-row answers.
+    let mut c2 = got_c.clone();
+    c2.tokens.access_token = AccessToken::new("c-again");
+    c2.meta.next_refresh_at = Some(at(9000));
+    let mut b_stale = with_version(&b, &stored[1]);
+    b_stale.meta.version += 3;
+    let results = store
+        .update_batch(&[missing.clone(), c2.clone(), b_stale])
+        .await
+        .expect("batch commits");
+    assert!(
+        matches!(results[0], Err(StoreError::NotFound)),
+        "{:?}",
+        results[0]
+    );
+    let c2_meta = results[1].as_ref().expect("c written again");
+    assert_eq!(c2_meta.version, c_meta.version + 1);
+    assert!(
+        matches!(results[2], Err(StoreError::Conflict)),
+        "{:?}",
+        results[2]
+    );
+    let got_c = must_get(&store, c.key()).await;
+    assert_eq!(got_c.meta, *c2_meta);
+    assert_eq!(got_c.meta.next_refresh_at, Some(at(9000)));
+    assert_tokens(&got_c, &c2);
+    assert_tokens(&must_get(&store, b.key()).await, &b);
+}
+
+/// Several batches at once over the same rows, listed in different orders (as refreshes
+/// finishing on several instances would): every batch commits, each row's compare-and-swap
+/// lets at most one write per version win, and nothing deadlocks.
+pub async fn concurrent_update_batches<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    const ROWS: usize = 8;
+    const WRITERS: usize = 4;
+    const ROUNDS: usize = 5;
+    let store = Arc::new(make(TestDb::fresh("concurrent_batches"), k1()).await);
+    let conns: Vec<Connection> = (0..ROWS)
+        .map(|i| sample_connection("u", "tiktok", &format!("row{i}")))
+        .collect();
+    let mut initial = 0;
+    for conn in &conns {
+        initial += store.put(conn).await.expect("put").0.version;
+    }
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            let conns = conns.clone();
+            tokio::spawn(async move {
+                let mut wins = 0i64;
+                for _ in 0..ROUNDS {
+                    let mut batch = Vec::new();
+                    for conn in &conns {
+                        let mut mine = must_get(store.as_ref(), conn.key()).await;
+                        mine.tokens.access_token = AccessToken::new(format!("writer-{w}"));
+                        batch.push(mine);
+                    }
+                    if w % 2 == 1 {
+                        batch.reverse();
+                    }
+                    let results = store
+                        .update_batch(&batch)
+                        .await
+                        .unwrap_or_else(|e| panic!("writer {w}: batch failed: {e:?}"));
+                    for result in results {
+                        match result {
+                            Ok(_) => wins += 1,
+                            Err(StoreError::Conflict) => {}
+                            Err(other) => panic!("writer {w}: {other:?}"),
+                        }
+                    }
+                }
+                wins
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for task in tasks {
+        wins += task.await.expect("writer");
+    }
+    let mut versions = 0;
+    for conn in &conns {
+        versions += must_get(store.as_ref(), conn.key()).await.meta.version;
+    }
+    // Every win moved one row's version by exactly one; a lost compare-and-swap moved none.
+    assert_eq!(wins, versions - initial, "wins and version bumps agree");
+    assert!(
+        wins >= i64::try_from(ROUNDS).expect("small"),
+        "some writes won"
     );
 }
 
@@ -1115,6 +1336,7 @@ where
             .is_empty()
     );
     let mut keys = Vec::new();
+    let mut conns = Vec::new();
     for (i, due) in [
         (0, Some(30)),
         (1, Some(10)),
@@ -1124,8 +1346,9 @@ where
     ] {
         let mut conn = sample_connection("u", "tiktok", &format!("acct-{i}"));
         conn.meta.next_refresh_at = due.map(at);
-        store.put(&conn).await.expect("put");
+        let (stored, _) = store.put(&conn).await.expect("put");
         keys.push(conn.key().clone());
+        conns.push(with_version(&conn, &stored));
     }
     let mut reconnect = sample_connection("u", "tiktok", "needs-reconnect");
     reconnect.meta.status = ConnectionStatus::NeedsReconnect;
@@ -1145,16 +1368,24 @@ where
         .await
         .expect("claim");
     assert_eq!(
-        claimed,
+        claimed_keys(&claimed),
         vec![keys[1].clone()],
         "earliest first, limit respected"
     );
+    // The row comes back whole, as stored, so a refresh needs no second read.
+    let got = claimed[0].connection.as_ref().expect("readable");
+    let mut want = must_get(&store, &keys[1]).await;
+    assert_eq!(got.meta, want.meta);
+    assert_eq!(got.meta.next_refresh_at, Some(at(10)));
+    assert_eq!(got.meta.version, conns[1].meta.version);
+    want.tokens = conns[1].tokens.clone();
+    assert_tokens(got, &want);
     let claimed = store
         .claim_due(at(100), 10, "a", at(160))
         .await
         .expect("claim");
     assert_eq!(
-        claimed,
+        claimed_keys(&claimed),
         vec![keys[0].clone()],
         "leased, future, unscheduled and inactive skipped"
     );
@@ -1171,11 +1402,12 @@ where
         .claim_due(at(600), 10, "b", at(700))
         .await
         .expect("claim");
-    later.sort();
     assert_eq!(
-        later,
-        vec![keys[0].clone(), keys[1].clone(), keys[3].clone()]
+        claimed_keys(&later),
+        vec![keys[1].clone(), keys[0].clone(), keys[3].clone()],
+        "earliest due first"
     );
+    later.clear();
 }
 
 /// Several claimers at once never get the same connection, and together get all of them.
@@ -1213,6 +1445,7 @@ where
     for task in tasks {
         all.extend(task.await.expect("task"));
     }
+    let mut all = claimed_keys(&all);
     let total = all.len();
     all.sort();
     all.dedup();

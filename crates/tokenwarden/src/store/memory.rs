@@ -14,7 +14,7 @@ use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionSta
 use crate::crypto::{Field, KeyRing, envelope_key_id};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::store::{
-    KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
+    Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -281,7 +281,7 @@ impl Store for MemoryStore {
         limit: u32,
         owner: &str,
         until: OffsetDateTime,
-    ) -> Result<Vec<ConnectionKey>, StoreError> {
+    ) -> Result<Vec<Claimed>, StoreError> {
         let mut rows = self.rows();
         let mut due: Vec<(OffsetDateTime, ConnectionKey)> = rows
             .values()
@@ -300,12 +300,15 @@ impl Store for MemoryStore {
             .collect();
         due.sort();
         due.truncate(limit as usize);
-        for (_, key) in &due {
-            if let Some(row) = rows.get_mut(key) {
+        let mut claimed = Vec::with_capacity(due.len());
+        for (_, key) in due {
+            if let Some(row) = rows.get_mut(&key) {
                 row.lease = Some((owner.to_owned(), until));
+                let connection = self.open(row);
+                claimed.push(Claimed { key, connection });
             }
         }
-        Ok(due.into_iter().map(|(_, key)| key).collect())
+        Ok(claimed)
     }
 
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {

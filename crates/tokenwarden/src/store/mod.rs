@@ -117,6 +117,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// was deleted. Durable (committed) when it returns.
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError>;
 
+    /// [`Store::update`] for several connections at once, in one durable commit where the
+    /// backend has transactions (group commit: one fsync for the batch instead of one per
+    /// row). Each connection gets its own answer, in order: a `Conflict` or `NotFound` for one
+    /// does not stop the others. The outer error means nothing of the batch was written.
+    /// The same key may appear twice; the writes then apply in order.
+    async fn update_batch(
+        &self,
+        conns: &[Connection],
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(conns.len());
+        for conn in conns {
+            out.push(self.update(conn).await);
+        }
+        Ok(out)
+    }
+
     /// Deletes a connection; false when there was none.
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError>;
 
@@ -148,7 +164,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Claims up to `limit` active connections whose `next_refresh_at` is due at `now` and
     /// whose lease is free or expired (rows `owner` itself holds are not claimed again),
-    /// leasing them to `owner` until `until`; earliest first.
+    /// leasing them to `owner` until `until`; earliest first. Each comes back as written by
+    /// the claim, read under the lease it took, so the refresh needs no second read.
     /// Several instances claiming at once never get the same connection.
     async fn claim_due(
         &self,
@@ -156,7 +173,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
         owner: &str,
         until: OffsetDateTime,
-    ) -> Result<Vec<ConnectionKey>, StoreError>;
+    ) -> Result<Vec<Claimed>, StoreError>;
 
     /// The earliest time an active, scheduled connection becomes claimable: its
     /// `next_refresh_at`, or its lease's expiry when that is later. `None` when nothing is
@@ -177,6 +194,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         after: Option<&ConnectionKey>,
         limit: u32,
     ) -> Result<ResealBatch, StoreError>;
+}
+
+/// A connection [`Store::claim_due`] leased to the claimer.
+#[derive(Debug)]
+pub struct Claimed {
+    pub key: ConnectionKey,
+    /// The row as claimed (lease included), or why it could not be read (its secrets did
+    /// not open, say); a refresh then reports that the usual way.
+    pub connection: Result<Connection, StoreError>,
 }
 
 /// The result of one [`Store::reseal_batch`].

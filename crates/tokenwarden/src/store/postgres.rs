@@ -26,12 +26,12 @@ use sqlx::{AssertSqlSafe, Connection as _, Postgres, QueryBuilder, SqlSafeStr};
 use time::OffsetDateTime;
 
 use super::rows::{
-    RowValues, corrupt, db_error, from_unix, get, key_from_row, key_usage as key_usage_from,
-    list_query, meta_from_row, open_tokens, page, push_after, seal_tokens, status_counts, unix,
-    written_meta,
+    RowValues, claimed_from_row, corrupt, db_error, distinct_keys, from_unix, get, key_from_row,
+    key_usage as key_usage_from, list_query, meta_from_row, open_tokens, page, push_after,
+    seal_tokens, status_counts, unix, written_meta,
 };
 use super::{
-    KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
+    Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
     decode_cursor,
 };
 use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus};
@@ -137,17 +137,116 @@ impl PgStore {
         self.pool.close().await;
     }
 
+    /// [`Store::update_batch`] for distinct keys: one statement (one round trip, one
+    /// commit) that joins the rows, passed as arrays, on key and expected version. Rows are
+    /// passed in key order, so two batches sharing keys lock them in the same order.
+    async fn update_distinct(
+        &self,
+        conns: &[Connection],
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        let mut order: Vec<usize> = (0..conns.len()).collect();
+        order.sort_by(|&a, &b| conns[a].key().cmp(conns[b].key()));
+        let mut out: Vec<Option<Result<ConnectionMeta, StoreError>>> =
+            (0..conns.len()).map(|_| None).collect();
+        let mut columns = BatchColumns::default();
+        for &i in &order {
+            match RowValues::seal(&self.keys, &conns[i]) {
+                Ok(values) => columns.push(i, &conns[i], values),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        let rows = columns
+            .bind(sqlx::query(UPDATE_BATCH_SQL))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("update"))?;
+        for row in &rows {
+            let idx: i32 = get(row, "idx")?;
+            let i = usize::try_from(idx).map_err(|_| corrupt("batch index"))?;
+            let conn = conns.get(i).ok_or_else(|| corrupt("batch index"))?;
+            out[i] = Some(written_meta(
+                conn,
+                get(row, "created_at")?,
+                get(row, "version")?,
+            ));
+        }
+        let mut results = Vec::with_capacity(conns.len());
+        for (i, result) in out.into_iter().enumerate() {
+            results.push(match result {
+                Some(result) => result,
+                None => Err(self.missed_write(conns[i].key(), "update").await),
+            });
+        }
+        Ok(results)
+    }
+
+    /// [`Store::update_batch`] with a key written more than once: one transaction, one
+    /// statement per row in the order given, so later writes see earlier ones.
+    async fn update_in_order(
+        &self,
+        conns: &[Connection],
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        let values: Vec<_> = conns
+            .iter()
+            .map(|c| RowValues::seal(&self.keys, c))
+            .collect();
+        let mut tx = self.pool.begin().await.map_err(db_error("update"))?;
+        let mut out = Vec::with_capacity(conns.len());
+        for (conn, values) in conns.iter().zip(values) {
+            let result = match values {
+                Ok(v) => update_row(&mut tx, conn, v).await,
+                Err(e) => Err(e),
+            };
+            // A failed statement aborts the transaction: none of the batch counts.
+            if let Err(e @ StoreError::Database(_)) = result {
+                return Err(e);
+            }
+            out.push(result);
+        }
+        tx.commit().await.map_err(db_error("update"))?;
+        Ok(out)
+    }
+
     /// `Conflict` if the connection exists, else `NotFound`: what a write that matched no
     /// row means.
     async fn missed_write(&self, key: &ConnectionKey, op: &'static str) -> StoreError {
-        let exists = bind_key(sqlx::query(EXISTS_SQL), key)
-            .fetch_optional(&self.pool)
-            .await;
-        match exists {
-            Ok(Some(_)) => StoreError::Conflict,
-            Ok(None) => StoreError::NotFound,
+        match self.pool.acquire().await {
+            Ok(mut db) => missed_write(&mut db, key, op).await,
             Err(e) => db_error(op)(e),
         }
+    }
+}
+
+/// [`PgStore::missed_write`] on a given connection (or transaction).
+async fn missed_write(db: &mut PgConnection, key: &ConnectionKey, op: &'static str) -> StoreError {
+    match bind_key(sqlx::query(EXISTS_SQL), key)
+        .fetch_optional(&mut *db)
+        .await
+    {
+        Ok(Some(_)) => StoreError::Conflict,
+        Ok(None) => StoreError::NotFound,
+        Err(e) => db_error(op)(e),
+    }
+}
+
+/// One compare-and-swap write of `conn` (see [`Store::update`]) on `db`. One statement, so
+/// the version check and the write are atomic: a concurrent writer of the same row makes
+/// this one wait, then re-check `version` on its result. It releases the lease.
+async fn update_row(
+    db: &mut PgConnection,
+    conn: &Connection,
+    values: RowValues,
+) -> Result<ConnectionMeta, StoreError> {
+    let key = conn.key();
+    let query = bind_values(values, sqlx::query(AssertSqlSafe(UPDATE_SQL.as_str())));
+    let row = bind_key(query, key)
+        .bind(conn.meta.version)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_error("update"))?;
+    match row {
+        Some(row) => written_meta(conn, get(&row, "created_at")?, get(&row, "version")?),
+        None => Err(missed_write(db, key, "update").await),
     }
 }
 
@@ -274,6 +373,149 @@ static WRITE_SET: LazyLock<String> = LazyLock::new(|| {
         .join(", ")
 });
 
+/// [`PgStore::update_distinct`]: the compare-and-swap update of many rows in one
+/// statement. The arrays are bound in [`BatchColumns::bind`]'s order; `idx` says which input
+/// row each returned row answers.
+const UPDATE_BATCH_SQL: &str = "\
+    UPDATE connections AS c SET \
+        access_token = v.access_token, access_key_id = v.access_key_id, \
+        refresh_token = v.refresh_token, refresh_key_id = v.refresh_key_id, \
+        token_type = v.token_type, expires_at = v.expires_at, \
+        refresh_expires_at = v.refresh_expires_at, issued_at = v.issued_at, \
+        scopes = v.scopes, metadata = v.metadata, status = v.status, \
+        last_refreshed_at = v.last_refreshed_at, \
+        consecutive_failures = v.consecutive_failures, \
+        last_error_code = v.last_error_code, last_error_message = v.last_error_message, \
+        last_error_at = v.last_error_at, updated_at = v.updated_at, \
+        next_refresh_at = v.next_refresh_at, \
+        version = c.version + 1, lease_owner = NULL, lease_until = NULL \
+    FROM UNNEST($1::bytea[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::int8[], \
+                $7::int8[], $8::int8[], $9::text[], $10::text[], $11::text[], $12::int8[], \
+                $13::int8[], $14::text[], $15::text[], $16::int8[], $17::int8[], $18::int8[], \
+                $19::text[], $20::text[], $21::text[], $22::int8[], $23::int4[]) \
+      AS v(access_token, access_key_id, refresh_token, refresh_key_id, token_type, \
+           expires_at, refresh_expires_at, issued_at, scopes, metadata, status, \
+           last_refreshed_at, consecutive_failures, last_error_code, last_error_message, \
+           last_error_at, updated_at, next_refresh_at, user_id, provider, account_id, \
+           expected_version, idx) \
+    WHERE c.user_id = v.user_id AND c.provider = v.provider \
+      AND c.account_id = v.account_id AND c.version = v.expected_version \
+    RETURNING v.idx, c.created_at, c.version";
+
+/// Rows for [`UPDATE_BATCH_SQL`], one array per column.
+#[derive(Default)]
+struct BatchColumns {
+    access: Vec<Vec<u8>>,
+    access_key_id: Vec<String>,
+    refresh: Vec<Option<Vec<u8>>>,
+    refresh_key_id: Vec<Option<String>>,
+    token_type: Vec<String>,
+    expires_at: Vec<Option<i64>>,
+    refresh_expires_at: Vec<Option<i64>>,
+    issued_at: Vec<Option<i64>>,
+    scopes: Vec<String>,
+    metadata: Vec<String>,
+    status: Vec<String>,
+    last_refreshed_at: Vec<Option<i64>>,
+    consecutive_failures: Vec<i64>,
+    last_error_code: Vec<Option<String>>,
+    last_error_message: Vec<Option<String>>,
+    last_error_at: Vec<Option<i64>>,
+    updated_at: Vec<i64>,
+    next_refresh_at: Vec<Option<i64>>,
+    user_id: Vec<String>,
+    provider: Vec<String>,
+    account_id: Vec<String>,
+    expected_version: Vec<i64>,
+    idx: Vec<i32>,
+}
+
+impl BatchColumns {
+    fn push(&mut self, idx: usize, conn: &Connection, values: RowValues) {
+        let s = values.sealed;
+        self.access.push(s.access);
+        self.access_key_id.push(s.access_key_id);
+        self.refresh.push(s.refresh);
+        self.refresh_key_id.push(s.refresh_key_id);
+        self.token_type.push(values.token_type);
+        self.expires_at.push(values.expires_at);
+        self.refresh_expires_at.push(values.refresh_expires_at);
+        self.issued_at.push(values.issued_at);
+        self.scopes.push(values.scopes);
+        self.metadata.push(values.metadata);
+        self.status.push(values.status.to_owned());
+        self.last_refreshed_at.push(values.last_refreshed_at);
+        self.consecutive_failures.push(values.consecutive_failures);
+        self.last_error_code.push(values.last_error_code);
+        self.last_error_message.push(values.last_error_message);
+        self.last_error_at.push(values.last_error_at);
+        self.updated_at.push(values.updated_at);
+        self.next_refresh_at.push(values.next_refresh_at);
+        let key = conn.key();
+        self.user_id.push(key.user_id.as_str().to_owned());
+        self.provider.push(key.provider.as_str().to_owned());
+        self.account_id.push(key.account_id.as_str().to_owned());
+        self.expected_version.push(conn.meta.version);
+        // Batches are far smaller than i32::MAX.
+        self.idx.push(i32::try_from(idx).unwrap_or(i32::MAX));
+    }
+
+    fn bind(self, query: PgQuery<'_>) -> PgQuery<'_> {
+        query
+            .bind(self.access)
+            .bind(self.access_key_id)
+            .bind(self.refresh)
+            .bind(self.refresh_key_id)
+            .bind(self.token_type)
+            .bind(self.expires_at)
+            .bind(self.refresh_expires_at)
+            .bind(self.issued_at)
+            .bind(self.scopes)
+            .bind(self.metadata)
+            .bind(self.status)
+            .bind(self.last_refreshed_at)
+            .bind(self.consecutive_failures)
+            .bind(self.last_error_code)
+            .bind(self.last_error_message)
+            .bind(self.last_error_at)
+            .bind(self.updated_at)
+            .bind(self.next_refresh_at)
+            .bind(self.user_id)
+            .bind(self.provider)
+            .bind(self.account_id)
+            .bind(self.expected_version)
+            .bind(self.idx)
+    }
+}
+
+/// [`Store::claim_due`]'s statement: lease the earliest due rows and return them whole.
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
+    let returned: Vec<String> = META_COLUMNS
+        .split(',')
+        .map(|c| format!("c.{}", c.trim()))
+        .collect();
+    format!(
+        "WITH due AS ( \
+             SELECT user_id, provider, account_id FROM connections \
+             WHERE status = 'active' AND next_refresh_at IS NOT NULL \
+               AND next_refresh_at <= $3 \
+               AND (lease_owner IS NULL OR lease_until <= $3) \
+             ORDER BY next_refresh_at \
+             LIMIT $4 \
+             FOR UPDATE SKIP LOCKED \
+         ), claimed AS ( \
+             UPDATE connections AS c SET lease_owner = $1, lease_until = $2 \
+             FROM due \
+             WHERE c.user_id = due.user_id AND c.provider = due.provider \
+               AND c.account_id = due.account_id \
+             RETURNING {}, c.access_token, c.refresh_token \
+         ) \
+         SELECT * FROM claimed \
+         ORDER BY next_refresh_at, user_id, provider, account_id",
+        returned.join(", ")
+    )
+});
+
 /// Creates a row unless the key exists. Its version starts above every deleted version
 /// (see `store_state` in the migration), so an update prepared against a deleted
 /// incarnation of this key can never match the new one.
@@ -375,10 +617,7 @@ impl Store for PgStore {
 
     async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
         let key = conn.key();
-        let values = RowValues::new(
-            &conn.meta,
-            seal_tokens(&self.keys, conn.key(), &conn.tokens),
-        )?;
+        let values = RowValues::seal(&self.keys, conn)?;
         // Two single statements instead of a transaction: the insert does nothing if the key
         // exists (waiting for a concurrent insert of it to settle), then the replace bumps
         // the existing row's version. Only a delete landing between the two leaves both
@@ -416,23 +655,23 @@ impl Store for PgStore {
     }
 
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
-        let key = conn.key();
-        let values = RowValues::new(
-            &conn.meta,
-            seal_tokens(&self.keys, conn.key(), &conn.tokens),
-        )?;
-        // One statement, so the version check and the write are atomic: a concurrent writer
-        // of the same row makes this one wait, then re-check `version` on its result. It
-        // commits before returning (autocommit, synchronous_commit = on).
-        let query = bind_values(values, sqlx::query(AssertSqlSafe(UPDATE_SQL.as_str())));
-        let row = bind_key(query, key)
-            .bind(conn.meta.version)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error("update"))?;
-        match row {
-            Some(row) => written_meta(conn, get(&row, "created_at")?, get(&row, "version")?),
-            None => Err(self.missed_write(key, "update").await),
+        let values = RowValues::seal(&self.keys, conn)?;
+        // Autocommit: durable when it returns (synchronous_commit = on).
+        let mut db = self.pool.acquire().await.map_err(db_error("update"))?;
+        update_row(&mut db, conn, values).await
+    }
+
+    async fn update_batch(
+        &self,
+        conns: &[Connection],
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        if conns.is_empty() {
+            return Ok(Vec::new());
+        }
+        if distinct_keys(conns) {
+            self.update_distinct(conns).await
+        } else {
+            self.update_in_order(conns).await
         }
     }
 
@@ -545,39 +784,25 @@ impl Store for PgStore {
         limit: u32,
         owner: &str,
         until: OffsetDateTime,
-    ) -> Result<Vec<ConnectionKey>, StoreError> {
+    ) -> Result<Vec<Claimed>, StoreError> {
         // SKIP LOCKED: rows another claimer (or a try_lease) is writing right now are passed
         // over instead of waited for, so instances never block each other. A row that was
         // leased and committed after this statement's snapshot is re-checked against the
-        // lease condition when locked, so it is never claimed twice. RETURNING has no order,
-        // hence the outer ORDER BY.
-        let rows = sqlx::query(
-            "WITH due AS ( \
-                 SELECT user_id, provider, account_id FROM connections \
-                 WHERE status = 'active' AND next_refresh_at IS NOT NULL \
-                   AND next_refresh_at <= $3 \
-                   AND (lease_owner IS NULL OR lease_until <= $3) \
-                 ORDER BY next_refresh_at, user_id, provider, account_id \
-                 LIMIT $4 \
-                 FOR UPDATE SKIP LOCKED \
-             ), claimed AS ( \
-                 UPDATE connections AS c SET lease_owner = $1, lease_until = $2 \
-                 FROM due \
-                 WHERE c.user_id = due.user_id AND c.provider = due.provider \
-                   AND c.account_id = due.account_id \
-                 RETURNING c.user_id, c.provider, c.account_id, c.next_refresh_at \
-             ) \
-             SELECT user_id, provider, account_id FROM claimed \
-             ORDER BY next_refresh_at, user_id, provider, account_id",
-        )
-        .bind(owner.to_owned())
-        .bind(unix(until))
-        .bind(unix(now))
-        .bind(i64::from(limit.max(1)))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error("claim_due"))?;
-        rows.iter().map(key_from_row).collect()
+        // lease condition when locked, so it is never claimed twice. The inner order is the
+        // partial index's alone, so a large backlog is read from the index and the scan
+        // stops at the limit instead of sorting every due row. RETURNING has no order, hence
+        // the outer ORDER BY.
+        let rows = sqlx::query(CLAIM_SQL.as_str())
+            .bind(owner.to_owned())
+            .bind(unix(until))
+            .bind(unix(now))
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("claim_due"))?;
+        rows.iter()
+            .map(|row| claimed_from_row(&self.keys, row))
+            .collect()
     }
 
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {

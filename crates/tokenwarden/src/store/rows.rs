@@ -7,7 +7,7 @@
 use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 use time::OffsetDateTime;
 
-use super::{KeyUsage, ListPage, ListQuery, StoreError, encode_cursor};
+use super::{Claimed, KeyUsage, ListPage, ListQuery, StoreError, encode_cursor};
 use crate::connection::{
     AccountId, Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError,
     ProviderName, Tokens, UserId,
@@ -102,6 +102,11 @@ pub(crate) struct RowValues {
 }
 
 impl RowValues {
+    /// The values to write for `conn`, its secrets sealed under the key ring's active key.
+    pub(crate) fn seal(keys: &KeyRing, conn: &Connection) -> Result<Self, StoreError> {
+        Self::new(&conn.meta, seal_tokens(keys, conn.key(), &conn.tokens))
+    }
+
     pub(crate) fn new(meta: &ConnectionMeta, sealed: SealedTokens) -> Result<Self, StoreError> {
         let json = |what: &str, value: Result<String, serde_json::Error>| {
             value.map_err(|_| StoreError::Database(format!("cannot encode {what} as JSON")))
@@ -179,6 +184,32 @@ where
         account_id: AccountId::parse(get::<R, String>(row, "account_id")?)
             .map_err(|_| corrupt("account_id"))?,
     })
+}
+
+/// Whether no key appears twice in `conns` (a batch that can be written in one statement).
+pub(crate) fn distinct_keys(conns: &[Connection]) -> bool {
+    let mut keys: Vec<&ConnectionKey> = conns.iter().map(Connection::key).collect();
+    keys.sort_unstable();
+    keys.windows(2).all(|w| w[0] != w[1])
+}
+
+/// A row claimed by `claim_due` (metadata columns and both sealed tokens). Only an unreadable
+/// key fails the whole claim; anything else wrong with the row stays with that row.
+pub(crate) fn claimed_from_row<R>(keys: &KeyRing, row: &R) -> Result<Claimed, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let key = key_from_row(row)?;
+    let connection = meta_from_row(row).and_then(|meta| {
+        let tokens = open_tokens(keys, &meta.key, row)?;
+        Ok(Connection { meta, tokens })
+    });
+    Ok(Claimed { key, connection })
 }
 
 /// The metadata columns of a row (the backends' `META_COLUMNS`).

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,12 +22,12 @@ use sqlx::{AssertSqlSafe, QueryBuilder, SqlSafeStr, Sqlite};
 use time::OffsetDateTime;
 
 use super::rows::{
-    RowValues, corrupt, db_error, from_unix, get, key_from_row, key_usage as key_usage_from,
-    list_query, meta_from_row, open_tokens, page, push_after, seal_tokens, status_counts, unix,
-    written_meta,
+    RowValues, claimed_from_row, corrupt, db_error, distinct_keys, from_unix, get, key_from_row,
+    key_usage as key_usage_from, list_query, meta_from_row, open_tokens, page, push_after,
+    seal_tokens, status_counts, unix, written_meta,
 };
 use super::{
-    KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
+    Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
     decode_cursor,
 };
 use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus};
@@ -54,6 +54,10 @@ const BAD_URL: &str = "database_url must be sqlite://RELATIVE_PATH, sqlite:///AB
 pub struct SqliteStore {
     pool: SqlitePool,
     keys: Arc<KeyRing>,
+    /// Taken by every write. SQLite has one writer at a time; writers that collide inside
+    /// SQLite wait in its busy handler, which sleeps in steps of milliseconds. Queueing them
+    /// here instead hands the lock over at once, and leaves the other connections to readers.
+    write: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -123,12 +127,123 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(format!("migrate: {e}")))?;
-        Ok(Self { pool, keys })
+        Ok(Self {
+            pool,
+            keys,
+            write: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// The connection pool, for backend-specific tests and maintenance (key rotation).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// [`Store::update_batch`] for distinct keys: one `UPDATE … FROM (VALUES …)` statement, so
+    /// one round trip to the connection's thread and one commit, joined on key and expected
+    /// version.
+    async fn update_distinct(
+        &self,
+        conns: &[Connection],
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        let mut out: Vec<Option<Result<ConnectionMeta, StoreError>>> =
+            (0..conns.len()).map(|_| None).collect();
+        let mut qb = QueryBuilder::<Sqlite>::new(BATCH_PREFIX.as_str());
+        let mut rows = 0;
+        let mut index = std::collections::HashMap::with_capacity(conns.len());
+        for (i, conn) in conns.iter().enumerate() {
+            let values = match RowValues::seal(&self.keys, conn) {
+                Ok(values) => values,
+                Err(e) => {
+                    out[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            if rows > 0 {
+                qb.push(", ");
+            }
+            rows += 1;
+            push_batch_row(&mut qb, values, conn);
+            index.insert(conn.key().clone(), i);
+        }
+        qb.push(BATCH_SUFFIX.as_str());
+        if rows > 0 {
+            let _write = self.write.lock().await;
+            let returned = qb
+                .build()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error("update"))?;
+            drop(_write);
+            for row in &returned {
+                let key = key_from_row(row)?;
+                let i = *index.get(&key).ok_or_else(|| corrupt("batch key"))?;
+                out[i] = Some(written_meta(
+                    &conns[i],
+                    get(row, "created_at")?,
+                    get(row, "version")?,
+                ));
+            }
+        }
+        let mut results = Vec::with_capacity(conns.len());
+        for (i, result) in out.into_iter().enumerate() {
+            results.push(match result {
+                Some(result) => result,
+                None => Err(self.missed_write(conns[i].key()).await),
+            });
+        }
+        Ok(results)
+    }
+
+    /// [`Store::update_batch`] with a key written more than once: one transaction, one
+    /// statement per row in the order given, so later writes see earlier ones.
+    async fn update_in_order(
+        &self,
+        conns: &[Connection],
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        // Seal before taking the write lock, so the lock is held for the writes alone.
+        let values: Vec<_> = conns
+            .iter()
+            .map(|c| RowValues::seal(&self.keys, c))
+            .collect();
+        let _write = self.write.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error("update"))?;
+        let mut out = Vec::with_capacity(conns.len());
+        for (conn, values) in conns.iter().zip(values) {
+            let result = match values {
+                Ok(values) => update_row(&mut tx, conn, values).await,
+                Err(e) => Err(e),
+            };
+            // A database failure leaves the transaction in doubt: none of the batch counts.
+            if let Err(e @ StoreError::Database(_)) = result {
+                return Err(e);
+            }
+            out.push(result);
+        }
+        tx.commit().await.map_err(db_error("update"))?;
+        Ok(out)
+    }
+
+    /// `Conflict` if the connection exists, else `NotFound`: what a write that matched no
+    /// row means.
+    async fn missed_write(&self, key: &ConnectionKey) -> StoreError {
+        let exists: Result<Option<i64>, _> = sqlx::query_scalar(
+            "SELECT 1 FROM connections WHERE user_id = ? AND provider = ? AND account_id = ?",
+        )
+        .bind(key.user_id.as_str())
+        .bind(key.provider.as_str())
+        .bind(key.account_id.as_str())
+        .fetch_optional(&self.pool)
+        .await;
+        match exists {
+            Ok(Some(_)) => StoreError::Conflict,
+            Ok(None) => StoreError::NotFound,
+            Err(e) => db_error("update")(e),
+        }
     }
 
     /// Closes the pool, waiting for connections to finish (graceful shutdown).
@@ -245,6 +360,88 @@ fn bind_values<'q>(values: RowValues, query: SqliteQuery<'q>) -> SqliteQuery<'q>
         .bind(values.next_refresh_at)
 }
 
+/// The columns [`WRITE_SET`] writes, in its order (and [`bind_values`]'s).
+const WRITE_COLUMNS: [&str; 18] = [
+    "access_token",
+    "access_key_id",
+    "refresh_token",
+    "refresh_key_id",
+    "token_type",
+    "expires_at",
+    "refresh_expires_at",
+    "issued_at",
+    "scopes",
+    "metadata",
+    "status",
+    "last_refreshed_at",
+    "consecutive_failures",
+    "last_error_code",
+    "last_error_message",
+    "last_error_at",
+    "updated_at",
+    "next_refresh_at",
+];
+
+/// [`SqliteStore::update_distinct`]'s statement up to its rows: a `VALUES` list named `v`
+/// whose columns are the written ones prefixed `new_`, then the key and expected version.
+static BATCH_PREFIX: LazyLock<String> = LazyLock::new(|| {
+    let columns: Vec<String> = WRITE_COLUMNS.iter().map(|c| format!("new_{c}")).collect();
+    format!(
+        "WITH v({}, key_user_id, key_provider, key_account_id, expected_version) AS (VALUES ",
+        columns.join(", ")
+    )
+});
+
+/// The rest of [`BATCH_PREFIX`]'s statement, after the rows. RETURNING may only name the
+/// updated table, so rows are matched back by key.
+static BATCH_SUFFIX: LazyLock<String> = LazyLock::new(|| {
+    let set: Vec<String> = WRITE_COLUMNS
+        .iter()
+        .map(|c| format!("{c} = v.new_{c}"))
+        .collect();
+    format!(
+        ") UPDATE connections SET {}, version = connections.version + 1, \
+         lease_owner = NULL, lease_until = NULL \
+         FROM v WHERE connections.user_id = v.key_user_id \
+           AND connections.provider = v.key_provider \
+           AND connections.account_id = v.key_account_id \
+           AND connections.version = v.expected_version \
+         RETURNING user_id, provider, account_id, created_at, version",
+        set.join(", ")
+    )
+});
+
+/// One row of [`BATCH_PREFIX`]'s `VALUES`: `(written values…, key…, expected version)`.
+fn push_batch_row(qb: &mut QueryBuilder<Sqlite>, values: RowValues, conn: &Connection) {
+    let s = values.sealed;
+    let key = conn.key();
+    let mut row = qb.separated(", ");
+    row.push_unseparated("(");
+    row.push_bind(s.access)
+        .push_bind(s.access_key_id)
+        .push_bind(s.refresh)
+        .push_bind(s.refresh_key_id)
+        .push_bind(values.token_type)
+        .push_bind(values.expires_at)
+        .push_bind(values.refresh_expires_at)
+        .push_bind(values.issued_at)
+        .push_bind(values.scopes)
+        .push_bind(values.metadata)
+        .push_bind(values.status)
+        .push_bind(values.last_refreshed_at)
+        .push_bind(values.consecutive_failures)
+        .push_bind(values.last_error_code)
+        .push_bind(values.last_error_message)
+        .push_bind(values.last_error_at)
+        .push_bind(values.updated_at)
+        .push_bind(values.next_refresh_at)
+        .push_bind(key.user_id.as_str().to_owned())
+        .push_bind(key.provider.as_str().to_owned())
+        .push_bind(key.account_id.as_str().to_owned())
+        .push_bind(conn.meta.version);
+    row.push_unseparated(")");
+}
+
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
 
 fn bind_key<'q>(query: SqliteQuery<'q>, key: &ConnectionKey) -> SqliteQuery<'q> {
@@ -252,6 +449,45 @@ fn bind_key<'q>(query: SqliteQuery<'q>, key: &ConnectionKey) -> SqliteQuery<'q> 
         .bind(key.user_id.as_str().to_owned())
         .bind(key.provider.as_str().to_owned())
         .bind(key.account_id.as_str().to_owned())
+}
+
+/// One compare-and-swap write of `conn` (see [`Store::update`]) on `db`, inside or outside
+/// a transaction. One statement, so the version check and the write are atomic. It ends the
+/// refresh: the lease is released in the same write.
+async fn update_row(
+    db: &mut sqlx::SqliteConnection,
+    conn: &Connection,
+    values: RowValues,
+) -> Result<ConnectionMeta, StoreError> {
+    let key = conn.key();
+    let sql = format!(
+        "UPDATE connections SET {WRITE_SET}, version = version + 1, \
+         lease_owner = NULL, lease_until = NULL \
+         WHERE {KEY_MATCH} AND version = ? RETURNING created_at, version"
+    );
+    let query = bind_values(values, sqlx::query(AssertSqlSafe(sql)));
+    let row = bind_key(query, key)
+        .bind(conn.meta.version)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_error("update"))?;
+    if let Some(row) = row {
+        return written_meta(conn, get(&row, "created_at")?, get(&row, "version")?);
+    }
+    let exists: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM connections WHERE user_id = ? AND provider = ? AND account_id = ?",
+    )
+    .bind(key.user_id.as_str())
+    .bind(key.provider.as_str())
+    .bind(key.account_id.as_str())
+    .fetch_optional(&mut *db)
+    .await
+    .map_err(db_error("update"))?;
+    Err(if exists.is_some() {
+        StoreError::Conflict
+    } else {
+        StoreError::NotFound
+    })
 }
 
 #[async_trait]
@@ -275,13 +511,11 @@ impl Store for SqliteStore {
 
     async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
         let key = conn.key();
-        let values = RowValues::new(
-            &conn.meta,
-            seal_tokens(&self.keys, conn.key(), &conn.tokens),
-        )?;
+        let values = RowValues::seal(&self.keys, conn)?;
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads and
         // then writes fails at once (SQLITE_BUSY, no busy wait) if another writer committed
         // in between, which would surface as spurious errors under concurrent imports.
+        let _write = self.write.lock().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
@@ -329,44 +563,28 @@ impl Store for SqliteStore {
     }
 
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
-        let key = conn.key();
-        let values = RowValues::new(
-            &conn.meta,
-            seal_tokens(&self.keys, conn.key(), &conn.tokens),
-        )?;
-        // One statement, so the version check and the write are atomic without a transaction.
-        // It ends the refresh: the lease is released in the same write.
-        let sql = format!(
-            "UPDATE connections SET {WRITE_SET}, version = version + 1, \
-             lease_owner = NULL, lease_until = NULL \
-             WHERE {KEY_MATCH} AND version = ? RETURNING created_at, version"
-        );
-        let query = bind_values(values, sqlx::query(AssertSqlSafe(sql)));
-        let row = bind_key(query, key)
-            .bind(conn.meta.version)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error("update"))?;
-        if let Some(row) = row {
-            return written_meta(conn, get(&row, "created_at")?, get(&row, "version")?);
+        let values = RowValues::seal(&self.keys, conn)?;
+        let _write = self.write.lock().await;
+        let mut db = self.pool.acquire().await.map_err(db_error("update"))?;
+        update_row(&mut db, conn, values).await
+    }
+
+    async fn update_batch(
+        &self,
+        conns: &[Connection],
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        if conns.is_empty() {
+            return Ok(Vec::new());
         }
-        let exists: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM connections WHERE user_id = ? AND provider = ? AND account_id = ?",
-        )
-        .bind(key.user_id.as_str())
-        .bind(key.provider.as_str())
-        .bind(key.account_id.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error("update"))?;
-        Err(if exists.is_some() {
-            StoreError::Conflict
+        if distinct_keys(conns) {
+            self.update_distinct(conns).await
         } else {
-            StoreError::NotFound
-        })
+            self.update_in_order(conns).await
+        }
     }
 
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+        let _write = self.write.lock().await;
         let done = sqlx::query(
             "DELETE FROM connections WHERE user_id = ? AND provider = ? AND account_id = ?",
         )
@@ -440,6 +658,7 @@ impl Store for SqliteStore {
         let query = sqlx::query(AssertSqlSafe(sql))
             .bind(owner.to_owned())
             .bind(unix(until));
+        let _write = self.write.lock().await;
         let done = bind_key(query, key)
             .bind(unix(now))
             .bind(owner.to_owned())
@@ -470,6 +689,7 @@ impl Store for SqliteStore {
             "UPDATE connections SET lease_owner = NULL, lease_until = NULL \
              WHERE {KEY_MATCH} AND lease_owner = ?"
         );
+        let _write = self.write.lock().await;
         bind_key(sqlx::query(AssertSqlSafe(sql)), key)
             .bind(owner.to_owned())
             .execute(&self.pool)
@@ -484,27 +704,44 @@ impl Store for SqliteStore {
         limit: u32,
         owner: &str,
         until: OffsetDateTime,
-    ) -> Result<Vec<ConnectionKey>, StoreError> {
+    ) -> Result<Vec<Claimed>, StoreError> {
         // One statement: SQLite runs it under its single writer lock, so two claimers can
-        // never take the same row.
-        let rows = sqlx::query(
+        // never take the same row. INDEXED BY: left to itself the planner reads every active
+        // row through the status index and sorts them, which under a backlog of thousands
+        // of due rows costs a millisecond per claim; the partial index is already in due
+        // order and the scan stops at the limit. RETURNING has no order; the refreshes start
+        // earliest first.
+        let sql = format!(
             "UPDATE connections SET lease_owner = ?1, lease_until = ?2 \
              WHERE (user_id, provider, account_id) IN ( \
-                 SELECT user_id, provider, account_id FROM connections \
+                 SELECT user_id, provider, account_id \
+                 FROM connections INDEXED BY connections_next_refresh \
                  WHERE status = 'active' AND next_refresh_at IS NOT NULL \
                    AND next_refresh_at <= ?3 \
                    AND (lease_owner IS NULL OR lease_until <= ?3) \
                  ORDER BY next_refresh_at LIMIT ?4) \
-             RETURNING user_id, provider, account_id",
-        )
-        .bind(owner.to_owned())
-        .bind(unix(until))
-        .bind(unix(now))
-        .bind(i64::from(limit.max(1)))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error("claim_due"))?;
-        rows.iter().map(key_from_row).collect()
+             RETURNING {META_COLUMNS}, access_token, refresh_token"
+        );
+        let _write = self.write.lock().await;
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(owner.to_owned())
+            .bind(unix(until))
+            .bind(unix(now))
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("claim_due"))?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| claimed_from_row(&self.keys, row))
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by_key(|c| {
+            c.connection
+                .as_ref()
+                .ok()
+                .and_then(|conn| conn.meta.next_refresh_at)
+        });
+        Ok(claimed)
     }
 
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
@@ -583,6 +820,7 @@ impl Store for SqliteStore {
                 .bind(sealed.access_key_id)
                 .bind(sealed.refresh)
                 .bind(sealed.refresh_key_id);
+            let _write = self.write.lock().await;
             let done = bind_key(query, &key)
                 .bind(old_access)
                 .bind(old_refresh)

@@ -1,0 +1,413 @@
+//! Group commit: refresh results that arrive while a commit is in progress share the next
+//! one.
+//!
+//! Every finished refresh must be durable before its token is handed out, and a durable
+//! commit costs an fsync (SQLite WAL with `synchronous=FULL`, PostgreSQL with
+//! `synchronous_commit = on`). One at a time, the scheduler's throughput is bounded by the
+//! disk's fsync rate. Here the first writer starts a committer task; writers that arrive
+//! while it commits queue up and go out together in the next transaction
+//! ([`Store::update_batch`]). There is no timer: a lone write commits at once, and batches
+//! grow only as far as writes actually overlap. Each writer still gets its own answer
+//! (success, `Conflict`, `NotFound`), and only after the commit that made it durable.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use crate::connection::{Connection, ConnectionMeta};
+use crate::store::{Store, StoreError};
+
+type Reply = oneshot::Sender<Result<ConnectionMeta, StoreError>>;
+
+/// Batches [`Store::update`] calls that overlap in time.
+#[derive(Debug)]
+pub(crate) struct GroupCommit {
+    store: Arc<dyn Store>,
+    max_batch: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: Vec<(Connection, Reply)>,
+    /// Whether a committer task is running (it drains the queue before it stops).
+    committing: bool,
+}
+
+impl GroupCommit {
+    pub(crate) fn new(store: Arc<dyn Store>, max_batch: usize) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            max_batch: max_batch.max(1),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// [`Store::update`], committed together with the writes that overlap it.
+    pub(crate) async fn update(
+        self: &Arc<Self>,
+        conn: &Connection,
+    ) -> Result<ConnectionMeta, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut state = self.lock();
+            state.queue.push((conn.clone(), reply));
+            !std::mem::replace(&mut state.committing, true)
+        };
+        if start {
+            // A task of its own, so a caller that goes away cannot abandon the others'
+            // writes halfway.
+            tokio::spawn(Arc::clone(self).drain());
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(StoreError::Database(
+                "the commit task stopped before answering".to_owned(),
+            ))
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn drain(self: Arc<Self>) {
+        let mut guard = Running {
+            owner: &self,
+            done: false,
+        };
+        loop {
+            let batch: Vec<_> = {
+                let mut state = self.lock();
+                if state.queue.is_empty() {
+                    state.committing = false;
+                    guard.done = true;
+                    return;
+                }
+                let n = state.queue.len().min(self.max_batch);
+                state.queue.drain(..n).collect()
+            };
+            let (conns, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let results = self.commit(&conns).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A writer that went away no longer needs its answer; the write stands.
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// One batch: one transaction, or one row at a time if the transaction failed, so a
+    /// row the database refuses cannot fail the rows batched with it.
+    async fn commit(&self, conns: &[Connection]) -> Vec<Result<ConnectionMeta, StoreError>> {
+        if let [conn] = conns {
+            return vec![self.store.update(conn).await];
+        }
+        match self.store.update_batch(conns).await {
+            Ok(results) if results.len() == conns.len() => return results,
+            Ok(_) => tracing::error!("batched update answered for the wrong number of rows"),
+            Err(e) => tracing::warn!(error = %e, rows = conns.len(),
+                "batched update failed; writing its rows one by one"),
+        }
+        let mut results = Vec::with_capacity(conns.len());
+        for conn in conns {
+            results.push(self.store.update(conn).await);
+        }
+        results
+    }
+}
+
+/// Clears the committer's state if its task ends abnormally (panic, runtime shutdown), so
+/// later writes start a new committer and queued writers get an error instead of waiting
+/// forever.
+struct Running<'a> {
+    owner: &'a GroupCommit,
+    done: bool,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut state = self.owner.lock();
+            state.committing = false;
+            // Dropping the replies tells their writers the commit did not happen here.
+            state.queue.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use time::OffsetDateTime;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::connection::{ConnectionKey, ConnectionStatus};
+    use crate::secret::AccessToken;
+    use crate::store::conformance::{sample_connection, test_keys};
+    use crate::store::{
+        Claimed, KeyUsage, ListPage, ListQuery, MemoryStore, PutOutcome, QueueStats, ResealBatch,
+    };
+
+    /// A memory store that records how writes reach it, can hold the first write until the
+    /// test releases it, and can refuse whole batches.
+    #[derive(Debug)]
+    struct Recording {
+        inner: MemoryStore,
+        gate: Semaphore,
+        gated: AtomicBool,
+        fail_batches: bool,
+        /// Sizes of the writes in arrival order: 1 for `update`, n for `update_batch`.
+        writes: Mutex<Vec<(&'static str, usize)>>,
+    }
+
+    impl Recording {
+        fn new(gated: bool, fail_batches: bool) -> Arc<Self> {
+            Arc::new(Self {
+                inner: MemoryStore::new(test_keys("k1", &["k1"])),
+                gate: Semaphore::new(0),
+                gated: AtomicBool::new(gated),
+                fail_batches,
+                writes: Mutex::default(),
+            })
+        }
+
+        async fn wait_at_gate(&self) {
+            if self.gated.swap(false, Ordering::SeqCst) {
+                self.gate.acquire().await.expect("gate open").forget();
+            }
+        }
+
+        fn writes(&self) -> Vec<(&'static str, usize)> {
+            self.writes.lock().expect("lock").clone()
+        }
+    }
+
+    #[async_trait]
+    impl Store for Recording {
+        async fn get(&self, key: &ConnectionKey) -> Result<Option<Connection>, StoreError> {
+            self.inner.get(key).await
+        }
+        async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
+            self.inner.put(conn).await
+        }
+        async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
+            self.writes.lock().expect("lock").push(("update", 1));
+            self.wait_at_gate().await;
+            self.inner.update(conn).await
+        }
+        async fn update_batch(
+            &self,
+            conns: &[Connection],
+        ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+            self.writes
+                .lock()
+                .expect("lock")
+                .push(("batch", conns.len()));
+            self.wait_at_gate().await;
+            if self.fail_batches {
+                return Err(StoreError::Database("batch refused".into()));
+            }
+            self.inner.update_batch(conns).await
+        }
+        async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+            self.inner.delete(key).await
+        }
+        async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+            self.inner.list(query).await
+        }
+        async fn count_by_status(&self) -> Result<Vec<(ConnectionStatus, u64)>, StoreError> {
+            self.inner.count_by_status().await
+        }
+        async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
+            self.inner.key_usage().await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.inner.ping().await
+        }
+        async fn try_lease(
+            &self,
+            key: &ConnectionKey,
+            owner: &str,
+            now: OffsetDateTime,
+            until: OffsetDateTime,
+        ) -> Result<bool, StoreError> {
+            self.inner.try_lease(key, owner, now, until).await
+        }
+        async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError> {
+            self.inner.release_lease(key, owner).await
+        }
+        async fn claim_due(
+            &self,
+            now: OffsetDateTime,
+            limit: u32,
+            owner: &str,
+            until: OffsetDateTime,
+        ) -> Result<Vec<Claimed>, StoreError> {
+            self.inner.claim_due(now, limit, owner, until).await
+        }
+        async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+            self.inner.next_due().await
+        }
+        async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
+            self.inner.queue_stats(now).await
+        }
+        async fn reseal_batch(
+            &self,
+            after: Option<&ConnectionKey>,
+            limit: u32,
+        ) -> Result<ResealBatch, StoreError> {
+            self.inner.reseal_batch(after, limit).await
+        }
+    }
+
+    /// Stores `n` connections and returns them as read back (current versions).
+    async fn seeded(store: &Recording, n: usize) -> Vec<Connection> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let mut conn = sample_connection("u", "tiktok", &format!("acct{i}"));
+            let (meta, _) = store.put(&conn).await.expect("put");
+            conn.meta = meta;
+            conn.tokens.access_token = AccessToken::new(format!("new-{i}"));
+            out.push(conn);
+        }
+        out
+    }
+
+    fn queued(commits: &GroupCommit) -> usize {
+        commits.lock().queue.len()
+    }
+
+    #[tokio::test]
+    async fn writes_arriving_during_a_commit_share_the_next_one() {
+        let store = Recording::new(true, false);
+        let conns = seeded(&store, 10).await;
+        let commits = GroupCommit::new(store.clone(), 64);
+        let mut writers = tokio::task::JoinSet::new();
+        let first = conns[0].clone();
+        let c = Arc::clone(&commits);
+        writers.spawn(async move { (0, c.update(&first).await) });
+        // The first write is held inside the store; the other nine queue behind it.
+        while store.writes().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        for (i, conn) in conns.iter().enumerate().skip(1) {
+            let (c, conn) = (Arc::clone(&commits), conn.clone());
+            writers.spawn(async move { (i, c.update(&conn).await) });
+        }
+        while queued(&commits) < 9 {
+            tokio::task::yield_now().await;
+        }
+        store.gate.add_permits(1);
+        while let Some(joined) = writers.join_next().await {
+            let (i, result) = joined.expect("writer");
+            let meta = result.unwrap_or_else(|e| panic!("writer {i}: {e:?}"));
+            assert_eq!(meta.version, conns[i].meta.version + 1, "writer {i}");
+            let stored = store.get(conns[i].key()).await.expect("get").expect("row");
+            assert_eq!(
+                stored.tokens.access_token.expose_secret(),
+                format!("new-{i}")
+            );
+        }
+        assert_eq!(
+            store.writes(),
+            vec![("update", 1), ("batch", 9)],
+            "one lone commit, then one for everything that queued meanwhile"
+        );
+        assert!(!commits.lock().committing, "the committer stops when idle");
+    }
+
+    #[tokio::test]
+    async fn batches_are_capped_and_answers_stay_per_row() {
+        let store = Recording::new(true, false);
+        let conns = seeded(&store, 8).await;
+        let commits = GroupCommit::new(store.clone(), 3);
+        let mut writers = tokio::task::JoinSet::new();
+        let first = conns[0].clone();
+        let c = Arc::clone(&commits);
+        writers.spawn(async move { (0, c.update(&first).await) });
+        while store.writes().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        for (i, conn) in conns.iter().enumerate().skip(1) {
+            let mut conn = conn.clone();
+            if i == 4 {
+                conn.meta.version += 5; // stale: must fail alone
+            }
+            let c = Arc::clone(&commits);
+            writers.spawn(async move { (i, c.update(&conn).await) });
+        }
+        while queued(&commits) < 7 {
+            tokio::task::yield_now().await;
+        }
+        store.gate.add_permits(1);
+        let mut conflicts = Vec::new();
+        while let Some(joined) = writers.join_next().await {
+            let (i, result) = joined.expect("writer");
+            match result {
+                Ok(meta) => assert_eq!(meta.version, conns[i].meta.version + 1),
+                Err(StoreError::Conflict) => conflicts.push(i),
+                Err(e) => panic!("writer {i}: {e:?}"),
+            }
+        }
+        assert_eq!(conflicts, vec![4], "only the stale write conflicts");
+        assert_eq!(
+            store.writes(),
+            vec![("update", 1), ("batch", 3), ("batch", 3), ("update", 1)],
+            "at most three rows per commit; a lone leftover row is a plain update"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_is_written_row_by_row() {
+        let store = Recording::new(true, true);
+        let conns = seeded(&store, 4).await;
+        let commits = GroupCommit::new(store.clone(), 64);
+        let mut writers = tokio::task::JoinSet::new();
+        let first = conns[0].clone();
+        let c = Arc::clone(&commits);
+        writers.spawn(async move { (0, c.update(&first).await) });
+        while store.writes().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        for (i, conn) in conns.iter().enumerate().skip(1) {
+            let (c, conn) = (Arc::clone(&commits), conn.clone());
+            writers.spawn(async move { (i, c.update(&conn).await) });
+        }
+        while queued(&commits) < 3 {
+            tokio::task::yield_now().await;
+        }
+        store.gate.add_permits(1);
+        while let Some(joined) = writers.join_next().await {
+            let (i, result) = joined.expect("writer");
+            let meta = result.unwrap_or_else(|e| panic!("writer {i}: {e:?}"));
+            assert_eq!(meta.version, conns[i].meta.version + 1);
+        }
+        assert_eq!(
+            store.writes(),
+            vec![
+                ("update", 1),
+                ("batch", 3),
+                ("update", 1),
+                ("update", 1),
+                ("update", 1)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lone_write_commits_at_once_and_reports_conflicts() {
+        let store = Recording::new(false, false);
+        let conns = seeded(&store, 1).await;
+        let commits = GroupCommit::new(store.clone(), 64);
+        let meta = commits.update(&conns[0]).await.expect("write");
+        assert_eq!(meta.version, conns[0].meta.version + 1);
+        let again = commits.update(&conns[0]).await;
+        assert!(matches!(again, Err(StoreError::Conflict)), "{again:?}");
+        let missing = sample_connection("u", "tiktok", "gone");
+        let gone = commits.update(&missing).await;
+        assert!(matches!(gone, Err(StoreError::NotFound)), "{gone:?}");
+        assert_eq!(store.writes(), vec![("update", 1); 3]);
+    }
+}
