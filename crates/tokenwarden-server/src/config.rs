@@ -174,7 +174,7 @@ pub struct SchedulerSection {
     pub keepalive_seconds: u64,
     /// Extension: connections claimed per round. Default 100.
     pub batch_size: u64,
-    /// Extension: scheduled refreshes running at once. Default 16.
+    /// Extension: scheduled refreshes running at once. Default 64.
     pub concurrency: u64,
     /// Extension: longest sleep between rounds. Default 30 s.
     pub max_idle_seconds: u64,
@@ -189,7 +189,7 @@ impl Default for SchedulerSection {
             initial_retry_delay_seconds: 5,
             keepalive_seconds: 30 * 86_400,
             batch_size: 100,
-            concurrency: 16,
+            concurrency: 64,
             max_idle_seconds: 30,
         }
     }

@@ -38,7 +38,8 @@ const CONNECTIONS: usize = 50;
 const KILLS: usize = 12;
 /// Client tasks forcing refreshes (one request at a time each).
 const CLIENTS: usize = 4;
-/// The library's `SchedulerConfig::default().concurrency`; `[scheduler]` does not expose it.
+/// `scheduler.concurrency` in the test's configuration: it bounds how many refreshes can be
+/// in flight at a kill, and so how many answers a kill may lose.
 const SCHEDULER_CONCURRENCY: usize = 16;
 /// Access token lifetime the fake provider grants: short, so the scheduler keeps refreshing
 /// (with `lead_seconds = 1`, every connection is refreshed about every 2 s).
@@ -245,6 +246,7 @@ failure_threshold = 10000
 enabled = true
 lead_seconds = 1
 max_retry_delay_seconds = 1
+concurrency = {SCHEDULER_CONCURRENCY}
 
 [server]
 shutdown_timeout_seconds = 0
