@@ -32,13 +32,13 @@ if want concurrency; then
 fi
 
 if want scheduler; then
+  # Rounds (median reported) run inside one process, side by side with the baseline.
   echo "## scheduler throughput vs durable single-row commits (SQLite)"
-  for i in $(seq "$RUNS"); do "$BIN/examples/bench_scheduler" 2000; done | tee "$OUT/scheduler.txt"
+  BENCH_ROUNDS="${RUNS}" "$BIN/examples/bench_scheduler" 2000 | tee "$OUT/scheduler.txt"
   if [[ -n "${TOKENWARDEN_TEST_POSTGRES_URL:-}" ]]; then
     echo "## scheduler throughput vs durable single-row commits (PostgreSQL)"
-    for i in $(seq "$RUNS"); do
-      "$BIN/examples/bench_scheduler" 2000 "$TOKENWARDEN_TEST_POSTGRES_URL"
-    done | tee "$OUT/scheduler_pg.txt"
+    BENCH_ROUNDS="${RUNS}" "$BIN/examples/bench_scheduler" 2000 "$TOKENWARDEN_TEST_POSTGRES_URL" \
+      | tee "$OUT/scheduler_pg.txt"
   fi
 fi
 
