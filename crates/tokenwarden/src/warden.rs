@@ -35,7 +35,7 @@ use crate::scheduler::{
     RateLimiters, SchedulerConfig, Wakeup, plan_after_failure, plan_after_success,
 };
 use crate::secret::{AccessToken, RefreshToken};
-use crate::store::{Claimed, ListPage, ListQuery, PutOutcome, Store, StoreError};
+use crate::store::{Change, Claimed, ListPage, ListQuery, PutOutcome, Store, StoreError};
 
 /// A token closer to expiry than this (or than half the effective threshold, if smaller) is
 /// not handed out while a refresh runs: the caller waits for the refresh instead.
@@ -177,7 +177,8 @@ impl WardenBuilder {
                 )
             })
             .collect();
-        Warden {
+        let changes = self.store.changes();
+        let warden = Warden {
             inner: Arc::new(Inner {
                 commits: GroupCommit::new(Arc::clone(&self.store), COMMIT_BATCH),
                 store: self.store,
@@ -193,6 +194,42 @@ impl WardenBuilder {
                 wakeup: Wakeup::default(),
                 limiters,
             }),
+        };
+        if let Some(changes) = changes {
+            // `changes` is only `Some` inside a runtime.
+            tokio::spawn(follow_changes(Arc::downgrade(&warden.inner), changes));
+        }
+        warden
+    }
+}
+
+/// Applies the store's change reports to a warden's cache until the warden or the store
+/// goes away: a connection written elsewhere is forgotten (its cached token may be dead:
+/// some providers revoke the old access token on refresh) and the scheduler looks at its
+/// schedule again (an import on another instance may be due sooner).
+async fn follow_changes(
+    inner: std::sync::Weak<Inner>,
+    mut changes: tokio::sync::broadcast::Receiver<Change>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let change = changes.recv().await;
+        let Some(inner) = inner.upgrade() else { return };
+        match change {
+            Ok(Change::Connection { key, version }) => {
+                if inner.forget_unless_version(&key, version) {
+                    inner.wakeup.notify_one();
+                }
+            }
+            Ok(Change::All) | Err(RecvError::Lagged(_)) => {
+                inner
+                    .cache
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+                inner.wakeup.notify_one();
+            }
+            Err(RecvError::Closed) => return,
         }
     }
 }
@@ -206,6 +243,8 @@ struct ProviderEntry {
 #[derive(Debug, Clone)]
 struct CachedToken {
     grant: AccessTokenGrant,
+    /// The stored version the grant was read from or written as.
+    version: i64,
     /// On the monotonic clock: the earlier of "trusted for `cache_ttl`" and "the token
     /// enters its refresh threshold". One clock read decides a cache hit.
     fresh_until: Instant,
@@ -792,6 +831,7 @@ impl Inner {
         let now = Instant::now();
         let entry = CachedToken {
             grant: grant_of(conn),
+            version: conn.meta.version,
             fresh_until: now + fresh_for,
             trusted_until: now + ttl,
         };
@@ -809,6 +849,22 @@ impl Inner {
             }
         }
         cache.insert(conn.key().clone(), entry);
+    }
+
+    /// Forgets `key` unless the cache already holds `version` of it (a change report for a
+    /// write this instance made and cached). True when the report was news.
+    fn forget_unless_version(&self, key: &ConnectionKey, version: Option<i64>) -> bool {
+        let mut cache = self
+            .cache
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match cache.get(key) {
+            Some(entry) if Some(entry.version) == version => false,
+            _ => {
+                cache.remove(key);
+                true
+            }
+        }
     }
 
     fn forget(&self, key: &ConnectionKey) {

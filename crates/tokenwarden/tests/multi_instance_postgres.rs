@@ -1,7 +1,8 @@
 //! Several wardens over one PostgreSQL database, each with its own `PgStore` pool as separate
 //! processes would have: one upstream refresh per needed refresh, however many callers and
-//! instances ask; a crashed lease owner is taken over once its lease expires; and the
-//! schedulers of three instances refresh every due connection exactly once.
+//! instances ask; a crashed lease owner is taken over once its lease expires; the
+//! schedulers of three instances refresh every due connection exactly once; and a write on
+//! one instance reaches the others' caches and schedulers by notification.
 //!
 //! These run on real time (the database is real I/O), with short latencies and leases so
 //! each takes a few seconds at most. They need `TOKENWARDEN_TEST_POSTGRES_URL`; without it
@@ -274,5 +275,138 @@ async fn three_schedulers_refresh_60_due_connections_exactly_once() {
             "rescheduled into the future"
         );
     }
+    drop_schema(&url, &db).await;
+}
+
+/// A warden whose cached tokens are trusted for a minute and whose scheduler naps for one:
+/// only a change notification can make it notice another instance's write sooner.
+fn slow_to_notice(store: &Arc<PgStore>, provider: &Arc<FakeProvider>, id: &str) -> Warden {
+    let store: Arc<dyn Store> = store.clone();
+    Warden::builder(store)
+        .provider(provider.clone())
+        .instance_id(id)
+        .refresh_config(RefreshConfig {
+            cache_ttl: Duration::from_secs(60),
+            ..refresh_config()
+        })
+        .scheduler_config(SchedulerConfig {
+            max_idle: Duration::from_secs(60),
+            ..SchedulerConfig::default()
+        })
+        .build()
+}
+
+/// Waits (up to `within`) until `check` holds, polling every 20 ms; how long it took.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_on_another_instance_replaces_the_cached_token_at_once() {
+    let Some(url) = pg_url("a_refresh_on_another_instance_replaces_the_cached_token_at_once")
+    else {
+        return;
+    };
+    let db = TestDb::fresh("mi_notify_cache");
+    let stores = stores_over(&url, &db, &key_ring(), 2).await;
+    let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);
+    let reader = slow_to_notice(&stores[0], &provider, "reader");
+    let refresher = slow_to_notice(&stores[1], &provider, "refresher");
+    let k = key("u", "a");
+    let valid = Some(OffsetDateTime::now_utc() + time::Duration::hours(1));
+    refresher
+        .import(k.clone(), import("at-1", Some("rt-1"), valid))
+        .await
+        .expect("import");
+    // The reader caches at-1 (trusted for a minute).
+    let first = reader.access_token(&k).await.expect("token");
+    assert_eq!(first.access_token.expose_secret(), "at-1");
+
+    // Some providers kill the old access token on refresh: the reader must not keep it.
+    refresher
+        .refresh_token(&k, tokenwarden::RefreshOptions::default())
+        .await
+        .expect("forced refresh");
+    assert_eq!(provider.calls(), 1);
+    let noticed = eventually(Duration::from_secs(10), || {
+        let reader = reader.clone();
+        let k = k.clone();
+        async move {
+            reader
+                .access_token(&k)
+                .await
+                .is_ok_and(|g| g.access_token.expose_secret() == "at-2")
+        }
+    })
+    .await;
+    let noticed = noticed.expect("the reader still serves the replaced token");
+    assert!(noticed < Duration::from_secs(5), "{noticed:?}");
+    assert_eq!(
+        provider.calls(),
+        1,
+        "the reader read the new token, not refreshed"
+    );
+
+    // A delete elsewhere: the cached token goes too.
+    refresher.delete(&k).await.expect("delete");
+    let gone = eventually(Duration::from_secs(10), || {
+        let reader = reader.clone();
+        let k = k.clone();
+        async move { reader.access_token(&k).await.is_err() }
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the reader still serves a deleted connection"
+    );
+    drop_schema(&url, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_on_another_instance_wakes_the_scheduler() {
+    let Some(url) = pg_url("an_import_on_another_instance_wakes_the_scheduler") else {
+        return;
+    };
+    let db = TestDb::fresh("mi_notify_sched");
+    let stores = stores_over(&url, &db, &key_ring(), 2).await;
+    let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);
+    let scheduling = slow_to_notice(&stores[0], &provider, "scheduling");
+    let importing = slow_to_notice(&stores[1], &provider, "importing");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let runner = {
+        let scheduling = scheduling.clone();
+        tokio::spawn(async move {
+            scheduling
+                .run_scheduler(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        })
+    };
+    // Nothing is scheduled: the loop goes to sleep for max_idle (a minute).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    importing
+        .import(key("u", "due"), import("at-1", Some("rt-1"), expired()))
+        .await
+        .expect("import");
+    let refreshed = eventually(Duration::from_secs(10), || {
+        let provider = provider.clone();
+        async move { provider.calls() == 1 }
+    })
+    .await;
+    let _ = stop.send(());
+    runner.await.expect("scheduler");
+    let refreshed = refreshed.expect("the sleeping scheduler never noticed the import");
+    assert!(refreshed < Duration::from_secs(5), "{refreshed:?}");
     drop_schema(&url, &db).await;
 }

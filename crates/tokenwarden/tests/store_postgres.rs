@@ -1,6 +1,6 @@
 //! `PgStore` against the store conformance suite, plus what only PostgreSQL has: durability
 //! across pools, `claim_due` shared by concurrent claimers over `SKIP LOCKED`, ciphertexts
-//! in the table, schema isolation, and errors that keep secrets out.
+//! in the table, schema isolation, change notifications, and errors that keep secrets out.
 //!
 //! Needs `TOKENWARDEN_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`);
 //! without it every test prints that it was skipped and passes. Each test works in schemas
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use tokenwarden::store::conformance::{TestDb, at, sample_connection, test_keys};
-use tokenwarden::store::{PgStore, Store, StoreError};
+use tokenwarden::store::{Change, PgStore, Store, StoreError};
 use tokenwarden::{AccessToken, ConnectionKey, KeyRing, RefreshToken};
 
 const URL_VAR: &str = "TOKENWARDEN_TEST_POSTGRES_URL";
@@ -154,7 +154,7 @@ async fn a_committed_write_is_read_by_a_new_pool() {
         .fetch_one(reopened.pool())
         .await
         .expect("migrations table in the schema");
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2, "each migration recorded once");
     reopened.close().await;
     let again = store_in(&url, &db).await;
     assert_eq!(
@@ -532,4 +532,93 @@ async fn nul_in_provider_text_does_not_fail_a_write() {
         "JSON keeps NUL escaped"
     );
     drop_schemas(&url, [db.name().to_owned()]).await;
+}
+
+/// The next change report, within a few seconds.
+async fn next_change(changes: &mut tokio::sync::broadcast::Receiver<Change>) -> Change {
+    tokio::time::timeout(std::time::Duration::from_secs(10), changes.recv())
+        .await
+        .expect("a change report within 10 s")
+        .expect("the feed is open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_elsewhere_are_reported_with_their_version_and_nothing_else_is() {
+    let Some(url) = pg_url("writes_elsewhere_are_reported") else {
+        return;
+    };
+    let (db, other_db) = (TestDb::fresh("changes"), TestDb::fresh("changes_other"));
+    let (watcher, writer) = (store_in(&url, &db).await, store_in(&url, &db).await);
+    let elsewhere = store_in(&url, &other_db).await;
+    let mut changes = watcher.changes().expect("PostgreSQL reports changes");
+    // Listening starts with "anything may have changed" (nothing was heard before).
+    assert_eq!(next_change(&mut changes).await, Change::All);
+
+    let conn = sample_connection("u", "tiktok", "watched");
+    let key = conn.key().clone();
+    // Another schema's writes are not this store's business.
+    elsewhere.put(&conn).await.expect("put elsewhere");
+    let (created, _) = writer.put(&conn).await.expect("put");
+    assert_eq!(
+        next_change(&mut changes).await,
+        Change::Connection {
+            key: key.clone(),
+            version: Some(created.version)
+        },
+        "an import is reported (and the other schema's was not)"
+    );
+
+    // Leases and claims change no token: not reported. The refresh after them is.
+    let now = at(0);
+    assert!(
+        writer
+            .try_lease(&key, "w", now, at(100))
+            .await
+            .expect("lease")
+    );
+    writer.release_lease(&key, "w").await.expect("release");
+    writer
+        .claim_due(at(1_000_000), 10, "w", at(1_000_100))
+        .await
+        .expect("claim");
+    let mut refreshed = conn.clone();
+    refreshed.meta.version = created.version;
+    refreshed.tokens.access_token = AccessToken::new("rotated");
+    let updated = writer.update(&refreshed).await.expect("update");
+    assert_eq!(
+        next_change(&mut changes).await,
+        Change::Connection {
+            key: key.clone(),
+            version: Some(updated.version)
+        }
+    );
+    // A batch reports each row; a failed compare-and-swap reports nothing.
+    refreshed.meta.version = updated.version;
+    let results = writer
+        .update_batch(&[refreshed.clone(), refreshed.clone()])
+        .await
+        .expect("batch");
+    assert!(results[0].is_ok() && matches!(results[1], Err(StoreError::Conflict)));
+    assert_eq!(
+        next_change(&mut changes).await,
+        Change::Connection {
+            key: key.clone(),
+            version: Some(updated.version + 1)
+        }
+    );
+    assert!(writer.delete(&key).await.expect("delete"));
+    assert_eq!(
+        next_change(&mut changes).await,
+        Change::Connection { key, version: None },
+        "a delete is reported without a version"
+    );
+    assert!(
+        matches!(
+            changes.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+        ),
+        "nothing else was reported"
+    );
+    drop((watcher, writer, elsewhere));
+    drop_schemas(&url, [db.name().to_owned(), other_db.name().to_owned()]).await;
 }

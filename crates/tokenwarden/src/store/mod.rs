@@ -183,6 +183,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Sizes of the refresh schedule, for metrics.
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError>;
 
+    /// Changes other processes make to connections, for invalidating what this process
+    /// caches: `None` when the backend cannot report them (it serves one process, or has no
+    /// notification channel), and then cached tokens are trusted for `refresh.cache_ttl`
+    /// only. Reports may come for this process's own writes too (compare versions), may be
+    /// late by the notification's delivery time, and are replaced by [`Change::All`] when
+    /// some may have been lost.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
+
     /// Key rotation, one batch: re-seals under the key ring's active key the secrets of up to
     /// `limit` connections that use another key, in key order after `after`. Online: the
     /// write is compare-and-swap on the old ciphertext and leaves `version` alone, so it
@@ -194,6 +204,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         after: Option<&ConnectionKey>,
         limit: u32,
     ) -> Result<ResealBatch, StoreError>;
+}
+
+/// A change to stored connections, from [`Store::changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A connection was written (created, replaced or refreshed: its new `version`) or
+    /// deleted (`None`).
+    Connection {
+        key: ConnectionKey,
+        version: Option<i64>,
+    },
+    /// Changes may have been missed (the listener reconnected or fell behind): anything
+    /// cached may be stale.
+    All,
 }
 
 /// A connection [`Store::claim_due`] leased to the claimer.

@@ -31,8 +31,8 @@ use super::rows::{
     seal_tokens, status_counts, unix, written_meta,
 };
 use super::{
-    Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
-    decode_cursor,
+    Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
+    StoreError, decode_cursor,
 };
 use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus};
 use crate::crypto::KeyRing;
@@ -46,11 +46,18 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The PostgreSQL migrations, embedded so the binary needs no migration files at run time.
 /// Same versions and names as SQLite's (`migrations/sqlite/`); a conformance suite keeps
 /// their behaviour the same.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "connections",
-    include_str!("../../migrations/postgres/0001_connections.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "connections",
+        include_str!("../../migrations/postgres/0001_connections.sql"),
+    ),
+    (
+        2,
+        "change_notifications",
+        include_str!("../../migrations/postgres/0002_change_notifications.sql"),
+    ),
+];
 
 const BAD_URL: &str = "database_url must be a postgres:// or postgresql:// URL";
 const BAD_SCHEMA: &str = "schema name must match [a-z_][a-z0-9_]{0,62}";
@@ -60,11 +67,42 @@ const BAD_SCHEMA: &str = "schema name must match [a-z_][a-z0-9_]{0,62}";
 /// one statement, so this is never reached in practice.
 const PUT_ATTEMPTS: usize = 5;
 
+/// The channel `migrations/postgres/0002` notifies on; the payload names the schema.
+const CHANGES_CHANNEL: &str = "tokenwarden_changes";
+/// Pause before listening again after the listener's connection failed.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+/// Changes buffered per subscriber before it is told it fell behind ([`Change::All`]).
+const CHANGES_BUFFER: usize = 4096;
+
 /// The PostgreSQL store.
+///
+/// Several processes can share one database. Writes that change a connection's tokens are
+/// announced by a trigger (`NOTIFY tokenwarden_changes`); [`Store::changes`] listens on a
+/// connection of its own (one more than [`POOL_SIZE`]) and reports those about this
+/// store's schema.
 pub struct PgStore {
     pool: PgPool,
     keys: Arc<KeyRing>,
     schema: Option<String>,
+    /// The schema the tables live in (`current_schema()` after migrating): notifications
+    /// about other schemas are not ours.
+    home: String,
+    changes: tokio::sync::broadcast::Sender<Change>,
+    /// The LISTEN task, started by the first [`Store::changes`] call and stopped on drop.
+    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        let task = self
+            .listener
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            task.abort();
+        }
+    }
 }
 
 impl fmt::Debug for PgStore {
@@ -120,10 +158,17 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(format!("migrate: {e}")))?;
+        let home: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await
+            .map_err(db_error("connect"))?;
         Ok(Self {
             pool,
             keys,
             schema: None,
+            home,
+            changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0,
+            listener: std::sync::Mutex::default(),
         })
     }
 
@@ -248,6 +293,72 @@ async fn update_row(
         Some(row) => written_meta(conn, get(&row, "created_at")?, get(&row, "version")?),
         None => Err(missed_write(db, key, "update").await),
     }
+}
+
+/// Forwards the change notifications about `home` to `changes`, for as long as the store
+/// lives: LISTEN on a connection of its own, reconnecting after a failure. After every
+/// (re)connect, and whenever the connection was lost, it sends [`Change::All`]: what
+/// happened while nobody listened is unknown.
+async fn listen(pool: PgPool, home: String, changes: tokio::sync::broadcast::Sender<Change>) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %db_error("listen")(e),
+                    "cannot listen for connection changes; cached tokens expire by cache_ttl");
+                tokio::time::sleep(LISTEN_RETRY).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANGES_CHANNEL).await {
+            tracing::warn!(error = %db_error("listen")(e),
+                "cannot listen for connection changes; cached tokens expire by cache_ttl");
+            tokio::time::sleep(LISTEN_RETRY).await;
+            continue;
+        }
+        let _ = changes.send(Change::All);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    if let Some(change) = parse_change(notification.payload(), &home) {
+                        let _ = changes.send(change);
+                    }
+                }
+                // The connection dropped; the next call reconnects and listens again.
+                Ok(None) => {
+                    let _ = changes.send(Change::All);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %db_error("listen")(e),
+                        "lost the connection-change listener; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(LISTEN_RETRY).await;
+    }
+}
+
+/// A notification payload from `migrations/postgres/0002`, if it is about `home` and well
+/// formed.
+fn parse_change(payload: &str, home: &str) -> Option<Change> {
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        s: String,
+        u: String,
+        p: String,
+        a: String,
+        v: Option<i64>,
+    }
+    let payload: Payload = serde_json::from_str(payload).ok()?;
+    if payload.s != home {
+        return None;
+    }
+    let key = ConnectionKey::parse(&payload.u, &payload.p, &payload.a).ok()?;
+    Some(Change::Connection {
+        key,
+        version: payload.v,
+    })
 }
 
 /// The migrations [`PgStore`] runs on connect.
@@ -836,6 +947,23 @@ impl Store for PgStore {
         })
     }
 
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let mut listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let receiver = self.changes.subscribe();
+        if listener.is_none() {
+            *listener = Some(runtime.spawn(listen(
+                self.pool.clone(),
+                self.home.clone(),
+                self.changes.clone(),
+            )));
+        }
+        Some(receiver)
+    }
+
     async fn reseal_batch(
         &self,
         after: Option<&ConnectionKey>,
@@ -962,6 +1090,36 @@ mod tests {
         ));
         assert!(UPDATE_SQL.contains("AND version = $22 RETURNING"));
         assert!(WRITE_SET.starts_with("access_token = $1, ") && WRITE_SET.ends_with("= $18"));
+    }
+
+    #[test]
+    fn change_payloads_are_read_for_the_home_schema_only() {
+        let key = ConnectionKey::parse("u-1", "tiktok", "a \"quoted\" ü").expect("key");
+        let payload = serde_json::json!({
+            "s": "tw_home", "u": "u-1", "p": "tiktok", "a": "a \"quoted\" ü", "v": 7
+        })
+        .to_string();
+        assert_eq!(
+            parse_change(&payload, "tw_home"),
+            Some(Change::Connection {
+                key: key.clone(),
+                version: Some(7)
+            })
+        );
+        assert_eq!(parse_change(&payload, "public"), None, "another schema");
+        let deleted = r#"{"s":"tw_home","u":"u-1","p":"tiktok","a":"a \"quoted\" ü","v":null}"#;
+        assert_eq!(
+            parse_change(deleted, "tw_home"),
+            Some(Change::Connection { key, version: None })
+        );
+        for junk in [
+            "",
+            "not json",
+            r#"{"s":"tw_home"}"#,
+            r#"{"s":"tw_home","u":"","p":"tiktok","a":"x","v":1}"#,
+        ] {
+            assert_eq!(parse_change(junk, "tw_home"), None, "{junk:?}");
+        }
     }
 
     #[test]

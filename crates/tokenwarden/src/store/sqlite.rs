@@ -41,11 +41,18 @@ const FILE_POOL_SIZE: u32 = 4;
 
 /// The SQLite migrations, embedded so the binary needs no migration files at run time.
 /// PostgreSQL keeps its own folder with the same file names.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "connections",
-    include_str!("../../migrations/sqlite/0001_connections.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "connections",
+        include_str!("../../migrations/sqlite/0001_connections.sql"),
+    ),
+    (
+        2,
+        "change_notifications",
+        include_str!("../../migrations/sqlite/0002_change_notifications.sql"),
+    ),
+];
 
 const BAD_URL: &str = "database_url must be sqlite://RELATIVE_PATH, sqlite:///ABSOLUTE_PATH \
                        or sqlite::memory:";
