@@ -343,12 +343,21 @@ pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
 /// Removes offending values from a serde message: serde quotes string values in `"..."` and
 /// an unknown enum variant in backticks. Key names (`unknown field `x``) stay.
 pub fn redact_quoted(message: &str) -> String {
-    if let Some(rest) = message.strip_prefix("unknown variant `")
-        && let Some(end) = rest.find('`')
-    {
+    // serde: "unknown variant `{value}`, expected …" (or ", there are no variants"). The
+    // value is not escaped and may hold backticks, so it ends at the last "`, " before the
+    // tail serde adds, never at its first backtick.
+    const VARIANT: &str = "unknown variant `";
+    if let Some(start) = message.find(VARIANT) {
+        let rest = &message[start + VARIANT.len()..];
+        let end = ["`, expected", "`, there are no variants"]
+            .iter()
+            .filter_map(|tail| rest.rfind(tail))
+            .max();
+        let tail = end.map_or("", |end| &rest[end + 1..]);
         return format!(
-            "unknown variant <redacted>{}",
-            redact_quoted(&rest[end + 1..])
+            "{}unknown variant <redacted>{}",
+            redact_quoted(&message[..start]),
+            redact_quoted(tail)
         );
     }
     let mut out = String::with_capacity(message.len());
@@ -864,6 +873,30 @@ mod tests {
         assert_eq!(
             redact_quoted("invalid type: string \"abc\", expected u32"),
             "invalid type: string <redacted>, expected u32"
+        );
+    }
+
+    /// A backtick inside an unknown variant ended the redaction early and echoed the rest of
+    /// the value; a message with a prefix was not redacted at all.
+    #[test]
+    fn redact_quoted_hides_whole_unknown_variants() {
+        assert_eq!(
+            redact_quoted("unknown variant `ab`cd-secret`, expected `active` or `needs_reconnect`"),
+            "unknown variant <redacted>, expected `active` or `needs_reconnect`"
+        );
+        let out = redact_quoted(
+            "providers.x.kind: unknown variant `s3cret`, expected one of `oauth2`, `tiktok`",
+        );
+        assert_eq!(
+            out,
+            "providers.x.kind: unknown variant <redacted>, expected one of `oauth2`, `tiktok`"
+        );
+        let out = redact_quoted("unknown variant `x`, there are no variants");
+        assert_eq!(out, "unknown variant <redacted>, there are no variants");
+        // No tail at all: everything after the opening backtick goes.
+        assert_eq!(
+            redact_quoted("unknown variant `half-a-secret"),
+            "unknown variant <redacted>"
         );
     }
 
