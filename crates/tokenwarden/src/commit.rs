@@ -279,26 +279,37 @@ mod tests {
         commits.lock().queue.len()
     }
 
+    type Writers = tokio::task::JoinSet<(usize, Result<ConnectionMeta, StoreError>)>;
+
+    /// Starts one writer per connection: the first is held inside the (gated) store, the
+    /// rest queue behind it. Returns once they all have.
+    async fn held_and_queued(
+        store: &Recording,
+        commits: &Arc<GroupCommit>,
+        conns: Vec<Connection>,
+    ) -> Writers {
+        let mut writers = Writers::new();
+        let queued_behind = conns.len() - 1;
+        for (i, conn) in conns.into_iter().enumerate() {
+            let c = Arc::clone(commits);
+            writers.spawn(async move { (i, c.update(&conn).await) });
+            while store.writes().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        }
+        while queued(commits) < queued_behind {
+            tokio::task::yield_now().await;
+        }
+        writers
+    }
+
     #[tokio::test]
     async fn writes_arriving_during_a_commit_share_the_next_one() {
         let store = Recording::new(true, false);
         let conns = seeded(&store, 10).await;
         let commits = GroupCommit::new(store.clone(), 64);
-        let mut writers = tokio::task::JoinSet::new();
-        let first = conns[0].clone();
-        let c = Arc::clone(&commits);
-        writers.spawn(async move { (0, c.update(&first).await) });
         // The first write is held inside the store; the other nine queue behind it.
-        while store.writes().is_empty() {
-            tokio::task::yield_now().await;
-        }
-        for (i, conn) in conns.iter().enumerate().skip(1) {
-            let (c, conn) = (Arc::clone(&commits), conn.clone());
-            writers.spawn(async move { (i, c.update(&conn).await) });
-        }
-        while queued(&commits) < 9 {
-            tokio::task::yield_now().await;
-        }
+        let mut writers = held_and_queued(&store, &commits, conns.clone()).await;
         store.gate.add_permits(1);
         while let Some(joined) = writers.join_next().await {
             let (i, result) = joined.expect("writer");
@@ -323,24 +334,9 @@ mod tests {
         let store = Recording::new(true, false);
         let conns = seeded(&store, 8).await;
         let commits = GroupCommit::new(store.clone(), 3);
-        let mut writers = tokio::task::JoinSet::new();
-        let first = conns[0].clone();
-        let c = Arc::clone(&commits);
-        writers.spawn(async move { (0, c.update(&first).await) });
-        while store.writes().is_empty() {
-            tokio::task::yield_now().await;
-        }
-        for (i, conn) in conns.iter().enumerate().skip(1) {
-            let mut conn = conn.clone();
-            if i == 4 {
-                conn.meta.version += 5; // stale: must fail alone
-            }
-            let c = Arc::clone(&commits);
-            writers.spawn(async move { (i, c.update(&conn).await) });
-        }
-        while queued(&commits) < 7 {
-            tokio::task::yield_now().await;
-        }
+        let mut sent = conns.clone();
+        sent[4].meta.version += 5; // stale: must fail alone
+        let mut writers = held_and_queued(&store, &commits, sent).await;
         store.gate.add_permits(1);
         let mut conflicts = Vec::new();
         while let Some(joined) = writers.join_next().await {
@@ -364,20 +360,7 @@ mod tests {
         let store = Recording::new(true, true);
         let conns = seeded(&store, 4).await;
         let commits = GroupCommit::new(store.clone(), 64);
-        let mut writers = tokio::task::JoinSet::new();
-        let first = conns[0].clone();
-        let c = Arc::clone(&commits);
-        writers.spawn(async move { (0, c.update(&first).await) });
-        while store.writes().is_empty() {
-            tokio::task::yield_now().await;
-        }
-        for (i, conn) in conns.iter().enumerate().skip(1) {
-            let (c, conn) = (Arc::clone(&commits), conn.clone());
-            writers.spawn(async move { (i, c.update(&conn).await) });
-        }
-        while queued(&commits) < 3 {
-            tokio::task::yield_now().await;
-        }
+        let mut writers = held_and_queued(&store, &commits, conns.clone()).await;
         store.gate.add_permits(1);
         while let Some(joined) = writers.join_next().await {
             let (i, result) = joined.expect("writer");

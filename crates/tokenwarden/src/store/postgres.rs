@@ -26,9 +26,9 @@ use sqlx::{AssertSqlSafe, Connection as _, Postgres, QueryBuilder, SqlSafeStr};
 use time::OffsetDateTime;
 
 use super::rows::{
-    RowValues, claimed_from_row, corrupt, db_error, distinct_keys, from_unix, get, key_from_row,
-    key_usage as key_usage_from, list_query, meta_from_row, open_tokens, page, push_after,
-    seal_tokens, status_counts, unix, written_meta,
+    RowValues, WRITE_COLUMNS, claimed_from_row, corrupt, db_error, distinct_keys, from_unix, get,
+    key_from_row, key_usage as key_usage_from, list_query, meta_from_row, open_tokens, page,
+    push_after, seal_tokens, status_counts, unix, written_meta,
 };
 use super::{
     Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
@@ -440,30 +440,6 @@ fn is_duplicate(e: &sqlx::Error) -> bool {
         .is_some_and(|code| code == "23505" || code == "42P06")
 }
 
-/// The columns a put or update writes, bound as `$1..=$18` in this order by
-/// [`RowValues::bind`]. `created_at` and `version` are each statement's own business; the
-/// key follows as `$19..=$21`.
-const WRITE_COLUMNS: [&str; 18] = [
-    "access_token",
-    "access_key_id",
-    "refresh_token",
-    "refresh_key_id",
-    "token_type",
-    "expires_at",
-    "refresh_expires_at",
-    "issued_at",
-    "scopes",
-    "metadata",
-    "status",
-    "last_refreshed_at",
-    "consecutive_failures",
-    "last_error_code",
-    "last_error_message",
-    "last_error_at",
-    "updated_at",
-    "next_refresh_at",
-];
-
 /// `user_id = $19 AND …`: the key as bound after the written columns.
 static WRITE_KEY_MATCH: LazyLock<String> = LazyLock::new(|| {
     let n = WRITE_COLUMNS.len();
@@ -475,6 +451,8 @@ static WRITE_KEY_MATCH: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The written columns bound as `$1..=$18` (by [`bind_values`]); `created_at` and `version`
+/// are each statement's own business, and the key follows as `$19..=$21`.
 static WRITE_SET: LazyLock<String> = LazyLock::new(|| {
     WRITE_COLUMNS
         .iter()

@@ -80,6 +80,28 @@ where
     })
 }
 
+/// The columns a put or update writes, in [`RowValues`]' order (each backend binds them so).
+pub(crate) const WRITE_COLUMNS: [&str; 18] = [
+    "access_token",
+    "access_key_id",
+    "refresh_token",
+    "refresh_key_id",
+    "token_type",
+    "expires_at",
+    "refresh_expires_at",
+    "issued_at",
+    "scopes",
+    "metadata",
+    "status",
+    "last_refreshed_at",
+    "consecutive_failures",
+    "last_error_code",
+    "last_error_message",
+    "last_error_at",
+    "updated_at",
+    "next_refresh_at",
+];
+
 /// Everything one write binds, converted to column types before the statement is built.
 /// Each backend binds these in its own column order.
 #[derive(Clone)]

@@ -22,9 +22,9 @@ use sqlx::{AssertSqlSafe, QueryBuilder, SqlSafeStr, Sqlite};
 use time::OffsetDateTime;
 
 use super::rows::{
-    RowValues, claimed_from_row, corrupt, db_error, distinct_keys, from_unix, get, key_from_row,
-    key_usage as key_usage_from, list_query, meta_from_row, open_tokens, page, push_after,
-    seal_tokens, status_counts, unix, written_meta,
+    RowValues, WRITE_COLUMNS, claimed_from_row, corrupt, db_error, distinct_keys, from_unix, get,
+    key_from_row, key_usage as key_usage_from, list_query, meta_from_row, open_tokens, page,
+    push_after, seal_tokens, status_counts, unix, written_meta,
 };
 use super::{
     Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
@@ -366,28 +366,6 @@ fn bind_values<'q>(values: RowValues, query: SqliteQuery<'q>) -> SqliteQuery<'q>
         .bind(values.updated_at)
         .bind(values.next_refresh_at)
 }
-
-/// The columns [`WRITE_SET`] writes, in its order (and [`bind_values`]'s).
-const WRITE_COLUMNS: [&str; 18] = [
-    "access_token",
-    "access_key_id",
-    "refresh_token",
-    "refresh_key_id",
-    "token_type",
-    "expires_at",
-    "refresh_expires_at",
-    "issued_at",
-    "scopes",
-    "metadata",
-    "status",
-    "last_refreshed_at",
-    "consecutive_failures",
-    "last_error_code",
-    "last_error_message",
-    "last_error_at",
-    "updated_at",
-    "next_refresh_at",
-];
 
 /// [`SqliteStore::update_distinct`]'s statement up to its rows: a `VALUES` list named `v`
 /// whose columns are the written ones prefixed `new_`, then the key and expected version.
