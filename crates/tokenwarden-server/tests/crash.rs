@@ -18,16 +18,16 @@
 
 #[path = "common/binary.rs"]
 mod binary;
+#[path = "common/rotating.rs"]
+mod rotating;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::{Form, Json, Router};
+use rotating::{Provider, Rng, account, mix, start_provider, wait_provider_quiet};
 use serde_json::{Value, json};
 use tokenwarden::store::SqliteStore;
 use tokenwarden::{ConnectionKey, ConnectionStatus, KeyRing};
@@ -46,173 +46,6 @@ const SCHEDULER_CONCURRENCY: usize = 16;
 const TOKEN_LIFETIME_S: u64 = 3;
 const API_KEY: &str = "crash-test-api-key-0123456789";
 const DEFAULT_SEED: u64 = 0x7a11_c0de_5eed_0001;
-
-/// splitmix64: a tiny seeded generator, so a failing run can be replayed from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        mix(self.0)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn account(i: usize) -> String {
-    format!("acct-{i}")
-}
-
-// ---------------------------------------------------------------------------------------
-// The fake provider.
-
-/// One refresh token family (one connection), as the provider sees it. Refresh tokens are
-/// `"<account>:<generation>"`; generation 0 is the imported one.
-#[derive(Debug, Default)]
-struct Family {
-    current: u64,
-    /// `issued[g - 1]`: when generation `g` was issued.
-    issued: Vec<Instant>,
-    /// Set when an older generation was presented: the family is revoked from then on.
-    reuse: Option<Reuse>,
-    /// Presentations of a generation the provider never issued (would be a broker bug).
-    from_the_future: u32,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Reuse {
-    presented: u64,
-    current: u64,
-    at: Instant,
-}
-
-#[derive(Debug)]
-struct Provider {
-    families: Mutex<HashMap<String, Family>>,
-    in_handler: AtomicU64,
-    last_request: Mutex<Instant>,
-    seed: u64,
-}
-
-impl Provider {
-    fn new(seed: u64) -> Self {
-        let families = (0..CONNECTIONS)
-            .map(|i| (account(i), Family::default()))
-            .collect();
-        Self {
-            families: Mutex::new(families),
-            in_handler: AtomicU64::new(0),
-            last_request: Mutex::new(Instant::now()),
-            seed,
-        }
-    }
-
-    fn families(&self) -> std::sync::MutexGuard<'_, HashMap<String, Family>> {
-        self.families.lock().expect("provider lock")
-    }
-
-    /// Decides the answer and, for a valid token, rotates the family at once: the provider
-    /// has committed the new generation before its answer starts travelling back, so a broker
-    /// killed from here on has lost it.
-    fn answer(&self, presented: Option<&String>) -> (bool, String, u64) {
-        let parsed = presented
-            .and_then(|t| t.rsplit_once(':'))
-            .and_then(|(a, g)| Some((a.to_owned(), g.parse::<u64>().ok()?)));
-        let Some((account, generation)) = parsed else {
-            return (false, String::new(), 0);
-        };
-        let mut families = self.families();
-        let Some(family) = families.get_mut(&account) else {
-            return (false, account, 0);
-        };
-        if family.reuse.is_some() {
-            return (false, account, 0);
-        }
-        if generation < family.current {
-            family.reuse = Some(Reuse {
-                presented: generation,
-                current: family.current,
-                at: Instant::now(),
-            });
-            return (false, account, 0);
-        }
-        if generation > family.current {
-            family.from_the_future += 1;
-            return (false, account, 0);
-        }
-        family.current += 1;
-        family.issued.push(Instant::now());
-        (true, account, family.current)
-    }
-
-    /// Per-answer latency (0-24 ms, seeded): widens the window between the provider's
-    /// rotation and the broker's commit the way a real network does.
-    fn delay(&self, account: &str, generation: u64) -> Duration {
-        let h = account
-            .bytes()
-            .fold(self.seed ^ generation, |h, b| mix(h ^ u64::from(b)));
-        Duration::from_millis(h % 25)
-    }
-}
-
-/// Counts handlers running, including ones whose client vanished mid-answer.
-struct InHandler<'a>(&'a AtomicU64);
-
-impl Drop for InHandler<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-async fn token_endpoint(
-    State(provider): State<Arc<Provider>>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    provider.in_handler.fetch_add(1, Ordering::SeqCst);
-    let _guard = InHandler(&provider.in_handler);
-    *provider.last_request.lock().expect("lock") = Instant::now();
-    let (ok, account, generation) =
-        if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
-            provider.answer(form.get("refresh_token"))
-        } else {
-            (false, String::new(), 0)
-        };
-    if !ok {
-        let body =
-            json!({"error": "invalid_grant", "error_description": "refresh token is invalid"});
-        return (axum::http::StatusCode::BAD_REQUEST, Json(body)).into_response();
-    }
-    tokio::time::sleep(provider.delay(&account, generation)).await;
-    Json(json!({
-        "access_token": format!("at:{account}:{generation}"),
-        "refresh_token": format!("{account}:{generation}"),
-        "token_type": "Bearer",
-        "expires_in": TOKEN_LIFETIME_S,
-    }))
-    .into_response()
-}
-
-async fn start_provider(provider: Arc<Provider>) -> String {
-    let app = Router::new()
-        .route("/token", axum::routing::post(token_endpoint))
-        .with_state(provider);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind provider");
-    let addr = listener.local_addr().expect("provider addr");
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.expect("provider serves");
-    });
-    format!("http://{addr}/token")
-}
 
 // ---------------------------------------------------------------------------------------
 // The server under test.
@@ -431,21 +264,6 @@ async fn snapshot(db_url: &str, keys: &Arc<KeyRing>) -> Snapshot {
     Snapshot { stored, leased }
 }
 
-/// Waits until the provider has answered everything the dead process had sent: a request
-/// already in the provider's socket buffer is still served (and rotates the family).
-async fn wait_provider_quiet(provider: &Provider) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let quiet_for = provider.last_request.lock().expect("lock").elapsed();
-        if provider.in_handler.load(Ordering::SeqCst) == 0 && quiet_for > Duration::from_millis(300)
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "provider never went quiet");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Final classification.
 
@@ -572,7 +390,7 @@ async fn kill_9_during_refreshes_loses_only_answers_in_flight() {
         .unwrap_or(DEFAULT_SEED);
     let mut rng = Rng(seed);
 
-    let provider = Arc::new(Provider::new(seed));
+    let provider = Arc::new(Provider::new(seed, CONNECTIONS, TOKEN_LIFETIME_S));
     let token_url = start_provider(Arc::clone(&provider)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("crash.db");
@@ -755,7 +573,7 @@ async fn kill_9_during_refreshes_loses_only_answers_in_flight() {
                     reuse.presented
                 ));
             }
-            let issued = family.issued[usize::try_from(reuse.current - 1).expect("index")];
+            let (issued, _) = family.issued[usize::try_from(reuse.current - 1).expect("index")];
             let Some(kill) = kills.iter().position(|k| issued < k.respawned_at) else {
                 anomalies.push(format!(
                     "connection {i}: its last generation was issued to the final process"
