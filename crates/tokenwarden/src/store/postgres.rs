@@ -69,8 +69,10 @@ const PUT_ATTEMPTS: usize = 5;
 
 /// The channel `migrations/postgres/0002` notifies on; the payload names the schema.
 const CHANGES_CHANNEL: &str = "tokenwarden_changes";
-/// Pause before listening again after the listener's connection failed.
+/// Pause before listening again after the listener's connection failed, doubling per failure
+/// in a row up to [`LISTEN_RETRY_MAX`] (a database outage logs a line per attempt).
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Changes buffered per subscriber before it is told it fell behind ([`Change::All`]).
 const CHANGES_BUFFER: usize = 4096;
 
@@ -300,22 +302,24 @@ async fn update_row(
 /// (re)connect, and whenever the connection was lost, it sends [`Change::All`]: what
 /// happened while nobody listened is unknown.
 async fn listen(pool: PgPool, home: String, changes: tokio::sync::broadcast::Sender<Change>) {
+    let mut pause = LISTEN_RETRY;
     loop {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(CHANGES_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match listening.await {
             Ok(listener) => listener,
             Err(e) => {
-                tracing::warn!(error = %db_error("listen")(e),
+                tracing::warn!(error = %db_error("listen")(e), retry_in_s = pause.as_secs(),
                     "cannot listen for connection changes; cached tokens expire by cache_ttl");
-                tokio::time::sleep(LISTEN_RETRY).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(LISTEN_RETRY_MAX);
                 continue;
             }
         };
-        if let Err(e) = listener.listen(CHANGES_CHANNEL).await {
-            tracing::warn!(error = %db_error("listen")(e),
-                "cannot listen for connection changes; cached tokens expire by cache_ttl");
-            tokio::time::sleep(LISTEN_RETRY).await;
-            continue;
-        }
+        pause = LISTEN_RETRY;
         let _ = changes.send(Change::All);
         loop {
             match listener.try_recv().await {
@@ -335,7 +339,7 @@ async fn listen(pool: PgPool, home: String, changes: tokio::sync::broadcast::Sen
                 }
             }
         }
-        tokio::time::sleep(LISTEN_RETRY).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
