@@ -30,6 +30,12 @@ pub fn metrics_handle() -> PrometheusHandle {
                         Matcher::Full(m::REFRESH_ATTEMPTS.to_owned()),
                         &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0],
                     )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(m::COMMIT_ROWS.to_owned()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+                    )
                 });
             let builder = match builder {
                 Ok(builder) => builder,
@@ -76,6 +82,10 @@ fn describe() {
     metrics::describe_gauge!(
         m::REFRESH_QUEUE,
         "Connections in the refresh schedule: scheduled, due, retrying"
+    );
+    metrics::describe_histogram!(
+        m::COMMIT_ROWS,
+        "Connection writes per durable commit (refreshes that finish together share one)"
     );
     metrics::describe_counter!(
         m::UPSTREAM_REQUESTS_TOTAL,

@@ -35,6 +35,11 @@ async fn metrics_has_every_spec_name_after_a_refresh() {
         "histogram, not summary"
     );
     assert!(text.contains("tokenwarden_connections{status=\"active\"}"));
+    // The refreshes' commits went through the group committer.
+    assert!(
+        text.contains("tokenwarden_commit_rows_bucket{le=\"1\"}"),
+        "commit size histogram:\n{text}"
+    );
     app.stop().await;
 }
 

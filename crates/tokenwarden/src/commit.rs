@@ -98,6 +98,8 @@ impl GroupCommit {
     /// One batch: one transaction, or one row at a time if the transaction failed, so a
     /// row the database refuses cannot fail the rows batched with it.
     async fn commit(&self, conns: &[Connection]) -> Vec<Result<ConnectionMeta, StoreError>> {
+        #[allow(clippy::cast_precision_loss)] // batches are at most a few hundred rows
+        metrics::histogram!(crate::metrics::COMMIT_ROWS).record(conns.len() as f64);
         if let [conn] = conns {
             return vec![self.store.update(conn).await];
         }

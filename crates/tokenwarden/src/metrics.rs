@@ -12,6 +12,9 @@ pub const CONNECTIONS: &str = "tokenwarden_connections";
 pub const UPSTREAM_REQUESTS_TOTAL: &str = "tokenwarden_upstream_requests_total";
 /// Extension to SPEC.md: the persistent refresh queue, `state` = scheduled | due | retrying.
 pub const REFRESH_QUEUE: &str = "tokenwarden_refresh_queue";
+/// Extension to SPEC.md: connection writes per durable commit (group commit). Mostly 1 when
+/// idle; under load, how many refreshes one fsync covered.
+pub const COMMIT_ROWS: &str = "tokenwarden_commit_rows";
 
 /// Every metric name SPEC.md lists.
 pub const ALL: [&str; 9] = [
