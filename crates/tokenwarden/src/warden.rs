@@ -10,6 +10,7 @@
 //! result to the store before anyone sees the new token.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -192,6 +193,7 @@ impl WardenBuilder {
                     .instance_id
                     .unwrap_or_else(|| format!("tw-{:016x}", rand::random::<u64>())),
                 wakeup: Wakeup::default(),
+                scheduler_sleeps_until: AtomicI64::new(AWAKE),
                 limiters,
             }),
         };
@@ -216,8 +218,14 @@ async fn follow_changes(
         let change = changes.recv().await;
         let Some(inner) = inner.upgrade() else { return };
         match change {
-            Ok(Change::Connection { key, version }) => {
-                if inner.forget_unless_version(&key, version) {
+            Ok(Change::Connection {
+                key,
+                version,
+                next_refresh_at,
+            }) => {
+                inner.forget_unless_version(&key, version);
+                let sleeps_until = inner.scheduler_sleeps_until.load(Ordering::Relaxed);
+                if wakes_scheduler(next_refresh_at, sleeps_until) {
                     inner.wakeup.notify_one();
                 }
             }
@@ -232,6 +240,17 @@ async fn follow_changes(
             Err(RecvError::Closed) => return,
         }
     }
+}
+
+/// `scheduler_sleeps_until` while the scheduler loop is not sleeping: it will look at the
+/// schedule anyway, so no change needs to wake it.
+const AWAKE: i64 = i64::MIN;
+
+/// Whether a connection now due at `next_refresh_at` should wake a scheduler that sleeps
+/// until `sleeps_until` (unix seconds, or [`AWAKE`]). Refreshes elsewhere move the schedule
+/// later and wake nobody; an import due now wakes everyone sleeping past it.
+fn wakes_scheduler(next_refresh_at: Option<OffsetDateTime>, sleeps_until: i64) -> bool {
+    next_refresh_at.is_some_and(|at| at.unix_timestamp() < sleeps_until)
 }
 
 #[derive(Debug)]
@@ -271,6 +290,8 @@ struct Inner {
     instance_id: String,
     /// Wakes the scheduler loop when the schedule changes.
     wakeup: Wakeup,
+    /// Until when the scheduler loop sleeps (unix seconds), or [`AWAKE`].
+    scheduler_sleeps_until: AtomicI64,
     limiters: RateLimiters,
 }
 
@@ -695,12 +716,17 @@ impl Warden {
             } else {
                 sleep_for
             };
+            let wake_at = inner.clock.now() + sleep_for;
+            inner
+                .scheduler_sleeps_until
+                .store(wake_at.unix_timestamp(), Ordering::Relaxed);
             tokio::select! {
                 () = tokio::time::sleep(sleep_for) => {}
                 () = inner.wakeup.notified() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 () = &mut shutdown => break,
             }
+            inner.scheduler_sleeps_until.store(AWAKE, Ordering::Relaxed);
         }
         // Let refreshes in flight finish (they may hold rotated tokens to commit, and their
         // leases would otherwise block the connection until they lapse), within a bound.
@@ -852,18 +878,17 @@ impl Inner {
     }
 
     /// Forgets `key` unless the cache already holds `version` of it (a change report for a
-    /// write this instance made and cached). True when the report was news.
-    fn forget_unless_version(&self, key: &ConnectionKey, version: Option<i64>) -> bool {
+    /// write this instance made and cached).
+    fn forget_unless_version(&self, key: &ConnectionKey, version: Option<i64>) {
         let mut cache = self
             .cache
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match cache.get(key) {
-            Some(entry) if Some(entry.version) == version => false,
-            _ => {
-                cache.remove(key);
-                true
-            }
+        if cache
+            .get(key)
+            .is_none_or(|entry| Some(entry.version) != version)
+        {
+            cache.remove(key);
         }
     }
 
@@ -1511,4 +1536,22 @@ fn count_error(error: Error) -> Error {
 
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AWAKE, wakes_scheduler};
+
+    #[test]
+    fn only_work_due_before_the_planned_wake_up_wakes_a_sleeping_scheduler() {
+        let at = |s: i64| Some(time::OffsetDateTime::from_unix_timestamp(s).expect("time"));
+        // Sleeping until 1000: an import due at 990 wakes it; a refresh that moved the next
+        // run to 4600 does not, nor does a deletion (no next run).
+        assert!(wakes_scheduler(at(990), 1000));
+        assert!(!wakes_scheduler(at(4600), 1000));
+        assert!(!wakes_scheduler(at(1000), 1000));
+        assert!(!wakes_scheduler(None, 1000));
+        // Awake: it looks at the schedule anyway.
+        assert!(!wakes_scheduler(at(0), AWAKE));
+    }
 }

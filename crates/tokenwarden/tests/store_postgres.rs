@@ -563,7 +563,8 @@ async fn writes_elsewhere_are_reported_with_their_version_and_nothing_else_is() 
         next_change(&mut changes).await,
         Change::Connection {
             key: key.clone(),
-            version: Some(created.version)
+            version: Some(created.version),
+            next_refresh_at: conn.meta.next_refresh_at,
         },
         "an import is reported (and the other schema's was not)"
     );
@@ -589,7 +590,8 @@ async fn writes_elsewhere_are_reported_with_their_version_and_nothing_else_is() 
         next_change(&mut changes).await,
         Change::Connection {
             key: key.clone(),
-            version: Some(updated.version)
+            version: Some(updated.version),
+            next_refresh_at: conn.meta.next_refresh_at,
         }
     );
     // A batch reports each row; a failed compare-and-swap reports nothing.
@@ -603,13 +605,18 @@ async fn writes_elsewhere_are_reported_with_their_version_and_nothing_else_is() 
         next_change(&mut changes).await,
         Change::Connection {
             key: key.clone(),
-            version: Some(updated.version + 1)
+            version: Some(updated.version + 1),
+            next_refresh_at: conn.meta.next_refresh_at,
         }
     );
     assert!(writer.delete(&key).await.expect("delete"));
     assert_eq!(
         next_change(&mut changes).await,
-        Change::Connection { key, version: None },
+        Change::Connection {
+            key,
+            version: None,
+            next_refresh_at: None
+        },
         "a delete is reported without a version"
     );
     assert!(

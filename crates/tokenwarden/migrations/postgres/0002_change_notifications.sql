@@ -4,7 +4,8 @@
 -- refresh, so a stale cached token would fail at the caller.
 --
 -- One channel per database; the payload names the schema, so stores in other schemas
--- ignore it. Fired for inserts, deletes and updates that move `version` (imports and
+-- ignore it. It also carries the connection's next scheduled refresh (null when deleted or
+-- not active), so a sleeping scheduler wakes only for work due before it would anyway. Fired for inserts, deletes and updates that move `version` (imports and
 -- refreshes), not for lease changes or key rotation (the plaintext is unchanged).
 -- Delivery happens at commit, only for committed writes.
 CREATE FUNCTION tokenwarden_notify_change() RETURNS trigger
@@ -22,7 +23,9 @@ BEGIN
         'u', changed.user_id,
         'p', changed.provider,
         'a', changed.account_id,
-        'v', CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE changed.version END
+        'v', CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE changed.version END,
+        'n', CASE WHEN TG_OP = 'DELETE' OR changed.status <> 'active' THEN NULL
+                  ELSE changed.next_refresh_at END
     )::text);
     RETURN NULL;
 END

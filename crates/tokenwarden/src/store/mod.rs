@@ -214,6 +214,8 @@ pub enum Change {
     Connection {
         key: ConnectionKey,
         version: Option<i64>,
+        /// Its next scheduled refresh: `None` when deleted, not active or not scheduled.
+        next_refresh_at: Option<OffsetDateTime>,
     },
     /// Changes may have been missed (the listener reconnected or fell behind): anything
     /// cached may be stale.

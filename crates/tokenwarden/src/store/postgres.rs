@@ -353,6 +353,8 @@ fn parse_change(payload: &str, home: &str) -> Option<Change> {
         p: String,
         a: String,
         v: Option<i64>,
+        #[serde(default)]
+        n: Option<i64>,
     }
     let payload: Payload = serde_json::from_str(payload).ok()?;
     if payload.s != home {
@@ -362,6 +364,7 @@ fn parse_change(payload: &str, home: &str) -> Option<Change> {
     Some(Change::Connection {
         key,
         version: payload.v,
+        next_refresh_at: payload.n.and_then(|n| from_unix(n).ok()),
     })
 }
 
@@ -1078,21 +1081,28 @@ mod tests {
     fn change_payloads_are_read_for_the_home_schema_only() {
         let key = ConnectionKey::parse("u-1", "tiktok", "a \"quoted\" ü").expect("key");
         let payload = serde_json::json!({
-            "s": "tw_home", "u": "u-1", "p": "tiktok", "a": "a \"quoted\" ü", "v": 7
+            "s": "tw_home", "u": "u-1", "p": "tiktok", "a": "a \"quoted\" ü", "v": 7,
+            "n": 1_780_000_000
         })
         .to_string();
         assert_eq!(
             parse_change(&payload, "tw_home"),
             Some(Change::Connection {
                 key: key.clone(),
-                version: Some(7)
+                version: Some(7),
+                next_refresh_at: Some(from_unix(1_780_000_000).expect("time")),
             })
         );
         assert_eq!(parse_change(&payload, "public"), None, "another schema");
-        let deleted = r#"{"s":"tw_home","u":"u-1","p":"tiktok","a":"a \"quoted\" ü","v":null}"#;
+        let deleted =
+            r#"{"s":"tw_home","u":"u-1","p":"tiktok","a":"a \"quoted\" ü","v":null,"n":null}"#;
         assert_eq!(
             parse_change(deleted, "tw_home"),
-            Some(Change::Connection { key, version: None })
+            Some(Change::Connection {
+                key,
+                version: None,
+                next_refresh_at: None
+            })
         );
         for junk in [
             "",
