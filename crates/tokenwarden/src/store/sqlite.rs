@@ -315,7 +315,7 @@ fn absolute(path: &Path) -> Result<PathBuf, StoreError> {
     Ok(cwd.join(path))
 }
 
-/// The columns a put or update writes, in the order [`RowValues::bind`] binds them.
+/// The columns a put or update writes, in the order [`bind_values`] binds them.
 /// `created_at` and `version` are each statement's own business.
 const WRITE_SET: &str = "access_token = ?, access_key_id = ?, refresh_token = ?, \
      refresh_key_id = ?, token_type = ?, expires_at = ?, refresh_expires_at = ?, issued_at = ?, \
