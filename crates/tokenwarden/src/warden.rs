@@ -65,6 +65,15 @@ const MAX_WAIT_FOR_OTHER: Duration = Duration::from_secs(30);
 /// SQLite's write lock only briefly.
 const COMMIT_BATCH: usize = 64;
 
+/// Waits before retrying the commit of a refresh's result after a database error: a blip
+/// (failover, a dropped connection) should not cost a grant the provider already rotated.
+/// About 2 s in all, well inside the renewed lease.
+const COMMIT_RETRY_DELAYS: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(400),
+    Duration::from_millis(1600),
+];
+
 /// How often a caller waiting for another instance's refresh looks at the database.
 const LEASE_POLL: Duration = Duration::from_millis(50);
 
@@ -1219,8 +1228,12 @@ impl Inner {
             now,
             jitter_unit(),
         );
-        // Compare-and-swap: a concurrent import or delete wins over this refresh.
-        for _ in 0..3 {
+        // Compare-and-swap: a concurrent import or delete wins over this refresh. A
+        // database error is retried a few times (the lease is still ours and renewed): the
+        // provider has already rotated the grant, and this commit is its only copy.
+        let mut conflicts = 0;
+        let mut failed_writes = 0;
+        while conflicts < 3 {
             match self.commits.update(&conn).await {
                 Ok(meta) => {
                     // `update` released the lease in the same statement.
@@ -1247,8 +1260,23 @@ impl Inner {
                         return Ok(Arc::new(current));
                     }
                     conn.meta.version = current.meta.version;
+                    conflicts += 1;
                 }
-                Err(e) => return Err(store_error(e, conn.key())),
+                Err(StoreError::Database(message)) if failed_writes < COMMIT_RETRY_DELAYS.len() => {
+                    let wait = COMMIT_RETRY_DELAYS[failed_writes];
+                    failed_writes += 1;
+                    tracing::warn!(provider = %conn.key().provider,
+                        account_id = %conn.key().account_id, error = %message,
+                        retry_in_ms = duration_ms(wait),
+                        "could not store the refreshed tokens; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    tracing::error!(provider = %conn.key().provider,
+                        account_id = %conn.key().account_id, error = %e,
+                        "the refreshed tokens could not be stored; a rotated grant is lost");
+                    return Err(store_error(e, conn.key()));
+                }
             }
         }
         Err(Error::new(

@@ -12,6 +12,8 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 use tokenwarden::clock::TokioClock;
 use tokenwarden::refresh::RetryPolicy;
+use tokenwarden::store::Store as _;
+use tokenwarden::store::conformance::FailingWrites;
 use tokenwarden::{
     BreakerConfig, BreakerState, ConnectionStatus, ErrorCode, FailureClass, RefreshConfig,
     RefreshOptions, Warden,
@@ -576,4 +578,84 @@ async fn the_token_cache_stays_bounded() {
         assert!(w.cached_tokens() <= 10, "{} cached", w.cached_tokens());
     }
     assert!(w.cached_tokens() >= 1);
+}
+
+/// A warden over a store whose writes can be made to fail, and the store.
+fn warden_over_failing_writes(
+    provider: Arc<FakeProvider>,
+) -> (Warden, Arc<FailingWrites<tokenwarden::store::MemoryStore>>) {
+    let store = Arc::new(FailingWrites::new(tokenwarden::store::MemoryStore::new(
+        key_ring(),
+    )));
+    let warden = Warden::builder(store.clone())
+        .provider(provider)
+        .clock(Arc::new(TokioClock::new(T0)))
+        .build();
+    (warden, store)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_database_blip_at_commit_is_retried_and_the_rotated_token_kept() {
+    let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);
+    let (w, store) = warden_over_failing_writes(provider.clone());
+    let k = key("u", "a");
+    w.import(
+        k.clone(),
+        import("at-1", Some("rt-1"), Some(T0 + secs(3600))),
+    )
+    .await
+    .expect("import");
+    // The provider rotates the grant; the first two attempts to store the result fail.
+    store.fail_next_writes(2);
+    let started = tokio::time::Instant::now();
+    let meta = w
+        .refresh_token(&k, RefreshOptions::default())
+        .await
+        .expect("the refresh survives two failed commits");
+    assert_eq!(store.failed(), 2);
+    assert_eq!(provider.calls(), 1, "the provider is not asked again");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(500),
+        "waited 100 ms, then 400 ms"
+    );
+    let stored = store.get(&k).await.expect("get").expect("there");
+    assert_eq!(
+        stored
+            .tokens
+            .refresh_token
+            .expect("rotated")
+            .expose_secret(),
+        "rt-2"
+    );
+    assert_eq!(stored.meta.version, meta.version);
+    let grant = w.access_token(&k).await.expect("token");
+    assert_eq!(grant.access_token.expose_secret(), "at-2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_database_outage_at_commit_gives_up_after_its_retries() {
+    let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);
+    let (w, store) = warden_over_failing_writes(provider.clone());
+    let k = key("u", "a");
+    w.import(
+        k.clone(),
+        import("at-1", Some("rt-1"), Some(T0 + secs(3600))),
+    )
+    .await
+    .expect("import");
+    store.fail_next_writes(1000);
+    let err = w
+        .refresh_token(&k, RefreshOptions::default())
+        .await
+        .expect_err("the store never comes back");
+    assert_eq!(err.code(), ErrorCode::GetTokenError);
+    assert_eq!(store.failed(), 4, "one attempt and three retries");
+    assert_eq!(provider.calls(), 1);
+    let stored = store.get(&k).await.expect("get").expect("there");
+    assert_eq!(
+        stored.tokens.refresh_token.expect("kept").expose_secret(),
+        "rt-1",
+        "nothing was written"
+    );
 }

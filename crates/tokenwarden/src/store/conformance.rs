@@ -1538,3 +1538,123 @@ where
         0
     );
 }
+
+/// A store that fails its next `n` compare-and-swap writes ([`Store::update`] and
+/// [`Store::update_batch`]) with a database error, as a failover or a dropped connection
+/// would, and otherwise passes everything to `inner`. For tests of what the broker does
+/// when a commit fails.
+#[derive(Debug)]
+pub struct FailingWrites<S> {
+    pub inner: S,
+    failures_left: std::sync::atomic::AtomicU32,
+    failed: std::sync::atomic::AtomicU32,
+}
+
+impl<S: Store> FailingWrites<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            failures_left: std::sync::atomic::AtomicU32::new(0),
+            failed: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// The next `n` writes fail.
+    pub fn fail_next_writes(&self, n: u32) {
+        self.failures_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Writes failed so far.
+    pub fn failed(&self) -> u32 {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    fn should_fail(&self) -> bool {
+        let took = self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if took {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+        took
+    }
+}
+
+fn injected() -> StoreError {
+    StoreError::Database("update: connection reset (injected by the test)".to_owned())
+}
+
+#[async_trait::async_trait]
+impl<S: Store> Store for FailingWrites<S> {
+    async fn get(&self, key: &ConnectionKey) -> Result<Option<Connection>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
+        self.inner.put(conn).await
+    }
+    async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
+        if self.should_fail() {
+            return Err(injected());
+        }
+        self.inner.update(conn).await
+    }
+    async fn update_batch(
+        &self,
+        conns: &[Connection],
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        if self.should_fail() {
+            return Err(injected());
+        }
+        self.inner.update_batch(conns).await
+    }
+    async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<super::ListPage, StoreError> {
+        self.inner.list(query).await
+    }
+    async fn count_by_status(&self) -> Result<Vec<(ConnectionStatus, u64)>, StoreError> {
+        self.inner.count_by_status().await
+    }
+    async fn key_usage(&self) -> Result<Vec<super::KeyUsage>, StoreError> {
+        self.inner.key_usage().await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn try_lease(
+        &self,
+        key: &ConnectionKey,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.inner.try_lease(key, owner, now, until).await
+    }
+    async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(key, owner).await
+    }
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.inner.claim_due(now, limit, owner, until).await
+    }
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.inner.next_due().await
+    }
+    async fn queue_stats(&self, now: OffsetDateTime) -> Result<super::QueueStats, StoreError> {
+        self.inner.queue_stats(now).await
+    }
+    async fn reseal_batch(
+        &self,
+        after: Option<&ConnectionKey>,
+        limit: u32,
+    ) -> Result<super::ResealBatch, StoreError> {
+        self.inner.reseal_batch(after, limit).await
+    }
+}
