@@ -237,6 +237,14 @@ mod tests {
         ) -> Result<bool, StoreError> {
             self.inner.try_lease(key, owner, now, until).await
         }
+        async fn renew_lease(
+            &self,
+            key: &ConnectionKey,
+            owner: &str,
+            until: OffsetDateTime,
+        ) -> Result<bool, StoreError> {
+            self.inner.renew_lease(key, owner, until).await
+        }
         async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError> {
             self.inner.release_lease(key, owner).await
         }

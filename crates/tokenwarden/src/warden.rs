@@ -970,15 +970,16 @@ impl Inner {
                 let released = std::sync::atomic::AtomicBool::new(false);
                 // Renew the lease while the refresh works, so it can stay short and a crashed
                 // instance holds the connection for at most `lease_ttl`.
+                // Renewal never takes a free lease: one racing the commit that released it
+                // must not hold the connection again for a whole lease.
                 let renew = async {
                     loop {
                         tokio::time::sleep(lease_ttl / 3).await;
-                        let now = self.clock.now();
-                        let renewed = self
-                            .store
-                            .try_lease(key, &self.instance_id, now, now + lease_ttl)
-                            .await;
-                        if !matches!(renewed, Ok(true)) {
+                        let until = self.clock.now() + lease_ttl;
+                        let renewed = self.store.renew_lease(key, &self.instance_id, until).await;
+                        if !matches!(renewed, Ok(true))
+                            && !released.load(std::sync::atomic::Ordering::Relaxed)
+                        {
                             tracing::warn!(provider = %key.provider, account_id = %key.account_id,
                                 "could not renew the refresh lease");
                         }

@@ -1221,7 +1221,8 @@ where
 }
 
 /// Refresh leases: exclusive, re-entrant for their owner, free again after expiry or
-/// release, released by a successful update, and `NotFound` for a missing connection.
+/// release, renewed only by their holder, released by a successful update (and not taken
+/// again by a renewal after it), and `NotFound` for a missing connection.
 pub async fn leases<F, Fut, S>(make: &F)
 where
     F: Fn(TestDb, Arc<KeyRing>) -> Fut,
@@ -1272,11 +1273,32 @@ where
             .await
             .expect("released")
     );
-    // A successful update ends the refresh and releases the lease.
+    // Renewal extends only the holder's own lease.
+    assert!(
+        store.renew_lease(key, "c", at(400)).await.expect("renew"),
+        "the holder renews"
+    );
+    assert!(
+        !store
+            .try_lease(key, "e", at(300), at(500))
+            .await
+            .expect("renewed until 400"),
+        "the renewed lease still holds after its first expiry"
+    );
+    assert!(
+        !store.renew_lease(key, "e", at(900)).await.expect("renew"),
+        "someone else cannot renew it"
+    );
+    // A successful update ends the refresh and releases the lease...
     store
         .update(&with_version(&conn, &stored))
         .await
         .expect("update");
+    // ...and a renewal racing that update does not take the lease again.
+    assert!(
+        !store.renew_lease(key, "c", at(800)).await.expect("renew"),
+        "a released lease is not renewed"
+    );
     assert!(
         store
             .try_lease(key, "d", at(170), at(270))
@@ -1631,6 +1653,14 @@ impl<S: Store> Store for FailingWrites<S> {
         until: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         self.inner.try_lease(key, owner, now, until).await
+    }
+    async fn renew_lease(
+        &self,
+        key: &ConnectionKey,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew_lease(key, owner, until).await
     }
     async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError> {
         self.inner.release_lease(key, owner).await

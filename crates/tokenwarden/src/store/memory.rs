@@ -266,6 +266,25 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
+    async fn renew_lease(
+        &self,
+        key: &ConnectionKey,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut rows = self.rows();
+        let Some(row) = rows.get_mut(key) else {
+            return Ok(false);
+        };
+        match &mut row.lease {
+            Some((o, lease_until)) if o == owner => {
+                *lease_until = until;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError> {
         if let Some(row) = self.rows().get_mut(key)
             && row.lease.as_ref().is_some_and(|(o, _)| o == owner)

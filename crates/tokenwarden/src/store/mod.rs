@@ -159,6 +159,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         until: OffsetDateTime,
     ) -> Result<bool, StoreError>;
 
+    /// Extends `owner`'s lease to `until`, only if `owner` still holds it (expired or not):
+    /// never takes a free lease, so a renewal racing the write that ended the refresh (and
+    /// released the lease) cannot take it again. False when `owner` does not hold it.
+    async fn renew_lease(
+        &self,
+        key: &ConnectionKey,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
     /// Releases `owner`'s lease (a no-op when someone else holds it).
     async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError>;
 

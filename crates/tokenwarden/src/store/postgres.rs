@@ -861,6 +861,25 @@ impl Store for PgStore {
         }
     }
 
+    async fn renew_lease(
+        &self,
+        key: &ConnectionKey,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let query = sqlx::query(
+            "UPDATE connections SET lease_until = $5 \
+             WHERE user_id = $1 AND provider = $2 AND account_id = $3 AND lease_owner = $4",
+        );
+        let done = bind_key(query, key)
+            .bind(owner.to_owned())
+            .bind(unix(until))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("renew_lease"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError> {
         let query = sqlx::query(
             "UPDATE connections SET lease_owner = NULL, lease_until = NULL \

@@ -669,6 +669,24 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn renew_lease(
+        &self,
+        key: &ConnectionKey,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let sql =
+            format!("UPDATE connections SET lease_until = ? WHERE {KEY_MATCH} AND lease_owner = ?");
+        let query = sqlx::query(AssertSqlSafe(sql)).bind(unix(until));
+        let _write = self.write.lock().await;
+        let done = bind_key(query, key)
+            .bind(owner.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("renew_lease"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError> {
         let sql = format!(
             "UPDATE connections SET lease_owner = NULL, lease_until = NULL \
