@@ -115,3 +115,52 @@ async fn a_live_owners_result_is_shared_with_waiting_instances() {
     assert_eq!(rb.expect("b").access_token.expose_secret(), "at-2");
     assert_eq!(provider.calls(), 1);
 }
+
+/// A refresh that outlasts its lease (slow provider) keeps it by renewal: another instance
+/// asking meanwhile waits for the result instead of taking over and refreshing again, and
+/// the lease is free once the refresh is done.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_longer_than_its_lease_keeps_it_by_renewal() {
+    const LEASE: Duration = Duration::from_secs(3);
+    let store: Arc<dyn Store> = memory_store();
+    let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);
+    // Three leases long: without renewal, the lease would lapse twice mid-refresh.
+    *provider.latency.lock().expect("lock") = LEASE * 3;
+    let slow = |id: &str| {
+        Warden::builder(store.clone())
+            .provider(provider.clone())
+            .clock(Arc::new(TokioClock::new(T0)))
+            .instance_id(id)
+            .refresh_config(RefreshConfig {
+                attempt_timeout: Duration::from_secs(30),
+                lease_ttl: LEASE,
+                ..RefreshConfig::default()
+            })
+            .build()
+    };
+    let (a, b) = (slow("a"), slow("b"));
+    let k = key("u", "a");
+    a.import(
+        k.clone(),
+        import("at-1", Some("rt-1"), Some(T0 - time::Duration::seconds(5))),
+    )
+    .await
+    .expect("import");
+    let (ra, rb) = tokio::join!(a.access_token(&k), async {
+        // Well past the first lease's expiry.
+        tokio::time::sleep(LEASE * 2).await;
+        b.access_token(&k).await
+    });
+    assert_eq!(ra.expect("a").access_token.expose_secret(), "at-2");
+    assert_eq!(rb.expect("b").access_token.expose_secret(), "at-2");
+    assert_eq!(provider.calls(), 1, "b waited for a's refresh");
+    // Just after the refresh (9 s in), before any lease taken during it could lapse.
+    let now = T0 + time::Duration::seconds(10);
+    assert!(
+        store
+            .try_lease(&k, "c", now, now + time::Duration::seconds(3))
+            .await
+            .expect("lease"),
+        "the lease is free after the refresh"
+    );
+}
