@@ -629,3 +629,69 @@ async fn writes_elsewhere_are_reported_with_their_version_and_nothing_else_is() 
     drop((watcher, writer, elsewhere));
     drop_schemas(&url, [db.name().to_owned(), other_db.name().to_owned()]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_database_connections_are_replaced_and_change_reports_resume() {
+    let Some(url) = pg_url("dropped_database_connections_are_replaced") else {
+        return;
+    };
+    let db = TestDb::fresh("blip");
+    // A name of its own in pg_stat_activity, so only this store's sessions are killed.
+    let app = format!("tw_blip_{}_{}", std::process::id(), db.name().len());
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let watcher = PgStore::connect_in_schema(
+        &format!("{url}{separator}application_name={app}"),
+        db.name(),
+        test_keys("k1", &["k1"]),
+    )
+    .await
+    .expect("connect");
+    let writer = store_in(&url, &db).await;
+    let mut changes = watcher.changes().expect("changes");
+    assert_eq!(next_change(&mut changes).await, Change::All);
+    let conn = sample_connection("u", "tiktok", "blip");
+    let (created, _) = writer.put(&conn).await.expect("put");
+    assert!(matches!(
+        next_change(&mut changes).await,
+        Change::Connection { .. }
+    ));
+    assert!(watcher.get(conn.key()).await.expect("get").is_some());
+
+    // A failover, as the store sees it: every one of its sessions ends at once.
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = $1",
+    )
+    .bind(&app)
+    .fetch_one(writer.pool())
+    .await
+    .expect("terminate");
+    assert!(
+        killed >= 2,
+        "the pool's and the listener's sessions: {killed}"
+    );
+
+    // Reads work again on new sessions, and the listener says it may have missed changes...
+    let got = watcher
+        .get(conn.key())
+        .await
+        .expect("a new session after the kill");
+    assert_eq!(got.expect("there").meta.version, created.version);
+    assert_eq!(next_change(&mut changes).await, Change::All);
+    // ...then reports changes again.
+    let mut refreshed = conn.clone();
+    refreshed.meta.version = created.version;
+    let updated = writer.update(&refreshed).await.expect("update");
+    loop {
+        match next_change(&mut changes).await {
+            Change::All => continue,
+            Change::Connection { key, version, .. } => {
+                assert_eq!(&key, conn.key());
+                assert_eq!(version, Some(updated.version));
+                break;
+            }
+        }
+    }
+    drop((watcher, writer));
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}

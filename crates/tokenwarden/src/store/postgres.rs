@@ -405,8 +405,14 @@ fn connect_options(database_url: &str) -> Result<PgConnectOptions, StoreError> {
         return Err(bad());
     }
     let options = PgConnectOptions::from_str(database_url).map_err(|_| bad())?;
+    // `?application_name=…` in the URL (or PGAPPNAME) names an instance in
+    // pg_stat_activity; otherwise every session says "tokenwarden".
+    let options = if options.get_application_name().is_some() {
+        options
+    } else {
+        options.application_name("tokenwarden")
+    };
     Ok(options
-        .application_name("tokenwarden")
         // The store promises that a write is durable when it returns; a server (or role)
         // default of `off` would silently break that, so each session asks for it.
         .options([("synchronous_commit", "on")]))
