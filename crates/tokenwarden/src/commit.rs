@@ -5,8 +5,8 @@
 //! commit costs an fsync (SQLite WAL with `synchronous=FULL`, PostgreSQL with
 //! `synchronous_commit = on`). One at a time, the scheduler's throughput is bounded by the
 //! disk's fsync rate. Here the first writer starts a committer task; writers that arrive
-//! while it commits queue up and go out together in the next transaction
-//! ([`Store::update_batch`]). There is no timer: a lone write commits at once, and batches
+//! while it commits queue up and go out together in the next commit
+//! ([`Store::update_batch`]: one statement where the keys are distinct). There is no timer: a lone write commits at once, and batches
 //! grow only as far as writes actually overlap. Each writer still gets its own answer
 //! (success, `Conflict`, `NotFound`), and only after the commit that made it durable.
 
@@ -95,8 +95,8 @@ impl GroupCommit {
         }
     }
 
-    /// One batch: one transaction, or one row at a time if the transaction failed, so a
-    /// row the database refuses cannot fail the rows batched with it.
+    /// One batch: one durable commit, or one row at a time if that failed, so a row the
+    /// database refuses cannot fail the rows batched with it.
     async fn commit(&self, conns: &[Connection]) -> Vec<Result<ConnectionMeta, StoreError>> {
         #[allow(clippy::cast_precision_loss)] // batches are at most a few hundred rows
         metrics::histogram!(crate::metrics::COMMIT_ROWS).record(conns.len() as f64);
