@@ -695,3 +695,28 @@ async fn dropped_database_connections_are_replaced_and_change_reports_resume() {
     drop((watcher, writer));
     drop_schemas(&url, [db.name().to_owned()]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_listening_store_does_not_wait_for_its_listener() {
+    let Some(url) = pg_url("closing_a_listening_store") else {
+        return;
+    };
+    let db = TestDb::fresh("close_listening");
+    let store = store_in(&url, &db).await;
+    let mut changes = store.changes().expect("changes");
+    assert_eq!(next_change(&mut changes).await, Change::All, "listening");
+    // The listener holds one of the pool's connections; a graceful shutdown closes the pool
+    // and must not hang on it.
+    tokio::time::timeout(std::time::Duration::from_secs(10), store.close())
+        .await
+        .expect("the pool closes although a listener was using it");
+    drop(store);
+    assert!(
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(10), changes.recv()).await,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed))
+        ),
+        "the feed ends with the store"
+    );
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}

@@ -79,9 +79,9 @@ const CHANGES_BUFFER: usize = 4096;
 /// The PostgreSQL store.
 ///
 /// Several processes can share one database. Writes that change a connection's tokens are
-/// announced by a trigger (`NOTIFY tokenwarden_changes`); [`Store::changes`] listens on a
-/// connection of its own (one more than [`POOL_SIZE`]) and reports those about this
-/// store's schema.
+/// announced by a trigger (`NOTIFY tokenwarden_changes`); [`Store::changes`] listens on one
+/// of the pool's connections (kept for as long as the store lives) and reports those about
+/// this store's schema.
 pub struct PgStore {
     pool: PgPool,
     keys: Arc<KeyRing>,
@@ -304,6 +304,9 @@ async fn update_row(
 async fn listen(pool: PgPool, home: String, changes: tokio::sync::broadcast::Sender<Change>) {
     let mut pause = LISTEN_RETRY;
     loop {
+        if pool.is_closed() {
+            return;
+        }
         let listening = async {
             let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
             listener.listen(CHANGES_CHANNEL).await?;
@@ -311,6 +314,7 @@ async fn listen(pool: PgPool, home: String, changes: tokio::sync::broadcast::Sen
         };
         let mut listener = match listening.await {
             Ok(listener) => listener,
+            Err(_) if pool.is_closed() => return,
             Err(e) => {
                 tracing::warn!(error = %db_error("listen")(e), retry_in_s = pause.as_secs(),
                     "cannot listen for connection changes; cached tokens expire by cache_ttl");
@@ -332,6 +336,8 @@ async fn listen(pool: PgPool, home: String, changes: tokio::sync::broadcast::Sen
                 Ok(None) => {
                     let _ = changes.send(Change::All);
                 }
+                // The store is shutting down.
+                Err(sqlx::Error::PoolClosed) => return,
                 Err(e) => {
                     tracing::warn!(error = %db_error("listen")(e),
                         "lost the connection-change listener; reconnecting");
