@@ -203,12 +203,12 @@ impl WardenBuilder {
                     .unwrap_or_else(|| format!("tw-{:016x}", rand::random::<u64>())),
                 wakeup: Wakeup::default(),
                 scheduler_sleeps_until: AtomicI64::new(AWAKE),
+                changed: tokio::sync::Notify::new(),
                 limiters,
             }),
         };
-        if let Some(changes) = changes {
-            // `changes` is only `Some` inside a runtime.
-            tokio::spawn(follow_changes(Arc::downgrade(&warden.inner), changes));
+        if let (Some(changes), Ok(runtime)) = (changes, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(follow_changes(Arc::downgrade(&warden.inner), changes));
         }
         warden
     }
@@ -226,6 +226,7 @@ async fn follow_changes(
     loop {
         let change = changes.recv().await;
         let Some(inner) = inner.upgrade() else { return };
+        inner.changed.notify_waiters();
         match change {
             Ok(Change::Connection {
                 key,
@@ -301,6 +302,9 @@ struct Inner {
     wakeup: Wakeup,
     /// Until when the scheduler loop sleeps (unix seconds), or [`AWAKE`].
     scheduler_sleeps_until: AtomicI64,
+    /// Signalled on every change the store reports (callers waiting for another
+    /// instance's refresh look again at once).
+    changed: tokio::sync::Notify,
     limiters: RateLimiters,
 }
 
@@ -950,6 +954,10 @@ impl Inner {
         let deadline = Instant::now() + self.refresh.worst_case(&policy).min(MAX_WAIT_FOR_OTHER);
         let mut seen_version = None;
         loop {
+            // Armed before looking, so a change reported while we look is not missed.
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
             let now = self.clock.now();
             // A scheduled refresh starts right after its claim, which leased the row to us.
             let leased = trigger == Trigger::Scheduled
@@ -1012,7 +1020,12 @@ impl Inner {
                 )
                 .with_retry_after(Some(Duration::from_secs(1))));
             }
-            tokio::time::sleep(LEASE_POLL).await;
+            // The owner's commit is reported as a change where the store reports them;
+            // polling covers the rest.
+            tokio::select! {
+                () = tokio::time::sleep(LEASE_POLL) => {}
+                () = changed => {}
+            }
         }
     }
 

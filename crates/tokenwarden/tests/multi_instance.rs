@@ -164,3 +164,43 @@ async fn a_refresh_longer_than_its_lease_keeps_it_by_renewal() {
         "the lease is free after the refresh"
     );
 }
+
+/// A caller waiting for another instance's refresh gets the result when the owner commits
+/// (the store reports the change), not at its next look at the database.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_instance_is_answered_when_the_owner_commits() {
+    let store: Arc<dyn Store> = memory_store();
+    let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);
+    *provider.latency.lock().expect("lock") = Duration::from_secs(1);
+    let a = instance(store.clone(), provider.clone(), "a");
+    let b = instance(store.clone(), provider.clone(), "b");
+    let k = key("u", "a");
+    a.import(
+        k.clone(),
+        import("at-1", Some("rt-1"), Some(T0 - time::Duration::seconds(5))),
+    )
+    .await
+    .expect("import");
+    let started = tokio::time::Instant::now();
+    let (ra, rb) = tokio::join!(
+        async {
+            let grant = a.access_token(&k).await;
+            (grant, started.elapsed())
+        },
+        async {
+            // Off the 50 ms polling grid: a poll would answer at 1,010 ms, not 1,000.
+            tokio::time::sleep(Duration::from_millis(110)).await;
+            let grant = b.access_token(&k).await;
+            (grant, started.elapsed())
+        }
+    );
+    assert_eq!(ra.0.expect("a").access_token.expose_secret(), "at-2");
+    assert_eq!(rb.0.expect("b").access_token.expose_secret(), "at-2");
+    assert_eq!(provider.calls(), 1);
+    assert_eq!(
+        ra.1,
+        Duration::from_secs(1),
+        "a commits after the provider's second"
+    );
+    assert_eq!(rb.1, ra.1, "b is answered at a's commit");
+}

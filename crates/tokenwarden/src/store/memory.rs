@@ -14,7 +14,8 @@ use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionSta
 use crate::crypto::{Field, KeyRing, envelope_key_id};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::store::{
-    Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
+    Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
+    StoreError,
 };
 use time::OffsetDateTime;
 
@@ -34,6 +35,9 @@ impl Row {
     }
 }
 
+/// Change reports buffered per subscriber before it is told it fell behind.
+const CHANGES_BUFFER: usize = 4096;
+
 /// A store that lives in memory.
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -42,6 +46,9 @@ pub struct MemoryStore {
     /// The highest version any deleted connection had; new rows start above it, so a write
     /// prepared against a deleted incarnation can never match a re-created one.
     max_deleted_version: Arc<AtomicI64>,
+    /// Change reports, shared by every handle on the same data (as instances on one
+    /// database would be).
+    changes: tokio::sync::broadcast::Sender<Change>,
 }
 
 impl MemoryStore {
@@ -50,6 +57,7 @@ impl MemoryStore {
             keys,
             rows: Arc::default(),
             max_deleted_version: Arc::default(),
+            changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0,
         }
     }
 
@@ -61,7 +69,19 @@ impl MemoryStore {
             keys,
             rows: Arc::clone(&self.rows),
             max_deleted_version: Arc::clone(&self.max_deleted_version),
+            changes: self.changes.clone(),
         }
+    }
+
+    /// Reports a written (`Some`) or deleted (`None`) connection to every handle.
+    fn announce(&self, key: &ConnectionKey, written: Option<&ConnectionMeta>) {
+        let _ = self.changes.send(Change::Connection {
+            key: key.clone(),
+            version: written.map(|meta| meta.version),
+            next_refresh_at: written
+                .filter(|meta| meta.status == ConnectionStatus::Active)
+                .and_then(|meta| meta.next_refresh_at),
+        });
     }
 
     fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<ConnectionKey, Row>> {
@@ -144,6 +164,8 @@ impl Store for MemoryStore {
         let row = self.seal(conn, meta);
         let meta = row.meta.clone();
         rows.insert(conn.key().clone(), row);
+        drop(rows);
+        self.announce(conn.key(), Some(&meta));
         Ok((meta, outcome))
     }
 
@@ -161,6 +183,8 @@ impl Store for MemoryStore {
         let row = self.seal(conn, meta);
         let meta = row.meta.clone();
         rows.insert(conn.key().clone(), row);
+        drop(rows);
+        self.announce(conn.key(), Some(&meta));
         Ok(meta)
     }
 
@@ -169,6 +193,7 @@ impl Store for MemoryStore {
         if let Some(row) = &removed {
             self.max_deleted_version
                 .fetch_max(row.meta.version, Ordering::SeqCst);
+            self.announce(key, None);
         }
         Ok(removed.is_some())
     }
@@ -340,6 +365,12 @@ impl Store for MemoryStore {
                 Some(r.lease.as_ref().map_or(due, |(_, until)| due.max(*until)))
             })
             .min())
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        // Reports are followed by a task, which needs a runtime.
+        tokio::runtime::Handle::try_current().ok()?;
+        Some(self.changes.subscribe())
     }
 
     async fn reseal_batch(
