@@ -420,8 +420,7 @@ async fn errors_and_debug_never_show_the_password() {
         return;
     };
     // A role that does not exist on the real server (trust auth may accept any password),
-    // and a URL that does not parse. (An unreachable server is retried until the 10 s
-    // connect timeout, too slow here; its error is sqlx's fixed "pool timed out".)
+    // and a URL that does not parse.
     let mut wrong = url::Url::parse(&url).expect("test URL");
     wrong.set_username("nobody_tw").expect("user");
     wrong
@@ -438,6 +437,20 @@ async fn errors_and_debug_never_show_the_password() {
         let shown = format!("{err} {err:?}");
         assert!(!shown.contains("hunter2-secret"), "{shown}");
     }
+    // Nothing listens on port 1: the reason comes back at once, not a pool timeout.
+    let started = std::time::Instant::now();
+    let err = PgStore::connect(
+        "postgres://tw:hunter2-secret@127.0.0.1:1/tw",
+        test_keys("k1", &["k1"]),
+    )
+    .await
+    .expect_err("nothing listens");
+    let shown = format!("{err}");
+    assert!(
+        shown.to_lowercase().contains("refused") && !shown.contains("hunter2-secret"),
+        "{shown}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
     let db = TestDb::fresh("debug");
     let store = store_in(&url, &db).await;
     let shown = format!("{store:?}");

@@ -425,6 +425,14 @@ fn connect_options(database_url: &str) -> Result<PgConnectOptions, StoreError> {
 }
 
 async fn open_pool(options: PgConnectOptions) -> Result<PgPool, StoreError> {
+    // One plain connection first: the pool retries a failing connect until its timeout and
+    // then says only "pool timed out", where the operator needs the reason (refused, no
+    // such host, authentication failed, no such database). Errors never show the password.
+    let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+        .await
+        .map_err(|_| StoreError::Database("connect: timed out".to_owned()))?
+        .map_err(db_error("connect"))?;
+    let _ = probe.close().await;
     PgPoolOptions::new()
         .max_connections(POOL_SIZE)
         .acquire_timeout(CONNECT_TIMEOUT)
