@@ -21,6 +21,8 @@
 
 #[path = "common/binary.rs"]
 mod binary;
+#[path = "common/postgres.rs"]
+mod postgres;
 #[path = "common/rotating.rs"]
 mod rotating;
 
@@ -32,7 +34,6 @@ use std::time::{Duration, Instant};
 use rotating::{Provider, Rng, account, mix, start_provider, wait_provider_quiet};
 use serde_json::{Value, json};
 
-const URL_VAR: &str = "TOKENWARDEN_TEST_POSTGRES_URL";
 const CONNECTIONS: usize = 40;
 const KILLS: usize = 8;
 /// Client tasks per process, each forcing one refresh at a time.
@@ -197,21 +198,10 @@ async fn final_state(http: &reqwest::Client, base: &str, i: usize) -> Result<boo
     }
 }
 
-async fn admin(url: &str, sql: String) {
-    use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .execute(&mut conn)
-        .await
-        .expect("admin statement");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_one_instance_never_makes_the_other_refresh_twice() {
-    let Some(url) = std::env::var(URL_VAR).ok().filter(|u| !u.is_empty()) else {
-        eprintln!(
-            "skipped kill_9_of_one_instance_never_makes_the_other_refresh_twice: {URL_VAR} is not set"
-        );
+    let Some(url) = postgres::url("kill_9_of_one_instance_never_makes_the_other_refresh_twice")
+    else {
         return;
     };
     let seed = std::env::var("TOKENWARDEN_TEST_CRASH_SEED")
@@ -224,9 +214,7 @@ async fn kill_9_of_one_instance_never_makes_the_other_refresh_twice() {
         std::process::id(),
         rng.next() & 0xffff_ffff
     );
-    admin(&url, format!("CREATE SCHEMA \"{schema}\"")).await;
-    let separator = if url.contains('?') { '&' } else { '?' };
-    let database_url = format!("{url}{separator}options[search_path]={schema}");
+    let database_url = postgres::schema_url(&url, &schema).await;
 
     let provider = Arc::new(Provider::new(seed, CONNECTIONS, TOKEN_LIFETIME_S));
     let token_url = start_provider(Arc::clone(&provider)).await;
@@ -362,5 +350,5 @@ async fn kill_9_of_one_instance_never_makes_the_other_refresh_twice() {
         "more revocations than answers in flight: {summary}"
     );
     survivor.stop();
-    admin(&url, format!("DROP SCHEMA \"{schema}\" CASCADE")).await;
+    postgres::drop_schema(&url, &schema).await;
 }

@@ -8,6 +8,8 @@
 
 #[path = "common/binary.rs"]
 mod binary;
+#[path = "common/postgres.rs"]
+mod postgres;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -17,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const URL_VAR: &str = "TOKENWARDEN_TEST_POSTGRES_URL";
 const CONNECTIONS: usize = 60;
 const API_KEY: &str = "rotation-pg-api-key-0123456789";
 
@@ -125,19 +126,9 @@ async fn all_served(http: &reqwest::Client, base: &str) {
     }
 }
 
-async fn admin(url: &str, sql: String) {
-    use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .execute(&mut conn)
-        .await
-        .expect("admin statement");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_while_serving_interrupted_and_resumed_then_old_key_removed() {
-    let Some(url) = std::env::var(URL_VAR).ok().filter(|u| !u.is_empty()) else {
-        eprintln!("skipped rotation_while_serving_interrupted_and_resumed: {URL_VAR} is not set");
+    let Some(url) = postgres::url("rotation_while_serving_interrupted_and_resumed") else {
         return;
     };
     let schema = format!(
@@ -145,9 +136,7 @@ async fn rotation_while_serving_interrupted_and_resumed_then_old_key_removed() {
         std::process::id(),
         time::OffsetDateTime::now_utc().unix_timestamp_nanos() % 1_000_000_000
     );
-    admin(&url, format!("CREATE SCHEMA \"{schema}\"")).await;
-    let separator = if url.contains('?') { '&' } else { '?' };
-    let database_url = format!("{url}{separator}options[search_path]={schema}");
+    let database_url = postgres::schema_url(&url, &schema).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("tokenwarden.toml");
     let k1 = tokenwarden::KeyRing::generate_key_base64();
@@ -292,5 +281,5 @@ async fn rotation_while_serving_interrupted_and_resumed_then_old_key_removed() {
         "rotation on PostgreSQL: {} tokens served during it, ciphertexts midway {midway:?}",
         served.load(Ordering::Relaxed)
     );
-    admin(&url, format!("DROP SCHEMA \"{schema}\" CASCADE")).await;
+    postgres::drop_schema(&url, &schema).await;
 }

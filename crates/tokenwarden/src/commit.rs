@@ -138,138 +138,24 @@ impl Drop for Running<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use async_trait::async_trait;
-    use time::OffsetDateTime;
-    use tokio::sync::Semaphore;
-
     use super::*;
-    use crate::connection::{ConnectionKey, ConnectionStatus};
     use crate::secret::AccessToken;
-    use crate::store::conformance::{sample_connection, test_keys};
-    use crate::store::{
-        Claimed, KeyUsage, ListPage, ListQuery, MemoryStore, PutOutcome, QueueStats, ResealBatch,
-    };
+    use crate::store::MemoryStore;
+    use crate::store::conformance::{FailingWrites, sample_connection, test_keys};
 
-    /// A memory store that records how writes reach it, can hold the first write until the
-    /// test releases it, and can refuse whole batches.
-    #[derive(Debug)]
-    struct Recording {
-        inner: MemoryStore,
-        gate: Semaphore,
-        gated: AtomicBool,
-        fail_batches: bool,
-        /// Sizes of the writes in arrival order: 1 for `update`, n for `update_batch`.
-        writes: Mutex<Vec<(&'static str, usize)>>,
-    }
+    type Recording = FailingWrites<MemoryStore>;
 
-    impl Recording {
-        fn new(gated: bool, fail_batches: bool) -> Arc<Self> {
-            Arc::new(Self {
-                inner: MemoryStore::new(test_keys("k1", &["k1"])),
-                gate: Semaphore::new(0),
-                gated: AtomicBool::new(gated),
-                fail_batches,
-                writes: Mutex::default(),
-            })
+    /// A memory store whose first write is held until the test releases it, and which
+    /// refuses every batch if asked.
+    fn recording(hold_first: bool, refuse_batches: bool) -> Arc<Recording> {
+        let store = FailingWrites::new(MemoryStore::new(test_keys("k1", &["k1"])));
+        if hold_first {
+            store.hold_next_write();
         }
-
-        async fn wait_at_gate(&self) {
-            if self.gated.swap(false, Ordering::SeqCst) {
-                self.gate.acquire().await.expect("gate open").forget();
-            }
+        if refuse_batches {
+            store.refuse_batches();
         }
-
-        fn writes(&self) -> Vec<(&'static str, usize)> {
-            self.writes.lock().expect("lock").clone()
-        }
-    }
-
-    #[async_trait]
-    impl Store for Recording {
-        async fn get(&self, key: &ConnectionKey) -> Result<Option<Connection>, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
-            self.inner.put(conn).await
-        }
-        async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
-            self.writes.lock().expect("lock").push(("update", 1));
-            self.wait_at_gate().await;
-            self.inner.update(conn).await
-        }
-        async fn update_batch(
-            &self,
-            conns: &[Connection],
-        ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
-            self.writes
-                .lock()
-                .expect("lock")
-                .push(("batch", conns.len()));
-            self.wait_at_gate().await;
-            if self.fail_batches {
-                return Err(StoreError::Database("batch refused".into()));
-            }
-            self.inner.update_batch(conns).await
-        }
-        async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
-            self.inner.delete(key).await
-        }
-        async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
-            self.inner.list(query).await
-        }
-        async fn count_by_status(&self) -> Result<Vec<(ConnectionStatus, u64)>, StoreError> {
-            self.inner.count_by_status().await
-        }
-        async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
-            self.inner.key_usage().await
-        }
-        async fn ping(&self) -> Result<(), StoreError> {
-            self.inner.ping().await
-        }
-        async fn try_lease(
-            &self,
-            key: &ConnectionKey,
-            owner: &str,
-            now: OffsetDateTime,
-            until: OffsetDateTime,
-        ) -> Result<bool, StoreError> {
-            self.inner.try_lease(key, owner, now, until).await
-        }
-        async fn renew_lease(
-            &self,
-            key: &ConnectionKey,
-            owner: &str,
-            until: OffsetDateTime,
-        ) -> Result<bool, StoreError> {
-            self.inner.renew_lease(key, owner, until).await
-        }
-        async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError> {
-            self.inner.release_lease(key, owner).await
-        }
-        async fn claim_due(
-            &self,
-            now: OffsetDateTime,
-            limit: u32,
-            owner: &str,
-            until: OffsetDateTime,
-        ) -> Result<Vec<Claimed>, StoreError> {
-            self.inner.claim_due(now, limit, owner, until).await
-        }
-        async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
-            self.inner.next_due().await
-        }
-        async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
-            self.inner.queue_stats(now).await
-        }
-        async fn reseal_batch(
-            &self,
-            after: Option<&ConnectionKey>,
-            limit: u32,
-        ) -> Result<ResealBatch, StoreError> {
-            self.inner.reseal_batch(after, limit).await
-        }
+        Arc::new(store)
     }
 
     /// Stores `n` connections and returns them as read back (current versions).
@@ -315,12 +201,12 @@ mod tests {
 
     #[tokio::test]
     async fn writes_arriving_during_a_commit_share_the_next_one() {
-        let store = Recording::new(true, false);
+        let store = recording(true, false);
         let conns = seeded(&store, 10).await;
         let commits = GroupCommit::new(store.clone(), 64);
         // The first write is held inside the store; the other nine queue behind it.
         let mut writers = held_and_queued(&store, &commits, conns.clone()).await;
-        store.gate.add_permits(1);
+        store.release_held();
         while let Some(joined) = writers.join_next().await {
             let (i, result) = joined.expect("writer");
             let meta = result.unwrap_or_else(|e| panic!("writer {i}: {e:?}"));
@@ -341,13 +227,13 @@ mod tests {
 
     #[tokio::test]
     async fn batches_are_capped_and_answers_stay_per_row() {
-        let store = Recording::new(true, false);
+        let store = recording(true, false);
         let conns = seeded(&store, 8).await;
         let commits = GroupCommit::new(store.clone(), 3);
         let mut sent = conns.clone();
         sent[4].meta.version += 5; // stale: must fail alone
         let mut writers = held_and_queued(&store, &commits, sent).await;
-        store.gate.add_permits(1);
+        store.release_held();
         let mut conflicts = Vec::new();
         while let Some(joined) = writers.join_next().await {
             let (i, result) = joined.expect("writer");
@@ -367,11 +253,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_batch_is_written_row_by_row() {
-        let store = Recording::new(true, true);
+        let store = recording(true, true);
         let conns = seeded(&store, 4).await;
         let commits = GroupCommit::new(store.clone(), 64);
         let mut writers = held_and_queued(&store, &commits, conns.clone()).await;
-        store.gate.add_permits(1);
+        store.release_held();
         while let Some(joined) = writers.join_next().await {
             let (i, result) = joined.expect("writer");
             let meta = result.unwrap_or_else(|e| panic!("writer {i}: {e:?}"));
@@ -391,7 +277,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_lone_write_commits_at_once_and_reports_conflicts() {
-        let store = Recording::new(false, false);
+        let store = recording(false, false);
         let conns = seeded(&store, 1).await;
         let commits = GroupCommit::new(store.clone(), 64);
         let meta = commits.update(&conns[0]).await.expect("write");

@@ -1561,15 +1561,21 @@ where
     );
 }
 
-/// A store that fails its next `n` compare-and-swap writes ([`Store::update`] and
-/// [`Store::update_batch`]) with a database error, as a failover or a dropped connection
-/// would, and otherwise passes everything to `inner`. For tests of what the broker does
-/// when a commit fails.
+/// A store wrapper for tests of what happens around a store's compare-and-swap writes
+/// ([`Store::update`] and [`Store::update_batch`]); everything else passes to `inner`. It
+/// logs every write, can fail the next `n` with a database error (as a failover or a
+/// dropped connection would), can refuse every batch, and can hold the next write until the
+/// test releases it.
 #[derive(Debug)]
 pub struct FailingWrites<S> {
     pub inner: S,
     failures_left: std::sync::atomic::AtomicU32,
     failed: std::sync::atomic::AtomicU32,
+    refuse_batches: std::sync::atomic::AtomicBool,
+    hold_next: std::sync::atomic::AtomicBool,
+    held: tokio::sync::Semaphore,
+    /// `("update", 1)` or `("batch", rows)` per write, in arrival order.
+    writes: std::sync::Mutex<Vec<(&'static str, usize)>>,
 }
 
 impl<S: Store> FailingWrites<S> {
@@ -1578,6 +1584,10 @@ impl<S: Store> FailingWrites<S> {
             inner,
             failures_left: std::sync::atomic::AtomicU32::new(0),
             failed: std::sync::atomic::AtomicU32::new(0),
+            refuse_batches: std::sync::atomic::AtomicBool::new(false),
+            hold_next: std::sync::atomic::AtomicBool::new(false),
+            held: tokio::sync::Semaphore::new(0),
+            writes: std::sync::Mutex::default(),
         }
     }
 
@@ -1586,12 +1596,37 @@ impl<S: Store> FailingWrites<S> {
         self.failures_left.store(n, Ordering::SeqCst);
     }
 
+    /// Every [`Store::update_batch`] fails (single updates still work).
+    pub fn refuse_batches(&self) {
+        self.refuse_batches.store(true, Ordering::SeqCst);
+    }
+
+    /// The next write waits, once logged, until [`FailingWrites::release_held`].
+    pub fn hold_next_write(&self) {
+        self.hold_next.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets the held write go on.
+    pub fn release_held(&self) {
+        self.held.add_permits(1);
+    }
+
     /// Writes failed so far.
     pub fn failed(&self) -> u32 {
         self.failed.load(Ordering::SeqCst)
     }
 
-    fn should_fail(&self) -> bool {
+    /// The writes so far: `("update", 1)` or `("batch", rows)`, in arrival order.
+    pub fn writes(&self) -> Vec<(&'static str, usize)> {
+        self.writes.lock().expect("write log").clone()
+    }
+
+    /// Logs a write, holds it if asked, and says whether it is to fail.
+    async fn arrive(&self, kind: &'static str, rows: usize) -> bool {
+        self.writes.lock().expect("write log").push((kind, rows));
+        if self.hold_next.swap(false, Ordering::SeqCst) {
+            self.held.acquire().await.expect("never closed").forget();
+        }
         let took = self
             .failures_left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -1616,7 +1651,7 @@ impl<S: Store> Store for FailingWrites<S> {
         self.inner.put(conn).await
     }
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
-        if self.should_fail() {
+        if self.arrive("update", 1).await {
             return Err(injected());
         }
         self.inner.update(conn).await
@@ -1625,7 +1660,8 @@ impl<S: Store> Store for FailingWrites<S> {
         &self,
         conns: &[Connection],
     ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
-        if self.should_fail() {
+        let fail = self.arrive("batch", conns.len()).await;
+        if fail || self.refuse_batches.load(Ordering::SeqCst) {
             return Err(injected());
         }
         self.inner.update_batch(conns).await
