@@ -204,6 +204,7 @@ impl WardenBuilder {
                 wakeup: Wakeup::default(),
                 scheduler_sleeps_until: AtomicI64::new(AWAKE),
                 changed: tokio::sync::Notify::new(),
+                reported: std::sync::Mutex::default(),
                 limiters,
             }),
         };
@@ -233,6 +234,7 @@ async fn follow_changes(
                 version,
                 next_refresh_at,
             }) => {
+                inner.note_reported(&key, version);
                 inner.forget_unless_version(&key, version);
                 let sleeps_until = inner.scheduler_sleeps_until.load(Ordering::Relaxed);
                 if wakes_scheduler(next_refresh_at, sleeps_until) {
@@ -249,6 +251,38 @@ async fn follow_changes(
             }
             Err(RecvError::Closed) => return,
         }
+    }
+}
+
+/// How long a reported version keeps older reads out of the cache, at least: far longer
+/// than a read takes to come back from the store.
+const REPORTED_KEEP: Duration = Duration::from_secs(10);
+
+/// The newest version reported per connection (`i64::MAX` for a deletion) over the last
+/// one to two [`REPORTED_KEEP`]s, in two generations so that forgetting old reports costs
+/// nothing per report.
+#[derive(Debug, Default)]
+struct Reported {
+    current: HashMap<ConnectionKey, i64>,
+    previous: HashMap<ConnectionKey, i64>,
+    since: Option<Instant>,
+}
+
+impl Reported {
+    fn note(&mut self, key: &ConnectionKey, version: i64, now: Instant) {
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) >= REPORTED_KEEP {
+            self.previous = std::mem::take(&mut self.current);
+            self.since = Some(now);
+        }
+        let newest = self.current.entry(key.clone()).or_insert(version);
+        *newest = (*newest).max(version);
+    }
+
+    fn newest(&self, key: &ConnectionKey) -> Option<i64> {
+        let current = self.current.get(key).copied();
+        let previous = self.previous.get(key).copied();
+        current.max(previous)
     }
 }
 
@@ -305,6 +339,9 @@ struct Inner {
     /// Signalled on every change the store reports (callers waiting for another
     /// instance's refresh look again at once).
     changed: tokio::sync::Notify,
+    /// The newest versions the store reported for recently changed connections: a read
+    /// older than that is not cached.
+    reported: std::sync::Mutex<Reported>,
     limiters: RateLimiters,
 }
 
@@ -858,6 +895,17 @@ impl Inner {
         if self.refresh.cache_ttl.is_zero() || conn.meta.status != ConnectionStatus::Active {
             return;
         }
+        // A read that raced a write elsewhere: the newer version was reported while this
+        // one travelled back from the store. Caching it would hide the new one (and a token
+        // the provider may already have revoked) for `cache_ttl`.
+        let newest = self
+            .reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .newest(conn.key());
+        if newest.is_some_and(|version| version > conn.meta.version) {
+            return;
+        }
         let ttl = self.refresh.cache_ttl;
         let mut fresh_for = ttl;
         if let Some(expires_at) = conn.meta.expires_at {
@@ -888,6 +936,14 @@ impl Inner {
             }
         }
         cache.insert(conn.key().clone(), entry);
+    }
+
+    /// Records a reported change (see `reported`).
+    fn note_reported(&self, key: &ConnectionKey, version: Option<i64>) {
+        self.reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .note(key, version.unwrap_or(i64::MAX), Instant::now());
     }
 
     /// Forgets `key` unless the cache already holds `version` of it (a change report for a
@@ -1582,7 +1638,27 @@ fn duration_ms(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{AWAKE, wakes_scheduler};
+    use super::{AWAKE, REPORTED_KEEP, Reported, wakes_scheduler};
+    use crate::connection::ConnectionKey;
+
+    #[test]
+    fn reported_versions_keep_the_newest_for_one_to_two_windows() {
+        let key = |a: &str| ConnectionKey::parse("u", "fake", a).expect("key");
+        let t0 = tokio::time::Instant::now();
+        let mut reported = Reported::default();
+        reported.note(&key("a"), 5, t0);
+        reported.note(&key("a"), 3, t0);
+        assert_eq!(reported.newest(&key("a")), Some(5), "the newest wins");
+        assert_eq!(reported.newest(&key("b")), None);
+        // The next window keeps the last one's reports...
+        reported.note(&key("b"), 1, t0 + REPORTED_KEEP);
+        assert_eq!(reported.newest(&key("a")), Some(5));
+        assert_eq!(reported.newest(&key("b")), Some(1));
+        // ...and the one after forgets them.
+        reported.note(&key("b"), 2, t0 + REPORTED_KEEP * 2);
+        assert_eq!(reported.newest(&key("a")), None);
+        assert_eq!(reported.newest(&key("b")), Some(2));
+    }
 
     #[test]
     fn only_work_due_before_the_planned_wake_up_wakes_a_sleeping_scheduler() {

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 use tokenwarden::clock::TokioClock;
 use tokenwarden::store::Store;
+use tokenwarden::store::conformance::FailingWrites;
 use tokenwarden::{RefreshConfig, Warden};
 
 const T0: OffsetDateTime = datetime!(2026-11-26 12:00 UTC);
@@ -203,4 +204,49 @@ async fn a_waiting_instance_is_answered_when_the_owner_commits() {
         "a commits after the provider's second"
     );
     assert_eq!(rb.1, ra.1, "b is answered at a's commit");
+}
+
+/// A read that comes back after another instance's refresh was reported is not cached: the
+/// next ask reads the new token instead of serving the replaced one for `cache_ttl`.
+#[tokio::test(start_paused = true)]
+async fn a_read_overtaken_by_a_reported_refresh_is_not_cached() {
+    let store = Arc::new(FailingWrites::new(tokenwarden::store::MemoryStore::new(
+        key_ring(),
+    )));
+    let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);
+    let a = instance(store.clone(), provider.clone(), "a");
+    let b = instance(store.clone(), provider.clone(), "b");
+    let k = key("u", "a");
+    let valid = Some(T0 + time::Duration::hours(1));
+    a.import(k.clone(), import("at-1", Some("rt-1"), valid))
+        .await
+        .expect("import");
+    // a reads at-1, and the answer is slow to come back...
+    store.hold_next_read();
+    let slow_read = {
+        let (a, k) = (a.clone(), k.clone());
+        tokio::spawn(async move { a.access_token(&k).await })
+    };
+    while !store.is_holding() {
+        tokio::task::yield_now().await;
+    }
+    // ...while b refreshes (the provider revokes at-1) and the change is reported.
+    b.refresh_token(&k, tokenwarden::RefreshOptions::default())
+        .await
+        .expect("refresh on b");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    store.release_held();
+    let late = slow_read.await.expect("join").expect("token");
+    assert_eq!(
+        late.access_token.expose_secret(),
+        "at-1",
+        "read before the refresh"
+    );
+    let next = a.access_token(&k).await.expect("token");
+    assert_eq!(
+        next.access_token.expose_secret(),
+        "at-2",
+        "the late read was not cached"
+    );
+    assert_eq!(provider.calls(), 1);
 }

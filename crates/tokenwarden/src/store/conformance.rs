@@ -1564,8 +1564,8 @@ where
 /// A store wrapper for tests of what happens around a store's compare-and-swap writes
 /// ([`Store::update`] and [`Store::update_batch`]); everything else passes to `inner`. It
 /// logs every write, can fail the next `n` with a database error (as a failover or a
-/// dropped connection would), can refuse every batch, and can hold the next write until the
-/// test releases it.
+/// dropped connection would), can refuse every batch, and can hold the next write, or the
+/// next read's answer, until the test releases it.
 #[derive(Debug)]
 pub struct FailingWrites<S> {
     pub inner: S,
@@ -1573,6 +1573,8 @@ pub struct FailingWrites<S> {
     failed: std::sync::atomic::AtomicU32,
     refuse_batches: std::sync::atomic::AtomicBool,
     hold_next: std::sync::atomic::AtomicBool,
+    hold_next_read: std::sync::atomic::AtomicBool,
+    holding: std::sync::atomic::AtomicU32,
     held: tokio::sync::Semaphore,
     /// `("update", 1)` or `("batch", rows)` per write, in arrival order.
     writes: std::sync::Mutex<Vec<(&'static str, usize)>>,
@@ -1586,6 +1588,8 @@ impl<S: Store> FailingWrites<S> {
             failed: std::sync::atomic::AtomicU32::new(0),
             refuse_batches: std::sync::atomic::AtomicBool::new(false),
             hold_next: std::sync::atomic::AtomicBool::new(false),
+            hold_next_read: std::sync::atomic::AtomicBool::new(false),
+            holding: std::sync::atomic::AtomicU32::new(0),
             held: tokio::sync::Semaphore::new(0),
             writes: std::sync::Mutex::default(),
         }
@@ -1606,9 +1610,26 @@ impl<S: Store> FailingWrites<S> {
         self.hold_next.store(true, Ordering::SeqCst);
     }
 
-    /// Lets the held write go on.
+    /// The next [`Store::get`] reads, then holds its answer until
+    /// [`FailingWrites::release_held`] (a read that comes back late, after later writes).
+    pub fn hold_next_read(&self) {
+        self.hold_next_read.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets the held write or read go on.
     pub fn release_held(&self) {
         self.held.add_permits(1);
+    }
+
+    /// Whether a write or read is being held now.
+    pub fn is_holding(&self) -> bool {
+        self.holding.load(Ordering::SeqCst) > 0
+    }
+
+    async fn hold(&self) {
+        self.holding.fetch_add(1, Ordering::SeqCst);
+        self.held.acquire().await.expect("never closed").forget();
+        self.holding.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Writes failed so far.
@@ -1625,7 +1646,7 @@ impl<S: Store> FailingWrites<S> {
     async fn arrive(&self, kind: &'static str, rows: usize) -> bool {
         self.writes.lock().expect("write log").push((kind, rows));
         if self.hold_next.swap(false, Ordering::SeqCst) {
-            self.held.acquire().await.expect("never closed").forget();
+            self.hold().await;
         }
         let took = self
             .failures_left
@@ -1645,7 +1666,11 @@ fn injected() -> StoreError {
 #[async_trait::async_trait]
 impl<S: Store> Store for FailingWrites<S> {
     async fn get(&self, key: &ConnectionKey) -> Result<Option<Connection>, StoreError> {
-        self.inner.get(key).await
+        let read = self.inner.get(key).await;
+        if self.hold_next_read.swap(false, Ordering::SeqCst) {
+            self.hold().await;
+        }
+        read
     }
     async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
         self.inner.put(conn).await
@@ -1715,6 +1740,9 @@ impl<S: Store> Store for FailingWrites<S> {
     }
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<super::QueueStats, StoreError> {
         self.inner.queue_stats(now).await
+    }
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<super::Change>> {
+        self.inner.changes()
     }
     async fn reseal_batch(
         &self,
