@@ -301,8 +301,8 @@ pub async fn get_access_token(
     let key = connection_key(&app, path)?;
     let grant = app.warden().access_token(&key).await?;
     let view = AccessTokenView {
-        access_token: grant.access_token.expose_secret().to_owned(),
-        token_type: grant.token_type.to_string(),
+        access_token: grant.access_token.expose_secret(),
+        token_type: &grant.token_type,
         expires_at: grant.expires_at.map(rfc3339),
     };
     let mut response = Json(view).into_response();
@@ -569,18 +569,19 @@ pub async fn metrics(State(app): State<App>) -> Response {
         .into_response()
 }
 
-/// The OpenAPI document.
+/// The OpenAPI document, rendered once.
 pub async fn openapi_json() -> Response {
-    match ApiDoc::openapi().to_json() {
-        Ok(json) => (
+    static JSON: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    match JSON.get_or_init(|| ApiDoc::openapi().to_json().ok()) {
+        Some(json) => (
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )],
-            json,
+            json.clone(),
         )
             .into_response(),
-        Err(_) => ApiError::internal("could not render the OpenAPI document").into_response(),
+        None => ApiError::internal("could not render the OpenAPI document").into_response(),
     }
 }
 

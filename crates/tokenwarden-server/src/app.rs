@@ -107,7 +107,7 @@ impl App {
 
     /// The configured default retry policy (request overrides are checked against it).
     pub fn refresh_policy(&self) -> RetryPolicy {
-        self.inner.config.refresh_config().retry
+        self.warden().refresh_config().retry
     }
 
     /// All routes with their middleware.

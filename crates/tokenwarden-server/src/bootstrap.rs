@@ -21,7 +21,6 @@ const KEY_FILE: &str = "encryption.key";
 const ADMIN_HASH_FILE: &str = "admin-api-key.sha256";
 
 /// What to run with.
-#[derive(Debug)]
 pub struct Resolved {
     pub config: Config,
     pub source: config::Source,
@@ -30,6 +29,21 @@ pub struct Resolved {
     /// The file holding the admin key's hash, in embedded mode.
     pub admin_hash_file: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("config", &self.config)
+            .field("source", &self.source)
+            .field(
+                "generated_admin_key",
+                &self.generated_admin_key.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("admin_hash_file", &self.admin_hash_file)
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
 }
 
 /// Loads the configuration for `serve` (`need_api_keys`) or a CLI command (no API keys).

@@ -11,7 +11,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use tokenwarden::store::ListQuery;
-use tokenwarden::{ConnectionKey, ConnectionStatus, ProviderName, RefreshOptions, UserId, Warden};
+use tokenwarden::{
+    AccessToken, ConnectionKey, ConnectionStatus, ProviderName, RefreshOptions, RefreshToken,
+    UserId, Warden,
+};
 
 use crate::app::{App, StartError, build_warden};
 use crate::bootstrap::{self, DEFAULT_DATA_DIR};
@@ -92,11 +95,11 @@ pub enum ConnectionsCommand {
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
         /// Prefer --file: command lines end up in shell history.
-        #[arg(long)]
-        access_token: Option<String>,
+        #[arg(long, value_parser = |s: &str| Ok::<_, std::convert::Infallible>(AccessToken::new(s)))]
+        access_token: Option<AccessToken>,
         /// Prefer --file: command lines end up in shell history.
-        #[arg(long)]
-        refresh_token: Option<String>,
+        #[arg(long, value_parser = |s: &str| Ok::<_, std::convert::Infallible>(RefreshToken::new(s)))]
+        refresh_token: Option<RefreshToken>,
         #[arg(long)]
         expires_in: Option<u64>,
         /// RFC 3339.
@@ -299,10 +302,10 @@ async fn connections(warden: &Warden, command: ConnectionsCommand) -> Result<(),
                 .as_object_mut()
                 .ok_or_else(|| failed("the import document must be a JSON object"))?;
             if let Some(v) = access_token {
-                object.insert("access_token".to_owned(), v.into());
+                object.insert("access_token".to_owned(), v.expose_secret().into());
             }
             if let Some(v) = refresh_token {
-                object.insert("refresh_token".to_owned(), v.into());
+                object.insert("refresh_token".to_owned(), v.expose_secret().into());
             }
             if let Some(v) = expires_in {
                 object.insert("expires_in".to_owned(), v.into());

@@ -75,13 +75,18 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// `scheme://user:password@host/…` as `scheme://<redacted>@host/…`.
+/// `scheme://user:password@host/db?password=…` as `scheme://<redacted>@host/db?<redacted>`:
+/// a password can be in the user part or in the query.
 fn without_credentials(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((url, _)) => (url, "?<redacted>"),
+        None => (url, ""),
+    };
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://<redacted>{}", &url[..scheme_end], &url[at..])
+            format!("{}://<redacted>{}{query}", &url[..scheme_end], &url[at..])
         }
-        _ => url.to_owned(),
+        _ => format!("{url}{query}"),
     }
 }
 
@@ -343,6 +348,7 @@ pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
 /// Removes offending values from a serde message: serde quotes string values in `"..."` and
 /// an unknown enum variant in backticks. Key names (`unknown field `x``) stay.
 pub fn redact_quoted(message: &str) -> String {
+    let message = &redact_scalars(message);
     // serde: "unknown variant `{value}`, expected …" (or ", there are no variants"). The
     // value is not escaped and may hold backticks, so it ends at the last "`, " before the
     // tail serde adds, never at its first backtick.
@@ -377,6 +383,31 @@ pub fn redact_quoted(message: &str) -> String {
             (_, true) => {}
         }
     }
+    out
+}
+
+/// serde shows a wrongly typed scalar in backticks (``integer `123` ``, ``floating point
+/// `1.5` ``, ``boolean `true` ``, ``character `x` ``): a numeric secret written without
+/// quotes would be echoed. The value is at least one character, up to the next backtick.
+fn redact_scalars(message: &str) -> String {
+    const KINDS: [&str; 4] = ["integer `", "floating point `", "boolean `", "character `"];
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some((at, kind)) = KINDS
+        .iter()
+        .filter_map(|kind| rest.find(kind).map(|at| (at, kind)))
+        .min()
+    {
+        let value_start = at + kind.len();
+        out.push_str(&rest[..value_start - 1]);
+        out.push_str("<redacted>");
+        let value = &rest[value_start..];
+        let first = value.chars().next().map_or(0, char::len_utf8);
+        rest = value[first..]
+            .find('`')
+            .map_or("", |end| &value[first + end + 1..]);
+    }
+    out.push_str(rest);
     out
 }
 
@@ -742,6 +773,10 @@ mod tests {
             without_credentials("sqlite:///var/tw.db"),
             "sqlite:///var/tw.db"
         );
+        assert_eq!(
+            without_credentials("postgres://db/tw?user=tw&password=hunter2"),
+            "postgres://db/tw?<redacted>"
+        );
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -873,6 +908,37 @@ mod tests {
         assert_eq!(
             redact_quoted("invalid type: string \"abc\", expected u32"),
             "invalid type: string <redacted>, expected u32"
+        );
+    }
+
+    /// A secret written as a number (or other bare scalar) where a string belongs was shown
+    /// in serde's backticks.
+    #[test]
+    fn redact_quoted_hides_bare_scalars() {
+        assert_eq!(
+            redact_quoted("invalid type: integer `123456789`, expected a string"),
+            "invalid type: integer <redacted>, expected a string"
+        );
+        assert_eq!(
+            redact_quoted("invalid type: floating point `1.5`, expected u32 at line 3"),
+            "invalid type: floating point <redacted>, expected u32 at line 3"
+        );
+        assert_eq!(
+            redact_quoted("invalid type: boolean `true`, expected a string"),
+            "invalid type: boolean <redacted>, expected a string"
+        );
+        assert_eq!(
+            redact_quoted("invalid type: character `\u{60}`, expected a string"),
+            "invalid type: character <redacted>, expected a string"
+        );
+        assert_eq!(
+            redact_quoted("invalid type: character ```, expected a string"),
+            "invalid type: character <redacted>, expected a string"
+        );
+        assert_eq!(
+            redact_quoted("unknown field `client_secrett`, expected one of `client_secret`"),
+            "unknown field `client_secrett`, expected one of `client_secret`",
+            "key names stay"
         );
     }
 

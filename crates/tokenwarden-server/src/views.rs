@@ -11,7 +11,7 @@ use tokenwarden::provider::ProviderInfo;
 use tokenwarden::{AccessToken, BreakerState, ConnectionMeta, RefreshToken};
 use utoipa::ToSchema;
 
-/// RFC 3339 in UTC, or `None` for the rare time that cannot be formatted.
+/// RFC 3339 in UTC, or an empty string for the rare time that cannot be formatted.
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC)
         .format(&Rfc3339)
@@ -87,11 +87,12 @@ pub struct ConnectionList {
     pub next_cursor: Option<String>,
 }
 
-/// `GET .../access-token`.
+/// `GET .../access-token`. Borrows from the grant: the token is not copied into a string
+/// that outlives the response unwiped.
 #[derive(Serialize, ToSchema)]
-pub struct AccessTokenView {
-    pub access_token: String,
-    pub token_type: String,
+pub struct AccessTokenView<'a> {
+    pub access_token: &'a str,
+    pub token_type: &'a str,
     pub expires_at: Option<String>,
 }
 

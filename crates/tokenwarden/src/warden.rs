@@ -10,8 +10,8 @@
 //! result to the store before anyone sees the new token.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -242,11 +242,7 @@ async fn follow_changes(
                 }
             }
             Ok(Change::All) | Err(RecvError::Lagged(_)) => {
-                inner
-                    .cache
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clear();
+                inner.cache_write().clear();
                 inner.wakeup.notify_one();
             }
             Err(RecvError::Closed) => return,
@@ -828,11 +824,7 @@ impl Warden {
 
     /// Tokens currently held in the in-memory cache.
     pub fn cached_tokens(&self) -> usize {
-        self.inner
-            .cache
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        self.inner.cache_read().len()
     }
 
     /// This instance's lease owner id.
@@ -869,6 +861,18 @@ impl Inner {
     }
 
     /// The cached grant while it is fresh (the fast path).
+    fn cache_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ConnectionKey, CachedToken>> {
+        self.cache.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn cache_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ConnectionKey, CachedToken>> {
+        self.cache.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reported(&self) -> std::sync::MutexGuard<'_, Reported> {
+        self.reported.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn cached(&self, key: &ConnectionKey) -> Option<AccessTokenGrant> {
         self.cached_until(key, |e| e.fresh_until)
     }
@@ -883,10 +887,7 @@ impl Inner {
         key: &ConnectionKey,
         deadline: fn(&CachedToken) -> Instant,
     ) -> Option<AccessTokenGrant> {
-        let cache = self
-            .cache
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = self.cache_read();
         let entry = cache.get(key)?;
         (Instant::now() < deadline(entry)).then(|| entry.grant.clone())
     }
@@ -898,11 +899,7 @@ impl Inner {
         // A read that raced a write elsewhere: the newer version was reported while this
         // one travelled back from the store. Caching it would hide the new one (and a token
         // the provider may already have revoked) for `cache_ttl`.
-        let newest = self
-            .reported
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .newest(conn.key());
+        let newest = self.reported().newest(conn.key());
         if newest.is_some_and(|version| version > conn.meta.version) {
             return;
         }
@@ -922,10 +919,7 @@ impl Inner {
             fresh_until: now + fresh_for,
             trusted_until: now + ttl,
         };
-        let mut cache = self
-            .cache
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self.cache_write();
         let max = self.refresh.cache_max_entries;
         if cache.len() >= max && !cache.contains_key(conn.key()) {
             // Bounded memory with a million connections: drop what is no longer trusted,
@@ -940,19 +934,14 @@ impl Inner {
 
     /// Records a reported change (see `reported`).
     fn note_reported(&self, key: &ConnectionKey, version: Option<i64>) {
-        self.reported
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.reported()
             .note(key, version.unwrap_or(i64::MAX), Instant::now());
     }
 
     /// Forgets `key` unless the cache already holds `version` of it (a change report for a
     /// write this instance made and cached).
     fn forget_unless_version(&self, key: &ConnectionKey, version: Option<i64>) {
-        let mut cache = self
-            .cache
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self.cache_write();
         if cache
             .get(key)
             .is_none_or(|entry| Some(entry.version) != version)
@@ -962,10 +951,7 @@ impl Inner {
     }
 
     fn forget(&self, key: &ConnectionKey) {
-        self.cache
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key);
+        self.cache_write().remove(key);
     }
 
     async fn load(&self, key: &ConnectionKey) -> Result<Connection, Error> {
@@ -1031,7 +1017,7 @@ impl Inner {
                     })?;
             if leased {
                 // Set when the refresh's own commit released the lease, which saves a write.
-                let released = std::sync::atomic::AtomicBool::new(false);
+                let released = AtomicBool::new(false);
                 // Renew the lease while the refresh works, so it can stay short and a crashed
                 // instance holds the connection for at most `lease_ttl`.
                 // Renewal never takes a free lease: one racing the commit that released it
@@ -1041,9 +1027,7 @@ impl Inner {
                         tokio::time::sleep(lease_ttl / 3).await;
                         let until = self.clock.now() + lease_ttl;
                         let renewed = self.store.renew_lease(key, &self.instance_id, until).await;
-                        if !matches!(renewed, Ok(true))
-                            && !released.load(std::sync::atomic::Ordering::Relaxed)
-                        {
+                        if !matches!(renewed, Ok(true)) && !released.load(Ordering::Relaxed) {
                             tracing::warn!(provider = %key.provider, account_id = %key.account_id,
                                 "could not renew the refresh lease");
                         }
@@ -1054,7 +1038,7 @@ impl Inner {
                     result = self.refresh_leased(entry, key, trigger, policy, &released, claimed) => result,
                     () = renew => unreachable!("the renewal loop never ends"),
                 };
-                if !released.load(std::sync::atomic::Ordering::Relaxed)
+                if !released.load(Ordering::Relaxed)
                     && let Err(e) = self.store.release_lease(key, &self.instance_id).await
                 {
                     tracing::warn!(provider = %key.provider, account_id = %key.account_id,
@@ -1114,7 +1098,7 @@ impl Inner {
         key: &ConnectionKey,
         trigger: Trigger,
         policy: RetryPolicy,
-        released: &std::sync::atomic::AtomicBool,
+        released: &AtomicBool,
         claimed: Option<Connection>,
     ) -> RefreshOutcome {
         // Read under the lease: another refresh may have finished since the caller looked.
@@ -1286,7 +1270,7 @@ impl Inner {
         &self,
         mut conn: Connection,
         response: TokenResponse,
-        released: &std::sync::atomic::AtomicBool,
+        released: &AtomicBool,
     ) -> RefreshOutcome {
         let now = self.clock.now();
         let used_refresh_token = conn.tokens.refresh_token.clone();
@@ -1307,7 +1291,7 @@ impl Inner {
             match self.commits.update(&conn).await {
                 Ok(meta) => {
                     // `update` released the lease in the same statement.
-                    released.store(true, std::sync::atomic::Ordering::Relaxed);
+                    released.store(true, Ordering::Relaxed);
                     conn.meta = meta;
                     self.remember(&conn);
                     return Ok(Arc::new(conn));

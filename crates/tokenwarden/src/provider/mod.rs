@@ -284,12 +284,15 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// What the API shows about this provider.
     fn info(&self) -> ProviderInfo;
 
-    /// Checks, without calling the provider, that `conn` can be refreshed at `now`.
+    /// Checks, without calling the provider, that `conn` can be refreshed at `now`. By
+    /// default: it has a refresh token.
     fn check_refreshable(
         &self,
         conn: &Connection,
-        now: OffsetDateTime,
-    ) -> Result<(), NotRefreshable>;
+        _now: OffsetDateTime,
+    ) -> Result<(), NotRefreshable> {
+        common::required_refresh_token(conn).map(|_| ())
+    }
 
     /// One refresh attempt. No retries here; the caller retries transient failures.
     async fn refresh(&self, conn: &Connection) -> Result<TokenResponse, RefreshFailure>;

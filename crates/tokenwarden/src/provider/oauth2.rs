@@ -16,8 +16,8 @@ use crate::provider::common::{
 };
 use crate::provider::response::{Dialect, parse_revoke_response, parse_token_response};
 use crate::provider::{
-    AuthMethod, HttpClient, NotRefreshable, Provider, ProviderConfig, ProviderConfigError,
-    ProviderInfo, ProviderKind, RefreshFailure, TokenResponse,
+    AuthMethod, HttpClient, Provider, ProviderConfig, ProviderConfigError, ProviderInfo,
+    ProviderKind, RefreshFailure, TokenResponse,
 };
 use crate::secret::ClientSecret;
 
@@ -128,14 +128,6 @@ impl Provider for OAuth2Provider {
             client_id: Some(self.client_id.clone()),
             rate_limit_per_second: self.rate_limit_per_second,
         }
-    }
-
-    fn check_refreshable(
-        &self,
-        conn: &Connection,
-        _now: OffsetDateTime,
-    ) -> Result<(), NotRefreshable> {
-        required_refresh_token(conn).map(|_| ())
     }
 
     async fn refresh(&self, conn: &Connection) -> Result<TokenResponse, RefreshFailure> {

@@ -7,15 +7,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, Tokens};
 use crate::crypto::{Field, KeyRing, envelope_key_id};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::store::{
     Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
-    StoreError,
+    StoreError, decode_cursor,
 };
 use time::OffsetDateTime;
 
@@ -39,7 +37,6 @@ impl Row {
 const CHANGES_BUFFER: usize = 4096;
 
 /// A store that lives in memory.
-#[derive(Debug)]
 pub struct MemoryStore {
     keys: Arc<KeyRing>,
     rows: Arc<Mutex<BTreeMap<ConnectionKey, Row>>>,
@@ -49,6 +46,17 @@ pub struct MemoryStore {
     /// Change reports, shared by every handle on the same data (as instances on one
     /// database would be).
     changes: tokio::sync::broadcast::Sender<Change>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the rows: ciphertexts, lease owners and provider error messages have no place
+        // in a debug print.
+        f.debug_struct("MemoryStore")
+            .field("connections", &self.rows().len())
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemoryStore {
@@ -199,41 +207,20 @@ impl Store for MemoryStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
-        let limit = match query.limit {
-            0 => 100,
-            n => n.min(1000),
-        } as usize;
-        let after: Option<ConnectionKey> = match &query.cursor {
-            Some(cursor) => Some(
-                URL_SAFE_NO_PAD
-                    .decode(cursor)
-                    .ok()
-                    .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-                    .ok_or(StoreError::BadCursor)?,
-            ),
-            None => None,
-        };
+        let limit = query.effective_limit();
+        let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
         let rows = self.rows();
-        let mut items: Vec<ConnectionMeta> = rows
+        let items: Vec<ConnectionMeta> = rows
             .iter()
             .filter(|(key, _)| after.as_ref().is_none_or(|after| *key > after))
             .map(|(_, row)| &row.meta)
             .filter(|m| query.provider.as_ref().is_none_or(|p| &m.key.provider == p))
             .filter(|m| query.user_id.as_ref().is_none_or(|u| &m.key.user_id == u))
             .filter(|m| query.status.is_none_or(|s| m.status == s))
-            .take(limit + 1)
+            .take(limit as usize + 1)
             .cloned()
             .collect();
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items
-                .last()
-                .and_then(|m| serde_json::to_vec(&m.key).ok())
-                .map(|b| URL_SAFE_NO_PAD.encode(b))
-        } else {
-            None
-        };
-        Ok(ListPage { items, next_cursor })
+        Ok(super::rows::page(items, limit))
     }
 
     async fn count_by_status(&self) -> Result<Vec<(ConnectionStatus, u64)>, StoreError> {

@@ -26,9 +26,9 @@ use sqlx::{AssertSqlSafe, Connection as _, Postgres, QueryBuilder, SqlSafeStr};
 use time::OffsetDateTime;
 
 use super::rows::{
-    RowValues, WRITE_COLUMNS, claimed_from_row, corrupt, db_error, distinct_keys, from_unix, get,
-    key_from_row, key_usage as key_usage_from, list_query, meta_from_row, open_tokens, page,
-    push_after, seal_tokens, status_counts, unix, written_meta,
+    META_COLUMNS, RowValues, WRITE_COLUMNS, claimed_from_row, corrupt, db_error, distinct_keys,
+    from_unix, get, key_from_row, key_usage as key_usage_from, list_query, meta_from_row,
+    open_tokens, page, push_after, seal_tokens, status_counts, unix, written_meta,
 };
 use super::{
     Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
@@ -202,11 +202,16 @@ impl PgStore {
                 Err(e) => out[i] = Some(Err(e)),
             }
         }
-        let rows = columns
-            .bind(sqlx::query(UPDATE_BATCH_SQL))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error("update"))?;
+        // Nothing to send when no row could be sealed.
+        let rows = if columns.idx.is_empty() {
+            Vec::new()
+        } else {
+            columns
+                .bind(sqlx::query(UPDATE_BATCH_SQL))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error("update"))?
+        };
         for row in &rows {
             let idx: i32 = get(row, "idx")?;
             let i = usize::try_from(idx).map_err(|_| corrupt("batch index"))?;
@@ -668,12 +673,6 @@ static UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
         WRITE_COLUMNS.len() + 4
     )
 });
-
-/// The columns that make up [`ConnectionMeta`].
-const META_COLUMNS: &str = "user_id, provider, account_id, token_type, \
-     refresh_token IS NOT NULL AS has_refresh_token, expires_at, refresh_expires_at, issued_at, \
-     scopes, metadata, status, last_refreshed_at, consecutive_failures, last_error_code, \
-     last_error_message, last_error_at, created_at, updated_at, next_refresh_at, version";
 
 static GET_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(

@@ -80,6 +80,13 @@ where
     })
 }
 
+/// The metadata columns every read selects, for [`meta_from_row`] (the same in both
+/// backends).
+pub(crate) const META_COLUMNS: &str = "user_id, provider, account_id, token_type, \
+     refresh_token IS NOT NULL AS has_refresh_token, expires_at, refresh_expires_at, issued_at, \
+     scopes, metadata, status, last_refreshed_at, consecutive_failures, last_error_code, \
+     last_error_message, last_error_at, created_at, updated_at, next_refresh_at, version";
+
 /// The columns a put or update writes, in [`RowValues`]' order (each backend binds them so).
 pub(crate) const WRITE_COLUMNS: [&str; 18] = [
     "access_token",

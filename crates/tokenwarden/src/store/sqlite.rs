@@ -22,9 +22,9 @@ use sqlx::{AssertSqlSafe, QueryBuilder, SqlSafeStr, Sqlite};
 use time::OffsetDateTime;
 
 use super::rows::{
-    RowValues, WRITE_COLUMNS, claimed_from_row, corrupt, db_error, distinct_keys, from_unix, get,
-    key_from_row, key_usage as key_usage_from, list_query, meta_from_row, open_tokens, page,
-    push_after, seal_tokens, status_counts, unix, written_meta,
+    META_COLUMNS, RowValues, WRITE_COLUMNS, claimed_from_row, corrupt, db_error, distinct_keys,
+    from_unix, get, key_from_row, key_usage as key_usage_from, list_query, meta_from_row,
+    open_tokens, page, push_after, seal_tokens, status_counts, unix, written_meta,
 };
 use super::{
     Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
@@ -238,17 +238,8 @@ impl SqliteStore {
     /// `Conflict` if the connection exists, else `NotFound`: what a write that matched no
     /// row means.
     async fn missed_write(&self, key: &ConnectionKey) -> StoreError {
-        let exists: Result<Option<i64>, _> = sqlx::query_scalar(
-            "SELECT 1 FROM connections WHERE user_id = ? AND provider = ? AND account_id = ?",
-        )
-        .bind(key.user_id.as_str())
-        .bind(key.provider.as_str())
-        .bind(key.account_id.as_str())
-        .fetch_optional(&self.pool)
-        .await;
-        match exists {
-            Ok(Some(_)) => StoreError::Conflict,
-            Ok(None) => StoreError::NotFound,
+        match self.pool.acquire().await {
+            Ok(mut db) => missed_write(&mut db, key).await,
             Err(e) => db_error("update")(e),
         }
     }
@@ -335,12 +326,6 @@ const INSERT_SQL: &str = "INSERT INTO connections (access_token, access_key_id, 
      (SELECT max_deleted_version + 1 FROM store_state WHERE id = 1)) \
      RETURNING created_at, version";
 
-/// The columns that make up [`ConnectionMeta`].
-const META_COLUMNS: &str = "user_id, provider, account_id, token_type, \
-     refresh_token IS NOT NULL AS has_refresh_token, expires_at, refresh_expires_at, issued_at, \
-     scopes, metadata, status, last_refreshed_at, consecutive_failures, last_error_code, \
-     last_error_message, last_error_at, created_at, updated_at, next_refresh_at, version";
-
 const KEY_MATCH: &str = "user_id = ? AND provider = ? AND account_id = ?";
 
 /// Binds the values in [`WRITE_SET`] order.
@@ -396,6 +381,20 @@ static BATCH_SUFFIX: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The statements run on every token read and every refresh, formatted once.
+static GET_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {META_COLUMNS}, access_token, refresh_token FROM connections WHERE {KEY_MATCH}")
+});
+static UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE connections SET {WRITE_SET}, version = version + 1, \
+         lease_owner = NULL, lease_until = NULL \
+         WHERE {KEY_MATCH} AND version = ? RETURNING created_at, version"
+    )
+});
+static EXISTS_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT 1 FROM connections WHERE {KEY_MATCH}"));
+
 /// One row of [`BATCH_PREFIX`]'s `VALUES`: `(written values…, key…, expected version)`.
 fn push_batch_row(qb: &mut QueryBuilder<Sqlite>, values: RowValues, conn: &Connection) {
     let s = values.sealed;
@@ -445,46 +444,40 @@ async fn update_row(
     values: RowValues,
 ) -> Result<ConnectionMeta, StoreError> {
     let key = conn.key();
-    let sql = format!(
-        "UPDATE connections SET {WRITE_SET}, version = version + 1, \
-         lease_owner = NULL, lease_until = NULL \
-         WHERE {KEY_MATCH} AND version = ? RETURNING created_at, version"
-    );
-    let query = bind_values(values, sqlx::query(AssertSqlSafe(sql)));
+    let query = bind_values(values, sqlx::query(AssertSqlSafe(UPDATE_SQL.as_str())));
     let row = bind_key(query, key)
         .bind(conn.meta.version)
         .fetch_optional(&mut *db)
         .await
         .map_err(db_error("update"))?;
-    if let Some(row) = row {
-        return written_meta(conn, get(&row, "created_at")?, get(&row, "version")?);
+    match row {
+        Some(row) => written_meta(conn, get(&row, "created_at")?, get(&row, "version")?),
+        None => Err(missed_write(db, key).await),
     }
-    let exists: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM connections WHERE user_id = ? AND provider = ? AND account_id = ?",
-    )
-    .bind(key.user_id.as_str())
-    .bind(key.provider.as_str())
-    .bind(key.account_id.as_str())
-    .fetch_optional(&mut *db)
-    .await
-    .map_err(db_error("update"))?;
-    Err(if exists.is_some() {
-        StoreError::Conflict
-    } else {
-        StoreError::NotFound
-    })
+}
+
+/// Whether the connection exists.
+async fn exists(db: &mut sqlx::SqliteConnection, key: &ConnectionKey) -> Result<bool, sqlx::Error> {
+    let row = bind_key(sqlx::query(AssertSqlSafe(EXISTS_SQL.as_str())), key)
+        .fetch_optional(&mut *db)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// `Conflict` if the connection exists, else `NotFound`: what an update that matched no row
+/// means.
+async fn missed_write(db: &mut sqlx::SqliteConnection, key: &ConnectionKey) -> StoreError {
+    match exists(db, key).await {
+        Ok(true) => StoreError::Conflict,
+        Ok(false) => StoreError::NotFound,
+        Err(e) => db_error("update")(e),
+    }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn get(&self, key: &ConnectionKey) -> Result<Option<Connection>, StoreError> {
-        let sql = format!(
-            "SELECT {META_COLUMNS}, access_token, refresh_token FROM connections WHERE {KEY_MATCH}"
-        );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(key.user_id.as_str())
-            .bind(key.provider.as_str())
-            .bind(key.account_id.as_str())
+        let row = bind_key(sqlx::query(AssertSqlSafe(GET_SQL.as_str())), key)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error("get"))?;
@@ -644,25 +637,17 @@ impl Store for SqliteStore {
             .bind(owner.to_owned())
             .bind(unix(until));
         let _write = self.write.lock().await;
+        let mut db = self.pool.acquire().await.map_err(db_error("try_lease"))?;
         let done = bind_key(query, key)
             .bind(unix(now))
             .bind(owner.to_owned())
-            .execute(&self.pool)
+            .execute(&mut *db)
             .await
             .map_err(db_error("try_lease"))?;
         if done.rows_affected() > 0 {
             return Ok(true);
         }
-        let exists: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT 1 FROM connections WHERE {KEY_MATCH}"
-        )))
-        .bind(key.user_id.as_str())
-        .bind(key.provider.as_str())
-        .bind(key.account_id.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error("try_lease"))?;
-        if exists.is_some() {
+        if exists(&mut db, key).await.map_err(db_error("try_lease"))? {
             Ok(false)
         } else {
             Err(StoreError::NotFound)
