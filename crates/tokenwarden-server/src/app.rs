@@ -206,7 +206,9 @@ pub async fn build_warden(config: &Config) -> Result<Warden, StartError> {
         .refresh_config(config.refresh_config())
         .breaker_config(config.breaker_config())
         .scheduler_config(config.scheduler_config())
-        .build())
+        .build()
+        // The server's own checks come first and name config keys; this catches the rest.
+        .map_err(|e| ConfigError::key(e.field, e.problem))?)
 }
 
 /// Opens the store named by `database_url` (SQLite or PostgreSQL), creating the SQLite

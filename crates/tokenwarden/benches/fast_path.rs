@@ -66,7 +66,8 @@ fn bench(c: &mut Criterion) {
         let store = Arc::new(SqliteStore::connect(&url, keys).await.expect("store"));
         let warden = Warden::builder(store)
             .provider(Arc::new(Unused("bench".parse().expect("name"))))
-            .build();
+            .build()
+            .expect("valid warden settings");
         for i in 0..1000 {
             let key = ConnectionKey::parse(&format!("user-{i}"), "bench", "acct").expect("key");
             let req = ImportRequest {

@@ -47,7 +47,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &config,
         HttpClient::new(HttpSettings::default())?,
     )?;
-    let warden = Warden::builder(store).provider(provider).build();
+    let warden = Warden::builder(store)
+        .provider(provider)
+        .build()
+        .expect("valid warden settings");
     let key = ConnectionKey::parse("user", "p", "acct")?;
     warden
         .import(

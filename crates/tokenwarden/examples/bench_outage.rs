@@ -81,7 +81,8 @@ async fn run(
     let warden = Warden::builder(store)
         .provider(provider)
         .breaker_config(breaker)
-        .build();
+        .build()
+        .expect("valid warden settings");
 
     // Tokens with an hour's lifetime that expire a third of the way into the outage: inside
     // the refresh threshold from the start.

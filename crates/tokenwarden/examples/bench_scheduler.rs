@@ -66,7 +66,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let warden = Warden::builder(store.clone())
         .provider(Arc::clone(&provider))
         .scheduler_config(scheduler)
-        .build();
+        .build()
+        .expect("valid warden settings");
 
     eprintln!(
         "importing {n} due connections into {}",

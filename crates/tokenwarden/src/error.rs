@@ -25,11 +25,14 @@ pub enum ErrorCode {
     InvalidRequest,
     /// The provider is not configured.
     UnknownProvider,
+    /// The provider does not allow refreshing this token yet (Instagram: not before it is
+    /// 24 hours old). Nothing failed; `retry_after` says when it will.
+    RefreshTooEarly,
 }
 
 impl ErrorCode {
     /// Every code, for metrics that must be exported from the start.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         Self::AccountNotFound,
         Self::NoRefreshToken,
         Self::TokenRefreshError,
@@ -38,6 +41,7 @@ impl ErrorCode {
         Self::GetTokenError,
         Self::InvalidRequest,
         Self::UnknownProvider,
+        Self::RefreshTooEarly,
     ];
 
     /// The wire form, e.g. `TOKEN_EXPIRED`.
@@ -51,6 +55,7 @@ impl ErrorCode {
             Self::GetTokenError => "GET_TOKEN_ERROR",
             Self::InvalidRequest => "INVALID_REQUEST",
             Self::UnknownProvider => "UNKNOWN_PROVIDER",
+            Self::RefreshTooEarly => "REFRESH_TOO_EARLY",
         }
     }
 }
@@ -217,6 +222,65 @@ impl Error {
     /// True when the provider's circuit breaker refused the call.
     pub fn is_circuit_open(&self) -> bool {
         self.0.meta.failure == Some(FailureClass::CircuitOpen)
+    }
+}
+
+/// A library setting that cannot work (a zero batch size, a zero lease, a duration so long
+/// that adding it to a time overflows). Returned by [`crate::WardenBuilder::build`]; names the
+/// setting by its field path, never echoes a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ConfigError {
+    /// The setting, e.g. `scheduler.batch_size`.
+    pub field: &'static str,
+    /// What is wrong with it, e.g. `must be at least 1`.
+    pub problem: String,
+}
+
+/// The longest duration any setting may have: about ten years. Longer values are surely
+/// mistakes, and adding them to a timestamp must never overflow.
+pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(10 * 366 * 86_400);
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            field,
+            problem: problem.into(),
+        }
+    }
+
+    /// Checks `min ≤ value ≤ MAX_SETTING_DURATION`.
+    pub(crate) fn check_duration(
+        field: &'static str,
+        value: Duration,
+        min: Duration,
+    ) -> Result<(), Self> {
+        if value < min {
+            return Err(Self::new(field, format!("must be at least {min:?}")));
+        }
+        if value > MAX_SETTING_DURATION {
+            return Err(Self::new(
+                field,
+                format!("must be at most {}s", MAX_SETTING_DURATION.as_secs()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks `min ≤ value ≤ max`.
+    pub(crate) fn check_count<T: PartialOrd + fmt::Display>(
+        field: &'static str,
+        value: T,
+        min: T,
+        max: T,
+    ) -> Result<(), Self> {
+        if value < min {
+            return Err(Self::new(field, format!("must be at least {min}")));
+        }
+        if value > max {
+            return Err(Self::new(field, format!("must be at most {max}")));
+        }
+        Ok(())
     }
 }
 

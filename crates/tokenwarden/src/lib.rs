@@ -21,7 +21,7 @@
 //!     client_secret = "secret"
 //!     user_agent = "web:myapp:1.0 (by /u/me)""#)?;
 //! let reddit = provider::build("reddit".parse()?, &config, provider::HttpClient::new(Default::default())?)?;
-//! let warden = Warden::builder(store).provider(reddit).build();
+//! let warden = Warden::builder(store).provider(reddit).build()?;
 //! let token = warden.get_access_token("user-1", "reddit", "account-9").await?;
 //! println!("Authorization: Bearer {}", token.access_token.expose_secret());
 //! # Ok(()) }
@@ -45,7 +45,7 @@ pub use connection::{
     ProviderName, Tokens, UserId,
 };
 pub use crypto::KeyRing;
-pub use error::{Error, ErrorCode, ErrorMeta, FailureClass};
+pub use error::{ConfigError, Error, ErrorCode, ErrorMeta, FailureClass};
 pub use refresh::{BreakerConfig, BreakerState, RefreshConfig, RefreshOptions};
 pub use scheduler::SchedulerConfig;
 pub use secret::{AccessToken, ClientSecret, RefreshToken};

@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::connection::{ConnectionMeta, ConnectionStatus, effective_threshold};
+use crate::error::ConfigError;
 
 /// Scheduler settings (the `[scheduler]` configuration section).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,40 @@ impl Default for SchedulerConfig {
             concurrency: 64,
             max_idle: Duration::from_secs(30),
         }
+    }
+}
+
+impl SchedulerConfig {
+    /// Checks the settings: a zero batch or concurrency would claim nothing and spin on the
+    /// database, a zero idle time would poll it without pause, and a huge duration would
+    /// overflow the schedule's arithmetic.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ms = Duration::from_millis(1);
+        ConfigError::check_duration("scheduler.lead", self.lead, Duration::ZERO)?;
+        ConfigError::check_duration(
+            "scheduler.initial_retry_delay",
+            self.initial_retry_delay,
+            ms,
+        )?;
+        ConfigError::check_duration("scheduler.max_retry_delay", self.max_retry_delay, ms)?;
+        if self.initial_retry_delay > self.max_retry_delay {
+            return Err(ConfigError::new(
+                "scheduler.initial_retry_delay",
+                "must be at most scheduler.max_retry_delay",
+            ));
+        }
+        ConfigError::check_duration(
+            "scheduler.keepalive",
+            self.keepalive,
+            Duration::from_secs(1),
+        )?;
+        ConfigError::check_count("scheduler.batch_size", self.batch_size, 1, 100_000)?;
+        ConfigError::check_count("scheduler.concurrency", self.concurrency, 1, 100_000)?;
+        ConfigError::check_duration(
+            "scheduler.max_idle",
+            self.max_idle,
+            Duration::from_millis(10),
+        )
     }
 }
 

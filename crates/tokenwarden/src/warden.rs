@@ -23,7 +23,7 @@ use crate::connection::{
     Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError, ProviderName, Tokens,
     effective_threshold, should_refresh,
 };
-use crate::error::{Error, ErrorCode, ErrorMeta, FailureClass};
+use crate::error::{ConfigError, Error, ErrorCode, ErrorMeta, FailureClass};
 use crate::metrics as m;
 use crate::provider::{
     FailureKind, NotRefreshable, Provider, ProviderInfo, RefreshFailure, TokenResponse,
@@ -165,7 +165,14 @@ impl WardenBuilder {
         self
     }
 
-    pub fn build(self) -> Warden {
+    /// Builds the warden after checking every setting.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first setting that cannot work.
+    pub fn build(self) -> Result<Warden, ConfigError> {
+        self.refresh.validate()?;
+        self.breaker.validate()?;
+        self.scheduler.validate()?;
         let mut limiters = RateLimiters::default();
         for p in &self.providers {
             if let Some(rate) = p.info().rate_limit_per_second {
@@ -211,7 +218,7 @@ impl WardenBuilder {
         if let (Some(changes), Ok(runtime)) = (changes, tokio::runtime::Handle::try_current()) {
             runtime.spawn(follow_changes(Arc::downgrade(&warden.inner), changes));
         }
-        warden
+        Ok(warden)
     }
 }
 
@@ -513,6 +520,9 @@ impl Warden {
         options: RefreshOptions,
     ) -> Result<ConnectionMeta, Error> {
         let policy = options.apply(&self.inner.refresh.retry);
+        policy
+            .validate()
+            .map_err(|e| count_error(Error::new(ErrorCode::InvalidRequest, e.to_string())))?;
         self.refresh_shared(key, Trigger::Forced, policy, None)
             .await
             .map(|conn| conn.meta.clone())

@@ -61,7 +61,8 @@ async fn env(token_url: &str, refresh: RefreshConfig, breaker: BreakerConfig) ->
         .provider(provider)
         .refresh_config(refresh)
         .breaker_config(breaker)
-        .build();
+        .build()
+        .expect("valid warden settings");
     let key = ConnectionKey::parse("user-1", "acme", "acct-1").expect("key");
     Env {
         warden,

@@ -386,7 +386,8 @@ async fn setup() -> Option<Env> {
             },
             ..RefreshConfig::default()
         })
-        .build();
+        .build()
+        .expect("valid warden settings");
     let key = ConnectionKey::parse("app-user-1", "oidc", ACCOUNT).expect("key");
 
     let (tokens, received_at) = authorize(&client, &discovery).await;

@@ -26,6 +26,7 @@ fn instance(store: Arc<dyn Store>, provider: Arc<FakeProvider>, id: &str) -> War
             ..RefreshConfig::default()
         })
         .build()
+        .expect("valid warden settings")
 }
 
 #[tokio::test(start_paused = true)]
@@ -138,6 +139,7 @@ async fn a_refresh_longer_than_its_lease_keeps_it_by_renewal() {
                 ..RefreshConfig::default()
             })
             .build()
+            .expect("valid warden settings")
     };
     let (a, b) = (slow("a"), slow("b"));
     let k = key("u", "a");

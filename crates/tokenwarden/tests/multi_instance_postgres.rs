@@ -75,6 +75,7 @@ fn warden(store: &Arc<PgStore>, provider: &Arc<FakeProvider>, id: &str) -> Warde
         .instance_id(id)
         .refresh_config(refresh_config())
         .build()
+        .expect("valid warden settings")
 }
 
 fn expired() -> Option<OffsetDateTime> {
@@ -215,6 +216,7 @@ async fn three_schedulers_refresh_60_due_connections_exactly_once() {
                     ..SchedulerConfig::default()
                 })
                 .build()
+                .expect("valid warden settings")
         })
         .collect();
     for i in 0..CONNECTIONS {
@@ -294,6 +296,7 @@ fn slow_to_notice(store: &Arc<PgStore>, provider: &Arc<FakeProvider>, id: &str) 
             ..SchedulerConfig::default()
         })
         .build()
+        .expect("valid warden settings")
 }
 
 /// Waits (up to `within`) until `check` holds, polling every 20 ms; how long it took.

@@ -61,7 +61,8 @@ async fn no_secret_reaches_logs_errors_or_debug_output() {
             failure_threshold: 2,
             open_for: Duration::from_secs(5),
         })
-        .build();
+        .build()
+        .expect("valid warden settings");
     let k = key("user", "acct");
     let req = import(
         "AT-SECRET-one",
@@ -98,7 +99,9 @@ async fn no_secret_reaches_logs_errors_or_debug_output() {
     let conn = w.store().get(&k).await.expect("get").expect("exists");
     printed += &format!("{conn:?} {:?}", conn.tokens);
     // A decrypt failure.
-    let other = Warden::builder(Arc::new(tokenwarden::store::MemoryStore::new(key_ring()))).build();
+    let other = Warden::builder(Arc::new(tokenwarden::store::MemoryStore::new(key_ring())))
+        .build()
+        .expect("valid warden settings");
     printed += &format!("{:?}", other.connection(&k).await);
 
     let logs = String::from_utf8(capture.0.lock().expect("lock").clone()).expect("utf8");

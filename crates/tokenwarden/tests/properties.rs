@@ -34,6 +34,7 @@ fn warden(provider: Arc<FakeProvider>) -> Warden {
             open_for: Duration::from_secs(1),
         })
         .build()
+        .expect("valid warden settings")
 }
 
 fn failure_step() -> impl Strategy<Value = Step> {

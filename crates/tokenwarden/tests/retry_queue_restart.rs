@@ -37,7 +37,8 @@ async fn start(url: &str, keys: Arc<KeyRing>, provider: Arc<FakeProvider>) -> Ap
             max_idle: Duration::from_millis(200),
             ..SchedulerConfig::default()
         })
-        .build();
+        .build()
+        .expect("valid warden settings");
     let (stop, rx) = tokio::sync::oneshot::channel();
     let w = warden.clone();
     let task = tokio::spawn(async move {

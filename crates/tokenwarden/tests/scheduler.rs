@@ -39,7 +39,8 @@ fn start(store: Arc<MemoryStore>, provider: Arc<FakeProvider>, breaker: BreakerC
             batch_size: 50,
             ..SchedulerConfig::default()
         })
-        .build();
+        .build()
+        .expect("valid warden settings");
     let (tx, rx) = oneshot::channel();
     let w = warden.clone();
     let task = tokio::spawn(async move {
@@ -90,7 +91,8 @@ async fn jitter_spreads_connections_that_expire_together() {
     let w = Warden::builder(store.clone())
         .provider(FakeProvider::new([ok("x", None, 3600)]))
         .clock(Arc::new(TokioClock::new(T0)))
-        .build();
+        .build()
+        .expect("valid warden settings");
     for i in 0..1000 {
         let mut req = import("at", Some("rt"), Some(T0 + time::Duration::hours(1)));
         req.issued_at = Some(T0);

@@ -31,6 +31,21 @@ impl Default for BreakerConfig {
     }
 }
 
+impl BreakerConfig {
+    /// Checks the settings: at least one failure to open, open for at least 1 ms and at
+    /// most [`crate::error::MAX_SETTING_DURATION`] (so `now + open_for` cannot overflow).
+    pub fn validate(&self) -> Result<(), crate::error::ConfigError> {
+        use crate::error::ConfigError;
+        ConfigError::check_count(
+            "breaker.failure_threshold",
+            self.failure_threshold,
+            1,
+            u32::MAX,
+        )?;
+        ConfigError::check_duration("breaker.open_for", self.open_for, Duration::from_millis(1))
+    }
+}
+
 /// An observable snapshot of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {

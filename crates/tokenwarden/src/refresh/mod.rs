@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::error::ConfigError;
+
 pub mod breaker;
 pub mod classify;
 pub mod flight;
@@ -59,6 +61,30 @@ pub struct RefreshOptions {
 }
 
 impl RefreshConfig {
+    /// Checks every setting: a zero lease would spin its renewal loop, a zero timeout
+    /// would fail every attempt, and a huge duration would overflow a deadline.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ms = Duration::from_millis(1);
+        ConfigError::check_duration("refresh.threshold", self.threshold, Duration::ZERO)?;
+        self.retry.validate()?;
+        ConfigError::check_duration("refresh.max_retry_after", self.max_retry_after, ms)?;
+        ConfigError::check_duration("refresh.cache_ttl", self.cache_ttl, Duration::ZERO)?;
+        ConfigError::check_count(
+            "refresh.cache_max_entries",
+            self.cache_max_entries,
+            1,
+            usize::MAX,
+        )?;
+        ConfigError::check_duration("refresh.attempt_timeout", self.attempt_timeout, ms)?;
+        // Renewed every third of itself: below 30 ms the renewal is a busy loop.
+        ConfigError::check_duration(
+            "refresh.lease_ttl",
+            self.lease_ttl,
+            Duration::from_millis(30),
+        )?;
+        Ok(())
+    }
+
     /// How long a refresh under `policy` can take at most, plus a margin.
     pub fn worst_case(&self, policy: &RetryPolicy) -> Duration {
         let attempts = policy.max_retries.saturating_add(1);

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use crate::error::ConfigError;
+
 /// How often and how patiently to retry transient failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -28,6 +30,30 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The most retries a policy may ask for.
+    pub const MAX_RETRIES: u32 = 100;
+
+    /// Checks the policy: delays of at least 1 ms, `initial_delay ≤ max_delay`, at most
+    /// [`RetryPolicy::MAX_RETRIES`] retries.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ms = Duration::from_millis(1);
+        ConfigError::check_count(
+            "refresh.retry.max_retries",
+            self.max_retries,
+            0,
+            Self::MAX_RETRIES,
+        )?;
+        ConfigError::check_duration("refresh.retry.initial_delay", self.initial_delay, ms)?;
+        ConfigError::check_duration("refresh.retry.max_delay", self.max_delay, ms)?;
+        if self.initial_delay > self.max_delay {
+            return Err(ConfigError::new(
+                "refresh.retry.initial_delay",
+                "must be at most refresh.retry.max_delay",
+            ));
+        }
+        Ok(())
+    }
+
     /// The un-jittered delay before retry `n` (0-based): min(max_delay, initial·2ⁿ).
     pub fn base_delay(&self, n: u32) -> Duration {
         let factor = 2u32.checked_pow(n).unwrap_or(u32::MAX);
