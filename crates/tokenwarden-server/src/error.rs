@@ -8,7 +8,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use tokenwarden::{Error, ErrorCode};
+use tokenwarden::{Error, ErrorCode, FailureClass};
 use utoipa::ToSchema;
 
 /// The server-only code for authentication failures.
@@ -155,10 +155,16 @@ impl ApiError {
 pub fn status_for(error: &Error) -> StatusCode {
     match error.code() {
         ErrorCode::AccountNotFound => StatusCode::NOT_FOUND,
-        ErrorCode::NoRefreshToken | ErrorCode::TokenExpired | ErrorCode::NoAccessToken => {
+        ErrorCode::NoRefreshToken
+        | ErrorCode::TokenExpired
+        | ErrorCode::NoAccessToken
+        | ErrorCode::RefreshTooEarly => StatusCode::CONFLICT,
+        ErrorCode::TokenRefreshError if error.is_circuit_open() => StatusCode::SERVICE_UNAVAILABLE,
+        // The provider refused the grant for good: neither it nor the broker failed, and
+        // only the user can fix it (`reconnect: true`).
+        ErrorCode::TokenRefreshError if error.meta().failure == Some(FailureClass::Permanent) => {
             StatusCode::CONFLICT
         }
-        ErrorCode::TokenRefreshError if error.is_circuit_open() => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::TokenRefreshError => StatusCode::BAD_GATEWAY,
         ErrorCode::InvalidRequest | ErrorCode::UnknownProvider => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -227,7 +233,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
-        if let (StatusCode::SERVICE_UNAVAILABLE, Some(secs)) = (self.status, retry_after_s) {
+        // Retry-After wherever the body has a hint: 503 while a breaker is open, 409 for a
+        // refresh the provider does not allow yet.
+        if let Some(secs) = retry_after_s {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -1084,6 +1084,9 @@ impl Inner {
         let meta = &conn.meta;
         if meta.status == ConnectionStatus::NeedsReconnect {
             let e = reconnect_error(&conn);
+            if meta.expires_at.is_some_and(|at| at <= self.clock.now()) {
+                return Err(e);
+            }
             return Err(Error::new(ErrorCode::TokenRefreshError, e.message())
                 .with_reconnect(true)
                 .with_meta(e.meta().clone()));
@@ -1185,7 +1188,12 @@ impl Inner {
                 metrics::counter!(m::REFRESH_TOTAL, "provider" => provider_label,
                     "outcome" => failure.class.as_str())
                 .increment(1);
-                let error = failure_error(&failure, meta, self.refresh.max_retry_after);
+                let mut error = failure_error(&failure, meta, self.refresh.max_retry_after);
+                // Whatever asked (a token request or a forced refresh), a grant refused for
+                // good on a token that has expired is `TOKEN_EXPIRED`.
+                if conn.meta.expires_at.is_some_and(|at| at <= now) {
+                    error = expired_error(error);
+                }
                 tracing::warn!(provider = %key.provider, account_id = %key.account_id,
                     attempts, duration_ms = duration_ms(duration), class = failure.class.as_str(),
                     code = %error.code(), error = %failure, "token refresh failed");
@@ -1438,8 +1446,8 @@ impl Inner {
                     self.reschedule(&key, ready_at).await;
                 }
                 return Err(Error::new(
-                    ErrorCode::TokenRefreshError,
-                    "token is too young to be refreshed yet",
+                    ErrorCode::RefreshTooEarly,
+                    "the provider does not allow refreshing this token yet",
                 )
                 .with_retry_after(Some(wait))
                 .with_meta(meta));

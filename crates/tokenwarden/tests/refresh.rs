@@ -15,8 +15,8 @@ use tokenwarden::refresh::RetryPolicy;
 use tokenwarden::store::Store as _;
 use tokenwarden::store::conformance::FailingWrites;
 use tokenwarden::{
-    BreakerConfig, BreakerState, ConnectionStatus, ErrorCode, FailureClass, RefreshConfig,
-    RefreshOptions, Warden,
+    BreakerConfig, BreakerState, ConnectionKey, ConnectionStatus, ErrorCode, FailureClass,
+    RefreshConfig, RefreshOptions, Warden,
 };
 
 const T0: OffsetDateTime = datetime!(2026-11-26 12:00 UTC);
@@ -37,6 +37,7 @@ fn warden_with(provider: Arc<FakeProvider>, breaker: BreakerConfig) -> Warden {
         .clock(Arc::new(TokioClock::new(T0)))
         .breaker_config(breaker)
         .build()
+        .expect("valid warden settings")
 }
 
 fn secs(s: i64) -> time::Duration {
@@ -301,7 +302,8 @@ async fn retry_after_sets_the_delay_and_is_capped() {
             max_retry_after: Duration::from_secs(30),
             ..RefreshConfig::default()
         })
-        .build();
+        .build()
+        .expect("valid warden settings");
     let k = key("u1", "a1");
     w.import(k.clone(), import("at-1", Some("rt-1"), None))
         .await
@@ -561,7 +563,8 @@ async fn the_token_cache_stays_bounded() {
             cache_max_entries: 10,
             ..RefreshConfig::default()
         })
-        .build();
+        .build()
+        .expect("valid warden settings");
     for i in 0..50 {
         let k = key(&format!("u{i}"), "a");
         w.import(k.clone(), import(&format!("at-{i}"), Some("rt"), None))
@@ -590,7 +593,8 @@ fn warden_over_failing_writes(
     let warden = Warden::builder(store.clone())
         .provider(provider)
         .clock(Arc::new(TokioClock::new(T0)))
-        .build();
+        .build()
+        .expect("valid warden settings");
     (warden, store)
 }
 
@@ -658,4 +662,91 @@ async fn a_database_outage_at_commit_gives_up_after_its_retries() {
         "rt-1",
         "nothing was written"
     );
+}
+
+fn instagram_warden() -> (Warden, ConnectionKey) {
+    let config: tokenwarden::provider::ProviderConfig = toml::from_str(
+        r#"kind = "instagram"
+        refresh_url = "http://127.0.0.1:9/never-called""#,
+    )
+    .expect("config");
+    let http = tokenwarden::provider::HttpClient::new(Default::default()).expect("http");
+    let provider = tokenwarden::provider::build("instagram".parse().expect("name"), &config, http)
+        .expect("provider");
+    let w = Warden::builder(memory_store())
+        .provider(provider)
+        .clock(Arc::new(TokioClock::new(T0)))
+        .build()
+        .expect("valid warden settings");
+    let k = ConnectionKey::parse("u1", "instagram", "ig-1").expect("key");
+    (w, k)
+}
+
+#[tokio::test(start_paused = true)]
+async fn issue_9_forced_refresh_of_a_young_instagram_token_is_too_early_not_a_failure() {
+    let (w, k) = instagram_warden();
+    // Issued an hour ago (60-day lifetime, 59 days and 23 hours left).
+    let mut request = import("IGQVJ-young", None, Some(T0 + secs(60 * 86_400 - 3600)));
+    request.issued_at = Some(T0 - secs(3600));
+    w.import(k.clone(), request).await.expect("import");
+
+    let err = w
+        .refresh_token(&k, RefreshOptions::default())
+        .await
+        .expect_err("too early");
+    assert_eq!(err.code(), ErrorCode::RefreshTooEarly, "{err:?}");
+    assert!(!err.reconnect());
+    // Ready 24 h after issue: 23 h from now.
+    let wait = err.retry_after().expect("a retry-after hint");
+    assert!(
+        (Duration::from_secs(23 * 3600 - 60)..=Duration::from_secs(23 * 3600)).contains(&wait),
+        "{wait:?}"
+    );
+    let meta = w.connection(&k).await.expect("connection");
+    assert_eq!(meta.status, ConnectionStatus::Active);
+    assert_eq!(meta.consecutive_failures, 0, "not a failure");
+}
+
+#[tokio::test(start_paused = true)]
+async fn issue_9_forced_refresh_of_an_expired_revoked_grant_is_token_expired() {
+    let provider = FakeProvider::new([rejected(FailureClass::Permanent, "invalid_grant", 400)]);
+    let w = warden(provider.clone());
+    let k = key("u1", "a1");
+    w.import(k.clone(), import("at-1", Some("rt-1"), Some(T0 - secs(10))))
+        .await
+        .expect("import");
+
+    // Both routes agree: the forced refresh...
+    let err = w
+        .refresh_token(&k, RefreshOptions::default())
+        .await
+        .expect_err("revoked");
+    assert_eq!(err.code(), ErrorCode::TokenExpired, "{err:?}");
+    assert!(err.reconnect());
+    assert_eq!(err.meta().provider_error.as_deref(), Some("invalid_grant"));
+    // ...and the token request that follows.
+    let err = w.access_token(&k).await.expect_err("needs reconnect");
+    assert_eq!(err.code(), ErrorCode::TokenExpired, "{err:?}");
+    assert!(err.reconnect());
+    assert_eq!(provider.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn forced_refresh_of_a_revoked_grant_still_valid_asks_to_reconnect() {
+    let provider = FakeProvider::new([rejected(FailureClass::Permanent, "invalid_grant", 400)]);
+    let w = warden(provider.clone());
+    let k = key("u1", "a1");
+    w.import(
+        k.clone(),
+        import("at-1", Some("rt-1"), Some(T0 + secs(3600))),
+    )
+    .await
+    .expect("import");
+    let err = w
+        .refresh_token(&k, RefreshOptions::default())
+        .await
+        .expect_err("revoked");
+    assert_eq!(err.code(), ErrorCode::TokenRefreshError, "{err:?}");
+    assert_eq!(err.meta().failure, Some(FailureClass::Permanent));
+    assert!(err.reconnect());
 }
