@@ -295,6 +295,9 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    // Last, the warden's own tasks: refreshes whose callers went away may still hold a
+    // rotated grant to commit.
+    app.warden().shutdown(grace).await;
     tracing::info!("stopped");
     result
 }

@@ -260,6 +260,7 @@ mod tests {
             (ErrorCode::GetTokenError, 500),
             (ErrorCode::InvalidRequest, 400),
             (ErrorCode::UnknownProvider, 400),
+            (ErrorCode::RefreshTooEarly, 409),
         ];
         assert_eq!(cases.len(), ErrorCode::ALL.len());
         for (code, status) in cases {

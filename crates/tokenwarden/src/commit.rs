@@ -13,6 +13,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
 
 use crate::connection::{Connection, ConnectionMeta};
 use crate::store::{Store, StoreError};
@@ -24,6 +25,8 @@ type Reply = oneshot::Sender<Result<ConnectionMeta, StoreError>>;
 pub(crate) struct GroupCommit {
     store: Arc<dyn Store>,
     max_batch: usize,
+    /// Where committer tasks run, so their owner can wait for them at shutdown.
+    tasks: TaskTracker,
     state: Mutex<State>,
 }
 
@@ -35,10 +38,11 @@ struct State {
 }
 
 impl GroupCommit {
-    pub(crate) fn new(store: Arc<dyn Store>, max_batch: usize) -> Arc<Self> {
+    pub(crate) fn new(store: Arc<dyn Store>, max_batch: usize, tasks: TaskTracker) -> Arc<Self> {
         Arc::new(Self {
             store,
             max_batch: max_batch.max(1),
+            tasks,
             state: Mutex::new(State::default()),
         })
     }
@@ -57,7 +61,7 @@ impl GroupCommit {
         if start {
             // A task of its own, so a caller that goes away cannot abandon the others'
             // writes halfway.
-            tokio::spawn(Arc::clone(self).drain());
+            self.tasks.spawn(Arc::clone(self).drain());
         }
         answer.await.unwrap_or_else(|_| {
             Err(StoreError::Database(
@@ -203,7 +207,7 @@ mod tests {
     async fn writes_arriving_during_a_commit_share_the_next_one() {
         let store = recording(true, false);
         let conns = seeded(&store, 10).await;
-        let commits = GroupCommit::new(store.clone(), 64);
+        let commits = GroupCommit::new(store.clone(), 64, TaskTracker::new());
         // The first write is held inside the store; the other nine queue behind it.
         let mut writers = held_and_queued(&store, &commits, conns.clone()).await;
         store.release_held();
@@ -229,7 +233,7 @@ mod tests {
     async fn batches_are_capped_and_answers_stay_per_row() {
         let store = recording(true, false);
         let conns = seeded(&store, 8).await;
-        let commits = GroupCommit::new(store.clone(), 3);
+        let commits = GroupCommit::new(store.clone(), 3, TaskTracker::new());
         let mut sent = conns.clone();
         sent[4].meta.version += 5; // stale: must fail alone
         let mut writers = held_and_queued(&store, &commits, sent).await;
@@ -255,7 +259,7 @@ mod tests {
     async fn a_refused_batch_is_written_row_by_row() {
         let store = recording(true, true);
         let conns = seeded(&store, 4).await;
-        let commits = GroupCommit::new(store.clone(), 64);
+        let commits = GroupCommit::new(store.clone(), 64, TaskTracker::new());
         let mut writers = held_and_queued(&store, &commits, conns.clone()).await;
         store.release_held();
         while let Some(joined) = writers.join_next().await {
@@ -279,7 +283,7 @@ mod tests {
     async fn a_lone_write_commits_at_once_and_reports_conflicts() {
         let store = recording(false, false);
         let conns = seeded(&store, 1).await;
-        let commits = GroupCommit::new(store.clone(), 64);
+        let commits = GroupCommit::new(store.clone(), 64, TaskTracker::new());
         let meta = commits.update(&conns[0]).await.expect("write");
         assert_eq!(meta.version, conns[0].meta.version + 1);
         let again = commits.update(&conns[0]).await;

@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 pub mod clock;
 mod commit;
 pub mod connection;

@@ -73,8 +73,7 @@ async fn issue_9_zero_concurrency_and_idle_are_refused() {
         ),
         (
             SchedulerConfig {
-                initial_retry_delay: Duration::from_secs(60),
-                max_retry_delay: Duration::from_secs(5),
+                initial_retry_delay: Duration::ZERO,
                 ..SchedulerConfig::default()
             },
             "scheduler.initial_retry_delay",

@@ -3,7 +3,8 @@
 //! The task is spawned, not polled by the first caller, so a caller that goes away (an HTTP
 //! client disconnecting) never cancels a refresh half way: a rotated refresh token the
 //! provider has already issued still gets committed. The spawned task removes its own entry
-//! when done, so the next caller after completion starts a fresh run.
+//! when done, so the next caller after completion starts a fresh run. Tasks are spawned on a
+//! `TaskTracker` the owner passes in, so the owner can wait for them at shutdown.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,17 +13,28 @@ use std::sync::{Arc, Mutex};
 
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
+use tokio_util::task::TaskTracker;
 
 /// Deduplicates concurrent runs per key.
 #[derive(Debug)]
 pub struct Flights<K, T: Clone> {
     running: Mutex<HashMap<K, Shared<BoxFuture<'static, Option<T>>>>>,
+    tasks: TaskTracker,
 }
 
 impl<K, T: Clone> Default for Flights<K, T> {
+    /// Flights on a tracker of their own.
     fn default() -> Self {
+        Self::with_tracker(TaskTracker::new())
+    }
+}
+
+impl<K, T: Clone> Flights<K, T> {
+    /// Flights whose tasks run on `tasks`.
+    pub fn with_tracker(tasks: TaskTracker) -> Self {
         Self {
             running: Mutex::new(HashMap::new()),
+            tasks,
         }
     }
 }
@@ -46,7 +58,7 @@ where
                 let this = Arc::clone(self);
                 let task = task();
                 let entry_key = key.clone();
-                let handle = tokio::spawn(async move {
+                let handle = self.tasks.spawn(async move {
                     let out = task.await;
                     this.lock().remove(&entry_key);
                     out

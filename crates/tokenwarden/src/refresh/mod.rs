@@ -1,6 +1,9 @@
-//! The refresh machinery: retry policy and backoff, error classification, the per-provider
-//! circuit breaker and single flight. The orchestration that ties them to the store lives in
-//! `warden`; nothing here does I/O of its own.
+//! The refresh machinery. Policy, with no I/O of its own: retry policy and backoff
+//! (`policy`), error classification (`classify`), the per-provider circuit breaker
+//! (`breaker`), single flight (`flight`). The refresh itself, in the order a refresh runs
+//! through them: `run` (single-flight entry, then the refresh proper), `lease` (the
+//! cross-instance lease protocol), `retry` (the retry loop), `record` (committing the
+//! outcome), and `errors` (how outcomes become the library's errors).
 
 use std::time::Duration;
 
@@ -8,8 +11,13 @@ use crate::error::ConfigError;
 
 pub mod breaker;
 pub mod classify;
+pub(crate) mod errors;
 pub mod flight;
+mod lease;
 pub mod policy;
+mod record;
+mod retry;
+mod run;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use policy::RetryPolicy;

@@ -1,23 +1,28 @@
 //! Proactive refresh and the persistent retry queue.
 //!
 //! Every connection carries a `next_refresh_at` in the store. This module decides it (the
-//! pure `plan_*` functions, called by the warden on every write) and runs the loop that
-//! claims due connections and refreshes them through the same single-flight path as on-demand
-//! refreshes. The loop sleeps until the earliest due time or until notified of a change,
+//! pure `plan_*` functions, called on every write); `runner` runs the loop that claims due
+//! connections and refreshes them through the same single-flight path as on-demand
+//! refreshes; `rate_limit` spaces each provider's calls. The loop sleeps until the earliest due time or until notified of a change,
 //! bounded by `max_idle` so changes made by other instances are seen. Claims lease the rows in
 //! the database, so several instances share the work without overlap. A failed scheduled
 //! refresh is rescheduled with backoff; because the schedule lives in the database, a restart
 //! (even `kill -9`) loses nothing.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::time::Instant;
 
 use crate::connection::{ConnectionMeta, ConnectionStatus, effective_threshold};
 use crate::error::ConfigError;
+
+mod rate_limit;
+mod runner;
+
+pub use rate_limit::RateLimiter;
+pub(crate) use rate_limit::RateLimiters;
+pub(crate) use runner::{AWAKE, wakes_scheduler};
 
 /// Scheduler settings (the `[scheduler]` configuration section).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,12 +78,7 @@ impl SchedulerConfig {
             ms,
         )?;
         ConfigError::check_duration("scheduler.max_retry_delay", self.max_retry_delay, ms)?;
-        if self.initial_retry_delay > self.max_retry_delay {
-            return Err(ConfigError::new(
-                "scheduler.initial_retry_delay",
-                "must be at most scheduler.max_retry_delay",
-            ));
-        }
+        // An initial delay above the ceiling is allowed: every delay is capped by it.
         ConfigError::check_duration(
             "scheduler.keepalive",
             self.keepalive,
@@ -156,55 +156,6 @@ pub fn plan_after_failure(
         .unwrap_or(Duration::MAX)
         .min(config.max_retry_delay);
     now + (d / 2 + (d / 2).mul_f64(unit.clamp(0.0, 1.0)))
-}
-
-/// A per-provider request rate limit: at most `per_second` calls start in any second,
-/// evenly spaced. Uses tokio time, so tests can pause it.
-#[derive(Debug)]
-pub struct RateLimiter {
-    interval: Duration,
-    next_free: Mutex<Option<Instant>>,
-}
-
-impl RateLimiter {
-    pub fn new(per_second: u32) -> Self {
-        Self {
-            interval: Duration::from_secs(1) / per_second.max(1),
-            next_free: Mutex::new(None),
-        }
-    }
-
-    /// Waits for this caller's slot.
-    pub async fn acquire(&self) {
-        let slot = {
-            let mut next = self
-                .next_free
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let now = Instant::now();
-            let slot = next.map_or(now, |n| n.max(now));
-            *next = Some(slot + self.interval);
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
-    }
-}
-
-/// Rate limiters by provider name.
-#[derive(Debug, Default)]
-pub(crate) struct RateLimiters(HashMap<String, RateLimiter>);
-
-impl RateLimiters {
-    pub(crate) fn insert(&mut self, provider: &str, per_second: u32) {
-        self.0
-            .insert(provider.to_owned(), RateLimiter::new(per_second));
-    }
-
-    pub(crate) async fn acquire(&self, provider: &str) {
-        if let Some(limiter) = self.0.get(provider) {
-            limiter.acquire().await;
-        }
-    }
 }
 
 /// Shared between the warden and its loop.
@@ -326,23 +277,6 @@ mod tests {
             let expires = m.expires_at.expect("expiry");
             let on_demand_from = expires - effective_threshold(m.lifetime(), threshold);
             prop_assert!(due <= on_demand_from.max(NOW), "due {due} after {on_demand_from}");
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn rate_limiter_spaces_calls() {
-        let limiter = Arc::new(RateLimiter::new(10));
-        let start = Instant::now();
-        let mut stamps = Vec::new();
-        for _ in 0..25 {
-            limiter.acquire().await;
-            stamps.push(start.elapsed());
-        }
-        for w in stamps.windows(11) {
-            assert!(
-                w[10] - w[0] >= Duration::from_secs(1),
-                "11 calls within a second: {w:?}"
-            );
         }
     }
 }
