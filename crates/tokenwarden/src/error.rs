@@ -223,6 +223,13 @@ impl Error {
     pub fn is_circuit_open(&self) -> bool {
         self.0.meta.failure == Some(FailureClass::CircuitOpen)
     }
+
+    /// The provider's failure behind this error (its `source`), when a refresh attempt
+    /// produced it: match on its `kind` (refused with an OAuth error, transport, unparseable
+    /// answer) instead of on the message.
+    pub fn provider_failure(&self) -> Option<&crate::provider::RefreshFailure> {
+        self.0.source.as_deref()?.downcast_ref()
+    }
 }
 
 /// A library setting that cannot work (a zero batch size, a zero lease, a duration so long

@@ -750,3 +750,27 @@ async fn forced_refresh_of_a_revoked_grant_still_valid_asks_to_reconnect() {
     assert_eq!(err.meta().failure, Some(FailureClass::Permanent));
     assert!(err.reconnect());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_error_carries_the_provider_failure_as_its_source() {
+    let provider =
+        FakeProvider::new([rejected(FailureClass::Configuration, "invalid_client", 401)]);
+    let w = warden(provider);
+    let k = key("u1", "a1");
+    w.import(
+        k.clone(),
+        import("at-1", Some("rt-1"), Some(T0 + secs(3600))),
+    )
+    .await
+    .expect("import");
+    let err = w
+        .refresh_token(&k, RefreshOptions::default())
+        .await
+        .expect_err("refused");
+    let failure = err.provider_failure().expect("the provider's failure");
+    assert!(
+        matches!(&failure.kind, tokenwarden::provider::FailureKind::Rejected { error, status: 401, .. } if error == "invalid_client"),
+        "{failure:?}"
+    );
+    assert!(std::error::Error::source(&err).is_some());
+}

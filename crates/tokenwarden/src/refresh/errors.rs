@@ -22,6 +22,7 @@ pub(crate) fn circuit_open(key: &ConnectionKey, retry_after: Duration) -> Error 
 
 /// A refresh that failed after its attempts: permanent failures ask for a reconnect,
 /// configuration ones do not, transient ones carry the provider's retry-after (capped).
+/// The [`RefreshFailure`] is the error's `source`.
 pub(crate) fn from_failure(
     failure: &RefreshFailure,
     mut meta: ErrorMeta,
@@ -48,10 +49,13 @@ pub(crate) fn from_failure(
             format!("refresh failed after {} attempts: {failure}", meta.attempts),
         ),
     };
+    // The provider's failure stays reachable as the source, so an embedder can match on
+    // its kind (refused, transport, unparseable) rather than on the message.
     Error::new(ErrorCode::TokenRefreshError, message)
         .with_reconnect(reconnect)
         .with_retry_after(retry_after)
         .with_meta(meta)
+        .with_source(failure.clone())
 }
 
 /// A permanent failure of a token that has expired is `TOKEN_EXPIRED`; anything else is
@@ -61,7 +65,7 @@ pub(crate) fn expired(error: Error) -> Error {
         && error.meta().failure == Some(FailureClass::Permanent)
     {
         let meta = error.meta().clone();
-        return Error::new(
+        let expired = Error::new(
             ErrorCode::TokenExpired,
             format!(
                 "token expired and could not be refreshed: {}",
@@ -69,6 +73,10 @@ pub(crate) fn expired(error: Error) -> Error {
             ),
         )
         .with_meta(meta);
+        return match error.provider_failure() {
+            Some(failure) => expired.with_source(failure.clone()),
+            None => expired,
+        };
     }
     error
 }
