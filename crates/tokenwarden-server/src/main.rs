@@ -8,7 +8,7 @@ fn main() -> anyhow::Result<()> {
     // The server logs JSON on stdout at info; operator commands keep stdout for their output
     // and log warnings only, on stderr.
     let serving = matches!(cli.command, Command::Serve(_));
-    tokenwarden_server::telemetry::init_logging(serving);
+    let _log_writer = tokenwarden_server::telemetry::init_logging(serving);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

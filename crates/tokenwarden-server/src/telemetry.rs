@@ -111,9 +111,16 @@ pub fn register_known_series<'a>(providers: impl IntoIterator<Item = &'a str>) {
     }
 }
 
-/// JSON logs filtered by `RUST_LOG`: for the server on stdout (default `info`), for operator
-/// commands on stderr (default `warn`), so their stdout stays their output.
-pub fn init_logging(server: bool) {
+/// JSON logs filtered by `RUST_LOG`: for the server on stdout (default `info`: one line per
+/// request and the refresh log points), for operator commands on stderr (default `warn`), so
+/// their stdout stays their output.
+///
+/// The server's lines are written by a thread of their own (`tracing-appender`), so a request
+/// formats its line and moves on instead of waiting for a write to stdout; when that thread
+/// falls behind by more than its buffer, requests wait (lines are never dropped). Keep the
+/// returned guard alive until the process ends: dropping it flushes what is buffered.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init_logging(server: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let default = if server { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -122,9 +129,15 @@ pub fn init_logging(server: bool) {
         .with_env_filter(filter)
         .with_current_span(true)
         .with_span_list(false);
-    let _ = if server {
-        builder.with_writer(std::io::stdout).try_init()
+    if server {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("tokenwarden-log")
+            .finish(std::io::stdout());
+        let _ = builder.with_writer(writer).try_init();
+        Some(guard)
     } else {
-        builder.with_writer(std::io::stderr).try_init()
-    };
+        let _ = builder.with_writer(std::io::stderr).try_init();
+        None
+    }
 }
