@@ -14,6 +14,8 @@ async fn metrics_has_every_spec_name_after_a_refresh() {
     app.import("u", "a", expired_import()).await;
     assert_eq!(app.access_token("u", "a").await.status().as_u16(), 200);
     assert_eq!(app.refresh("u", "a", None).await.status().as_u16(), 200);
+    // A cache hit: counted through the handle the warden registered at build.
+    assert_eq!(app.access_token("u", "a").await.status().as_u16(), 200);
     let text = app
         .client
         .get(app.url("/metrics"))
@@ -35,6 +37,10 @@ async fn metrics_has_every_spec_name_after_a_refresh() {
         "histogram, not summary"
     );
     assert!(text.contains("tokenwarden_connections{status=\"active\"}"));
+    assert!(
+        text.contains("tokenwarden_token_requests_total{outcome=\"fresh\"}"),
+        "cache hits are counted:\n{text}"
+    );
     // The refreshes' commits went through the group committer.
     assert!(
         text.contains("tokenwarden_commit_rows_bucket{le=\"1\"}"),

@@ -150,7 +150,8 @@ impl WardenBuilder {
         self
     }
 
-    /// Builds the warden after checking every setting.
+    /// Builds the warden after checking every setting. Install the `metrics` recorder
+    /// first, if any: the hottest counter is registered here, once.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the first setting that cannot work.
@@ -201,6 +202,7 @@ impl WardenBuilder {
                 limiters,
                 tasks,
                 stop,
+                fresh_answers: metrics::counter!(m::TOKEN_REQUESTS_TOTAL, "outcome" => "fresh"),
             }),
         };
         if let (Some(changes), Ok(runtime)) = (changes, tokio::runtime::Handle::try_current()) {
@@ -252,6 +254,9 @@ pub(crate) struct Inner {
     pub(crate) tasks: TaskTracker,
     /// Cancelled at shutdown: stops the tasks that would otherwise run forever.
     pub(crate) stop: CancellationToken,
+    /// `token_requests_total{outcome="fresh"}`, registered once: the cache-hit path should
+    /// not look the series up in the recorder on every call.
+    fresh_answers: metrics::Counter,
 }
 
 /// What started a refresh.
@@ -311,10 +316,12 @@ impl Warden {
     pub async fn access_token(&self, key: &ConnectionKey) -> Result<AccessTokenGrant, Error> {
         let inner = &self.inner;
         if let Some(grant) = inner.cache.fresh(key) {
-            metrics::counter!(m::TOKEN_REQUESTS_TOTAL, "outcome" => "fresh").increment(1);
+            inner.fresh_answers.increment(1);
             return Ok(grant);
         }
-        let result = self.access_token_slow(key).await;
+        // Boxed, so the future of a cache hit stays small: the slow path's state machine
+        // (store read, refresh, waits) is allocated only when it runs.
+        let result = Box::pin(self.access_token_slow(key)).await;
         let outcome = match &result {
             Ok((_, outcome)) => *outcome,
             Err(_) => "error",
