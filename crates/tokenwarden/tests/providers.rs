@@ -312,6 +312,53 @@ async fn error_descriptions_echoing_secrets_are_scrubbed() {
     assert!(failure.to_string().contains("[REDACTED]"), "{failure}");
 }
 
+/// Issue 9, finding 6: with the refresh token `t`, the answer's `invalid_grant` became
+/// `invalid_gran[REDACTED]` and was classified `configuration`. One- to three-character
+/// tokens (each a substring of `invalid_grant`) must leave the code and its class alone.
+#[tokio::test]
+async fn issue_9_short_refresh_token_keeps_invalid_grant_permanent() {
+    for refresh in ["t", "nt", "ant"] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(json(
+                400,
+                &format!(
+                    r#"{{"error":"invalid_grant","error_description":"refresh token {refresh} was revoked"}}"#
+                ),
+            ))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let provider = build("generic", &oauth2_config(&server, ""));
+        let conn = connection(
+            "generic",
+            AT,
+            Some(refresh),
+            Some(time::Duration::minutes(2)),
+        );
+        let failure = provider.refresh(&conn).await.expect_err("revoked");
+        assert_eq!(
+            failure.class,
+            FailureClass::Permanent,
+            "refresh token {refresh}"
+        );
+        assert_eq!(failure.provider_error(), Some("invalid_grant"));
+        assert_eq!(rejected(&failure), (400, "invalid_grant"));
+        // Too short to search for safely: the description is dropped, not shown.
+        assert!(
+            matches!(
+                &failure.kind,
+                FailureKind::Rejected {
+                    description: None,
+                    ..
+                }
+            ),
+            "{failure:?}"
+        );
+        assert_no_secret(&failure);
+    }
+}
+
 #[tokio::test]
 async fn oauth2_retry_after_is_returned() {
     let server = MockServer::start().await;

@@ -32,7 +32,10 @@ pub use http::{HttpClient, HttpSettings};
 pub use instagram::InstagramProvider;
 pub use oauth2::OAuth2Provider;
 pub use reddit::RedditProvider;
-pub use response::{MAX_DESCRIPTION_CHARS, MAX_ERROR_CHARS, MAX_LIFETIME, MAX_TOKEN_BYTES};
+pub use response::{
+    MAX_DESCRIPTION_CHARS, MAX_ERROR_CHARS, MAX_LIFETIME, MAX_TOKEN_BYTES,
+    MIN_REDACTABLE_SECRET_CHARS, WITHHELD_ERROR,
+};
 pub use tiktok::TikTokProvider;
 
 /// A successful refresh answer, parsed.

@@ -2,10 +2,13 @@
 //!
 //! This module owns the rules that turn `(status, headers, body)` into a [`TokenResponse`] or
 //! a classified [`RefreshFailure`]: the body is read even on HTTP 200 and an `error` in it wins
-//! over the status; every field is type-checked; lifetimes are bounded; descriptions copied
-//! into failures are scrubbed of secrets and truncated. It is pure (no I/O, no clock), so it
-//! can be fuzzed. The per-provider differences (scope separator, rate-limit reset header,
-//! whether a refresh token can come back) are a [`Dialect`].
+//! over the status; every field is type-checked; lifetimes are bounded. A refusal is
+//! classified on the provider's structured answer (its `error` value, Meta's `code`, the
+//! status) exactly as sent; only the free text copied into a failure (descriptions, error
+//! values we do not know) goes through [`Redactor`], so redaction can never change a
+//! decision. It is pure (no I/O, no clock: `now` is a parameter), so it can be fuzzed. The
+//! per-provider differences (scope separator, rate-limit reset header, whether a refresh
+//! token can come back) are a [`Dialect`].
 
 use std::time::Duration;
 
@@ -16,8 +19,8 @@ use time::OffsetDateTime;
 use crate::error::FailureClass;
 use crate::provider::{FailureKind, RefreshFailure, TokenResponse};
 use crate::refresh::classify::{
-    classify_meta_code, classify_oauth_error, classify_status, parse_reset_header,
-    parse_retry_after,
+    classify_meta_code, classify_oauth_error, classify_status, known_oauth_error,
+    parse_reset_header, parse_retry_after,
 };
 use crate::secret::{AccessToken, RefreshToken};
 
@@ -29,6 +32,11 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs((10 * 365 + 3) * 24 * 360
 pub const MAX_DESCRIPTION_CHARS: usize = 200;
 /// Longest provider error value copied into a failure, in characters.
 pub const MAX_ERROR_CHARS: usize = 100;
+/// Shortest secret that free text is searched for. When a request carried a shorter one,
+/// free text from the answer is dropped instead: see [`Redactor`].
+pub const MIN_REDACTABLE_SECRET_CHARS: usize = 8;
+/// The `error` shown for a value that could not be shown safely (see [`Redactor`]).
+pub const WITHHELD_ERROR: &str = "[REDACTED]";
 
 /// How one provider's answers differ from RFC 6749's.
 #[derive(Debug, Clone, Copy)]
@@ -61,9 +69,10 @@ pub(crate) fn parse_token_response(
 ) -> Result<TokenResponse, RefreshFailure> {
     let json: Option<Value> = serde_json::from_slice(body).ok();
     let object = json.as_ref().and_then(Value::as_object);
+    let redactor = Redactor::new(secrets);
 
     // An error in the body wins over the status: Reddit and TikTok send errors with 200.
-    if let Some(refusal) = object.and_then(|map| find_error(map, status, secrets)) {
+    if let Some(refusal) = object.and_then(|map| find_error(map, status, &redactor)) {
         let rate_limited = refusal.rate_limited || status == 429;
         let hint = retry_hint(dialect, refusal.class, rate_limited, headers, now);
         let kind = FailureKind::Rejected {
@@ -111,7 +120,7 @@ pub(crate) fn parse_revoke_response(
     let has_error = json
         .as_ref()
         .and_then(Value::as_object)
-        .is_some_and(|map| find_error(map, status, secrets).is_some());
+        .is_some_and(|map| find_error(map, status, &Redactor::new(secrets)).is_some());
     if (200..300).contains(&status) && !has_error {
         return Ok(());
     }
@@ -133,24 +142,21 @@ struct Refusal {
 /// Reddit's `{"error":401,"message":..}`, Meta's `{"error":{"code":190,"type":..}}`,
 /// TikTok API v2's `{"error":{"code":"rate_limit_exceeded",..}}` and the old Instagram
 /// `{"error_type":..,"code":400,"error_message":..}`.
-fn find_error(map: &Map<String, Value>, status: u16, secrets: &[&str]) -> Option<Refusal> {
+///
+/// Every decision (class, rate limited) is taken on the values as sent; `redactor` only
+/// touches what is kept for display.
+fn find_error(map: &Map<String, Value>, status: u16, redactor: &Redactor) -> Option<Refusal> {
     match map.get("error") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => old_instagram_error(map, status),
-        Some(Value::String(error)) if error.trim().is_empty() => None,
-        Some(Value::String(error)) => {
-            let error = scrub(error.trim(), secrets, MAX_ERROR_CHARS);
-            let description = map
-                .get("error_description")
-                .and_then(Value::as_str)
-                .map(|d| scrub(d, secrets, MAX_DESCRIPTION_CHARS))
-                .filter(|d| !d.is_empty());
-            Some(Refusal {
-                class: classify_oauth_error(&error, status),
-                rate_limited: is_rate_limit_error(&error),
-                error,
-                description,
-            })
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {
+            old_instagram_error(map, status, redactor)
         }
+        Some(Value::String(error)) if error.trim().is_empty() => None,
+        Some(Value::String(error)) => Some(code_refusal(
+            error.trim(),
+            map.get("error_description"),
+            status,
+            redactor,
+        )),
         Some(Value::Number(code)) => {
             let error = code.to_string();
             Some(Refusal {
@@ -160,7 +166,7 @@ fn find_error(map: &Map<String, Value>, status: u16, secrets: &[&str]) -> Option
                 description: None,
             })
         }
-        Some(Value::Object(inner)) => object_error(inner, status, secrets),
+        Some(Value::Object(inner)) => object_error(inner, status, redactor),
         Some(_) => Some(Refusal {
             class: classify_status(status),
             error: "unrecognised_error".to_owned(),
@@ -170,14 +176,48 @@ fn find_error(map: &Map<String, Value>, status: u16, secrets: &[&str]) -> Option
     }
 }
 
+/// A refusal with a string error code (RFC 6749's `error`, TikTok v2's `code`) and an
+/// optional free-text description.
+fn code_refusal(
+    error: &str,
+    description: Option<&Value>,
+    status: u16,
+    redactor: &Redactor,
+) -> Refusal {
+    Refusal {
+        class: classify_oauth_error(error, status),
+        rate_limited: is_rate_limit_error(error),
+        error: shown_error(error, redactor),
+        description: description
+            .and_then(Value::as_str)
+            .and_then(|d| redactor.free_text(d, MAX_DESCRIPTION_CHARS)),
+    }
+}
+
+/// The error value as a failure shows it. A value we know is public vocabulary and is kept
+/// verbatim: it says nothing about a secret that the classification does not already say,
+/// and `provider_error` must name what was decided on. Any other value is free text.
+fn shown_error(error: &str, redactor: &Redactor) -> String {
+    if known_oauth_error(error).is_some() || is_rate_limit_error(error) {
+        return error.to_owned();
+    }
+    match redactor.free_text(error, MAX_ERROR_CHARS) {
+        Some(shown) => shown,
+        None if redactor.drops_free_text() => WITHHELD_ERROR.to_owned(),
+        // Nothing printable was left.
+        None => "unrecognised_error".to_owned(),
+    }
+}
+
 /// `error` as an object: Meta (numeric `code`) or TikTok API v2 (string `code`).
-fn object_error(inner: &Map<String, Value>, status: u16, secrets: &[&str]) -> Option<Refusal> {
+fn object_error(inner: &Map<String, Value>, status: u16, redactor: &Redactor) -> Option<Refusal> {
     if let Some(code) = inner.get("code").and_then(as_i64) {
         return Some(meta_refusal(
             code,
             inner.get("type"),
             inner.get("error_subcode"),
             status,
+            redactor,
         ));
     }
     match inner.get("code") {
@@ -187,18 +227,7 @@ fn object_error(inner: &Map<String, Value>, status: u16, secrets: &[&str]) -> Op
             if code.is_empty() || code.eq_ignore_ascii_case("ok") {
                 return None;
             }
-            let error = scrub(code, secrets, MAX_ERROR_CHARS);
-            let description = inner
-                .get("message")
-                .and_then(Value::as_str)
-                .map(|d| scrub(d, secrets, MAX_DESCRIPTION_CHARS))
-                .filter(|d| !d.is_empty());
-            Some(Refusal {
-                class: classify_oauth_error(&error, status),
-                rate_limited: is_rate_limit_error(&error),
-                error,
-                description,
-            })
+            Some(code_refusal(code, inner.get("message"), status, redactor))
         }
         _ => Some(Refusal {
             class: classify_status(status),
@@ -210,28 +239,44 @@ fn object_error(inner: &Map<String, Value>, status: u16, secrets: &[&str]) -> Op
 }
 
 /// The pre-Graph Instagram shape, which has no `error` key.
-fn old_instagram_error(map: &Map<String, Value>, status: u16) -> Option<Refusal> {
+fn old_instagram_error(
+    map: &Map<String, Value>,
+    status: u16,
+    redactor: &Redactor,
+) -> Option<Refusal> {
     map.get("error_type")?.as_str()?;
     let code = map
         .get("code")
         .and_then(as_i64)
         .unwrap_or(i64::from(status));
-    Some(meta_refusal(code, map.get("error_type"), None, status))
+    Some(meta_refusal(
+        code,
+        map.get("error_type"),
+        None,
+        status,
+        redactor,
+    ))
 }
 
 /// A Meta Graph refusal. Meta's free-text `message` can echo the access token, so only the
-/// numeric code, the `type` (reduced to identifier characters) and the subcode are kept.
-fn meta_refusal(code: i64, kind: Option<&Value>, subcode: Option<&Value>, status: u16) -> Refusal {
-    let kind: Option<String> = kind.and_then(Value::as_str).map(|t| {
-        t.chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .take(64)
-            .collect()
+/// numeric code, the `type` and the subcode are kept. The `type` is kept only as sent: an
+/// identifier (`OAuthException`) of at most 64 characters in which no secret occurs.
+fn meta_refusal(
+    code: i64,
+    kind: Option<&Value>,
+    subcode: Option<&Value>,
+    status: u16,
+    redactor: &Redactor,
+) -> Refusal {
+    let kind = kind.and_then(Value::as_str).filter(|t| {
+        t.len() <= 64
+            && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && redactor.is_clean(t)
     });
     let subcode = subcode.and_then(as_i64);
     let description = match (kind.filter(|k| !k.is_empty()), subcode) {
         (Some(kind), Some(sub)) => Some(format!("{kind}, subcode {sub}")),
-        (Some(kind), None) => Some(kind),
+        (Some(kind), None) => Some(kind.to_owned()),
         (None, Some(sub)) => Some(format!("subcode {sub}")),
         (None, None) => None,
     };
@@ -378,40 +423,144 @@ fn as_i64(value: &Value) -> Option<i64> {
     }
 }
 
-/// Makes provider text safe to keep: every secret (and its URL-encoded form) replaced,
-/// control characters dropped, truncated to `max_chars`. Scrubbing comes before truncation
-/// so a cut can never leave half a secret behind.
-pub(crate) fn scrub(text: &str, secrets: &[&str], max_chars: usize) -> String {
-    let mut text = text.to_owned();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        text = text.replace(secret, "[REDACTED]");
-        let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-        if encoded != *secret {
-            text = text.replace(&encoded, "[REDACTED]");
+/// Makes a provider's free text safe to keep in a failure, given the secrets the request
+/// carried (its tokens, the client secret).
+///
+/// The rule: a secret of at least [`MIN_REDACTABLE_SECRET_CHARS`] characters is replaced
+/// wherever it (or its URL-encoded form) occurs; when any secret is shorter, free text is
+/// dropped altogether. A short value cannot be told apart from ordinary text: replacing
+/// every `t` mangles the message into something misleading, and matching whole words only
+/// would still echo `t` in `token=t`. Real tokens and client secrets are far longer than
+/// eight characters, so dropping costs a description only for connections that hold toy
+/// values, and it can never leak one. Nothing decided (class, retry, reconnect) reads text
+/// that went through here.
+///
+/// Control characters are removed from the text (and from the secrets) before searching, so
+/// removing them can never join the pieces of a secret back together.
+pub(crate) struct Redactor {
+    /// What to search for, longest first; `None` when free text is dropped.
+    patterns: Option<Vec<String>>,
+}
+
+impl Redactor {
+    pub(crate) fn new(secrets: &[&str]) -> Self {
+        let mut patterns = Vec::new();
+        for secret in secrets.iter().filter(|s| !s.is_empty()) {
+            let secret = without_controls(secret);
+            if secret.chars().count() < MIN_REDACTABLE_SECRET_CHARS {
+                return Self { patterns: None };
+            }
+            let encoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+            if encoded != secret {
+                patterns.push(encoded);
+            }
+            patterns.push(secret);
+        }
+        // Longest first: a secret inside a longer one must not break the longer one's match
+        // and leave its ends behind.
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        Self {
+            patterns: Some(patterns),
         }
     }
-    text.chars()
-        .filter(|c| !c.is_control())
-        .take(max_chars)
-        .collect::<String>()
-        .trim()
-        .to_owned()
+
+    /// True when a secret is too short to search for, so free text is not kept at all.
+    pub(crate) fn drops_free_text(&self) -> bool {
+        self.patterns.is_none()
+    }
+
+    /// True when `text` can be kept exactly as it is: free text is kept and no secret occurs
+    /// in it. For text without control characters.
+    pub(crate) fn is_clean(&self, text: &str) -> bool {
+        self.patterns
+            .as_ref()
+            .is_some_and(|patterns| !patterns.iter().any(|p| text.contains(p.as_str())))
+    }
+
+    /// `text` without control characters, with every secret replaced, truncated to
+    /// `max_chars` and trimmed; `None` when nothing is left or free text is dropped.
+    /// Replacing comes before truncation so a cut can never leave half a secret behind.
+    pub(crate) fn free_text(&self, text: &str, max_chars: usize) -> Option<String> {
+        let patterns = self.patterns.as_ref()?;
+        let mut text = without_controls(text);
+        for pattern in patterns {
+            if text.contains(pattern.as_str()) {
+                text = text.replace(pattern.as_str(), "[REDACTED]");
+            }
+        }
+        let text: String = text.chars().take(max_chars).collect();
+        Some(text.trim().to_owned()).filter(|t| !t.is_empty())
+    }
+}
+
+fn without_controls(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::test_support::{any_headers, any_status, json_like_body, t0};
+    use crate::provider::test_support::{any_headers, any_status, json_like_body, rejected, t0};
     use proptest::prelude::*;
 
     #[test]
-    fn scrub_replaces_secrets_before_truncating() {
+    fn free_text_replaces_secrets_before_truncating() {
         let secret = "s3cr3t/+=";
         let text = format!("{}{secret} and {}", "x".repeat(195), "s3cr3t%2F%2B%3D");
-        let out = scrub(&text, &[secret], 200);
+        let out = Redactor::new(&[secret])
+            .free_text(&text, 200)
+            .expect("kept");
         assert!(!out.contains("s3cr3t"), "{out}");
         assert_eq!(out.chars().count(), 200);
-        assert_eq!(scrub("a\u{0}b\r\nc", &[""], 10), "abc");
+        let none = Redactor::new(&[""]);
+        assert_eq!(none.free_text("a\u{0}b\r\nc", 10).as_deref(), Some("abc"));
+        assert_eq!(none.free_text(" \n ", 10), None);
+    }
+
+    /// Removing a control character must not reassemble a secret that the search missed.
+    #[test]
+    fn control_characters_cannot_hide_a_secret() {
+        let secret = "rt-0123456789";
+        let redactor = Redactor::new(&[secret]);
+        let out = redactor
+            .free_text("bad rt-01234\u{0}56789 and rt-\u{7}0123456789", 200)
+            .expect("kept");
+        assert_eq!(out, "bad [REDACTED] and [REDACTED]");
+        let with_control = Redactor::new(&["rt-01234\n56789"]);
+        let out = with_control
+            .free_text("bad rt-0123456789", 200)
+            .expect("kept");
+        assert_eq!(out, "bad [REDACTED]");
+    }
+
+    #[test]
+    fn a_secret_inside_a_longer_one_leaves_nothing_behind() {
+        let short = "abcdefgh";
+        let long = "XYZ-abcdefgh-UVW";
+        let out = Redactor::new(&[short, long])
+            .free_text(&format!("got {long}"), 200)
+            .expect("kept");
+        assert_eq!(out, "got [REDACTED]");
+    }
+
+    /// Issue 9, finding 6: a secret shorter than the threshold drops free text instead of
+    /// being searched for, so `t` neither mangles the text nor is echoed in it.
+    #[test]
+    fn issue_9_short_secrets_drop_free_text() {
+        for secret in ["t", "rt", "abc", "1234567"] {
+            let redactor = Redactor::new(&["a-long-enough-access-token", secret]);
+            assert!(redactor.drops_free_text(), "{secret}");
+            assert_eq!(redactor.free_text("token is not valid", 200), None);
+            assert!(!redactor.is_clean("OAuthException"));
+        }
+        let redactor = Redactor::new(&["12345678"]);
+        assert!(!redactor.drops_free_text());
+        assert_eq!(
+            redactor
+                .free_text("token 12345678 is not valid", 200)
+                .as_deref(),
+            Some("token [REDACTED] is not valid")
+        );
     }
 
     #[test]
@@ -463,6 +612,87 @@ mod tests {
         }
     }
 
+    fn refuse(body: &serde_json::Value, status: u16, secrets: &[&str]) -> RefreshFailure {
+        let body = serde_json::to_vec(body).expect("json");
+        parse_token_response(
+            &Dialect::RFC6749,
+            status,
+            &HeaderMap::new(),
+            &body,
+            t0(),
+            secrets,
+        )
+        .expect_err("an error value always fails")
+    }
+
+    /// Issue 9, finding 6: with the refresh token `t`, `invalid_grant` was redacted to
+    /// `invalid_gran[REDACTED]` before it was classified, and the revoked grant came out as
+    /// a configuration problem.
+    #[test]
+    fn issue_9_short_refresh_token_keeps_invalid_grant_permanent() {
+        let access = "at-long-enough-0001";
+        for refresh in ["t", "nt", "ant", "gr", "_"] {
+            let body = serde_json::json!({
+                "error": "invalid_grant",
+                "error_description": format!("refresh token {refresh} was revoked"),
+            });
+            let failure = refuse(&body, 400, &[access, refresh]);
+            assert_eq!(failure.class, FailureClass::Permanent, "{refresh}");
+            assert_eq!(failure.provider_error(), Some("invalid_grant"), "{refresh}");
+            // Too short to search for: the description is dropped, not mangled or echoed.
+            assert_eq!(rejected(&failure).2, None, "{refresh}");
+        }
+        // The same for the other shapes a code comes in.
+        let tiktok = serde_json::json!({"error": {"code": "invalid_client", "message": "no"}});
+        let failure = refuse(&tiktok, 200, &["c"]);
+        assert_eq!(failure.class, FailureClass::Configuration);
+        assert_eq!(failure.provider_error(), Some("invalid_client"));
+        let limited = serde_json::json!({"error": "rate_limit_exceeded"});
+        let failure = refuse(&limited, 200, &["e"]);
+        assert_eq!(failure.class, FailureClass::Transient);
+        assert_eq!(failure.provider_error(), Some("rate_limit_exceeded"));
+    }
+
+    /// An error value nobody knows is free text: with a short secret it is withheld, while
+    /// its class still comes from the status.
+    #[test]
+    fn issue_9_unknown_error_values_are_free_text() {
+        let body = serde_json::json!({"error": "token_t_unknown"});
+        let failure = refuse(&body, 503, &["t"]);
+        assert_eq!(failure.class, FailureClass::Transient);
+        assert_eq!(failure.provider_error(), Some(WITHHELD_ERROR));
+        let long = "rt-0123456789";
+        let body = serde_json::json!({"error": format!("unknown_{long}")});
+        let failure = refuse(&body, 400, &[long]);
+        assert_eq!(failure.class, FailureClass::Configuration);
+        assert_eq!(failure.provider_error(), Some("unknown_[REDACTED]"));
+    }
+
+    #[test]
+    fn long_secrets_in_descriptions_are_still_redacted() {
+        let refresh = "rt-0123456789-abcdef";
+        let body = serde_json::json!({
+            "error": "invalid_grant",
+            "error_description": format!("refresh token {refresh} was revoked"),
+        });
+        let failure = refuse(&body, 400, &["at-0123456789", refresh]);
+        assert_eq!(failure.class, FailureClass::Permanent);
+        assert_eq!(
+            rejected(&failure).2.as_deref(),
+            Some("refresh token [REDACTED] was revoked")
+        );
+    }
+
+    /// A Meta `type` that carries a secret is dropped, not shown.
+    #[test]
+    fn meta_type_carrying_a_secret_is_dropped() {
+        let token = "IGQWtoken0123456789";
+        let body = serde_json::json!({"error": {"code": 190, "type": format!("x{token}"), "error_subcode": 463}});
+        let failure = refuse(&body, 400, &[token]);
+        assert_eq!(failure.class, FailureClass::Permanent);
+        assert_eq!(rejected(&failure).2.as_deref(), Some("subcode 463"));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -476,6 +706,8 @@ mod tests {
             field in prop_oneof![Just("error_description"), Just("error")],
         ) {
             let text = format!("{before}{secret}{after}");
+            // A code from the public list is shown verbatim (see `shown_error`).
+            prop_assume!(known_oauth_error(text.trim()).is_none());
             let body = serde_json::json!({ "error": "invalid_grant", field: text });
             let body = serde_json::to_vec(&body).expect("json");
             let result = parse_token_response(
@@ -484,6 +716,40 @@ mod tests {
             let failure = result.expect_err("an error value always fails");
             let shown = format!("{failure} {failure:?}");
             prop_assert!(!shown.contains(&secret), "{}", shown);
+        }
+
+        /// Issue 9, finding 6: whatever the secrets of the request, a standard error code is
+        /// classified, hinted and reported exactly as without them.
+        #[test]
+        fn issue_9_secrets_never_change_classification(
+            secret in prop_oneof!["[ -~]{1,3}", "[ -~]{1,40}", "[a-z_]{1,12}", "\\PC{1,10}"],
+            code in proptest::sample::select(
+                crate::refresh::classify::OAUTH_ERRORS.iter().map(|(c, _)| *c).collect::<Vec<_>>()
+            ),
+            meta_code in proptest::sample::select(vec![1i64, 2, 4, 10, 17, 100, 102, 190, 200, 613]),
+            shape in 0u8..3,
+            status in any_status(),
+            h in any_headers(),
+            before in "[ -~]{0,20}",
+            echo in any::<bool>(),
+        ) {
+            let text = if echo { format!("{before}{secret}") } else { before };
+            let body = match shape {
+                0 => serde_json::json!({"error": code, "error_description": text}),
+                1 => serde_json::json!({"error": {"code": code, "message": text}}),
+                _ => serde_json::json!({"error": {"code": meta_code, "type": text, "message": text}}),
+            };
+            let body = serde_json::to_vec(&body).expect("json");
+            let parse = |secrets: &[&str]| {
+                parse_token_response(&Dialect::RFC6749, status, &h, &body, t0(), secrets)
+                    .expect_err("an error value always fails")
+            };
+            let with = parse(&["at-long-enough-0001", secret.as_str()]);
+            let without = parse(&[]);
+            prop_assert_eq!(with.class, without.class);
+            prop_assert_eq!(with.retry_after, without.retry_after);
+            prop_assert_eq!(with.provider_error(), without.provider_error());
+            prop_assert_eq!(with.http_status(), without.http_status());
         }
 
         /// Success only with 2xx; hints only on transient failures; bounded lifetimes.

@@ -13,33 +13,47 @@ use crate::error::FailureClass;
 /// Unknown values fall back to the HTTP status: 5xx, 408 and 429 are transient, anything else
 /// is treated as a configuration problem, because marking users for reconnect on an error we
 /// do not understand would throw away grants that may still be good.
+///
+/// `error` must be the value exactly as the provider sent it (trimmed), never a redacted
+/// copy: redaction is for text that is shown, and must not change what is decided here.
 pub fn classify_oauth_error(error: &str, status: u16) -> FailureClass {
-    match error {
-        "invalid_grant"
-        | "access_denied"
-        | "interaction_required"
-        | "consent_required"
-        | "login_required"
-        | "bad_refresh_token"
-        | "invalid_refresh_token"
-        | "token_revoked"
-        | "account_inactive" => FailureClass::Permanent,
-        "invalid_client"
-        | "unauthorized_client"
-        | "invalid_request"
-        | "unsupported_grant_type"
-        | "invalid_scope"
-        | "incorrect_client_credentials"
-        | "invalid_client_id"
-        | "bad_client_secret" => FailureClass::Configuration,
-        "temporarily_unavailable"
-        | "server_error"
-        | "rate_limit_exceeded"
-        | "slow_down"
-        | "internal_error" => FailureClass::Transient,
-        _ => classify_status(status),
-    }
+    known_oauth_error(error).unwrap_or_else(|| classify_status(status))
 }
+
+/// The class of an `error` value this module knows, or `None` for any other value.
+pub fn known_oauth_error(error: &str) -> Option<FailureClass> {
+    OAUTH_ERRORS
+        .iter()
+        .find(|(code, _)| *code == error)
+        .map(|&(_, class)| class)
+}
+
+/// Every `error` value classified without looking at the status. They are public vocabulary:
+/// a failure may show one verbatim, whatever the secrets of the request were.
+pub const OAUTH_ERRORS: &[(&str, FailureClass)] = &[
+    ("invalid_grant", FailureClass::Permanent),
+    ("access_denied", FailureClass::Permanent),
+    ("interaction_required", FailureClass::Permanent),
+    ("consent_required", FailureClass::Permanent),
+    ("login_required", FailureClass::Permanent),
+    ("bad_refresh_token", FailureClass::Permanent),
+    ("invalid_refresh_token", FailureClass::Permanent),
+    ("token_revoked", FailureClass::Permanent),
+    ("account_inactive", FailureClass::Permanent),
+    ("invalid_client", FailureClass::Configuration),
+    ("unauthorized_client", FailureClass::Configuration),
+    ("invalid_request", FailureClass::Configuration),
+    ("unsupported_grant_type", FailureClass::Configuration),
+    ("invalid_scope", FailureClass::Configuration),
+    ("incorrect_client_credentials", FailureClass::Configuration),
+    ("invalid_client_id", FailureClass::Configuration),
+    ("bad_client_secret", FailureClass::Configuration),
+    ("temporarily_unavailable", FailureClass::Transient),
+    ("server_error", FailureClass::Transient),
+    ("rate_limit_exceeded", FailureClass::Transient),
+    ("slow_down", FailureClass::Transient),
+    ("internal_error", FailureClass::Transient),
+];
 
 /// Classifies an HTTP status that came without a recognisable error value.
 pub fn classify_status(status: u16) -> FailureClass {
