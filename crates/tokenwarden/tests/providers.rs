@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use time::OffsetDateTime;
+use tokenwarden::clock::ManualClock;
 use tokenwarden::provider::{
     self, FailureKind, HttpClient, HttpSettings, NotRefreshable, Provider, ProviderConfig,
     RefreshFailure,
@@ -1067,6 +1068,95 @@ async fn redirects_are_not_followed() {
         .expect_err("redirect");
     assert_eq!(rejected(&failure), (302, "http_302"));
     assert_eq!(failure.class, FailureClass::Configuration);
+}
+
+// ---------------------------------------------------------------------------------------
+// Time: providers read the clock they are given, not the system's
+
+/// A controlled "now" years away from the machine's, so an answer read against wall time
+/// could not pass by accident.
+const CLOCK_T0: OffsetDateTime = time::macros::datetime!(2031-03-04 09:00 UTC);
+
+fn build_with_clock(name: &str, toml_text: &str, clock: &ManualClock) -> Arc<dyn Provider> {
+    let http = http(HttpSettings::default()).with_clock(Arc::new(clock.clone()));
+    provider::build(name.parse().expect("name"), &config(toml_text), http).expect("provider")
+}
+
+/// Issue 9: `Retry-After` as an HTTP date is read against the provider's clock.
+#[tokio::test]
+async fn issue_9_retry_after_date_is_relative_to_the_providers_clock() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            json(503, r#"{"error":"temporarily_unavailable"}"#)
+                .insert_header("retry-after", "Tue, 04 Mar 2031 09:00:30 GMT"),
+        )
+        .mount(&server)
+        .await;
+    let clock = ManualClock::new(CLOCK_T0);
+    let provider = build_with_clock("generic", &oauth2_config(&server, ""), &clock);
+    let failure = provider.refresh(&conn("generic")).await.expect_err("503");
+    assert_eq!(failure.class, FailureClass::Transient);
+    assert_eq!(failure.retry_after, Some(Duration::from_secs(30)));
+
+    clock.advance(Duration::from_secs(10));
+    let failure = provider.refresh(&conn("generic")).await.expect_err("503");
+    assert_eq!(failure.retry_after, Some(Duration::from_secs(20)));
+
+    // A date already past on that clock means "now".
+    clock.advance(Duration::from_secs(60));
+    let failure = provider.refresh(&conn("generic")).await.expect_err("503");
+    assert_eq!(failure.retry_after, Some(Duration::ZERO));
+}
+
+/// Issue 9: a rate-limit reset given as a Unix timestamp is read against the same clock.
+#[tokio::test]
+async fn issue_9_reset_timestamp_is_relative_to_the_providers_clock() {
+    let server = MockServer::start().await;
+    let reset = (CLOCK_T0 + time::Duration::seconds(45)).unix_timestamp();
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).insert_header("x-ratelimit-reset", reset))
+        .mount(&server)
+        .await;
+    let clock = ManualClock::new(CLOCK_T0);
+    let provider = build_with_clock(
+        "reddit",
+        &reddit_config(&server, Some(CLIENT_SECRET)),
+        &clock,
+    );
+    let failure = provider.refresh(&conn("reddit")).await.expect_err("429");
+    assert_eq!(failure.retry_after, Some(Duration::from_secs(45)));
+}
+
+/// Issue 9: Instagram's "too young to refresh" is judged on the provider's clock.
+#[tokio::test]
+async fn issue_9_instagram_token_age_is_judged_on_the_providers_clock() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(json(
+            200,
+            r#"{"access_token":"IGQW-new","token_type":"bearer","expires_in":5183944}"#,
+        ))
+        .mount(&server)
+        .await;
+    let clock = ManualClock::new(CLOCK_T0);
+    let provider = build_with_clock("instagram", &instagram_config(&server), &clock);
+    // Issued an hour before the clock's now: 60-day lifetime, refreshable after 24 h.
+    let mut young = ig_conn();
+    young.meta.expires_at = Some(CLOCK_T0 + time::Duration::days(60) - time::Duration::hours(1));
+    let failure = provider.refresh(&young).await.expect_err("too young");
+    assert!(
+        matches!(
+            failure.kind,
+            FailureKind::NotRefreshable(NotRefreshable::TooYoung { .. })
+        ),
+        "{failure:?}"
+    );
+    clock.advance(Duration::from_secs(24 * 3600));
+    provider
+        .refresh(&young)
+        .await
+        .expect("old enough on this clock");
 }
 
 // ---------------------------------------------------------------------------------------

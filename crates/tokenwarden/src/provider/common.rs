@@ -3,7 +3,6 @@
 //! connection that cannot be refreshed.
 
 use reqwest::header::HeaderValue;
-use time::OffsetDateTime;
 use url::Url;
 
 use crate::connection::{Connection, ProviderName};
@@ -161,9 +160,4 @@ pub(crate) async fn send_recorded(
         "token endpoint answered"
     );
     result
-}
-
-/// The current time, for `Retry-After` dates.
-pub(crate) fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
 }

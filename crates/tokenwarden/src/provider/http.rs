@@ -1,11 +1,16 @@
 //! The outbound HTTP client for token endpoints: connect and total timeouts, no redirects,
 //! a cap on the response body, and the body read even on HTTP 200 (several providers send
-//! errors with 200).
+//! errors with 200). It also carries the wall clock the adapters read answers against
+//! (`Retry-After` dates, rate-limit reset timestamps, Instagram's token age), because it is
+//! the one context every adapter is built with.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
+use time::OffsetDateTime;
 
+use crate::clock::{Clock, SystemClock};
 use crate::provider::RefreshFailure;
 
 /// Outbound HTTP settings.
@@ -42,16 +47,35 @@ pub struct RawResponse {
 pub struct HttpClient {
     client: reqwest::Client,
     settings: HttpSettings,
+    clock: Arc<dyn Clock>,
 }
 
 impl HttpClient {
+    /// A client with `settings`, reading time from the system clock.
     pub fn new(settings: HttpSettings) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self { client, settings })
+        Ok(Self {
+            client,
+            settings,
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// The same client, with providers built from it reading time from `clock`: give it the
+    /// warden's clock so both agree on what "now" is. By default, the system clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The current wall-clock time, from this client's clock.
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
     }
 
     /// The underlying client, to build requests.

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::connection::{Connection, ProviderName};
-use crate::provider::common::{display_url, endpoint_or_default, now, send_recorded, user_agent};
+use crate::provider::common::{display_url, endpoint_or_default, send_recorded, user_agent};
 use crate::provider::response::{Dialect, parse_token_response};
 use crate::provider::{
     HttpClient, NotRefreshable, Provider, ProviderConfig, ProviderConfigError, ProviderInfo,
@@ -124,7 +124,7 @@ impl Provider for InstagramProvider {
 
     async fn refresh(&self, conn: &Connection) -> Result<TokenResponse, RefreshFailure> {
         // A call that Instagram is known to refuse would only cost rate limit.
-        self.check_refreshable(conn, now())
+        self.check_refreshable(conn, self.http.now())
             .map_err(RefreshFailure::not_refreshable)?;
         let token = conn.tokens.access_token.expose_secret();
         let mut url = self.refresh_url.clone();
@@ -145,7 +145,7 @@ impl Provider for InstagramProvider {
             raw.status,
             &raw.headers,
             &raw.body,
-            now(),
+            self.http.now(),
             &[token],
         )
     }

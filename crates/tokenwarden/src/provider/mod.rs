@@ -306,7 +306,9 @@ pub trait Provider: Send + Sync + fmt::Debug {
     }
 }
 
-/// Builds a provider from its configuration.
+/// Builds a provider from its configuration. The provider sends its requests with `http`
+/// and reads wall time from `http`'s clock (the system clock unless
+/// [`HttpClient::with_clock`] gave it another).
 pub fn build(
     name: ProviderName,
     config: &ProviderConfig,

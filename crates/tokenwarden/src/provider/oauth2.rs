@@ -11,8 +11,8 @@ use url::Url;
 
 use crate::connection::{Connection, ProviderName};
 use crate::provider::common::{
-    config_error, connection_secrets, display_url, endpoint_url, non_empty, now,
-    required_refresh_token, revocation_token, send_recorded, user_agent,
+    config_error, connection_secrets, display_url, endpoint_url, non_empty, required_refresh_token,
+    revocation_token, send_recorded, user_agent,
 };
 use crate::provider::response::{Dialect, parse_revoke_response, parse_token_response};
 use crate::provider::{
@@ -145,7 +145,7 @@ impl Provider for OAuth2Provider {
             raw.status,
             &raw.headers,
             &raw.body,
-            now(),
+            self.http.now(),
             &secrets,
         )
     }
@@ -167,7 +167,7 @@ impl Provider for OAuth2Provider {
             raw.status,
             &raw.headers,
             &raw.body,
-            now(),
+            self.http.now(),
             &secrets,
         )
     }

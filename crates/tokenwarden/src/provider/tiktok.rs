@@ -12,7 +12,7 @@ use url::Url;
 use crate::connection::{Connection, ProviderName};
 use crate::provider::common::{
     config_error, connection_secrets, display_url, endpoint_or_default, endpoint_url, non_empty,
-    now, required_refresh_token, send_recorded, user_agent,
+    required_refresh_token, send_recorded, user_agent,
 };
 use crate::provider::response::{Dialect, parse_revoke_response, parse_token_response};
 use crate::provider::{
@@ -132,7 +132,7 @@ impl Provider for TikTokProvider {
             raw.status,
             &raw.headers,
             &raw.body,
-            now(),
+            self.http.now(),
             &secrets,
         )
     }
@@ -161,7 +161,7 @@ impl Provider for TikTokProvider {
             raw.status,
             &raw.headers,
             &raw.body,
-            now(),
+            self.http.now(),
             &secrets,
         )
     }
