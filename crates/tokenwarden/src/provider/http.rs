@@ -4,6 +4,7 @@
 //! (`Retry-After` dates, rate-limit reset timestamps, Instagram's token age), because it is
 //! the one context every adapter is built with.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,11 +36,22 @@ impl Default for HttpSettings {
 }
 
 /// A response read in full (up to the cap).
-#[derive(Debug)]
 pub struct RawResponse {
     pub status: u16,
     pub headers: HeaderMap,
+    /// The body as sent: on success it holds the new tokens.
     pub body: Vec<u8>,
+}
+
+/// Status and body length only: the body of a successful refresh is the new tokens, and
+/// headers can carry cookies.
+impl fmt::Debug for RawResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawResponse")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A shared HTTP client (cheap to clone).
@@ -139,4 +151,41 @@ fn transport_failure(error: reqwest::Error) -> RefreshFailure {
         "request failed"
     };
     RefreshFailure::transport(format!("{kind}: {error}"), timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderValue, SET_COOKIE};
+
+    #[test]
+    fn raw_response_debug_shows_no_body_or_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            SET_COOKIE,
+            HeaderValue::from_static("session=cookie-secret"),
+        );
+        let body = br#"{"access_token":"at-NEW-secret","refresh_token":"rt-NEW-secret"}"#;
+        let raw = RawResponse {
+            status: 200,
+            headers,
+            body: body.to_vec(),
+        };
+        let shown = format!("{raw:?} {raw:#?}").replace(char::is_whitespace, "");
+        for secret in ["at-NEW-secret", "rt-NEW-secret", "cookie-secret"] {
+            // As text, and as the list of byte values a derived Debug prints for a Vec<u8>.
+            let as_bytes = secret
+                .bytes()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(!shown.contains(&as_bytes), "{shown}");
+        }
+        assert!(shown.contains("status:200"), "{shown}");
+        assert!(
+            shown.contains(&format!("body_len:{}", body.len())),
+            "{shown}"
+        );
+    }
 }
