@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 macro_rules! secret_type {
@@ -30,9 +31,10 @@ macro_rules! secret_type {
                 self.0.is_empty()
             }
 
-            /// Constant-time equality, for comparing a stored and a presented secret.
+            /// Equality in time that depends only on the lengths (`subtle`), for comparing a
+            /// stored and a presented secret.
             pub fn ct_eq(&self, other: &Self) -> bool {
-                constant_time_eq(self.0.as_bytes(), other.0.as_bytes())
+                self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
             }
         }
 
@@ -63,18 +65,6 @@ secret_type!(
     ClientSecret
 );
 
-/// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        diff |= x ^ y;
-    }
-    std::hint::black_box(diff) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,10 +79,22 @@ mod tests {
     }
 
     #[test]
-    fn constant_time_eq_matches_eq() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
+    fn secrets_zeroize_on_drop() {
+        fn zeroized_on_drop<T: ZeroizeOnDrop>() {}
+        zeroized_on_drop::<AccessToken>();
+        zeroized_on_drop::<RefreshToken>();
+        zeroized_on_drop::<ClientSecret>();
+    }
+
+    #[test]
+    fn ct_eq_matches_eq() {
+        let eq = |a: &str, b: &str| RefreshToken::new(a).ct_eq(&RefreshToken::new(b));
+        assert!(eq("abc", "abc"));
+        assert!(eq("", ""));
+        assert!(!eq("abc", "abd"));
+        assert!(!eq("abc", "abcd"));
+        assert!(!eq("abcd", "abc"));
         assert!(AccessToken::new("x").ct_eq(&AccessToken::new("x")));
+        assert!(!ClientSecret::new("x").ct_eq(&ClientSecret::new("y")));
     }
 }
