@@ -66,9 +66,11 @@ impl ApiKeys {
 
 /// Parses one `auth.api_keys` entry into its digest. The error never contains the entry.
 pub fn parse_configured_key(entry: &str) -> Result<[u8; 32], String> {
-    if let Some(hex) = entry.strip_prefix(SHA256_PREFIX) {
-        return decode_hex32(hex)
-            .ok_or_else(|| "sha256: must be followed by 64 hexadecimal digits".to_owned());
+    if let Some(digest) = entry.strip_prefix(SHA256_PREFIX) {
+        let mut out = [0u8; 32];
+        return hex::decode_to_slice(digest, &mut out)
+            .map(|()| out)
+            .map_err(|_| "sha256: must be followed by 64 hexadecimal digits".to_owned());
     }
     if entry.chars().count() < MIN_PLAIN_KEY_LEN {
         return Err(format!(
@@ -83,33 +85,16 @@ pub fn parse_configured_key(entry: &str) -> Result<[u8; 32], String> {
 
 /// `sha256:<hex>` for a key, the form to put in configuration instead of the key itself.
 pub fn hash_for_config(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    let mut out = String::from(SHA256_PREFIX);
-    for byte in digest {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
+    format!(
+        "{SHA256_PREFIX}{}",
+        hex::encode(Sha256::digest(key.as_bytes()))
+    )
 }
 
 /// A new random API key: `tw_` and 64 hex digits (256 bits).
 pub fn generate_key() -> String {
     let bytes: [u8; 32] = rand::random();
-    let mut out = String::from("tw_");
-    for byte in bytes {
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
-}
-
-fn decode_hex32(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    format!("tw_{}", hex::encode(bytes))
 }
 
 #[cfg(test)]
@@ -140,5 +125,34 @@ mod tests {
         let err = parse_configured_key("sha256:zz").expect_err("bad hex");
         assert!(!err.contains("zz"));
         assert!(parse_configured_key(&hash_for_config("x")).is_ok());
+    }
+
+    /// Only hexadecimal digits: the hand-written decoder (`u8::from_str_radix` on pairs)
+    /// took `+f` for 0x0f, so 64 characters that are not a digest were accepted.
+    #[test]
+    fn hashed_entries_are_exactly_64_hex_digits() {
+        let abc = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(hash_for_config("abc"), abc);
+        let digest = parse_configured_key(abc).expect("lowercase");
+        assert_eq!(
+            parse_configured_key(&abc.to_uppercase().replace("SHA256", "sha256")),
+            Ok(digest)
+        );
+        for bad in [
+            format!("sha256:{}", "+f".repeat(32)),
+            format!("sha256:{}", "f".repeat(63)),
+            format!("sha256:{}", "f".repeat(65)),
+            format!("sha256:{}é", "f".repeat(62)),
+        ] {
+            assert!(parse_configured_key(&bad).is_err(), "{bad}");
+        }
+        let key = generate_key();
+        let digits = key.strip_prefix("tw_").expect("prefix");
+        assert_eq!(digits.len(), 64);
+        assert!(
+            digits
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
     }
 }
