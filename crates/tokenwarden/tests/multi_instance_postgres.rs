@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use time::OffsetDateTime;
 use tokenwarden::refresh::RetryPolicy;
-use tokenwarden::store::conformance::TestDb;
 use tokenwarden::store::{PgStore, Store};
 use tokenwarden::{KeyRing, RefreshConfig, SchedulerConfig, Warden};
+use tokenwarden_testkit::conformance::TestDb;
 use tokio::sync::oneshot;
 
 const URL_VAR: &str = "TOKENWARDEN_TEST_POSTGRES_URL";

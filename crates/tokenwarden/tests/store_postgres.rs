@@ -9,12 +9,14 @@
 //! inspection.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use tokenwarden::store::conformance::{TestDb, at, sample_connection, test_keys};
 use tokenwarden::store::{Change, PgStore, Store, StoreError};
 use tokenwarden::{AccessToken, ConnectionKey, KeyRing, RefreshToken};
+use tokenwarden_testkit::conformance::TestDb;
+use tokenwarden_testkit::{at, sample_connection, test_keys};
 
 const URL_VAR: &str = "TOKENWARDEN_TEST_POSTGRES_URL";
 
@@ -60,61 +62,23 @@ async fn drop_schemas(url: &str, names: impl IntoIterator<Item = String>) {
     }
 }
 
-/// Like `store_conformance_tests!`, but each test first checks that a server is configured.
-macro_rules! pg_conformance_tests {
-    ($($check:ident),* $(,)?) => {
-        mod conformance {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let Some(url) = super::pg_url(stringify!($check)) else { return };
-                    let made = super::Made::default();
-                    let make = super::factory(url.clone(), made.clone());
-                    tokenwarden::store::conformance::$check(&make).await;
-                    drop(make);
-                    let names: Vec<String> = made.lock().expect("made").drain().collect();
-                    super::drop_schemas(&url, names).await;
-                }
-            )*
-        }
-    };
-}
-
-pg_conformance_tests!(
-    round_trip,
-    put_replaces,
-    update_compare_and_swap,
-    stale_update_after_put,
-    delete,
-    list_filters_and_order,
-    list_pagination,
-    list_default_limit,
-    list_bad_cursor,
-    count_by_status,
-    key_usage,
-    missing_key,
-    rotation_read,
-    concurrent_updates,
-    update_batch,
-    concurrent_update_batches,
-    leases,
-    concurrent_leases,
-    claim_due,
-    concurrent_claims,
-    queue,
-    reseal,
-);
-
-/// Guards the list above: `run_all` is the suite's own list of checks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_all_covers_every_check() {
-    let Some(url) = pg_url("run_all_covers_every_check") else {
+/// Runs one conformance check over schemas of its own, dropped when it passes.
+async fn run_check<C, Fut>(check: C)
+where
+    C: FnOnce(Factory) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(url) = pg_url("conformance") else {
         return;
     };
     let made = Made::default();
-    tokenwarden::store::conformance::run_all(factory(url.clone(), made.clone())).await;
+    check(factory(url.clone(), made.clone())).await;
     let names: Vec<String> = made.lock().expect("made").drain().collect();
     drop_schemas(&url, names).await;
+}
+
+mod conformance {
+    tokenwarden_testkit::store_conformance_tests!(run_with = super::run_check);
 }
 
 async fn store_in(url: &str, db: &TestDb) -> PgStore {
