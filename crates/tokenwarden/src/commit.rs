@@ -145,7 +145,8 @@ mod tests {
     use super::*;
     use crate::secret::AccessToken;
     use crate::store::MemoryStore;
-    use crate::store::conformance::{FailingWrites, sample_connection, test_keys};
+    use crate::store::failing_writes::FailingWrites;
+    use crate::store::fixtures::{sample_connection, test_keys};
 
     type Recording = FailingWrites<MemoryStore>;
 

@@ -11,8 +11,8 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 use tokenwarden::clock::TokioClock;
 use tokenwarden::store::Store;
-use tokenwarden::store::conformance::FailingWrites;
 use tokenwarden::{RefreshConfig, Warden};
+use tokenwarden_testkit::FailingWrites;
 
 const T0: OffsetDateTime = datetime!(2026-11-26 12:00 UTC);
 

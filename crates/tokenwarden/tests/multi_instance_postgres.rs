@@ -5,9 +5,9 @@
 //! one instance reaches the others' caches and schedulers by notification.
 //!
 //! These run on real time (the database is real I/O), with short latencies and leases so
-//! each takes a few seconds at most. They need `TOKENWARDEN_TEST_POSTGRES_URL`; without it
-//! they print that they were skipped and pass. Each test uses a schema of its own and drops
-//! it when it passes.
+//! each takes a few seconds at most. They need `TOKENWARDEN_TEST_POSTGRES_URL` when built;
+//! without it they are reported as ignored (see `build.rs`). Each test uses a schema of its
+//! own and drops it when it passes.
 
 mod common;
 
@@ -18,20 +18,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use time::OffsetDateTime;
 use tokenwarden::refresh::RetryPolicy;
-use tokenwarden::store::conformance::TestDb;
 use tokenwarden::store::{PgStore, Store};
 use tokenwarden::{KeyRing, RefreshConfig, SchedulerConfig, Warden};
+use tokenwarden_testkit::conformance::TestDb;
+use tokenwarden_testkit::postgres_url;
 use tokio::sync::oneshot;
-
-const URL_VAR: &str = "TOKENWARDEN_TEST_POSTGRES_URL";
-
-fn pg_url(test: &str) -> Option<String> {
-    let url = std::env::var(URL_VAR).ok().filter(|u| !u.is_empty());
-    if url.is_none() {
-        eprintln!("skipped {test}: {URL_VAR} is not set");
-    }
-    url
-}
 
 /// `n` stores over one schema, each with a pool of its own.
 async fn stores_over(url: &str, db: &TestDb, keys: &Arc<KeyRing>, n: usize) -> Vec<Arc<PgStore>> {
@@ -83,10 +74,9 @@ fn expired() -> Option<OffsetDateTime> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn three_instances_and_120_callers_make_one_upstream_call() {
-    let Some(url) = pg_url("three_instances_and_120_callers_make_one_upstream_call") else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("mi_callers");
     let stores = stores_over(&url, &db, &key_ring(), 3).await;
     let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);
@@ -140,10 +130,9 @@ async fn three_instances_and_120_callers_make_one_upstream_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn a_dead_owners_lease_expires_and_another_instance_completes_the_refresh() {
-    let Some(url) = pg_url("a_dead_owners_lease_expires") else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("mi_takeover");
     let stores = stores_over(&url, &db, &key_ring(), 2).await;
     let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);
@@ -190,10 +179,9 @@ async fn a_dead_owners_lease_expires_and_another_instance_completes_the_refresh(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn three_schedulers_refresh_60_due_connections_exactly_once() {
-    let Some(url) = pg_url("three_schedulers_refresh_60_due_connections_exactly_once") else {
-        return;
-    };
+    let url = postgres_url();
     const CONNECTIONS: usize = 60;
     let db = TestDb::fresh("mi_scheduler");
     let stores = stores_over(&url, &db, &key_ring(), 3).await;
@@ -315,11 +303,9 @@ async fn eventually<F: std::future::Future<Output = bool>>(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn a_refresh_on_another_instance_replaces_the_cached_token_at_once() {
-    let Some(url) = pg_url("a_refresh_on_another_instance_replaces_the_cached_token_at_once")
-    else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("mi_notify_cache");
     let stores = stores_over(&url, &db, &key_ring(), 2).await;
     let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);
@@ -376,10 +362,9 @@ async fn a_refresh_on_another_instance_replaces_the_cached_token_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn an_import_on_another_instance_wakes_the_scheduler() {
-    let Some(url) = pg_url("an_import_on_another_instance_wakes_the_scheduler") else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("mi_notify_sched");
     let stores = stores_over(&url, &db, &key_ring(), 2).await;
     let provider = FakeProvider::new([ok("at-2", Some("rt-2"), 3600)]);

@@ -13,11 +13,11 @@ use time::macros::datetime;
 use tokenwarden::clock::TokioClock;
 use tokenwarden::refresh::RetryPolicy;
 use tokenwarden::store::Store as _;
-use tokenwarden::store::conformance::FailingWrites;
 use tokenwarden::{
     BreakerConfig, BreakerState, ConnectionKey, ConnectionStatus, ErrorCode, FailureClass,
     RefreshConfig, RefreshOptions, Warden,
 };
+use tokenwarden_testkit::FailingWrites;
 
 const T0: OffsetDateTime = datetime!(2026-11-26 12:00 UTC);
 

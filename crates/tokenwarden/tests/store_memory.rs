@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use tokenwarden::KeyRing;
 use tokenwarden::store::MemoryStore;
-use tokenwarden::store::conformance::TestDb;
+use tokenwarden_testkit::conformance::TestDb;
 
 static DATABASES: LazyLock<Mutex<HashMap<TestDb, MemoryStore>>> = LazyLock::new(Mutex::default);
 
@@ -23,4 +23,4 @@ fn memory(db: TestDb, keys: Arc<KeyRing>) -> std::future::Ready<MemoryStore> {
     std::future::ready(store)
 }
 
-tokenwarden::store_conformance_tests!(memory);
+tokenwarden_testkit::store_conformance_tests!(memory);

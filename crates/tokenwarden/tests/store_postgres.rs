@@ -2,30 +2,21 @@
 //! across pools, `claim_due` shared by concurrent claimers over `SKIP LOCKED`, ciphertexts
 //! in the table, schema isolation, change notifications, and errors that keep secrets out.
 //!
-//! Needs `TOKENWARDEN_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`);
-//! without it every test prints that it was skipped and passes. Each test works in schemas
-//! of its own (one per `TestDb`), so tests run in parallel against one server. A test that
-//! passes drops the schemas it made (and only those); a failing one leaves them for
-//! inspection.
+//! Needs `TOKENWARDEN_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`)
+//! when built; without it every test is reported as ignored (see `build.rs`). Each test
+//! works in schemas of its own (one per `TestDb`), so tests run in parallel against one
+//! server. A test that passes drops the schemas it made (and only those); a failing one
+//! leaves them for inspection.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use tokenwarden::store::conformance::{TestDb, at, sample_connection, test_keys};
 use tokenwarden::store::{Change, PgStore, Store, StoreError};
 use tokenwarden::{AccessToken, ConnectionKey, KeyRing, RefreshToken};
-
-const URL_VAR: &str = "TOKENWARDEN_TEST_POSTGRES_URL";
-
-/// The server to test against, or `None` (and a note on stderr) when it is not configured.
-fn pg_url(test: &str) -> Option<String> {
-    let url = std::env::var(URL_VAR).ok().filter(|u| !u.is_empty());
-    if url.is_none() {
-        eprintln!("skipped {test}: {URL_VAR} is not set");
-    }
-    url
-}
+use tokenwarden_testkit::conformance::TestDb;
+use tokenwarden_testkit::{at, postgres_url, sample_connection, test_keys};
 
 type Factory = Box<dyn Fn(TestDb, Arc<KeyRing>) -> BoxFuture<'static, PgStore> + Send + Sync>;
 
@@ -60,61 +51,24 @@ async fn drop_schemas(url: &str, names: impl IntoIterator<Item = String>) {
     }
 }
 
-/// Like `store_conformance_tests!`, but each test first checks that a server is configured.
-macro_rules! pg_conformance_tests {
-    ($($check:ident),* $(,)?) => {
-        mod conformance {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    let Some(url) = super::pg_url(stringify!($check)) else { return };
-                    let made = super::Made::default();
-                    let make = super::factory(url.clone(), made.clone());
-                    tokenwarden::store::conformance::$check(&make).await;
-                    drop(make);
-                    let names: Vec<String> = made.lock().expect("made").drain().collect();
-                    super::drop_schemas(&url, names).await;
-                }
-            )*
-        }
-    };
-}
-
-pg_conformance_tests!(
-    round_trip,
-    put_replaces,
-    update_compare_and_swap,
-    stale_update_after_put,
-    delete,
-    list_filters_and_order,
-    list_pagination,
-    list_default_limit,
-    list_bad_cursor,
-    count_by_status,
-    key_usage,
-    missing_key,
-    rotation_read,
-    concurrent_updates,
-    update_batch,
-    concurrent_update_batches,
-    leases,
-    concurrent_leases,
-    claim_due,
-    concurrent_claims,
-    queue,
-    reseal,
-);
-
-/// Guards the list above: `run_all` is the suite's own list of checks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_all_covers_every_check() {
-    let Some(url) = pg_url("run_all_covers_every_check") else {
-        return;
-    };
+/// Runs one conformance check over schemas of its own, dropped when it passes.
+async fn run_check<C, Fut>(check: C)
+where
+    C: FnOnce(Factory) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let url = postgres_url();
     let made = Made::default();
-    tokenwarden::store::conformance::run_all(factory(url.clone(), made.clone())).await;
+    check(factory(url.clone(), made.clone())).await;
     let names: Vec<String> = made.lock().expect("made").drain().collect();
     drop_schemas(&url, names).await;
+}
+
+mod conformance {
+    tokenwarden_testkit::store_conformance_tests!(
+        #[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
+        run_with = super::run_check
+    );
 }
 
 async fn store_in(url: &str, db: &TestDb) -> PgStore {
@@ -124,10 +78,9 @@ async fn store_in(url: &str, db: &TestDb) -> PgStore {
 }
 
 #[tokio::test]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn a_committed_write_is_read_by_a_new_pool() {
-    let Some(url) = pg_url("a_committed_write_is_read_by_a_new_pool") else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("durable");
     let conn = sample_connection("ünïcode user", "reddit", "acct");
     let updated = {
@@ -170,10 +123,9 @@ async fn a_committed_write_is_read_by_a_new_pool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn four_claimers_over_200_due_rows_get_disjoint_complete_shares() {
-    let Some(url) = pg_url("four_claimers_over_200_due_rows") else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("claim_200");
     let seed = store_in(&url, &db).await;
     for i in 0..200 {
@@ -230,10 +182,9 @@ async fn four_claimers_over_200_due_rows_get_disjoint_complete_shares() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn claim_due_skips_rows_locked_by_another_transaction_instead_of_waiting() {
-    let Some(url) = pg_url("claim_due_skips_locked_rows") else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("skip_locked");
     let store = store_in(&url, &db).await;
     for i in 0..3 {
@@ -271,10 +222,9 @@ async fn claim_due_skips_rows_locked_by_another_transaction_instead_of_waiting()
 }
 
 #[tokio::test]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn the_table_holds_no_plaintext_secret() {
-    let Some(url) = pg_url("the_table_holds_no_plaintext_secret") else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("no_plaintext");
     let store = store_in(&url, &db).await;
     let mut conn = sample_connection("plaintext-check-user", "tiktok", "acct");
@@ -323,10 +273,9 @@ async fn the_table_holds_no_plaintext_secret() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn schemas_are_isolated() {
-    let Some(url) = pg_url("schemas_are_isolated") else {
-        return;
-    };
+    let url = postgres_url();
     let (db_a, db_b) = (TestDb::fresh("iso_a"), TestDb::fresh("iso_b"));
     let a = store_in(&url, &db_a).await;
     let b = store_in(&url, &db_b).await;
@@ -356,10 +305,9 @@ async fn schemas_are_isolated() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn the_same_schema_can_be_opened_concurrently() {
-    let Some(url) = pg_url("the_same_schema_can_be_opened_concurrently") else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("concurrent_open");
     let opens: Vec<_> = (0..4)
         .map(|_| {
@@ -383,10 +331,9 @@ fn url_in_schema(url: &str, schema: &str) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn the_backend_chooser_opens_postgres_urls() {
-    let Some(url) = pg_url("the_backend_chooser_opens_postgres_urls") else {
-        return;
-    };
+    let url = postgres_url();
     // Never the shared default schema: create a schema of its own, then point the URL at it.
     let db = TestDb::fresh("chooser");
     store_in(&url, &db).await.close().await;
@@ -415,10 +362,9 @@ async fn the_backend_chooser_opens_postgres_urls() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn errors_and_debug_never_show_the_password() {
-    let Some(url) = pg_url("errors_and_debug_never_show_the_password") else {
-        return;
-    };
+    let url = postgres_url();
     // A role that does not exist on the real server (trust auth may accept any password),
     // and a URL that does not parse.
     let mut wrong = url::Url::parse(&url).expect("test URL");
@@ -462,10 +408,9 @@ async fn errors_and_debug_never_show_the_password() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn database_errors_are_never_not_found() {
-    let Some(url) = pg_url("database_errors_are_never_not_found") else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("db_errors");
     let store = store_in(&url, &db).await;
     let conn = sample_connection("u", "tiktok", "a");
@@ -488,10 +433,9 @@ async fn database_errors_are_never_not_found() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn tampered_or_moved_ciphertexts_fail_to_decrypt() {
-    let Some(url) = pg_url("tampered_or_moved_ciphertexts_fail_to_decrypt") else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("tamper");
     let store = store_in(&url, &db).await;
     let a = sample_connection("u", "tiktok", "a");
@@ -527,10 +471,9 @@ async fn tampered_or_moved_ciphertexts_fail_to_decrypt() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn nul_in_provider_text_does_not_fail_a_write() {
-    let Some(url) = pg_url("nul_in_provider_text_does_not_fail_a_write") else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("nul_text");
     let store = store_in(&url, &db).await;
     let mut conn = sample_connection("u", "tiktok", "nul");
@@ -556,10 +499,9 @@ async fn next_change(changes: &mut tokio::sync::broadcast::Receiver<Change>) -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn writes_elsewhere_are_reported_with_their_version_and_nothing_else_is() {
-    let Some(url) = pg_url("writes_elsewhere_are_reported") else {
-        return;
-    };
+    let url = postgres_url();
     let (db, other_db) = (TestDb::fresh("changes"), TestDb::fresh("changes_other"));
     let (watcher, writer) = (store_in(&url, &db).await, store_in(&url, &db).await);
     let elsewhere = store_in(&url, &other_db).await;
@@ -644,10 +586,9 @@ async fn writes_elsewhere_are_reported_with_their_version_and_nothing_else_is() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn dropped_database_connections_are_replaced_and_change_reports_resume() {
-    let Some(url) = pg_url("dropped_database_connections_are_replaced") else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("blip");
     // A name of its own in pg_stat_activity, so only this store's sessions are killed.
     let app = format!("tw_blip_{}_{}", std::process::id(), db.name().len());
@@ -710,10 +651,9 @@ async fn dropped_database_connections_are_replaced_and_change_reports_resume() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn closing_a_listening_store_does_not_wait_for_its_listener() {
-    let Some(url) = pg_url("closing_a_listening_store") else {
-        return;
-    };
+    let url = postgres_url();
     let db = TestDb::fresh("close_listening");
     let store = store_in(&url, &db).await;
     let mut changes = store.changes().expect("changes");

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use sqlx::sqlite::SqlitePool;
 use tempfile::TempDir;
-use tokenwarden::store::conformance::{TestDb, sample_connection, test_keys};
 use tokenwarden::store::{SqliteStore, Store, StoreError};
 use tokenwarden::{AccessToken, KeyRing, RefreshToken};
+use tokenwarden_testkit::conformance::TestDb;
+use tokenwarden_testkit::{sample_connection, test_keys};
 
 type Factory = Box<dyn Fn(TestDb, Arc<KeyRing>) -> BoxFuture<'static, SqliteStore> + Send + Sync>;
 
@@ -50,11 +51,11 @@ fn memory_factory() -> Factory {
 }
 
 mod file {
-    tokenwarden::store_conformance_tests!(super::file_factory());
+    tokenwarden_testkit::store_conformance_tests!(super::file_factory());
 }
 
 mod memory {
-    tokenwarden::store_conformance_tests!(super::memory_factory());
+    tokenwarden_testkit::store_conformance_tests!(super::memory_factory());
 }
 
 fn file_url(path: &Path) -> String {
@@ -67,11 +68,6 @@ async fn open(path: &Path) -> SqliteStore {
     SqliteStore::connect(&file_url(path), test_keys("k1", &["k1"]))
         .await
         .expect("connect")
-}
-
-#[tokio::test]
-async fn run_all_covers_every_check() {
-    tokenwarden::store::conformance::run_all(memory_factory()).await;
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 //! with (see `crypto`); callers hand it and get back plaintext [`Connection`]s. Writes that
 //! follow a refresh are compare-and-swap on [`ConnectionMeta::version`], so a refresh never
 //! overwrites an import or delete that happened while it ran. Every backend passes the
-//! conformance suite in `conformance` (run by each backend's tests).
+//! conformance suite in the `tokenwarden-testkit` crate (run by each backend's tests).
 //!
 //! [`KeyRing`]: crate::crypto::KeyRing
 
@@ -20,7 +20,16 @@ use crate::connection::{
 };
 use crate::crypto::KeyRing;
 
-pub mod conformance;
+// The test kit's fixtures and fault-injecting store, compiled into the library's own unit
+// tests only (they cannot use the test kit crate, whose `Store` is another build's trait).
+#[cfg(test)]
+#[allow(dead_code, reason = "the unit tests use part of the test kit")]
+#[path = "../../../tokenwarden-testkit/src/failing_writes.rs"]
+pub(crate) mod failing_writes;
+#[cfg(test)]
+#[allow(dead_code, reason = "the unit tests use part of the test kit")]
+#[path = "../../../tokenwarden-testkit/src/fixtures.rs"]
+pub(crate) mod fixtures;
 pub mod memory;
 pub mod postgres;
 mod rows;
@@ -349,7 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn connect_refuses_unknown_schemes_without_echoing_the_url() {
-        let keys = conformance::test_keys("k1", &["k1"]);
+        let keys = fixtures::test_keys("k1", &["k1"]);
         for url in [
             "mysql://tw:hunter2@db/tw",
             "",

@@ -27,21 +27,32 @@
 //!
 //! # Running it
 //!
-//! One call runs every check, each on a fresh database:
+//! [`store_conformance_tests!`](crate::store_conformance_tests) generates one `#[tokio::test]`
+//! per check, so failures are reported separately and checks run in parallel. The checks
+//! are listed once, in `for_each_check!` below: a check added there runs on every backend
+//! whose tests use the macro (memory, SQLite on a file and in memory, PostgreSQL), and a
+//! unit test fails when a public check is missing from it.
 //!
-//! ```ignore
-//! tokenwarden::store::conformance::run_all(|db, keys| async move {
-//!     PgStore::connect_in_schema(&pg_url(), db.name(), keys).await.expect("connect")
-//! })
-//! .await;
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use tokenwarden::{KeyRing, store::MemoryStore};
+//! # use tokenwarden_testkit::conformance::TestDb;
+//! // A store for each `TestDb` (a real backend keeps a map so two calls share data).
+//! fn memory(_db: TestDb, keys: Arc<KeyRing>) -> std::future::Ready<MemoryStore> {
+//!     std::future::ready(MemoryStore::new(keys))
+//! }
+//! tokenwarden_testkit::store_conformance_tests!(memory);
 //! ```
 //!
-//! or [`store_conformance_tests!`](crate::store_conformance_tests) generates one `#[tokio::test]`
-//! per check, so failures are reported separately and checks run in parallel.
+//! A backend that needs set-up and clean-up around each check gives a runner instead,
+//! `store_conformance_tests!(run_with = path::to::runner)`: an `async fn` that receives the
+//! check as `FnOnce(factory) -> impl Future` and runs it between the two. Either form takes
+//! outer attributes first (for example `#[cfg_attr(…, ignore = "…")]`), applied to every
+//! generated test.
 //!
 //! Times in these checks are whole seconds: stores may keep only seconds.
 //!
-//! [`SqliteStore::from_pool`]: crate::store::SqliteStore::from_pool
+//! [`SqliteStore::from_pool`]: tokenwarden::store::SqliteStore::from_pool
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -49,17 +60,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{Claimed, ListQuery, PutOutcome, Store, StoreError, reseal_all};
-use crate::connection::{
+use tokenwarden::connection::{
     Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError, ProviderName, Tokens,
     UserId,
 };
-use crate::crypto::KeyRing;
-use crate::secret::{AccessToken, RefreshToken};
+use tokenwarden::crypto::KeyRing;
+use tokenwarden::secret::{AccessToken, RefreshToken};
+use tokenwarden::store::{
+    Claimed, DEFAULT_LIST_LIMIT, ListQuery, PutOutcome, QueueStats, Store, StoreError, reseal_all,
+};
+
+use crate::fixtures::{at, sample_connection, test_keys};
 
 /// Names one test database; see the module docs for what a factory must do with it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -92,45 +107,14 @@ impl TestDb {
     }
 }
 
-/// Runs every check, each against a fresh [`TestDb`].
-pub async fn run_all<F, Fut, S>(make: F)
-where
-    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
-    Fut: Future<Output = S>,
-    S: Store,
-{
-    // Keep in step with `store_conformance_tests!` below.
-    round_trip(&make).await;
-    put_replaces(&make).await;
-    update_compare_and_swap(&make).await;
-    stale_update_after_put(&make).await;
-    delete(&make).await;
-    list_filters_and_order(&make).await;
-    list_pagination(&make).await;
-    list_default_limit(&make).await;
-    list_bad_cursor(&make).await;
-    count_by_status(&make).await;
-    key_usage(&make).await;
-    missing_key(&make).await;
-    rotation_read(&make).await;
-    concurrent_updates(&make).await;
-    update_batch(&make).await;
-    concurrent_update_batches(&make).await;
-    leases(&make).await;
-    concurrent_leases(&make).await;
-    claim_due(&make).await;
-    concurrent_claims(&make).await;
-    queue(&make).await;
-    reseal(&make).await;
-}
-
-/// Generates one `#[tokio::test]` per conformance check. `$make` is an expression evaluated
-/// afresh in each test that yields the factory (see the `conformance` module docs).
+/// The one list of checks. Every use of the list goes through this macro, so the
+/// per-backend tests and [`CHECKS`] cannot drift apart: it hands `__conformance_expand!` a
+/// mode, that mode's `[arguments]` and every check's name.
 #[doc(hidden)]
 #[macro_export]
-macro_rules! store_conformance_tests {
-    ($make:expr) => {
-        $crate::store_conformance_tests!(@each $make;
+macro_rules! __for_each_check {
+    ($mode:tt [$($args:tt)*]) => {
+        $crate::__conformance_expand! { $mode [$($args)*]
             round_trip,
             put_replaces,
             update_compare_and_swap,
@@ -153,75 +137,62 @@ macro_rules! store_conformance_tests {
             concurrent_claims,
             queue,
             reseal,
-        );
-    };
-    (@each $make:expr; $($check:ident),* $(,)?) => {
-        $(
-            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let make = $make;
-                $crate::store::conformance::$check(&make).await;
-            }
-        )*
+        }
     };
 }
 
-/// A key ring with the fixed test keys `k1` and `k2` (only those in `ids`), `active` sealing.
-pub fn test_keys(active: &str, ids: &[&str]) -> Arc<KeyRing> {
-    let encoded: Vec<(&str, String)> = ids
-        .iter()
-        .map(|&id| {
-            let byte = match id {
-                "k1" => 0x11,
-                "k2" => 0x22,
-                other => panic!("no test key {other}"),
-            };
-            (id, STANDARD.encode([byte; 32]))
-        })
-        .collect();
-    let ring = KeyRing::from_base64(active, encoded.iter().map(|(id, k)| (*id, k.as_str())))
-        .expect("test key ring");
-    Arc::new(ring)
+/// What the list expands to; see [`store_conformance_tests!`](crate::store_conformance_tests).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_expand {
+    (names [] $($check:ident),* $(,)?) => {
+        &[$(stringify!($check)),*]
+    };
+    (factory [$attrs:tt $make:expr] $($check:ident),* $(,)?) => {
+        $($crate::__conformance_expand! { test_with_factory $attrs [$make] $check })*
+    };
+    (runner [$attrs:tt $run:path] $($check:ident),* $(,)?) => {
+        $($crate::__conformance_expand! { test_with_runner $attrs [$run] $check })*
+    };
+    (test_with_factory [$(#[$attr:meta])*] [$make:expr] $check:ident) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $check() {
+            let make = $make;
+            $crate::conformance::$check(&make).await;
+        }
+    };
+    (test_with_runner [$(#[$attr:meta])*] [$run:path] $check:ident) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $(#[$attr])*
+        async fn $check() {
+            $run(|make| async move { $crate::conformance::$check(&make).await }).await;
+        }
+    };
 }
+
+/// Generates one `#[tokio::test]` per conformance check, named after it.
+///
+/// `store_conformance_tests!(make)`: `make` is an expression evaluated afresh in each test
+/// that yields the factory (see the module docs). `store_conformance_tests!(run_with =
+/// runner)`: `runner(check).await` runs each test, where `check` is
+/// `FnOnce(factory) -> impl Future<Output = ()>`, so the runner can prepare a database before
+/// and clean up after. Outer attributes given first are put on every test.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($(#[$attr:meta])* run_with = $run:path) => {
+        $crate::__for_each_check!(runner [[$(#[$attr])*] $run]);
+    };
+    ($(#[$attr:meta])* $make:expr) => {
+        $crate::__for_each_check!(factory [[$(#[$attr])*] $make]);
+    };
+}
+
+/// The name of every check, in the order of the list that generates the tests.
+pub const CHECKS: &[&str] = __for_each_check!(names []);
 
 fn k1() -> Arc<KeyRing> {
     test_keys("k1", &["k1"])
-}
-
-/// A base time (2026-05-28) plus `seconds`.
-pub fn at(seconds: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(1_780_000_000 + seconds).expect("valid time")
-}
-
-/// A connection with every optional field set; its secrets name its key.
-pub fn sample_connection(user: &str, provider: &str, account: &str) -> Connection {
-    let key = ConnectionKey::parse(user, provider, account).expect("valid test key");
-    Connection {
-        meta: ConnectionMeta {
-            key,
-            token_type: "Bearer".into(),
-            has_refresh_token: true,
-            expires_at: Some(at(3600)),
-            refresh_expires_at: Some(at(30 * 86_400)),
-            issued_at: Some(at(0)),
-            scopes: vec!["read".into(), "write".into(), "user.info.basic".into()],
-            metadata: json!({"display_name": "Zoë ✓", "n": 7, "nested": {"list": [1, null, "x"]}}),
-            status: ConnectionStatus::Active,
-            last_refreshed_at: Some(at(0)),
-            consecutive_failures: 0,
-            last_error: None,
-            created_at: at(0),
-            updated_at: at(0),
-            next_refresh_at: Some(at(3000)),
-            version: 0,
-        },
-        tokens: Tokens {
-            access_token: AccessToken::new(format!("access-{user}-{provider}-{account}-ü")),
-            refresh_token: Some(RefreshToken::new(format!(
-                "refresh-{user}-{provider}-{account}"
-            ))),
-        },
-    }
 }
 
 /// `conn` as read back from a store that returned `stored`.
@@ -771,7 +742,7 @@ where
 
 /// A limit of 0 means pages of [`DEFAULT_LIST_LIMIT`] (100) items.
 ///
-/// [`DEFAULT_LIST_LIMIT`]: super::DEFAULT_LIST_LIMIT
+/// [`DEFAULT_LIST_LIMIT`]: DEFAULT_LIST_LIMIT
 pub async fn list_default_limit<F, Fut, S>(make: &F)
 where
     F: Fn(TestDb, Arc<KeyRing>) -> Fut,
@@ -780,7 +751,7 @@ where
 {
     let store = make(TestDb::fresh("list_default_limit"), k1()).await;
     let mut keys = Vec::new();
-    for i in 0..=super::DEFAULT_LIST_LIMIT {
+    for i in 0..=DEFAULT_LIST_LIMIT {
         let conn = sample_connection("bulk", "reddit", &format!("acct-{i:04}"));
         store.put(&conn).await.expect("put");
         keys.push(conn.key().clone());
@@ -788,7 +759,7 @@ where
     let page = store.list(&ListQuery::default()).await.expect("list");
     assert_eq!(
         page.items.len(),
-        super::DEFAULT_LIST_LIMIT as usize,
+        DEFAULT_LIST_LIMIT as usize,
         "default page size"
     );
     assert!(page.next_cursor.is_some(), "one more item follows");
@@ -1485,7 +1456,7 @@ where
     let store = make(TestDb::fresh("queue"), k1()).await;
     assert_eq!(
         store.queue_stats(at(0)).await.expect("stats"),
-        super::QueueStats::default()
+        QueueStats::default()
     );
     for (i, due, failures) in [
         (0, Some(10), 0),
@@ -1501,7 +1472,7 @@ where
     let stats = store.queue_stats(at(100)).await.expect("stats");
     assert_eq!(
         stats,
-        super::QueueStats {
+        QueueStats {
             scheduled: 3,
             due_now: 2,
             retrying: 2
@@ -1561,194 +1532,28 @@ where
     );
 }
 
-/// A store wrapper for tests of what happens around a store's compare-and-swap writes
-/// ([`Store::update`] and [`Store::update_batch`]); everything else passes to `inner`. It
-/// logs every write, can fail the next `n` with a database error (as a failover or a
-/// dropped connection would), can refuse every batch, and can hold the next write, or the
-/// next read's answer, until the test releases it.
-#[derive(Debug)]
-pub struct FailingWrites<S> {
-    pub inner: S,
-    failures_left: std::sync::atomic::AtomicU32,
-    failed: std::sync::atomic::AtomicU32,
-    refuse_batches: std::sync::atomic::AtomicBool,
-    hold_next: std::sync::atomic::AtomicBool,
-    hold_next_read: std::sync::atomic::AtomicBool,
-    holding: std::sync::atomic::AtomicU32,
-    held: tokio::sync::Semaphore,
-    /// `("update", 1)` or `("batch", rows)` per write, in arrival order.
-    writes: std::sync::Mutex<Vec<(&'static str, usize)>>,
-}
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
 
-impl<S: Store> FailingWrites<S> {
-    pub fn new(inner: S) -> Self {
-        Self {
-            inner,
-            failures_left: std::sync::atomic::AtomicU32::new(0),
-            failed: std::sync::atomic::AtomicU32::new(0),
-            refuse_batches: std::sync::atomic::AtomicBool::new(false),
-            hold_next: std::sync::atomic::AtomicBool::new(false),
-            hold_next_read: std::sync::atomic::AtomicBool::new(false),
-            holding: std::sync::atomic::AtomicU32::new(0),
-            held: tokio::sync::Semaphore::new(0),
-            writes: std::sync::Mutex::default(),
-        }
-    }
-
-    /// The next `n` writes fail.
-    pub fn fail_next_writes(&self, n: u32) {
-        self.failures_left.store(n, Ordering::SeqCst);
-    }
-
-    /// Every [`Store::update_batch`] fails (single updates still work).
-    pub fn refuse_batches(&self) {
-        self.refuse_batches.store(true, Ordering::SeqCst);
-    }
-
-    /// The next write waits, once logged, until [`FailingWrites::release_held`].
-    pub fn hold_next_write(&self) {
-        self.hold_next.store(true, Ordering::SeqCst);
-    }
-
-    /// The next [`Store::get`] reads, then holds its answer until
-    /// [`FailingWrites::release_held`] (a read that comes back late, after later writes).
-    pub fn hold_next_read(&self) {
-        self.hold_next_read.store(true, Ordering::SeqCst);
-    }
-
-    /// Lets the held write or read go on.
-    pub fn release_held(&self) {
-        self.held.add_permits(1);
-    }
-
-    /// Whether a write or read is being held now.
-    pub fn is_holding(&self) -> bool {
-        self.holding.load(Ordering::SeqCst) > 0
-    }
-
-    async fn hold(&self) {
-        self.holding.fetch_add(1, Ordering::SeqCst);
-        self.held.acquire().await.expect("never closed").forget();
-        self.holding.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// Writes failed so far.
-    pub fn failed(&self) -> u32 {
-        self.failed.load(Ordering::SeqCst)
-    }
-
-    /// The writes so far: `("update", 1)` or `("batch", rows)`, in arrival order.
-    pub fn writes(&self) -> Vec<(&'static str, usize)> {
-        self.writes.lock().expect("write log").clone()
-    }
-
-    /// Logs a write, holds it if asked, and says whether it is to fail.
-    async fn arrive(&self, kind: &'static str, rows: usize) -> bool {
-        self.writes.lock().expect("write log").push((kind, rows));
-        if self.hold_next.swap(false, Ordering::SeqCst) {
-            self.hold().await;
-        }
-        let took = self
-            .failures_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if took {
-            self.failed.fetch_add(1, Ordering::SeqCst);
-        }
-        took
-    }
-}
-
-fn injected() -> StoreError {
-    StoreError::Database("update: connection reset (injected by the test)".to_owned())
-}
-
-#[async_trait::async_trait]
-impl<S: Store> Store for FailingWrites<S> {
-    async fn get(&self, key: &ConnectionKey) -> Result<Option<Connection>, StoreError> {
-        let read = self.inner.get(key).await;
-        if self.hold_next_read.swap(false, Ordering::SeqCst) {
-            self.hold().await;
-        }
-        read
-    }
-    async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
-        self.inner.put(conn).await
-    }
-    async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
-        if self.arrive("update", 1).await {
-            return Err(injected());
-        }
-        self.inner.update(conn).await
-    }
-    async fn update_batch(
-        &self,
-        conns: &[Connection],
-    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
-        let fail = self.arrive("batch", conns.len()).await;
-        if fail || self.refuse_batches.load(Ordering::SeqCst) {
-            return Err(injected());
-        }
-        self.inner.update_batch(conns).await
-    }
-    async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn list(&self, query: &ListQuery) -> Result<super::ListPage, StoreError> {
-        self.inner.list(query).await
-    }
-    async fn count_by_status(&self) -> Result<Vec<(ConnectionStatus, u64)>, StoreError> {
-        self.inner.count_by_status().await
-    }
-    async fn key_usage(&self) -> Result<Vec<super::KeyUsage>, StoreError> {
-        self.inner.key_usage().await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-    async fn try_lease(
-        &self,
-        key: &ConnectionKey,
-        owner: &str,
-        now: OffsetDateTime,
-        until: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        self.inner.try_lease(key, owner, now, until).await
-    }
-    async fn renew_lease(
-        &self,
-        key: &ConnectionKey,
-        owner: &str,
-        until: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        self.inner.renew_lease(key, owner, until).await
-    }
-    async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError> {
-        self.inner.release_lease(key, owner).await
-    }
-    async fn claim_due(
-        &self,
-        now: OffsetDateTime,
-        limit: u32,
-        owner: &str,
-        until: OffsetDateTime,
-    ) -> Result<Vec<Claimed>, StoreError> {
-        self.inner.claim_due(now, limit, owner, until).await
-    }
-    async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
-        self.inner.next_due().await
-    }
-    async fn queue_stats(&self, now: OffsetDateTime) -> Result<super::QueueStats, StoreError> {
-        self.inner.queue_stats(now).await
-    }
-    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<super::Change>> {
-        self.inner.changes()
-    }
-    async fn reseal_batch(
-        &self,
-        after: Option<&ConnectionKey>,
-        limit: u32,
-    ) -> Result<super::ResealBatch, StoreError> {
-        self.inner.reseal_batch(after, limit).await
+    /// Every public `async fn` here is a check: one missing from the list would run on no
+    /// backend, so the list and the checks in this file must name the same set.
+    #[test]
+    fn the_list_names_every_public_check() {
+        let defined: BTreeSet<&str> = include_str!("conformance.rs")
+            .lines()
+            .filter_map(|line| line.strip_prefix("pub async fn "))
+            .map(|rest| rest.split(['<', '(']).next().unwrap_or(rest))
+            .collect();
+        let listed: BTreeSet<&str> = super::CHECKS.iter().copied().collect();
+        assert_eq!(listed.len(), super::CHECKS.len(), "a check is listed twice");
+        assert!(
+            defined.len() >= 20,
+            "the scan found the checks: {defined:?}"
+        );
+        assert_eq!(
+            defined, listed,
+            "checks defined vs listed in `__for_each_check!`"
+        );
     }
 }

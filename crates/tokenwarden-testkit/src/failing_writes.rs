@@ -1,0 +1,207 @@
+//! [`FailingWrites`], a fault-injecting [`Store`] wrapper for tests of what happens around a
+//! store's compare-and-swap writes. It owns no store of its own.
+//!
+//! Compiled twice, like `fixtures.rs`: in the test kit and in the library's own unit tests
+//! (the group commit's), so it names the library's items only by `crate::` paths.
+
+use std::sync::atomic::Ordering;
+
+use time::OffsetDateTime;
+
+use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus};
+use crate::store::{
+    Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
+    StoreError,
+};
+
+/// A store wrapper for tests of what happens around a store's compare-and-swap writes
+/// ([`Store::update`] and [`Store::update_batch`]); everything else passes to `inner`. It
+/// logs every write, can fail the next `n` with a database error (as a failover or a
+/// dropped connection would), can refuse every batch, and can hold the next write, or the
+/// next read's answer, until the test releases it.
+#[derive(Debug)]
+pub struct FailingWrites<S> {
+    pub inner: S,
+    failures_left: std::sync::atomic::AtomicU32,
+    failed: std::sync::atomic::AtomicU32,
+    refuse_batches: std::sync::atomic::AtomicBool,
+    hold_next: std::sync::atomic::AtomicBool,
+    hold_next_read: std::sync::atomic::AtomicBool,
+    holding: std::sync::atomic::AtomicU32,
+    held: tokio::sync::Semaphore,
+    /// `("update", 1)` or `("batch", rows)` per write, in arrival order.
+    writes: std::sync::Mutex<Vec<(&'static str, usize)>>,
+}
+
+impl<S: Store> FailingWrites<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            failures_left: std::sync::atomic::AtomicU32::new(0),
+            failed: std::sync::atomic::AtomicU32::new(0),
+            refuse_batches: std::sync::atomic::AtomicBool::new(false),
+            hold_next: std::sync::atomic::AtomicBool::new(false),
+            hold_next_read: std::sync::atomic::AtomicBool::new(false),
+            holding: std::sync::atomic::AtomicU32::new(0),
+            held: tokio::sync::Semaphore::new(0),
+            writes: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The next `n` writes fail.
+    pub fn fail_next_writes(&self, n: u32) {
+        self.failures_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Every [`Store::update_batch`] fails (single updates still work).
+    pub fn refuse_batches(&self) {
+        self.refuse_batches.store(true, Ordering::SeqCst);
+    }
+
+    /// The next write waits, once logged, until [`FailingWrites::release_held`].
+    pub fn hold_next_write(&self) {
+        self.hold_next.store(true, Ordering::SeqCst);
+    }
+
+    /// The next [`Store::get`] reads, then holds its answer until
+    /// [`FailingWrites::release_held`] (a read that comes back late, after later writes).
+    pub fn hold_next_read(&self) {
+        self.hold_next_read.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets the held write or read go on.
+    pub fn release_held(&self) {
+        self.held.add_permits(1);
+    }
+
+    /// Whether a write or read is being held now.
+    pub fn is_holding(&self) -> bool {
+        self.holding.load(Ordering::SeqCst) > 0
+    }
+
+    async fn hold(&self) {
+        self.holding.fetch_add(1, Ordering::SeqCst);
+        self.held.acquire().await.expect("never closed").forget();
+        self.holding.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Writes failed so far.
+    pub fn failed(&self) -> u32 {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// The writes so far: `("update", 1)` or `("batch", rows)`, in arrival order.
+    pub fn writes(&self) -> Vec<(&'static str, usize)> {
+        self.writes.lock().expect("write log").clone()
+    }
+
+    /// Logs a write, holds it if asked, and says whether it is to fail.
+    async fn arrive(&self, kind: &'static str, rows: usize) -> bool {
+        self.writes.lock().expect("write log").push((kind, rows));
+        if self.hold_next.swap(false, Ordering::SeqCst) {
+            self.hold().await;
+        }
+        let took = self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if took {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+        }
+        took
+    }
+}
+
+fn injected() -> StoreError {
+    StoreError::Database("update: connection reset (injected by the test)".to_owned())
+}
+
+#[async_trait::async_trait]
+impl<S: Store> Store for FailingWrites<S> {
+    async fn get(&self, key: &ConnectionKey) -> Result<Option<Connection>, StoreError> {
+        let read = self.inner.get(key).await;
+        if self.hold_next_read.swap(false, Ordering::SeqCst) {
+            self.hold().await;
+        }
+        read
+    }
+    async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
+        self.inner.put(conn).await
+    }
+    async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
+        if self.arrive("update", 1).await {
+            return Err(injected());
+        }
+        self.inner.update(conn).await
+    }
+    async fn update_batch(
+        &self,
+        conns: &[Connection],
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        let fail = self.arrive("batch", conns.len()).await;
+        if fail || self.refuse_batches.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        self.inner.update_batch(conns).await
+    }
+    async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        self.inner.list(query).await
+    }
+    async fn count_by_status(&self) -> Result<Vec<(ConnectionStatus, u64)>, StoreError> {
+        self.inner.count_by_status().await
+    }
+    async fn key_usage(&self) -> Result<Vec<KeyUsage>, StoreError> {
+        self.inner.key_usage().await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn try_lease(
+        &self,
+        key: &ConnectionKey,
+        owner: &str,
+        now: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.inner.try_lease(key, owner, now, until).await
+    }
+    async fn renew_lease(
+        &self,
+        key: &ConnectionKey,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew_lease(key, owner, until).await
+    }
+    async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(key, owner).await
+    }
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.inner.claim_due(now, limit, owner, until).await
+    }
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.inner.next_due().await
+    }
+    async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
+        self.inner.queue_stats(now).await
+    }
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        self.inner.changes()
+    }
+    async fn reseal_batch(
+        &self,
+        after: Option<&ConnectionKey>,
+        limit: u32,
+    ) -> Result<ResealBatch, StoreError> {
+        self.inner.reseal_batch(after, limit).await
+    }
+}
