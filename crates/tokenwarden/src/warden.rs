@@ -143,7 +143,9 @@ impl WardenBuilder {
         self
     }
 
-    /// The wall clock. By default, the system clock.
+    /// The wall clock. By default, the system clock. Providers read time (a `Retry-After`
+    /// date, Instagram's 24-hour rule) from their [`crate::provider::HttpClient`]'s clock:
+    /// give them the same one with `HttpClient::with_clock`.
     #[must_use]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
