@@ -98,6 +98,16 @@ fn read_body(app: &App, body: Body) -> Result<Bytes, ApiError> {
     })
 }
 
+/// Deserializes a request body that must be a JSON object. serde's derived structs also
+/// accept an array read by position (`[100]` as `max_retries`), which no client means.
+fn json_object_from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
+    json_from_bytes(bytes)
+}
+
 fn json_from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -171,7 +181,7 @@ pub fn parse_import_body(bytes: &[u8], now: OffsetDateTime) -> Result<ImportRequ
 
 /// Parses and validates an import document (the CLI's `connections import` uses this too).
 pub fn parse_import(bytes: &[u8], now: OffsetDateTime) -> Result<ImportRequest, ApiError> {
-    import_request(json_from_bytes(bytes)?, now)
+    import_request(json_object_from_bytes(bytes)?, now)
 }
 
 /// Validates an import body into the library's request.
@@ -348,7 +358,7 @@ pub fn parse_refresh_body(bytes: &[u8], base: &RetryPolicy) -> Result<RefreshOpt
     let body: RefreshBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         RefreshBody::default()
     } else {
-        json_from_bytes(bytes)?
+        json_object_from_bytes(bytes)?
     };
     refresh_options(base, &body)
 }

@@ -277,3 +277,64 @@ async fn no_access_token_is_unreachable_through_the_api() {
     assert_eq!(error["code"], "INVALID_REQUEST");
     app.stop().await;
 }
+
+/// Sends a raw POST body to the refresh route.
+async fn refresh_raw(app: &common::TestApp, body: &'static str) -> reqwest::Response {
+    app.client
+        .post(format!("{}/refresh", app.conn("u", "a")))
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("post")
+}
+
+#[tokio::test]
+async fn issue_9_refresh_body_must_be_an_object_not_an_array() {
+    let app = spawn().await;
+    app.provider_ok("new-access", "new-refresh").await;
+    app.import("u", "a", expired_import()).await;
+    // `[100]` was read by position as max_retries, and `[]` refreshed with no overrides.
+    for body in ["[100]", "[]", "[0, 1, 2]", "null", "3", "\"x\"", "true"] {
+        let error = error_of(refresh_raw(&app, body).await, 400).await;
+        assert_eq!(error["code"], "INVALID_REQUEST", "{body}");
+        assert_eq!(error["details"]["field"], "body", "{body}: {error}");
+        let message = error["message"].as_str().expect("message");
+        assert!(message.contains("JSON object"), "{body}: {message}");
+    }
+    assert!(
+        app.provider
+            .received_requests()
+            .await
+            .expect("rec")
+            .is_empty(),
+        "no refresh for a refused body"
+    );
+    // An object, an empty body and whitespace are accepted.
+    for body in ["{}", "", " \n"] {
+        let response = refresh_raw(&app, body).await;
+        assert_eq!(response.status().as_u16(), 200, "{body:?}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn issue_9_import_body_must_be_an_object_not_an_array() {
+    let app = spawn().await;
+    for body in [r#"["tok"]"#, r#"["tok", "refresh", 3600]"#, "null"] {
+        let error = error_of(put_raw(&app, body).await, 400).await;
+        assert_eq!(error["code"], "INVALID_REQUEST", "{body}");
+        assert_eq!(error["details"]["field"], "body", "{body}: {error}");
+    }
+    let missing = error_of(
+        app.get("/v1/users/u/connections/fake/a")
+            .send()
+            .await
+            .expect("get"),
+        404,
+    )
+    .await;
+    assert_eq!(missing["code"], "ACCOUNT_NOT_FOUND", "nothing was imported");
+    app.stop().await;
+}
