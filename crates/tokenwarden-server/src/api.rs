@@ -40,6 +40,11 @@ const MAX_EXPIRES_IN_S: u64 = 10 * 366 * 86_400;
 const DEFAULT_LIST_LIMIT: u32 = 100;
 const MAX_LIST_LIMIT: u32 = 1000;
 const MAX_SCOPES: usize = 1000;
+/// Longest `cursor` accepted before decoding it.
+const MAX_CURSOR_LEN: usize = 1024;
+/// The earliest and latest expiry stored: every time in between formats as RFC 3339 in UTC.
+const EARLIEST_EXPIRY: OffsetDateTime = time::macros::datetime!(1970-01-01 00:00 UTC);
+const LATEST_EXPIRY: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59 UTC);
 
 type ConnPath = Result<Path<(String, String, String)>, PathRejection>;
 type Body = Result<Bytes, BytesRejection>;
@@ -210,7 +215,8 @@ pub fn import_request(body: ImportBody, now: OffsetDateTime) -> Result<ImportReq
         (Some(secs), None) => Some(after(now, "expires_in", secs)?),
         (None, Some(at)) => Some(
             OffsetDateTime::parse(&at, &Rfc3339)
-                .map_err(|_| ApiError::invalid("expires_at", "must be an RFC 3339 date-time"))?,
+                .map_err(|_| ApiError::invalid("expires_at", "must be an RFC 3339 date-time"))?
+                .clamp(EARLIEST_EXPIRY, LATEST_EXPIRY),
         ),
         (None, None) => None,
     };
@@ -385,13 +391,14 @@ fn refresh_options(base: &RetryPolicy, body: &RefreshBody) -> Result<RefreshOpti
             ));
         }
     }
-    let initial = body.initial_delay_ms.map(Duration::from_millis);
     let max = body.max_delay_ms.map(Duration::from_millis);
-    if initial.unwrap_or(base.initial_delay) > max.unwrap_or(base.max_delay) {
-        return Err(ApiError::invalid(
-            "initial_delay_ms",
-            "must be ≤ max_delay_ms",
-        ));
+    let mut initial = body.initial_delay_ms.map(Duration::from_millis);
+    // The n-th delay is min(max_delay, initial·2ⁿ): an initial delay above the maximum (given,
+    // or the configured one under a smaller given maximum) means every retry waits the
+    // maximum. Saying so beats refusing a body that no schema can tell apart from a good one.
+    let effective_max = max.unwrap_or(base.max_delay);
+    if initial.unwrap_or(base.initial_delay) > effective_max {
+        initial = Some(effective_max);
     }
     Ok(RefreshOptions {
         max_retries: body.max_retries,
@@ -487,10 +494,12 @@ pub fn parse_list_query(
                     })?;
             }
             "cursor" => {
-                if value.is_empty() || value.len() > 1024 {
+                if value.len() > MAX_CURSOR_LEN
+                    || tokenwarden::store::decode_cursor(&value).is_err()
+                {
                     return Err(ApiError::invalid(
                         "cursor",
-                        "is not a cursor from this server",
+                        "is not a next_cursor from this server",
                     ));
                 }
                 list.cursor = Some(value);
@@ -687,6 +696,57 @@ mod tests {
             "/readyz",
         ] {
             assert!(doc.contains(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn an_initial_delay_above_the_maximum_is_lowered_to_it() {
+        let base = RetryPolicy {
+            max_retries: 3,
+            initial_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(10),
+        };
+        for (body, initial, max) in [
+            (r#"{"max_delay_ms": 5}"#, 5, 5),
+            (r#"{"initial_delay_ms": 20000}"#, 10_000, 10_000),
+            (
+                r#"{"initial_delay_ms": 500, "max_delay_ms": 100}"#,
+                100,
+                100,
+            ),
+            (r#"{"initial_delay_ms": 50}"#, 50, 10_000),
+        ] {
+            let options = parse_refresh_body(body.as_bytes(), &base).expect(body);
+            let policy = options.apply(&base);
+            assert_eq!(
+                policy.initial_delay,
+                Duration::from_millis(initial),
+                "{body}"
+            );
+            assert_eq!(policy.max_delay, Duration::from_millis(max), "{body}");
+            policy.validate().expect("a policy the library accepts");
+        }
+    }
+
+    #[test]
+    fn integers_are_what_json_schema_calls_integers() {
+        let base = RetryPolicy::default();
+        let options =
+            parse_refresh_body(br#"{"max_retries": 2.0, "max_delay_ms": 1e3}"#, &base).expect("ok");
+        assert_eq!(options.max_retries, Some(2));
+        assert_eq!(options.max_delay, Some(Duration::from_millis(1000)));
+        for body in [
+            r#"{"max_retries": 2.5}"#,
+            r#"{"max_retries": -1}"#,
+            r#"{"max_retries": 1e30}"#,
+            r#"{"max_retries": 4294967296}"#,
+        ] {
+            let err = parse_refresh_body(body.as_bytes(), &base).expect_err(body);
+            assert!(
+                err.message().starts_with("max_retries: "),
+                "{body}: {}",
+                err.message()
+            );
         }
     }
 }

@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 
 /// RFC 3339 in UTC, or an empty string for the rare time that cannot be formatted.
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&Rfc3339)
+    t.checked_to_offset(time::UtcOffset::UTC)
+        .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default()
 }
 
@@ -107,13 +107,13 @@ pub struct ImportBody {
     #[schema(value_type = Option<String>)]
     pub refresh_token: Option<RefreshToken>,
     /// Seconds from now. Not together with `expires_at`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_integer")]
     pub expires_in: Option<u64>,
     /// RFC 3339; may be in the past (an expired token to refresh). Not with `expires_in`.
     #[serde(default)]
     pub expires_at: Option<String>,
     /// Extension: seconds until the refresh token expires, when the provider said.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_integer")]
     pub refresh_expires_in: Option<u64>,
     /// Extension: default `Bearer`.
     #[serde(default)]
@@ -131,14 +131,45 @@ pub struct ImportBody {
 #[serde(deny_unknown_fields)]
 pub struct RefreshBody {
     /// 0..=10.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_integer")]
     pub max_retries: Option<u32>,
-    /// 1..=60000, ≤ max_delay_ms.
-    #[serde(default)]
+    /// 1..=60000; above the effective maximum, lowered to it.
+    #[serde(default, deserialize_with = "optional_integer")]
     pub initial_delay_ms: Option<u64>,
     /// 1..=60000.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_integer")]
     pub max_delay_ms: Option<u64>,
+}
+
+/// Reads an optional non-negative integer the way JSON Schema defines `integer`: any number
+/// with a zero fractional part, so `16.0` and `1e2` are integers to a client generated from
+/// the document and must be accepted as such. `null` is absent.
+fn optional_integer<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::{Error, Unexpected};
+    const EXPECTED: &str = "a non-negative integer";
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let value = if let Some(n) = number.as_u64() {
+        n
+    } else if let Some(n) = number.as_i64() {
+        return Err(D::Error::invalid_value(Unexpected::Signed(n), &EXPECTED));
+    } else {
+        let f = number.as_f64().unwrap_or(f64::NAN);
+        // 2^64 is the first float above u64::MAX; below it, a whole float converts exactly.
+        if !(f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f)) {
+            return Err(D::Error::invalid_value(Unexpected::Float(f), &EXPECTED));
+        }
+        // Whole and in range: the conversion is exact.
+        f as u64
+    };
+    T::try_from(value)
+        .map(Some)
+        .map_err(|_| D::Error::invalid_value(Unexpected::Unsigned(value), &"a smaller integer"))
 }
 
 /// A configured provider (no secrets) with its circuit breaker.
@@ -220,4 +251,19 @@ pub struct ProviderList {
 pub struct Health {
     /// `ok` or `unavailable`.
     pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_without_an_rfc3339_spelling_in_utc_does_not_panic() {
+        let late = time::macros::datetime!(9999-12-31 23:59:59 -01:00);
+        assert_eq!(rfc3339(late), "");
+        let early = time::macros::datetime!(0000-01-01 00:00 +01:00);
+        assert_eq!(rfc3339(early), "");
+        let fine = time::macros::datetime!(2026-11-30 12:00 +01:00);
+        assert_eq!(rfc3339(fine), "2026-11-30T11:00:00Z");
+    }
 }

@@ -243,10 +243,8 @@ async fn refresh_overrides_are_bounded() {
         (json!({"max_retries": -1}), "max_retries"),
         (json!({"initial_delay_ms": 0}), "initial_delay_ms"),
         (json!({"max_delay_ms": 60_001}), "max_delay_ms"),
-        (
-            json!({"initial_delay_ms": 500, "max_delay_ms": 100}),
-            "initial_delay_ms",
-        ),
+        (json!({"max_retries": 1.5}), "max_retries"),
+        (json!({"max_retries": 1e12}), "max_retries"),
         (json!({"max_retries": "3"}), "max_retries"),
         (json!({"retries": 3}), "retries"),
     ] {
@@ -336,5 +334,71 @@ async fn issue_9_import_body_must_be_an_object_not_an_array() {
     )
     .await;
     assert_eq!(missing["code"], "ACCOUNT_NOT_FOUND", "nothing was imported");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn issue_9_what_the_document_allows_is_accepted() {
+    // Found by Schemathesis: JSON Schema's `integer` includes `2.0`, and the document cannot
+    // say "initial_delay_ms ≤ max_delay_ms", so neither may be refused.
+    let app = spawn().await;
+    app.provider_ok("new-access", "new-refresh").await;
+    let imported = app
+        .import(
+            "u",
+            "a",
+            json!({"access_token": "a", "refresh_token": "r", "expires_in": 3600.0,
+                   "refresh_expires_in": 1e4}),
+        )
+        .await;
+    assert_eq!(imported.status().as_u16(), 201);
+    for body in [
+        json!({"max_retries": 2.0, "initial_delay_ms": 1.0, "max_delay_ms": 5e0}),
+        json!({"initial_delay_ms": 500, "max_delay_ms": 1}),
+        json!({"max_retries": null, "initial_delay_ms": null, "max_delay_ms": null}),
+    ] {
+        let response = app.refresh("u", "a", Some(body.clone())).await;
+        assert_eq!(response.status().as_u16(), 200, "{body}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn issue_9_any_rfc3339_expiry_is_stored_within_range() {
+    // An expiry whose UTC form has no RFC 3339 spelling (year 10000, or before year 0) used
+    // to panic the handler while formatting the view.
+    let app = spawn().await;
+    for (given, stored) in [
+        ("9999-12-31T23:59:59-01:00", "9999-12-31T23:59:59Z"),
+        ("0000-01-01T00:00:00+01:00", "1970-01-01T00:00:00Z"),
+        ("1969-07-20T20:17:40Z", "1970-01-01T00:00:00Z"),
+        ("2020-01-01t00:00:00.5z", "2020-01-01T00:00:00Z"),
+        ("2016-12-31T23:59:60Z", "2016-12-31T23:59:59Z"),
+    ] {
+        let response = app
+            .import("u", "a", json!({"access_token": "a", "expires_at": given}))
+            .await;
+        assert!(response.status().is_success(), "{given}");
+        let view: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(view["expires_at"], stored, "{given}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cursor_this_server_did_not_issue_is_400_naming_the_cursor() {
+    let app = spawn().await;
+    for cursor in ["0", "bm90LWpzb24", "eyJ1c2VyX2lkIjoiIn0"] {
+        let error = error_of(
+            app.get(&format!("/v1/connections?cursor={cursor}"))
+                .send()
+                .await
+                .expect("get"),
+            400,
+        )
+        .await;
+        assert_eq!(error["code"], "INVALID_REQUEST", "{cursor}");
+        assert_eq!(error["details"]["field"], "cursor", "{cursor}");
+    }
     app.stop().await;
 }
