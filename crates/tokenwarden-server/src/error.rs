@@ -37,8 +37,8 @@ pub struct ErrorBody {
 /// The error object of every non-2xx answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorObject {
-    /// Stable code: ACCOUNT_NOT_FOUND, NO_REFRESH_TOKEN, TOKEN_REFRESH_ERROR, TOKEN_EXPIRED,
-    /// NO_ACCESS_TOKEN, GET_TOKEN_ERROR, UNAUTHORIZED, INVALID_REQUEST, UNKNOWN_PROVIDER.
+    /// Stable code: one of [`all_codes`]. Branch on it, never on `message`.
+    #[schema(schema_with = error_code_schema)]
     pub code: String,
     pub message: String,
     /// True only when the user must reconnect the account.
@@ -48,6 +48,21 @@ pub struct ErrorObject {
     /// Context: account_id, provider, attempts, duration_ms, failure, provider_error, field.
     #[schema(value_type = Object)]
     pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Every code the API answers with: the library's and the server's own.
+pub fn all_codes() -> impl Iterator<Item = &'static str> {
+    ErrorCode::ALL
+        .iter()
+        .map(|code| code.as_str())
+        .chain([UNAUTHORIZED])
+}
+
+fn error_code_schema() -> utoipa::openapi::schema::Object {
+    crate::views::string_enum(
+        all_codes(),
+        "stable code; branch on it and on `reconnect`, never on `message`",
+    )
 }
 
 impl ApiError {
@@ -284,5 +299,12 @@ mod tests {
         let response = ApiError::from(error).into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn every_code_is_in_the_documented_list() {
+        let codes: Vec<_> = all_codes().collect();
+        assert_eq!(codes.len(), ErrorCode::ALL.len() + 1);
+        assert!(codes.contains(&"REFRESH_TOO_EARLY") && codes.contains(&UNAUTHORIZED));
     }
 }
