@@ -302,6 +302,27 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_too_early_is_409_with_retry_after() {
+        let error = Error::new(ErrorCode::RefreshTooEarly, "not yet")
+            .with_retry_after(Some(Duration::from_secs(82_800)));
+        let response = ApiError::from(error).into_response();
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "82800");
+    }
+
+    #[test]
+    fn a_grant_refused_for_good_is_409_not_a_gateway_error() {
+        let meta = ErrorMeta {
+            failure: Some(FailureClass::Permanent),
+            ..ErrorMeta::default()
+        };
+        let error = Error::new(ErrorCode::TokenRefreshError, "invalid_grant")
+            .with_meta(meta)
+            .with_reconnect(true);
+        assert_eq!(status_for(&error), StatusCode::CONFLICT);
+    }
+
+    #[test]
     fn every_code_is_in_the_documented_list() {
         let codes: Vec<_> = all_codes().collect();
         assert_eq!(codes.len(), ErrorCode::ALL.len() + 1);

@@ -402,3 +402,109 @@ async fn a_cursor_this_server_did_not_issue_is_400_naming_the_cursor() {
     }
     app.stop().await;
 }
+
+/// The app with an `instagram` provider whose refresh endpoint is `refresh_url`.
+async fn spawn_with_instagram(refresh_url: &str) -> common::TestApp {
+    common::spawn_with(&format!(
+        "\n[providers.instagram]\nkind = \"instagram\"\nrefresh_url = \"{refresh_url}\"\n"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn issue_9_forced_refresh_of_a_young_instagram_token_is_409_refresh_too_early() {
+    let instagram = wiremock::MockServer::start().await;
+    let app = spawn_with_instagram(&format!("{}/refresh_access_token", instagram.uri())).await;
+    // A long-lived token issued now: 60 days to go, refreshable only after 24 hours.
+    let imported = app
+        .client
+        .put(app.url("/v1/users/u/connections/instagram/ig-1"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"access_token": "IGQVJ-young-secret", "expires_in": 60 * 86_400}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(imported.status().as_u16(), 201);
+
+    let response = app
+        .client
+        .post(app.url("/v1/users/u/connections/instagram/ig-1/refresh"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status().as_u16(), 409, "a 4xx: nothing failed");
+    let header: u64 = response.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    let error = error_of(response, 409).await;
+    assert_eq!(error["code"], "REFRESH_TOO_EARLY");
+    assert_eq!(error["reconnect"], false);
+    let retry_after_s = error["retry_after_s"].as_u64().expect("retry_after_s");
+    assert_eq!(header, retry_after_s, "header and body agree");
+    // Refreshable 24 h after issue, which was moments ago.
+    assert!(
+        (86_400 - 120..=86_400).contains(&retry_after_s),
+        "{retry_after_s}"
+    );
+    assert!(!error.to_string().contains("IGQVJ-young-secret"));
+    assert!(
+        instagram
+            .received_requests()
+            .await
+            .expect("recorded")
+            .is_empty(),
+        "the provider is not called"
+    );
+    let view: serde_json::Value = app
+        .get("/v1/users/u/connections/instagram/ig-1")
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(view["status"], "active");
+    assert_eq!(view["consecutive_failures"], 0, "not counted as a failure");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn issue_9_forced_refresh_of_an_expired_revoked_grant_is_409_token_expired() {
+    let app = spawn().await;
+    app.provider_error(400, "invalid_grant").await;
+    app.import("u", "a", expired_import()).await;
+
+    let error = error_of(app.refresh("u", "a", None).await, 409).await;
+    assert_eq!(error["code"], "TOKEN_EXPIRED", "{error}");
+    assert_eq!(error["reconnect"], true);
+    assert_eq!(error["details"]["provider_error"], "invalid_grant");
+    // The token route agrees, without calling the provider again.
+    let error = error_of(app.access_token("u", "a").await, 409).await;
+    assert_eq!(error["code"], "TOKEN_EXPIRED", "{error}");
+    assert_eq!(error["reconnect"], true);
+    assert_eq!(
+        app.provider.received_requests().await.expect("rec").len(),
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forced_refresh_of_a_revoked_grant_still_valid_is_409_with_reconnect() {
+    let app = spawn().await;
+    app.provider_error(400, "invalid_grant").await;
+    app.import(
+        "u",
+        "a",
+        json!({"access_token": "still-valid", "refresh_token": "revoked", "expires_in": 3600}),
+    )
+    .await;
+    let error = error_of(app.refresh("u", "a", None).await, 409).await;
+    assert_eq!(error["code"], "TOKEN_REFRESH_ERROR", "{error}");
+    assert_eq!(error["details"]["failure"], "permanent");
+    assert_eq!(error["reconnect"], true);
+    app.stop().await;
+}
