@@ -5,6 +5,11 @@
 //! [`tokenwarden::Warden`], and turn the result into a view or an [`ApiError`]. Every
 //! extractor is taken as a `Result` so that no client input reaches axum's default
 //! plain-text rejections: all errors share the JSON error body.
+//!
+//! The document is the contract a client is generated from, so it says exactly what the
+//! handlers do: every status each route can answer, every header it sets, and every
+//! constraint its validation enforces (as far as JSON Schema can say it). [`openapi`] finishes
+//! it at run time with what only the configuration knows, such as the provider names.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,22 +29,31 @@ use tokenwarden::store::ListQuery;
 use tokenwarden::{
     AccountId, ConnectionKey, ConnectionStatus, ImportRequest, ProviderName, RefreshOptions, UserId,
 };
-use utoipa::OpenApi;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::{IntoParams, OpenApi};
 
 use crate::app::App;
 use crate::config::{MAX_DELAY_MS_LIMIT, MAX_RETRIES_LIMIT, redact_quoted};
 use crate::error::{ApiError, ErrorBody};
 use crate::views::{
-    AccessTokenView, ConnectionList, ConnectionView, Health, ImportBody, ProviderList,
-    ProviderView, RefreshBody, rfc3339,
+    AccessTokenView, ConnectionList, ConnectionView, Health, ImportBody, MAX_EXPIRES_IN_S,
+    MAX_SCOPES, ProviderList, ProviderView, RefreshBody, rfc3339,
 };
 
-/// Longest accepted `expires_in` / `refresh_expires_in`: ten years, far beyond any provider.
-const MAX_EXPIRES_IN_S: u64 = 10 * 366 * 86_400;
 /// Default page size of `GET /v1/connections`.
 const DEFAULT_LIST_LIMIT: u32 = 100;
 const MAX_LIST_LIMIT: u32 = 1000;
-const MAX_SCOPES: usize = 1000;
+/// Longest `cursor` accepted before decoding it.
+const MAX_CURSOR_LEN: usize = 1024;
+/// Ids: what [`tokenwarden::UserId::parse`] accepts, as far as a regular expression can say
+/// it (no control character, no `/`). The byte limit is only approximated by `maxLength`,
+/// which counts characters.
+const ID_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F/]+$";
+/// What [`tokenwarden::ProviderName::parse`] accepts.
+const PROVIDER_PATTERN: &str = "^[a-z0-9_-]{1,64}$";
+/// The earliest and latest expiry stored: every time in between formats as RFC 3339 in UTC.
+const EARLIEST_EXPIRY: OffsetDateTime = time::macros::datetime!(1970-01-01 00:00 UTC);
+const LATEST_EXPIRY: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59 UTC);
 
 type ConnPath = Result<Path<(String, String, String)>, PathRejection>;
 type Body = Result<Bytes, BytesRejection>;
@@ -98,6 +112,16 @@ fn read_body(app: &App, body: Body) -> Result<Bytes, ApiError> {
     })
 }
 
+/// Deserializes a request body that must be a JSON object. serde's derived structs also
+/// accept an array read by position (`[100]` as `max_retries`), which no client means.
+fn json_object_from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
+    json_from_bytes(bytes)
+}
+
 fn json_from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -126,18 +150,17 @@ async fn refresh_gauges(app: &App) {
     put,
     path = "/v1/users/{user_id}/connections/{provider}/{account_id}",
     tag = "connections",
-    params(
-        ("user_id" = String, Path, description = "your identifier for the user"),
-        ("provider" = String, Path, description = "a configured provider name"),
-        ("account_id" = String, Path, description = "the account at the provider"),
-    ),
-    request_body = ImportBody,
+    params(ConnectionPath),
+    request_body(content = ImportBody, description = "tokens the application holds"),
     responses(
+        (status = 200, description = "replaced an existing connection", body = ConnectionView),
         (status = 201, description = "created", body = ConnectionView),
-        (status = 200, description = "replaced", body = ConnectionView),
-        (status = 400, description = "INVALID_REQUEST or UNKNOWN_PROVIDER", body = ErrorBody),
-        (status = 401, description = "UNAUTHORIZED", body = ErrorBody),
-        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 400, description = "INVALID_REQUEST (a malformed id or body; the message and \
+            `details.field` name the field) or UNKNOWN_PROVIDER", body = ErrorBody),
+        (status = 413, description = "INVALID_REQUEST: the body is larger than \
+            `server.max_body_bytes`", body = ErrorBody),
+        (status = 500, description = "GET_TOKEN_ERROR: the database failed (the detail is in \
+            the server log)", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -171,7 +194,7 @@ pub fn parse_import_body(bytes: &[u8], now: OffsetDateTime) -> Result<ImportRequ
 
 /// Parses and validates an import document (the CLI's `connections import` uses this too).
 pub fn parse_import(bytes: &[u8], now: OffsetDateTime) -> Result<ImportRequest, ApiError> {
-    import_request(json_from_bytes(bytes)?, now)
+    import_request(json_object_from_bytes(bytes)?, now)
 }
 
 /// Validates an import body into the library's request.
@@ -200,7 +223,8 @@ pub fn import_request(body: ImportBody, now: OffsetDateTime) -> Result<ImportReq
         (Some(secs), None) => Some(after(now, "expires_in", secs)?),
         (None, Some(at)) => Some(
             OffsetDateTime::parse(&at, &Rfc3339)
-                .map_err(|_| ApiError::invalid("expires_at", "must be an RFC 3339 date-time"))?,
+                .map_err(|_| ApiError::invalid("expires_at", "must be an RFC 3339 date-time"))?
+                .clamp(EARLIEST_EXPIRY, LATEST_EXPIRY),
         ),
         (None, None) => None,
     };
@@ -258,12 +282,14 @@ fn after(now: OffsetDateTime, field: &str, secs: u64) -> Result<OffsetDateTime, 
     get,
     path = "/v1/users/{user_id}/connections/{provider}/{account_id}",
     tag = "connections",
-    params(("user_id" = String, Path), ("provider" = String, Path), ("account_id" = String, Path)),
+    params(ConnectionPath),
     responses(
-        (status = 200, body = ConnectionView),
+        (status = 200, description = "the connection, without secrets", body = ConnectionView),
+        (status = 400, description = "INVALID_REQUEST (a malformed id) or UNKNOWN_PROVIDER",
+            body = ErrorBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
-        (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody),
+        (status = 500, description = "GET_TOKEN_ERROR: the database failed (the detail is in \
+            the server log)", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -281,15 +307,32 @@ pub async fn get_connection(
     get,
     path = "/v1/users/{user_id}/connections/{provider}/{account_id}/access-token",
     tag = "connections",
-    params(("user_id" = String, Path), ("provider" = String, Path), ("account_id" = String, Path)),
+    params(ConnectionPath),
     responses(
-        (status = 200, description = "a valid access token", body = AccessTokenView),
+        (status = 200, description = "a valid access token, refreshed first when needed",
+            body = AccessTokenView,
+            headers(("Cache-Control" = String, description = "`no-store`: a token must not be \
+                cached"))),
+        (status = 400, description = "INVALID_REQUEST (a malformed id) or UNKNOWN_PROVIDER",
+            body = ErrorBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
-        (status = 409, description = "NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN",
-            body = ErrorBody),
-        (status = 502, description = "TOKEN_REFRESH_ERROR", body = ErrorBody),
-        (status = 503, description = "TOKEN_REFRESH_ERROR while the breaker is open",
-            body = ErrorBody),
+        (status = 409, description = "NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN \
+            (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY (the provider \
+            does not allow a refresh yet), or TOKEN_REFRESH_ERROR with `details.failure` \
+            `permanent` (the provider refused the grant for good; `reconnect: true`)",
+            body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait; sent whenever \
+                `retry_after_s` is set"))),
+        (status = 500, description = "GET_TOKEN_ERROR: the database or decryption failed (the \
+            detail is in the server log)", body = ErrorBody),
+        (status = 502, description = "TOKEN_REFRESH_ERROR: the refresh failed after every \
+            retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait; sent whenever \
+                `retry_after_s` is set"))),
+        (status = 503, description = "TOKEN_REFRESH_ERROR while the provider's circuit breaker \
+            is open", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds until the breaker lets a \
+                probe through"))),
     ),
     security(("api_key" = []))
 )]
@@ -317,14 +360,33 @@ pub async fn get_access_token(
     post,
     path = "/v1/users/{user_id}/connections/{provider}/{account_id}/refresh",
     tag = "connections",
-    params(("user_id" = String, Path), ("provider" = String, Path), ("account_id" = String, Path)),
-    request_body(content = Option<RefreshBody>, description = "optional retry overrides"),
+    params(ConnectionPath),
+    request_body(content = RefreshBody, description = "optional retry overrides: a JSON object, \
+        or no body at all"),
     responses(
-        (status = 200, description = "refreshed", body = ConnectionView),
-        (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody),
-        (status = 502, body = ErrorBody),
-        (status = 503, body = ErrorBody),
+        (status = 200, description = "refreshed; the updated connection", body = ConnectionView),
+        (status = 400, description = "INVALID_REQUEST (a malformed id or body; the message and \
+            `details.field` name the field) or UNKNOWN_PROVIDER", body = ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "NO_REFRESH_TOKEN or TOKEN_EXPIRED (`reconnect: true`), \
+            TOKEN_REFRESH_ERROR with `details.failure` `permanent` (the provider refused a \
+            still-valid grant for good; `reconnect: true`), or REFRESH_TOO_EARLY (the provider \
+            does not allow refreshing this token yet: Instagram's first 24 hours)",
+            body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait; sent whenever \
+                `retry_after_s` is set"))),
+        (status = 413, description = "INVALID_REQUEST: the body is larger than \
+            `server.max_body_bytes`", body = ErrorBody),
+        (status = 500, description = "GET_TOKEN_ERROR: the database or decryption failed (the \
+            detail is in the server log)", body = ErrorBody),
+        (status = 502, description = "TOKEN_REFRESH_ERROR: the refresh failed after every \
+            retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait; sent whenever \
+                `retry_after_s` is set"))),
+        (status = 503, description = "TOKEN_REFRESH_ERROR while the provider's circuit breaker \
+            is open", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds until the breaker lets a \
+                probe through"))),
     ),
     security(("api_key" = []))
 )]
@@ -348,7 +410,7 @@ pub fn parse_refresh_body(bytes: &[u8], base: &RetryPolicy) -> Result<RefreshOpt
     let body: RefreshBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         RefreshBody::default()
     } else {
-        json_from_bytes(bytes)?
+        json_object_from_bytes(bytes)?
     };
     refresh_options(base, &body)
 }
@@ -375,13 +437,14 @@ fn refresh_options(base: &RetryPolicy, body: &RefreshBody) -> Result<RefreshOpti
             ));
         }
     }
-    let initial = body.initial_delay_ms.map(Duration::from_millis);
     let max = body.max_delay_ms.map(Duration::from_millis);
-    if initial.unwrap_or(base.initial_delay) > max.unwrap_or(base.max_delay) {
-        return Err(ApiError::invalid(
-            "initial_delay_ms",
-            "must be ≤ max_delay_ms",
-        ));
+    let mut initial = body.initial_delay_ms.map(Duration::from_millis);
+    // The n-th delay is min(max_delay, initial·2ⁿ): an initial delay above the maximum (given,
+    // or the configured one under a smaller given maximum) means every retry waits the
+    // maximum. Saying so beats refusing a body that no schema can tell apart from a good one.
+    let effective_max = max.unwrap_or(base.max_delay);
+    if initial.unwrap_or(base.initial_delay) > effective_max {
+        initial = Some(effective_max);
     }
     Ok(RefreshOptions {
         max_retries: body.max_retries,
@@ -394,10 +457,14 @@ fn refresh_options(base: &RetryPolicy, body: &RefreshBody) -> Result<RefreshOpti
     delete,
     path = "/v1/users/{user_id}/connections/{provider}/{account_id}",
     tag = "connections",
-    params(("user_id" = String, Path), ("provider" = String, Path), ("account_id" = String, Path)),
+    params(ConnectionPath),
     responses(
         (status = 204, description = "deleted"),
+        (status = 400, description = "INVALID_REQUEST (a malformed id) or UNKNOWN_PROVIDER",
+            body = ErrorBody),
         (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
+        (status = 500, description = "GET_TOKEN_ERROR: the database failed (the detail is in \
+            the server log)", body = ErrorBody),
     ),
     security(("api_key" = []))
 )]
@@ -419,14 +486,14 @@ pub async fn delete_connection(
     get,
     path = "/v1/connections",
     tag = "connections",
-    params(
-        ("provider" = Option<String>, Query, description = "a configured provider"),
-        ("user_id" = Option<String>, Query),
-        ("status" = Option<String>, Query, description = "active or needs_reconnect"),
-        ("limit" = Option<u32>, Query, description = "1-1000, default 100"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    params(ListParams),
+    responses(
+        (status = 200, description = "one page of connections", body = ConnectionList),
+        (status = 400, description = "INVALID_REQUEST (a malformed or unknown parameter; the \
+            message and `details.field` name it) or UNKNOWN_PROVIDER", body = ErrorBody),
+        (status = 500, description = "GET_TOKEN_ERROR: the database failed (the detail is in \
+            the server log)", body = ErrorBody),
     ),
-    responses((status = 200, body = ConnectionList), (status = 400, body = ErrorBody)),
     security(("api_key" = []))
 )]
 /// Lists connections, paginated.
@@ -477,10 +544,12 @@ pub fn parse_list_query(
                     })?;
             }
             "cursor" => {
-                if value.is_empty() || value.len() > 1024 {
+                if value.len() > MAX_CURSOR_LEN
+                    || tokenwarden::store::decode_cursor(&value).is_err()
+                {
                     return Err(ApiError::invalid(
                         "cursor",
-                        "is not a cursor from this server",
+                        "is not a next_cursor from this server",
                     ));
                 }
                 list.cursor = Some(value);
@@ -503,7 +572,9 @@ pub fn parse_list_query(
     get,
     path = "/v1/providers",
     tag = "providers",
-    responses((status = 200, body = ProviderList), (status = 401, body = ErrorBody)),
+    responses(
+        (status = 200, description = "the configured providers, sorted by name", body = ProviderList),
+    ),
     security(("api_key" = []))
 )]
 /// Configured providers (no secrets) with their circuit breaker state.
@@ -532,7 +603,10 @@ pub async fn healthz() -> Json<Health> {
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, body = Health), (status = 503, description = "database down", body = Health)))]
+    responses(
+        (status = 200, description = "the database answers", body = Health),
+        (status = 503, description = "the database does not answer", body = Health),
+    ))]
 /// Readiness: the database answers.
 pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Health>) {
     match app.warden().store().ping().await {
@@ -555,7 +629,8 @@ pub async fn readyz(State(app): State<App>) -> (StatusCode, Json<Health>) {
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", body = String)))]
+    responses((status = 200, description = "Prometheus text format", body = String,
+        content_type = "text/plain")))]
 /// Prometheus metrics.
 pub async fn metrics(State(app): State<App>) -> Response {
     let body = app.metrics().render();
@@ -569,20 +644,19 @@ pub async fn metrics(State(app): State<App>) -> Response {
         .into_response()
 }
 
-/// The OpenAPI document, rendered once.
-pub async fn openapi_json() -> Response {
-    static JSON: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    match JSON.get_or_init(|| ApiDoc::openapi().to_json().ok()) {
-        Some(json) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            json.clone(),
-        )
-            .into_response(),
-        None => ApiError::internal("could not render the OpenAPI document").into_response(),
-    }
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "this document (OpenAPI 3.1)",
+        body = Object, content_type = "application/json")))]
+/// The OpenAPI document of this server: [`openapi`] for its configured providers.
+pub async fn openapi_json(State(app): State<App>) -> Response {
+    let names: Vec<String> = app
+        .warden()
+        .providers()
+        .into_iter()
+        .map(|info| info.name)
+        .collect();
+    // Built per request: a few hundred microseconds, and always what the server runs with.
+    Json(openapi(&names)).into_response()
 }
 
 /// Any other path: a JSON 404 instead of an empty body.
@@ -594,6 +668,184 @@ pub async fn fallback(request: Request) -> Response {
     *response.status_mut() = StatusCode::NOT_FOUND;
     response
 }
+
+/// The path of one connection. Only describes it for the document: [`connection_key`]
+/// validates what the router extracted. utoipa takes a `schema_with` parameter's description
+/// and requiredness from nowhere, so the schemas carry the descriptions and [`finish`] marks
+/// path parameters required.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct ConnectionPath {
+    #[param(schema_with = id_schema)]
+    user_id: String,
+    #[param(schema_with = provider_schema)]
+    provider: String,
+    #[param(schema_with = id_schema)]
+    account_id: String,
+}
+
+/// The query of `GET /v1/connections`; any other parameter is INVALID_REQUEST. Only
+/// describes it for the document: [`parse_list_query`] validates it.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListParams {
+    #[param(schema_with = provider_schema)]
+    provider: Option<String>,
+    #[param(schema_with = id_schema)]
+    user_id: Option<String>,
+    #[param(schema_with = crate::views::connection_status_schema)]
+    status: Option<String>,
+    #[param(schema_with = limit_schema)]
+    limit: Option<u32>,
+    #[param(schema_with = cursor_schema)]
+    cursor: Option<String>,
+}
+
+fn id_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(tokenwarden::connection::MAX_ID_LEN))
+        .pattern(Some(ID_PATTERN))
+        .description(Some(
+            "1-255 bytes of UTF-8 (maxLength counts characters), no control character, no `/`",
+        ))
+        .build()
+}
+
+/// Replaced at run time by the configured names (see [`openapi`]).
+fn provider_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(PROVIDER_PATTERN))
+        .description(Some(PROVIDER_DESCRIPTION))
+        .build()
+}
+
+const PROVIDER_DESCRIPTION: &str =
+    "a configured provider (`GET /v1/providers`); any other name is UNKNOWN_PROVIDER";
+
+fn limit_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+            utoipa::openapi::KnownFormat::Int32,
+        )))
+        .minimum(Some(1))
+        .maximum(Some(MAX_LIST_LIMIT))
+        .default(Some(DEFAULT_LIST_LIMIT.into()))
+        .description(Some("page size"))
+        .build()
+}
+
+/// A cursor is base64url without padding; whether it decodes to a position is more than a
+/// schema can say, so the document only gives its alphabet and length.
+fn cursor_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_CURSOR_LEN))
+        .pattern(Some("^[A-Za-z0-9_-]+$"))
+        .description(Some(
+            "`next_cursor` of the previous page; any other value is INVALID_REQUEST",
+        ))
+        .build()
+}
+
+/// The OpenAPI document as served: [`ApiDoc`] finished with what only the running server
+/// knows or what utoipa's attributes cannot say.
+///
+/// - `provider` (path and query) is an enum of the configured names, so a client sees which
+///   exist; the document still lists UNKNOWN_PROVIDER (400) for the others.
+/// - Path parameters are required (OpenAPI demands it; utoipa drops it with `schema_with`).
+/// - Every secured operation answers 401 UNAUTHORIZED with `WWW-Authenticate: Bearer`: the
+///   API-key middleware wraps every `/v1` route, so the document adds it in one place too.
+/// - Every response carries `X-Request-Id`.
+/// - The refresh body is optional (`required: false`) but never `null`.
+/// - An import gives `expires_in` or `expires_at`, not both.
+pub fn openapi(providers: &[String]) -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    finish(&mut doc, providers);
+    doc
+}
+
+fn finish(doc: &mut serde_json::Value, providers: &[String]) {
+    use serde_json::json;
+
+    let error_body = json!({"$ref": "#/components/schemas/ErrorBody"});
+    let request_id = json!({
+        "description": "the request's id: the client's `X-Request-Id`, or one the server made",
+        "schema": {"type": "string"},
+    });
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for operation in paths.values_mut().filter_map(|item| item.as_object_mut()) {
+            for operation in operation.values_mut() {
+                let parameters = operation
+                    .get_mut("parameters")
+                    .and_then(|p| p.as_array_mut());
+                for parameter in parameters.into_iter().flatten() {
+                    if parameter["in"] == "path" {
+                        parameter["required"] = json!(true);
+                    }
+                    if parameter["name"] == "provider" && !providers.is_empty() {
+                        parameter["schema"] = json!({
+                            "type": "string",
+                            "enum": providers,
+                            "description": PROVIDER_DESCRIPTION,
+                        });
+                    }
+                }
+                if operation.get("security").is_some() {
+                    operation["responses"]["401"] = json!({
+                        "description": "UNAUTHORIZED: missing or wrong API key",
+                        "headers": {"WWW-Authenticate": {
+                            "description": "`Bearer`",
+                            "schema": {"type": "string"},
+                        }},
+                        "content": {"application/json": {"schema": error_body}},
+                    });
+                }
+                if operation["operationId"] == "refresh_connection" {
+                    operation["requestBody"]["required"] = json!(false);
+                }
+                for response in operation["responses"]
+                    .as_object_mut()
+                    .into_iter()
+                    .flat_map(|r| r.values_mut())
+                {
+                    response["headers"]["X-Request-Id"] = request_id.clone();
+                }
+            }
+        }
+    }
+    // JSON Schema has no "not both"; "expires_in absent or null, or expires_at absent or
+    // null" says it without `not`, which generators handle poorly.
+    if let Some(import) = doc.pointer_mut("/components/schemas/ImportBody") {
+        import["anyOf"] = json!([
+            {"properties": {"expires_in": {"type": "null"}}},
+            {"properties": {"expires_at": {"type": "null"}}},
+        ]);
+    }
+}
+
+/// The document as utoipa derives it from the handlers; [`openapi`] finishes it.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tokenwarden", description = "Self-hosted OAuth token broker: HTTP API v1"),
+    paths(
+        put_connection, get_connection, get_access_token, refresh_connection, delete_connection,
+        list_connections, list_providers, healthz, readyz, metrics, openapi_json
+    ),
+    components(schemas(
+        ConnectionView, crate::views::LastErrorView, ConnectionList, AccessTokenView, ImportBody,
+        RefreshBody, ProviderView, crate::views::BreakerView, ProviderList, Health, ErrorBody,
+        crate::error::ErrorObject
+    )),
+    modifiers(&SecurityAddon)
+)]
+pub struct ApiDoc;
 
 struct SecurityAddon;
 
@@ -607,23 +859,6 @@ impl utoipa::Modify for SecurityAddon {
         );
     }
 }
-
-/// The OpenAPI document of the API.
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "tokenwarden", description = "Self-hosted OAuth token broker: HTTP API v1"),
-    paths(
-        put_connection, get_connection, get_access_token, refresh_connection, delete_connection,
-        list_connections, list_providers, healthz, readyz, metrics
-    ),
-    components(schemas(
-        ConnectionView, crate::views::LastErrorView, ConnectionList, AccessTokenView, ImportBody,
-        RefreshBody, ProviderView, crate::views::BreakerView, ProviderList, Health, ErrorBody,
-        crate::error::ErrorObject
-    )),
-    modifiers(&SecurityAddon)
-)]
-pub struct ApiDoc;
 
 #[cfg(test)]
 mod tests {
@@ -668,7 +903,7 @@ mod tests {
 
     #[test]
     fn openapi_lists_every_route() {
-        let doc = ApiDoc::openapi().to_json().expect("renders");
+        let doc = openapi(&["fake".to_owned()]).to_string();
         for path in [
             "/v1/connections",
             "/v1/providers",
@@ -677,6 +912,57 @@ mod tests {
             "/readyz",
         ] {
             assert!(doc.contains(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn an_initial_delay_above_the_maximum_is_lowered_to_it() {
+        let base = RetryPolicy {
+            max_retries: 3,
+            initial_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(10),
+        };
+        for (body, initial, max) in [
+            (r#"{"max_delay_ms": 5}"#, 5, 5),
+            (r#"{"initial_delay_ms": 20000}"#, 10_000, 10_000),
+            (
+                r#"{"initial_delay_ms": 500, "max_delay_ms": 100}"#,
+                100,
+                100,
+            ),
+            (r#"{"initial_delay_ms": 50}"#, 50, 10_000),
+        ] {
+            let options = parse_refresh_body(body.as_bytes(), &base).expect(body);
+            let policy = options.apply(&base);
+            assert_eq!(
+                policy.initial_delay,
+                Duration::from_millis(initial),
+                "{body}"
+            );
+            assert_eq!(policy.max_delay, Duration::from_millis(max), "{body}");
+            policy.validate().expect("a policy the library accepts");
+        }
+    }
+
+    #[test]
+    fn integers_are_what_json_schema_calls_integers() {
+        let base = RetryPolicy::default();
+        let options =
+            parse_refresh_body(br#"{"max_retries": 2.0, "max_delay_ms": 1e3}"#, &base).expect("ok");
+        assert_eq!(options.max_retries, Some(2));
+        assert_eq!(options.max_delay, Some(Duration::from_millis(1000)));
+        for body in [
+            r#"{"max_retries": 2.5}"#,
+            r#"{"max_retries": -1}"#,
+            r#"{"max_retries": 1e30}"#,
+            r#"{"max_retries": 4294967296}"#,
+        ] {
+            let err = parse_refresh_body(body.as_bytes(), &base).expect_err(body);
+            assert!(
+                err.message().starts_with("max_retries: "),
+                "{body}: {}",
+                err.message()
+            );
         }
     }
 }

@@ -37,8 +37,8 @@ pub struct ErrorBody {
 /// The error object of every non-2xx answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorObject {
-    /// Stable code: ACCOUNT_NOT_FOUND, NO_REFRESH_TOKEN, TOKEN_REFRESH_ERROR, TOKEN_EXPIRED,
-    /// NO_ACCESS_TOKEN, GET_TOKEN_ERROR, UNAUTHORIZED, INVALID_REQUEST, UNKNOWN_PROVIDER.
+    /// Stable code: one of [`all_codes`]. Branch on it, never on `message`.
+    #[schema(schema_with = error_code_schema)]
     pub code: String,
     pub message: String,
     /// True only when the user must reconnect the account.
@@ -48,6 +48,21 @@ pub struct ErrorObject {
     /// Context: account_id, provider, attempts, duration_ms, failure, provider_error, field.
     #[schema(value_type = Object)]
     pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Every code the API answers with: the library's and the server's own.
+pub fn all_codes() -> impl Iterator<Item = &'static str> {
+    ErrorCode::ALL
+        .iter()
+        .map(|code| code.as_str())
+        .chain([UNAUTHORIZED])
+}
+
+fn error_code_schema() -> utoipa::openapi::schema::Object {
+    crate::views::string_enum(
+        all_codes(),
+        "stable code; branch on it and on `reconnect`, never on `message`",
+    )
 }
 
 impl ApiError {
@@ -284,5 +299,33 @@ mod tests {
         let response = ApiError::from(error).into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn a_refresh_too_early_is_409_with_retry_after() {
+        let error = Error::new(ErrorCode::RefreshTooEarly, "not yet")
+            .with_retry_after(Some(Duration::from_secs(82_800)));
+        let response = ApiError::from(error).into_response();
+        assert_eq!(response.status(), StatusCode::CONFLICT);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "82800");
+    }
+
+    #[test]
+    fn a_grant_refused_for_good_is_409_not_a_gateway_error() {
+        let meta = ErrorMeta {
+            failure: Some(FailureClass::Permanent),
+            ..ErrorMeta::default()
+        };
+        let error = Error::new(ErrorCode::TokenRefreshError, "invalid_grant")
+            .with_meta(meta)
+            .with_reconnect(true);
+        assert_eq!(status_for(&error), StatusCode::CONFLICT);
+    }
+
+    #[test]
+    fn every_code_is_in_the_documented_list() {
+        let codes: Vec<_> = all_codes().collect();
+        assert_eq!(codes.len(), ErrorCode::ALL.len() + 1);
+        assert!(codes.contains(&"REFRESH_TOO_EARLY") && codes.contains(&UNAUTHORIZED));
     }
 }

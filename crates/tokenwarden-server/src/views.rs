@@ -10,11 +10,19 @@ use time::format_description::well_known::Rfc3339;
 use tokenwarden::provider::ProviderInfo;
 use tokenwarden::{AccessToken, BreakerState, ConnectionMeta, RefreshToken};
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, SchemaType, Type};
+
+use crate::config::{MAX_DELAY_MS_LIMIT, MAX_RETRIES_LIMIT};
+
+/// Longest accepted `expires_in` / `refresh_expires_in`: ten years, far beyond any provider.
+pub const MAX_EXPIRES_IN_S: u64 = 10 * 366 * 86_400;
+/// Most scopes one connection may carry.
+pub const MAX_SCOPES: usize = 1000;
 
 /// RFC 3339 in UTC, or an empty string for the rare time that cannot be formatted.
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&Rfc3339)
+    t.checked_to_offset(time::UtcOffset::UTC)
+        .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default()
 }
 
@@ -28,20 +36,26 @@ pub struct ConnectionView {
     pub user_id: String,
     pub provider: String,
     pub account_id: String,
-    /// `active` or `needs_reconnect`.
+    /// `active` or `needs_reconnect` (a refresh failed for good: the user must reconnect).
+    #[schema(schema_with = connection_status_schema)]
     pub status: String,
     pub token_type: String,
     /// RFC 3339; null when the provider gave no expiry.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
+    #[schema(format = DateTime)]
     pub refresh_expires_at: Option<String>,
     pub has_refresh_token: bool,
+    #[schema(format = DateTime)]
     pub last_refreshed_at: Option<String>,
     pub consecutive_failures: u32,
     pub last_error: Option<LastErrorView>,
     pub scopes: Vec<String>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 
@@ -50,6 +64,7 @@ pub struct ConnectionView {
 pub struct LastErrorView {
     pub code: String,
     pub message: String,
+    #[schema(format = DateTime)]
     pub at: String,
 }
 
@@ -93,32 +108,45 @@ pub struct ConnectionList {
 pub struct AccessTokenView<'a> {
     pub access_token: &'a str,
     pub token_type: &'a str,
+    /// RFC 3339; null when the provider gave no expiry.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 
-/// `PUT .../{account_id}`: tokens the application holds.
+/// `PUT .../{account_id}`: tokens the application holds. A JSON object; `expires_in` and
+/// `expires_at` are not both given (the document says so with an `anyOf`, see `api.rs`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportBody {
     /// Non-empty.
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 1)]
     pub access_token: AccessToken,
+    /// Non-empty when given.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1)]
     pub refresh_token: Option<RefreshToken>,
-    /// Seconds from now. Not together with `expires_at`.
-    #[serde(default)]
+    /// Seconds from now, at most ten years. Not together with `expires_at`.
+    #[serde(default, deserialize_with = "optional_integer")]
+    #[schema(schema_with = expires_in_schema)]
     pub expires_in: Option<u64>,
     /// RFC 3339; may be in the past (an expired token to refresh). Not with `expires_in`.
+    /// A time before 1970 is stored as 1970-01-01T00:00:00Z (it has expired either way), one
+    /// after 9999-12-31T23:59:59Z as that.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
-    /// Extension: seconds until the refresh token expires, when the provider said.
-    #[serde(default)]
+    /// Extension: seconds until the refresh token expires, when the provider said (at most
+    /// ten years).
+    #[serde(default, deserialize_with = "optional_integer")]
+    #[schema(schema_with = expires_in_schema)]
     pub refresh_expires_in: Option<u64>,
-    /// Extension: default `Bearer`.
+    /// Extension: default `Bearer`; 1-64 printable ASCII characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[!-~]+$")]
     pub token_type: Option<String>,
+    /// At most 1000.
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub scopes: Option<Vec<String>>,
     /// A JSON object.
     #[serde(default)]
@@ -126,19 +154,101 @@ pub struct ImportBody {
     pub metadata: Option<serde_json::Value>,
 }
 
-/// `POST .../refresh` (all optional).
+/// `POST .../refresh`: a JSON object, every field optional; no body at all means no
+/// overrides. An `initial_delay_ms` above the effective `max_delay_ms` is lowered to it
+/// (every retry then waits `max_delay_ms`).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshBody {
-    /// 0..=10.
-    #[serde(default)]
+    /// Retries after the first attempt, 0-10.
+    #[serde(default, deserialize_with = "optional_integer")]
+    #[schema(schema_with = max_retries_schema)]
     pub max_retries: Option<u32>,
-    /// 1..=60000, ≤ max_delay_ms.
-    #[serde(default)]
+    /// Delay before the first retry, 1-60000 ms.
+    #[serde(default, deserialize_with = "optional_integer")]
+    #[schema(schema_with = delay_ms_schema)]
     pub initial_delay_ms: Option<u64>,
-    /// 1..=60000.
-    #[serde(default)]
+    /// Longest delay between retries, 1-60000 ms.
+    #[serde(default, deserialize_with = "optional_integer")]
+    #[schema(schema_with = delay_ms_schema)]
     pub max_delay_ms: Option<u64>,
+}
+
+/// Reads an optional non-negative integer the way JSON Schema defines `integer`: any number
+/// with a zero fractional part, so `16.0` and `1e2` are integers to a client generated from
+/// the document and must be accepted as such. `null` is absent.
+fn optional_integer<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::{Error, Unexpected};
+    const EXPECTED: &str = "a non-negative integer";
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let value = if let Some(n) = number.as_u64() {
+        n
+    } else if let Some(n) = number.as_i64() {
+        return Err(D::Error::invalid_value(Unexpected::Signed(n), &EXPECTED));
+    } else {
+        let f = number.as_f64().unwrap_or(f64::NAN);
+        // 2^64 is the first float above u64::MAX; below it, a whole float converts exactly.
+        if !(f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f)) {
+            return Err(D::Error::invalid_value(Unexpected::Float(f), &EXPECTED));
+        }
+        // Whole and in range: the conversion is exact.
+        f as u64
+    };
+    T::try_from(value)
+        .map(Some)
+        .map_err(|_| D::Error::invalid_value(Unexpected::Unsigned(value), &"a smaller integer"))
+}
+
+/// An optional integer in `min..=max` (JSON null counts as absent).
+fn schema_optional_integer(min: u64, max: u64, description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(min))
+        .maximum(Some(max))
+        .description(Some(description))
+        .build()
+}
+
+fn expires_in_schema() -> Object {
+    schema_optional_integer(0, MAX_EXPIRES_IN_S, "seconds from now, at most ten years")
+}
+
+fn max_retries_schema() -> Object {
+    schema_optional_integer(
+        0,
+        u64::from(MAX_RETRIES_LIMIT),
+        "retries after the first attempt",
+    )
+}
+
+fn delay_ms_schema() -> Object {
+    schema_optional_integer(1, MAX_DELAY_MS_LIMIT, "milliseconds")
+}
+
+/// A string that is one of `values`.
+pub fn string_enum<'a>(values: impl IntoIterator<Item = &'a str>, description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values))
+        .description(Some(description))
+        .build()
+}
+
+pub(crate) fn connection_status_schema() -> Object {
+    string_enum(
+        [
+            tokenwarden::ConnectionStatus::Active.as_str(),
+            tokenwarden::ConnectionStatus::NeedsReconnect.as_str(),
+        ],
+        "`active`, or `needs_reconnect` when a refresh failed for good",
+    )
 }
 
 /// A configured provider (no secrets) with its circuit breaker.
@@ -159,11 +269,16 @@ pub struct ProviderView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BreakerView {
     /// closed, open or half_open.
+    #[schema(schema_with = breaker_state_schema)]
     pub state: String,
     /// Transient failures in a row (closed only).
     pub consecutive_failures: Option<u32>,
     /// Seconds until a probe is let through (open only).
     pub retry_after_s: Option<u64>,
+}
+
+fn breaker_state_schema() -> Object {
+    string_enum(["closed", "open", "half_open"], "closed, open or half_open")
 }
 
 impl ProviderView {
@@ -219,5 +334,25 @@ pub struct ProviderList {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     /// `ok` or `unavailable`.
+    #[schema(schema_with = health_status_schema)]
     pub status: String,
+}
+
+fn health_status_schema() -> Object {
+    string_enum(["ok", "unavailable"], "`ok` or `unavailable`")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_without_an_rfc3339_spelling_in_utc_does_not_panic() {
+        let late = time::macros::datetime!(9999-12-31 23:59:59 -01:00);
+        assert_eq!(rfc3339(late), "");
+        let early = time::macros::datetime!(0000-01-01 00:00 +01:00);
+        assert_eq!(rfc3339(early), "");
+        let fine = time::macros::datetime!(2026-11-30 12:00 +01:00);
+        assert_eq!(rfc3339(fine), "2026-11-30T11:00:00Z");
+    }
 }
