@@ -435,9 +435,12 @@ impl Warden {
         options: RefreshOptions,
     ) -> Result<ConnectionMeta, Error> {
         let policy = options.apply(&self.inner.refresh.retry);
-        policy
-            .validate()
-            .map_err(|e| counted(Error::new(ErrorCode::InvalidRequest, e.to_string())))?;
+        policy.validate().map_err(|e| {
+            // Name the option the caller gave (`max_delay`), not the setting it overrides.
+            let option = e.field.trim_start_matches("refresh.retry.");
+            let message = format!("{option}: {}", e.problem);
+            counted(Error::new(ErrorCode::InvalidRequest, message))
+        })?;
         self.inner
             .join_refresh(key, Trigger::Forced, policy, None)
             .await

@@ -194,3 +194,29 @@ async fn the_error_names_the_field_and_the_problem() {
     };
     assert_eq!(e.to_string(), "scheduler.batch_size: must be at least 1");
 }
+
+#[tokio::test]
+async fn forced_refresh_options_that_cannot_work_are_refused_by_their_name() {
+    let w = build_with(
+        RefreshConfig::default(),
+        BreakerConfig::default(),
+        SchedulerConfig::default(),
+    )
+    .expect("valid");
+    let key = common::key("u1", "a1");
+    let options = tokenwarden::RefreshOptions {
+        initial_delay: Some(Duration::from_secs(20)),
+        max_delay: Some(Duration::from_secs(5)),
+        ..tokenwarden::RefreshOptions::default()
+    };
+    let err = w
+        .refresh_token(&key, options)
+        .await
+        .expect_err("refused before any work");
+    assert_eq!(err.code(), tokenwarden::ErrorCode::InvalidRequest);
+    assert!(
+        err.message().starts_with("initial_delay: "),
+        "{}",
+        err.message()
+    );
+}
