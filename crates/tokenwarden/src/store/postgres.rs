@@ -57,6 +57,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "change_notifications",
         include_str!("../../migrations/postgres/0002_change_notifications.sql"),
     ),
+    (
+        3,
+        "lease_owners",
+        include_str!("../../migrations/postgres/0003_lease_owners.sql"),
+    ),
 ];
 
 const BAD_URL: &str = "database_url must be a postgres:// or postgresql:// URL";
