@@ -9,8 +9,9 @@
 //! Refresh leases (see [`Store::try_lease`]) are tied to their owner's liveness where the
 //! backend can tell: a lease whose owner is gone is free at once, not when it expires. On
 //! SQLite one serving instance holds the database ([`Role::Instance`]) and frees at open
-//! the leases its dead predecessors left. The expiry stays the fallback wherever liveness is
-//! unknown.
+//! the leases its dead predecessors left; on PostgreSQL every process holds an advisory lock
+//! while it lives and a lease whose owner's lock is gone may be taken (see `postgres`). The
+//! expiry stays the fallback wherever liveness is unknown.
 //!
 //! [`KeyRing`]: crate::crypto::KeyRing
 
@@ -27,6 +28,7 @@ use crate::connection::{
 use crate::crypto::KeyRing;
 
 pub mod conformance;
+mod liveness;
 pub mod memory;
 pub mod postgres;
 mod rows;
