@@ -78,6 +78,7 @@ failure_threshold = 10000
 [scheduler]
 enabled = true
 lead_seconds = 1
+initial_retry_delay_seconds = 1
 max_retry_delay_seconds = 1
 concurrency = {SCHEDULER_CONCURRENCY}
 
