@@ -154,7 +154,7 @@ impl SqliteStore {
                     })?;
                 }
                 if role == Role::Instance {
-                    instance_lock = Some(lock_instance(&path)?);
+                    instance_lock = lock_instance(&path)?;
                 }
                 let options = SqliteConnectOptions::new()
                     .filename(&path)
@@ -392,8 +392,10 @@ pub fn instance_lock_path(database: &Path) -> PathBuf {
 }
 
 /// Takes the exclusive lock that makes this process the database's one instance, and writes
-/// its pid into the file for the message the next one gets. Never waits.
-fn lock_instance(database: &Path) -> Result<File, StoreError> {
+/// its pid into the file for the message the next one gets. Never waits. `None` on a file
+/// system without locks: the instance then runs as before this lock existed (a second one is
+/// not refused, and leases left by a dead one expire), with a warning.
+fn lock_instance(database: &Path) -> Result<Option<File>, StoreError> {
     let path = instance_lock_path(database);
     let cannot =
         |e: std::io::Error| StoreError::Database(format!("cannot lock {}: {e}", path.display()));
@@ -418,11 +420,18 @@ fn lock_instance(database: &Path) -> Result<File, StoreError> {
                 holder,
             });
         }
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::warn!(lock_file = %path.display(), error = %e,
+                "this file system has no file locks: a second instance on this database \
+                 would not be refused, and a dead instance's refresh leases will expire \
+                 instead of being freed at start");
+            return Ok(None);
+        }
         Err(std::fs::TryLockError::Error(e)) => return Err(cannot(e)),
     }
     file.set_len(0).map_err(cannot)?;
     writeln!(file, "{}", std::process::id()).map_err(cannot)?;
-    Ok(file)
+    Ok(Some(file))
 }
 
 /// Frees the leases of every owner an earlier instance registered, and forgets them: this
@@ -1025,6 +1034,14 @@ mod tests {
             assert!(!err.to_string().contains("hunter2"));
             assert!(matches!(err, StoreError::Database(_)));
         }
+    }
+
+    #[test]
+    fn the_instance_lock_sits_beside_the_database() {
+        assert_eq!(
+            instance_lock_path(Path::new("/var/lib/tw/tokenwarden.db")),
+            PathBuf::from("/var/lib/tw/tokenwarden.db-instance.lock")
+        );
     }
 
     #[test]
