@@ -4,7 +4,7 @@
 # on 2 cores after the release build; needs wrk (apt-get install wrk) for the HTTP figures.
 #
 #   bench/run.sh                 # everything
-#   bench/run.sh fast scheduler  # only some: fast http concurrency outage scheduler scale
+#   bench/run.sh fast scheduler  # only some: fast http concurrency outage scheduler scale restart
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tokenwarden-target}"
@@ -12,12 +12,13 @@ RUNS="${RUNS:-3}"
 BIN="$CARGO_TARGET_DIR/release"
 OUT="${BENCH_OUT:-$(mktemp -d /tmp/tokenwarden-bench.XXXXXX)}"
 mkdir -p "$OUT"
-WANT="${*:-fast http concurrency outage scheduler scale}"
+WANT="${*:-fast http concurrency outage scheduler scale restart}"
 want() { [[ " $WANT " == *" $1 "* ]]; }
 
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(date -u +%F)"
 echo "# output: $OUT"
-cargo build --release --locked -p tokenwarden-server --bin tokenwarden --example baseline_http
+cargo build --release --locked -p tokenwarden-server --bin tokenwarden --example baseline_http \
+  --example bench_restart
 cargo build --release --locked -p tokenwarden --examples
 
 if want fast; then
@@ -45,6 +46,13 @@ fi
 if want outage; then
   echo "## 30 s provider outage, 100 callers, breaker on vs off"
   "$BIN/examples/bench_outage" 30 | tee "$OUT/outage.txt"
+fi
+
+if want restart; then
+  # kill -9 while 64 refreshes are in flight, restart on the same file: time from spawn to
+  # the first refreshed token of a connection that was mid-refresh, beside /readyz.
+  echo "## restart after kill -9 during refreshes, 100,000 connections in SQLite"
+  BENCH_ROUNDS="${RUNS}" "$BIN/examples/bench_restart" 100000 64 | tee "$OUT/restart.txt"
 fi
 
 # Starts `tokenwarden serve` on a config over database $1 and waits for /healthz; sets

@@ -17,7 +17,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokenwarden::provider::{self, HttpClient};
 use tokenwarden::refresh::RetryPolicy;
-use tokenwarden::store::Store;
+use tokenwarden::store::{Role, Store};
 use tokenwarden::{KeyRing, ProviderName, Warden};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -73,7 +73,7 @@ impl App {
         let api_keys = ApiKeys::from_config(config.auth.api_keys.iter().map(|k| k.expose_secret()))
             .map_err(|message| ConfigError::key("auth.api_keys", message))?;
         crate::telemetry::register_known_series(config.providers.keys().map(String::as_str));
-        let warden = build_warden(&config).await?;
+        let warden = build_warden_as(&config, Role::Instance).await?;
         if let Err(error) = warden.update_connection_gauges().await {
             tracing::warn!(error = %error, "could not compute the connections gauge");
         }
@@ -202,9 +202,17 @@ impl MakeRequestId for SequentialRequestIds {
     }
 }
 
-/// Builds the library's [`Warden`] from configuration: key ring, store, providers, settings.
-/// The CLI uses this too, so both see the same database the same way.
+/// Builds the library's [`Warden`] from configuration for a command beside the server (the
+/// CLI): key ring, store, providers, settings, the same as [`App::build`]'s. It opens the
+/// database as a [`Role::Tool`], so `connections list`, `import`, `refresh` and
+/// `keys rotate` work while `tokenwarden serve` runs on the same SQLite file.
 pub async fn build_warden(config: &Config) -> Result<Warden, StartError> {
+    build_warden_as(config, Role::Tool).await
+}
+
+/// [`build_warden`] for a process in the given [`Role`]: `serve` is the
+/// [`Role::Instance`], and on SQLite only one may hold a database file.
+pub async fn build_warden_as(config: &Config, role: Role) -> Result<Warden, StartError> {
     let active = config
         .encryption
         .active_key
@@ -219,7 +227,7 @@ pub async fn build_warden(config: &Config) -> Result<Warden, StartError> {
             .map(|(id, key)| (id.as_str(), key.expose_secret())),
     )
     .map_err(|e| ConfigError::key("encryption", e.to_string()))?;
-    let store = connect_store(&config.database_url, Arc::new(keys)).await?;
+    let store = connect_store(&config.database_url, Arc::new(keys), role).await?;
     let http =
         HttpClient::new(config.http_settings()).map_err(|e| StartError::Http(e.to_string()))?;
     let mut providers = Vec::with_capacity(config.providers.len());
@@ -241,11 +249,13 @@ pub async fn build_warden(config: &Config) -> Result<Warden, StartError> {
         .map_err(|e| ConfigError::key(e.field, e.problem))?)
 }
 
-/// Opens the store named by `database_url` (SQLite or PostgreSQL), creating the SQLite
-/// file's directory if needed.
+/// Opens the store named by `database_url` (SQLite or PostgreSQL) in `role`, creating the
+/// SQLite file's directory if needed. A second `serve` on one SQLite file fails here, with
+/// a message naming the file and the process that holds it.
 async fn connect_store(
     database_url: &str,
     keys: Arc<KeyRing>,
+    role: Role,
 ) -> Result<Arc<dyn Store>, StartError> {
     if let Some(path) = sqlite_path(database_url)
         && let Some(parent) = path.parent()
@@ -255,7 +265,7 @@ async fn connect_store(
         crate::bootstrap::create_private_dir(parent)
             .map_err(|e| StartError::Io(format!("creating {}: {e}", parent.display())))?;
     }
-    tokenwarden::store::connect(database_url, keys)
+    tokenwarden::store::connect_as(database_url, keys, role)
         .await
         .map_err(|e| StartError::Store(e.to_string()))
 }

@@ -6,6 +6,13 @@
 //! overwrites an import or delete that happened while it ran. Every backend passes the
 //! conformance suite in the `tokenwarden-testkit` crate (run by each backend's tests).
 //!
+//! Refresh leases (see [`Store::try_lease`]) are tied to their owner's liveness where the
+//! backend can tell: a lease whose owner is gone is free at once, not when it expires. On
+//! SQLite one serving instance holds the database ([`Role::Instance`]) and frees at open
+//! the leases its dead predecessors left; on PostgreSQL every process holds an advisory lock
+//! while it lives and a lease whose owner's lock is gone may be taken (see `postgres`). The
+//! expiry stays the fallback wherever liveness is unknown.
+//!
 //! [`KeyRing`]: crate::crypto::KeyRing
 
 use std::sync::Arc;
@@ -30,6 +37,7 @@ pub(crate) mod failing_writes;
 #[allow(dead_code, reason = "the unit tests use part of the test kit")]
 #[path = "../../../tokenwarden-testkit/src/fixtures.rs"]
 pub(crate) mod fixtures;
+mod liveness;
 pub mod memory;
 pub mod postgres;
 mod rows;
@@ -39,13 +47,29 @@ pub use memory::MemoryStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-/// Opens the store `database_url` names, bringing its schema up to date: SQLite for
-/// `sqlite:` URLs (see [`SqliteStore::connect`]), PostgreSQL for `postgres://` and
-/// `postgresql://` (see [`PgStore::connect`]). Anything else is an error that does not
-/// repeat the URL, which may hold a password.
+/// Opens the store `database_url` names as a [`Role::Tool`], bringing its schema up to
+/// date: SQLite for `sqlite:` URLs (see [`SqliteStore::connect`]), PostgreSQL for
+/// `postgres://` and `postgresql://` (see [`PgStore::connect`]). Anything else is an error
+/// that does not repeat the URL, which may hold a password. A process that serves (takes
+/// refresh leases and runs the scheduler for good) opens with [`connect_as`] and
+/// [`Role::Instance`].
 pub async fn connect(database_url: &str, keys: Arc<KeyRing>) -> Result<Arc<dyn Store>, StoreError> {
+    connect_as(database_url, keys, Role::Tool).await
+}
+
+/// [`connect`], saying what the opening process is to the database. On PostgreSQL the role
+/// changes nothing (any number of instances and tools share it); on SQLite a
+/// [`Role::Instance`] open fails with [`StoreError::InUse`] while another instance holds the
+/// file, and frees the refresh leases that earlier instances left behind.
+pub async fn connect_as(
+    database_url: &str,
+    keys: Arc<KeyRing>,
+    role: Role,
+) -> Result<Arc<dyn Store>, StoreError> {
     if database_url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(database_url, keys).await?))
+        Ok(Arc::new(
+            SqliteStore::connect_as(database_url, keys, role).await?,
+        ))
     } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
         Ok(Arc::new(PgStore::connect(database_url, keys).await?))
     } else {
@@ -53,6 +77,20 @@ pub async fn connect(database_url: &str, keys: Arc<KeyRing>) -> Result<Arc<dyn S
             "database_url must start with sqlite:, postgres:// or postgresql://".to_owned(),
         ))
     }
+}
+
+/// What the process opening a store is to its database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// A serving instance (`tokenwarden serve`, or an application embedding the library):
+    /// it takes refresh leases and runs the scheduler. SQLite has at most one at a time per
+    /// database file; opening a second fails at once.
+    Instance,
+    /// A tool opened beside the instance (the CLI's `connections list`, `import`,
+    /// `keys rotate`, …): it works while an instance runs and never frees leases it does not
+    /// own. The default.
+    #[default]
+    Tool,
 }
 
 /// Store failures. A database error is never reported as "not found".
@@ -74,6 +112,23 @@ pub enum StoreError {
     /// The database failed. The message never contains a secret.
     #[error("database error: {0}")]
     Database(String),
+    /// Another serving instance holds this SQLite database (see [`Role::Instance`]).
+    #[error(
+        "{} is already served by another tokenwarden instance{}, which holds {}; SQLite \
+         serves one instance per database: stop that one first, or use PostgreSQL to run \
+         several",
+        .database.display(),
+        .holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default(),
+        .lock_file.display()
+    )]
+    InUse {
+        /// The database file.
+        database: std::path::PathBuf,
+        /// The lock file beside it that the running instance holds.
+        lock_file: std::path::PathBuf,
+        /// The process id the running instance wrote into the lock file, when readable.
+        holder: Option<u32>,
+    },
 }
 
 /// Whether a put created a connection or replaced one.
@@ -158,8 +213,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Takes the refresh lease on one connection for `owner` until `until`, if it is free,
-    /// expired, or already `owner`'s. Atomic: of several instances asking at once, one wins.
-    /// A successful [`Store::update`] releases it.
+    /// expired, already `owner`'s, or held by an owner the backend knows to be gone (a dead
+    /// process: see the module docs). Atomic: of several instances asking at once, one
+    /// wins. A successful [`Store::update`] releases it.
     async fn try_lease(
         &self,
         key: &ConnectionKey,
@@ -182,7 +238,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn release_lease(&self, key: &ConnectionKey, owner: &str) -> Result<(), StoreError>;
 
     /// Claims up to `limit` active connections whose `next_refresh_at` is due at `now` and
-    /// whose lease is free or expired (rows `owner` itself holds are not claimed again),
+    /// whose lease is free, expired or held by an owner known to be gone (rows `owner`
+    /// itself holds are not claimed again),
     /// leasing them to `owner` until `until`; earliest first. Each comes back as written by
     /// the claim, read under the lease it took, so the refresh needs no second read.
     /// Several instances claiming at once never get the same connection.
@@ -195,8 +252,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<Claimed>, StoreError>;
 
     /// The earliest time an active, scheduled connection becomes claimable: its
-    /// `next_refresh_at`, or its lease's expiry when that is later. `None` when nothing is
-    /// scheduled.
+    /// `next_refresh_at`, or its lease's expiry when that is later (unless the lease's owner
+    /// is known to be gone). `None` when nothing is scheduled.
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError>;
 
     /// Sizes of the refresh schedule, for metrics.

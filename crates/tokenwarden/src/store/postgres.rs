@@ -9,6 +9,11 @@
 //! its candidates with `FOR UPDATE SKIP LOCKED`, so instances claiming at once split the due
 //! work without overlap and without waiting on each other.
 //!
+//! A lease is tied to its owner's liveness (see `liveness`): every store that leases holds
+//! an advisory lock while its process lives, and a lease whose registered owner's lock is
+//! gone is free at once. Only a contested lease pays for that check: the uncontested
+//! `try_lease` is the same single `UPDATE` as before.
+//!
 //! It seals and opens secrets only through the [`KeyRing`] it was built with; it never sees
 //! key material. It does not decide when to refresh or talk to providers. Neither the
 //! `database_url` (it may hold a password) nor any bound value ever appears in its errors or
@@ -25,6 +30,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgPool, PgPool
 use sqlx::{AssertSqlSafe, Connection as _, Postgres, QueryBuilder, SqlSafeStr};
 use time::OffsetDateTime;
 
+use super::liveness::{LIVE_CTE, Liveness, owner_gone};
 use super::rows::{
     META_COLUMNS, RowValues, WRITE_COLUMNS, claimed_from_row, corrupt, db_error, distinct_keys,
     from_unix, get, key_from_row, key_usage as key_usage_from, list_query, meta_from_row,
@@ -37,8 +43,9 @@ use super::{
 use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus};
 use crate::crypto::KeyRing;
 
-/// Connections per pool. Every instance has its own pool, so a deployment of N instances
-/// uses up to N × 10 of the server's `max_connections` (100 by default).
+/// Connections per pool. Every instance has its own pool, plus one connection of its own
+/// that holds its lease liveness lock once it leases, so a deployment of N instances uses up
+/// to N × 11 of the server's `max_connections` (100 by default).
 pub const POOL_SIZE: u32 = 10;
 /// How long connecting (or waiting for a pooled connection) may take before it fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,6 +63,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "change_notifications",
         include_str!("../../migrations/postgres/0002_change_notifications.sql"),
+    ),
+    (
+        3,
+        "lease_owners",
+        include_str!("../../migrations/postgres/0003_lease_owners.sql"),
     ),
 ];
 
@@ -92,6 +104,8 @@ pub struct PgStore {
     changes: tokio::sync::broadcast::Sender<Change>,
     /// The LISTEN task, started by the first [`Store::changes`] call and stopped on drop.
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// This process's liveness lock, taken at the first lease.
+    liveness: Liveness,
 }
 
 impl Drop for PgStore {
@@ -104,6 +118,7 @@ impl Drop for PgStore {
         if let Some(task) = task {
             task.abort();
         }
+        self.liveness.abort();
     }
 }
 
@@ -165,12 +180,13 @@ impl PgStore {
             .await
             .map_err(db_error("connect"))?;
         Ok(Self {
-            pool,
             keys,
             schema: None,
             home,
             changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0,
             listener: std::sync::Mutex::default(),
+            liveness: Liveness::new(pool.clone()),
+            pool,
         })
     }
 
@@ -179,8 +195,11 @@ impl PgStore {
         &self.pool
     }
 
-    /// Closes the pool, waiting for connections to finish (graceful shutdown).
+    /// Closes the pool, waiting for connections to finish (graceful shutdown), and releases
+    /// this process's liveness lock: the leases it still holds are then free to other
+    /// instances at once.
     pub async fn close(&self) {
+        self.liveness.stop().await;
         self.pool.close().await;
     }
 
@@ -616,11 +635,12 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
         .map(|c| format!("c.{}", c.trim()))
         .collect();
     format!(
-        "WITH due AS ( \
+        "WITH {}, due AS ( \
              SELECT user_id, provider, account_id FROM connections \
              WHERE status = 'active' AND next_refresh_at IS NOT NULL \
                AND next_refresh_at <= $3 \
-               AND (lease_owner IS NULL OR lease_until <= $3) \
+               AND (lease_owner IS NULL OR lease_until <= $3 \
+                    OR (lease_owner <> $1 AND {})) \
              ORDER BY next_refresh_at \
              LIMIT $4 \
              FOR UPDATE SKIP LOCKED \
@@ -633,7 +653,45 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
          ) \
          SELECT * FROM claimed \
          ORDER BY next_refresh_at, user_id, provider, account_id",
+        *LIVE_CTE,
+        owner_gone("lease_owner"),
         returned.join(", ")
+    )
+});
+
+/// [`Store::try_lease`] when the lease was not free: takes it if it has become free, or if
+/// its owner is gone (see `liveness`), and says whether the row exists at all. One
+/// statement; `pg_locks` is read only here, never on the uncontested path.
+static TAKE_OVER_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {}, taken AS ( \
+             UPDATE connections AS c SET lease_owner = $4, lease_until = $5 \
+             WHERE c.user_id = $1 AND c.provider = $2 AND c.account_id = $3 \
+               AND (c.lease_owner IS NULL OR c.lease_until <= $6 OR c.lease_owner = $4 \
+                    OR {}) \
+             RETURNING 1 \
+         ) \
+         SELECT EXISTS (SELECT 1 FROM taken) AS taken, \
+                EXISTS (SELECT 1 FROM connections \
+                        WHERE user_id = $1 AND provider = $2 AND account_id = $3) AS found, \
+                EXISTS (SELECT 1 FROM connections AS x \
+                        WHERE x.user_id = $1 AND x.provider = $2 AND x.account_id = $3 \
+                          AND x.lease_owner <> $4 AND x.lease_until > $6 AND {}) AS from_gone",
+        *LIVE_CTE,
+        owner_gone("c.lease_owner"),
+        owner_gone("x.lease_owner")
+    )
+});
+
+/// [`Store::next_due`]: a lease whose owner is gone does not delay its connection.
+static NEXT_DUE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {} \
+         SELECT MIN(CASE WHEN lease_owner IS NOT NULL AND {} THEN next_refresh_at \
+                         ELSE GREATEST(next_refresh_at, lease_until) END) \
+         FROM connections WHERE status = 'active' AND next_refresh_at IS NOT NULL",
+        *LIVE_CTE,
+        owner_gone("lease_owner")
     )
 });
 
@@ -857,6 +915,7 @@ impl Store for PgStore {
         now: OffsetDateTime,
         until: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        self.liveness.ensure(owner).await?;
         // Of several instances running this at once, the first locks the row; the others
         // wait, then re-evaluate the condition on its committed result and match nothing.
         let query = sqlx::query(
@@ -874,9 +933,29 @@ impl Store for PgStore {
         if done.rows_affected() > 0 {
             return Ok(true);
         }
-        match self.missed_write(key, "try_lease").await {
-            StoreError::Conflict => Ok(false),
-            other => Err(other),
+        // Contested: another owner holds it. Take it if that owner is gone. The statement
+        // re-checks the owner's registration and lock on the newest row version, so of two
+        // instances taking over at once, the second sees the first (alive) and backs off.
+        let row = bind_key(sqlx::query(AssertSqlSafe(TAKE_OVER_SQL.as_str())), key)
+            .bind(owner.to_owned())
+            .bind(unix(until))
+            .bind(unix(now))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("try_lease"))?;
+        let (taken, found): (bool, bool) = (get(&row, "taken")?, get(&row, "found")?);
+        if taken {
+            // Otherwise the lease was released or expired between the two statements.
+            if get(&row, "from_gone")? {
+                tracing::info!(provider = %key.provider, account_id = %key.account_id,
+                    "took over a refresh lease whose owner is gone");
+            }
+            return Ok(true);
+        }
+        if found {
+            Ok(false)
+        } else {
+            Err(StoreError::NotFound)
         }
     }
 
@@ -925,7 +1004,8 @@ impl Store for PgStore {
         // lease condition when locked, so it is never claimed twice. The inner order is the
         // partial index's alone, so a large backlog is read from the index and the scan
         // stops at the limit instead of sorting every due row. RETURNING has no order, hence
-        // the outer ORDER BY.
+        // the outer ORDER BY. Rows leased by an owner that is gone are due like free ones.
+        self.liveness.ensure(owner).await?;
         let rows = sqlx::query(CLAIM_SQL.as_str())
             .bind(owner.to_owned())
             .bind(unix(until))
@@ -941,13 +1021,10 @@ impl Store for PgStore {
 
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         // GREATEST ignores NULLs: without a lease it is next_refresh_at.
-        let at: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(GREATEST(next_refresh_at, lease_until)) \
-             FROM connections WHERE status = 'active' AND next_refresh_at IS NOT NULL",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_error("next_due"))?;
+        let at: Option<i64> = sqlx::query_scalar(AssertSqlSafe(NEXT_DUE_SQL.as_str()))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("next_due"))?;
         at.map(from_unix).transpose()
     }
 

@@ -5,11 +5,23 @@
 //! token is handed out (WAL journal, `synchronous=FULL`). It seals and opens secrets only
 //! through the [`KeyRing`] it was built with; it never sees key material. It does not decide
 //! when to refresh or talk to providers.
+//!
+//! SQLite serves one instance per database file. A store opened as [`Role::Instance`] holds
+//! an exclusive lock on `<database>-instance.lock` for as long as it lives (the operating
+//! system drops it when the process ends, kill -9 included), so a second instance fails at
+//! once with [`StoreError::InUse`]. Holding it, the instance knows every other instance is
+//! gone, and frees their refresh leases before anything else: a restart after a crash
+//! refreshes at once instead of waiting out the dead process's leases. Tools
+//! ([`Role::Tool`], the CLI) open the file beside the instance and keep their leases to
+//! themselves (see `migrations/sqlite/0003`).
 
+use std::collections::HashSet;
 use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,8 +39,8 @@ use super::rows::{
     open_tokens, page, push_after, seal_tokens, status_counts, unix, written_meta,
 };
 use super::{
-    Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store, StoreError,
-    decode_cursor,
+    Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Role, Store,
+    StoreError, decode_cursor,
 };
 use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus};
 use crate::crypto::KeyRing;
@@ -52,6 +64,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "change_notifications",
         include_str!("../../migrations/sqlite/0002_change_notifications.sql"),
     ),
+    (
+        3,
+        "lease_owners",
+        include_str!("../../migrations/sqlite/0003_lease_owners.sql"),
+    ),
 ];
 
 const BAD_URL: &str = "database_url must be sqlite://RELATIVE_PATH, sqlite:///ABSOLUTE_PATH \
@@ -65,6 +82,17 @@ pub struct SqliteStore {
     /// SQLite wait in its busy handler, which sleeps in steps of milliseconds. Queueing them
     /// here instead hands the lock over at once, and leaves the other connections to readers.
     write: tokio::sync::Mutex<()>,
+    /// Set when this store is the database's serving instance.
+    instance: Option<Instance>,
+}
+
+/// What a [`Role::Instance`] store holds.
+struct Instance {
+    /// `<database>-instance.lock`, exclusively locked while this store lives.
+    _lock: File,
+    /// Owners registered in `lease_owners` by this store, so that the next instance frees
+    /// their leases.
+    registered: Mutex<HashSet<String>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -73,6 +101,7 @@ impl fmt::Debug for SqliteStore {
         // prints key ids only.
         f.debug_struct("SqliteStore")
             .field("pool_size", &self.pool.size())
+            .field("instance", &self.instance.is_some())
             .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
@@ -87,8 +116,24 @@ impl SqliteStore {
     /// as long as this store; its pool has exactly one connection so every query sees it).
     /// Files use the WAL journal with `synchronous=FULL`, so a committed write survives a
     /// crash or power loss; foreign keys are on and a writer waits up to 5 s for the lock.
+    ///
+    /// Opens as a [`Role::Tool`]: beside a running instance, without freeing any lease.
     pub async fn connect(database_url: &str, keys: Arc<KeyRing>) -> Result<Self, StoreError> {
+        Self::connect_as(database_url, keys, Role::Tool).await
+    }
+
+    /// [`SqliteStore::connect`] in the given role. As [`Role::Instance`] on a file, it first
+    /// takes the exclusive lock on `<database>-instance.lock` (failing at once with
+    /// [`StoreError::InUse`] when another instance holds it), and after migrating frees every
+    /// lease that earlier instances registered: they are all gone. In memory the role changes
+    /// nothing.
+    pub async fn connect_as(
+        database_url: &str,
+        keys: Arc<KeyRing>,
+        role: Role,
+    ) -> Result<Self, StoreError> {
         let location = SqliteLocation::parse(database_url)?;
+        let mut instance_lock = None;
         let (options, pool_options) = match location {
             SqliteLocation::Memory => {
                 let options = SqliteConnectOptions::from_str("sqlite::memory:")
@@ -108,6 +153,9 @@ impl SqliteStore {
                         StoreError::Database(format!("cannot create the database directory: {e}"))
                     })?;
                 }
+                if role == Role::Instance {
+                    instance_lock = lock_instance(&path)?;
+                }
                 let options = SqliteConnectOptions::new()
                     .filename(&path)
                     .create_if_missing(true)
@@ -124,7 +172,21 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(db_error("connect"))?;
-        Self::from_pool(pool, keys).await
+        let mut store = Self::from_pool(pool, keys).await?;
+        if let Some(lock) = instance_lock {
+            let freed = free_gone_instances_leases(&store.pool).await?;
+            if freed > 0 {
+                tracing::info!(
+                    freed,
+                    "freed the refresh leases a previous instance left behind"
+                );
+            }
+            store.instance = Some(Instance {
+                _lock: lock,
+                registered: Mutex::default(),
+            });
+        }
+        Ok(store)
     }
 
     /// A store over an existing pool (for example one shared with another store that holds a
@@ -138,7 +200,32 @@ impl SqliteStore {
             pool,
             keys,
             write: tokio::sync::Mutex::new(()),
+            instance: None,
         })
+    }
+
+    /// As the serving instance, records `owner` in `lease_owners` before its first lease, so
+    /// the next instance to open the file frees that lease if this process dies holding it.
+    /// Once per owner; a tool records nothing.
+    async fn register(&self, owner: &str) -> Result<(), StoreError> {
+        let Some(instance) = &self.instance else {
+            return Ok(());
+        };
+        if lock(&instance.registered).contains(owner) {
+            return Ok(());
+        }
+        let _write = self.write.lock().await;
+        sqlx::query(
+            "INSERT OR IGNORE INTO lease_owners (owner, lock_key, registered_at) \
+             VALUES (?, NULL, ?)",
+        )
+        .bind(owner.to_owned())
+        .bind(unix(OffsetDateTime::now_utc()))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("register lease owner"))?;
+        lock(&instance.registered).insert(owner.to_owned());
+        Ok(())
     }
 
     /// The connection pool, for backend-specific tests and maintenance (key rotation).
@@ -295,6 +382,83 @@ impl SqliteLocation {
         }
         Ok(Self::File(PathBuf::from(path)))
     }
+}
+
+/// The file a serving instance locks beside its database: `<database>-instance.lock`.
+pub fn instance_lock_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push("-instance.lock");
+    PathBuf::from(name)
+}
+
+/// Takes the exclusive lock that makes this process the database's one instance, and writes
+/// its pid into the file for the message the next one gets. Never waits. `None` on a file
+/// system without locks: the instance then runs as before this lock existed (a second one is
+/// not refused, and leases left by a dead one expire), with a warning.
+fn lock_instance(database: &Path) -> Result<Option<File>, StoreError> {
+    let path = instance_lock_path(database);
+    let cannot =
+        |e: std::io::Error| StoreError::Database(format!("cannot lock {}: {e}", path.display()));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(cannot)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let holder = file
+                .read_to_string(&mut text)
+                .ok()
+                .and_then(|_| text.trim().parse().ok());
+            return Err(StoreError::InUse {
+                database: database.to_owned(),
+                lock_file: path,
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::warn!(lock_file = %path.display(), error = %e,
+                "this file system has no file locks: a second instance on this database \
+                 would not be refused, and a dead instance's refresh leases will expire \
+                 instead of being freed at start");
+            return Ok(None);
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(cannot(e)),
+    }
+    file.set_len(0).map_err(cannot)?;
+    writeln!(file, "{}", std::process::id()).map_err(cannot)?;
+    Ok(Some(file))
+}
+
+/// Frees the leases of every owner an earlier instance registered, and forgets them: this
+/// process holds the instance lock, so those instances are gone. One transaction.
+async fn free_gone_instances_leases(pool: &SqlitePool) -> Result<u64, StoreError> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(db_error("free leases"))?;
+    let freed = sqlx::query(
+        "UPDATE connections SET lease_owner = NULL, lease_until = NULL \
+         WHERE lease_owner IN (SELECT owner FROM lease_owners)",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db_error("free leases"))?
+    .rows_affected();
+    sqlx::query("DELETE FROM lease_owners")
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error("free leases"))?;
+    tx.commit().await.map_err(db_error("free leases"))?;
+    Ok(freed)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, StoreError> {
@@ -629,6 +793,7 @@ impl Store for SqliteStore {
         now: OffsetDateTime,
         until: OffsetDateTime,
     ) -> Result<bool, StoreError> {
+        self.register(owner).await?;
         let sql = format!(
             "UPDATE connections SET lease_owner = ?, lease_until = ? WHERE {KEY_MATCH} \
              AND (lease_owner IS NULL OR lease_until <= ? OR lease_owner = ?)"
@@ -710,6 +875,7 @@ impl Store for SqliteStore {
                  ORDER BY next_refresh_at LIMIT ?4) \
              RETURNING {META_COLUMNS}, access_token, refresh_token"
         );
+        self.register(owner).await?;
         let _write = self.write.lock().await;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(owner.to_owned())
@@ -868,6 +1034,14 @@ mod tests {
             assert!(!err.to_string().contains("hunter2"));
             assert!(matches!(err, StoreError::Database(_)));
         }
+    }
+
+    #[test]
+    fn the_instance_lock_sits_beside_the_database() {
+        assert_eq!(
+            instance_lock_path(Path::new("/var/lib/tw/tokenwarden.db")),
+            PathBuf::from("/var/lib/tw/tokenwarden.db-instance.lock")
+        );
     }
 
     #[test]
