@@ -27,7 +27,7 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::api;
 use crate::auth::ApiKeys;
@@ -137,21 +137,8 @@ impl App {
             ));
 
         let trace = TraceLayer::new_for_http()
-            .make_span_with(|request: &Request<_>| {
-                let request_id = request
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                // Path only: no headers (Authorization), no query, no body.
-                tracing::info_span!(
-                    "request",
-                    method = %request.method(),
-                    path = %request.uri().path(),
-                    request_id = %request_id,
-                )
-            })
-            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
+            .make_span_with(crate::telemetry::request_span)
+            .on_response(crate::telemetry::AccessLog);
 
         Router::new()
             .merge(v1)
