@@ -27,7 +27,7 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::api;
 use crate::auth::ApiKeys;
@@ -113,6 +113,15 @@ impl App {
     }
 
     /// All routes with their middleware.
+    ///
+    /// The middleware wraps the finished router once, instead of being layered onto every
+    /// route with `Router::layer`: axum boxes each layered route and clones the box (and
+    /// every box inside it) per request, which made 11 allocations per request and about a
+    /// tenth of a fresh token's cost (see BENCHMARKS.md, "HTTP fast path"). Outermost first:
+    /// the `Authorization` header is marked sensitive before anything could print it, the
+    /// request id exists before the request's span is made, the span and access line cover
+    /// everything inside (authentication and 401s included), the id is copied onto every
+    /// response, and the body limit applies to every route that reads a body.
     pub fn router(&self) -> Router {
         let v1 = Router::new()
             .route(
@@ -136,41 +145,28 @@ impl App {
                 api::require_api_key,
             ));
 
-        let trace = TraceLayer::new_for_http()
-            .make_span_with(|request: &Request<_>| {
-                let request_id = request
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                // Path only: no headers (Authorization), no query, no body.
-                tracing::info_span!(
-                    "request",
-                    method = %request.method(),
-                    path = %request.uri().path(),
-                    request_id = %request_id,
-                )
-            })
-            .on_response(DefaultOnResponse::new().level(tracing::Level::INFO));
-
-        Router::new()
+        let routes = Router::new()
             .merge(v1)
             .route("/healthz", get(api::healthz))
             .route("/readyz", get(api::readyz))
             .route("/metrics", get(api::metrics))
             .route("/openapi.json", get(api::openapi_json))
             .fallback(api::fallback)
+            .with_state(self.clone());
+
+        let trace = TraceLayer::new_for_http()
+            .make_span_with(crate::telemetry::request_span)
+            .on_response(crate::telemetry::AccessLog);
+        let service = ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+            ]))
+            .layer(SetRequestIdLayer::x_request_id(SequentialRequestIds::new()))
+            .layer(trace)
+            .layer(PropagateRequestIdLayer::x_request_id())
             .layer(DefaultBodyLimit::max(self.max_body_bytes()))
-            .layer(
-                ServiceBuilder::new()
-                    .layer(SetSensitiveRequestHeadersLayer::new([
-                        header::AUTHORIZATION,
-                    ]))
-                    .layer(SetRequestIdLayer::x_request_id(SequentialRequestIds::new()))
-                    .layer(trace)
-                    .layer(PropagateRequestIdLayer::x_request_id()),
-            )
-            .with_state(self.clone())
+            .service(routes);
+        Router::new().fallback_service(service)
     }
 }
 
@@ -179,14 +175,14 @@ impl App {
 /// than a random UUID per request (no system call on the hot path).
 #[derive(Clone, Debug)]
 struct SequentialRequestIds {
-    prefix: Arc<str>,
+    prefix: u32,
     next: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SequentialRequestIds {
     fn new() -> Self {
         Self {
-            prefix: Arc::from(format!("{:08x}", rand::random::<u32>())),
+            prefix: rand::random(),
             next: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         }
     }
@@ -194,9 +190,14 @@ impl SequentialRequestIds {
 
 impl MakeRequestId for SequentialRequestIds {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        use std::io::Write as _;
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("{}-{n:x}", self.prefix);
-        axum::http::HeaderValue::try_from(id)
+        // At most 8 + 1 + 16 characters: formatted on the stack, copied once into the header.
+        let mut buf = [0u8; 32];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        write!(cursor, "{:08x}-{n:x}", self.prefix).ok()?;
+        let len = usize::try_from(cursor.position()).ok()?;
+        axum::http::HeaderValue::from_bytes(&buf[..len])
             .ok()
             .map(RequestId::new)
     }

@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use time::OffsetDateTime;
 use tokenwarden::connection::ProviderName;
 use tokenwarden::provider::{
@@ -51,7 +51,16 @@ impl Provider for Unused {
 
 const TOKEN: &str = "ya29.a0AfB_byC-benchmark-access-token-of-a-realistic-length-0123456789abcdef";
 
-fn bench(c: &mut Criterion) {
+/// The warden and the baseline map, each holding `TOKEN` for 1,000 connections.
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    warden: Warden,
+    baseline: RwLock<HashMap<ConnectionKey, String>>,
+    key: ConnectionKey,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,8 +101,23 @@ fn bench(c: &mut Criterion) {
         let k = ConnectionKey::parse(&format!("user-{i}"), "bench", "acct").expect("key");
         baseline.insert(k, TOKEN.to_owned());
     }
-    let baseline = RwLock::new(baseline);
+    Setup {
+        rt,
+        warden,
+        baseline: RwLock::new(baseline),
+        key,
+        _dir: dir,
+    }
+}
 
+fn bench(c: &mut Criterion) {
+    let Setup {
+        rt,
+        warden,
+        baseline,
+        key,
+        _dir,
+    } = setup();
     let mut group = c.benchmark_group("fast_path");
     group.bench_function("baseline_rwlock_hashmap_clone", |b| {
         // Through the same async harness as the warden, so only the lookups differ.
@@ -107,8 +131,65 @@ fn bench(c: &mut Criterion) {
             black_box(warden.access_token(black_box(&key)).await.expect("token"))
         });
     });
+    // What the cache's freshness check costs on its own. Benches build with tokio's
+    // `test-util` (a dev-dependency), whose `Instant::now` first checks whether any runtime
+    // ever paused the clock; production builds call `std::time::Instant::now` directly. The
+    // two side by side show what that check adds to the warden's figure.
+    group.bench_function("clock_tokio_instant_now", |b| {
+        b.iter(tokio::time::Instant::now);
+    });
+    group.bench_function("clock_std_instant_now", |b| {
+        b.iter(std::time::Instant::now);
+    });
     group.finish();
 }
 
+/// `FAST_PATH_PROFILE=<warden|baseline>:<n>` runs `n` lookups of one side and nothing else,
+/// for an instruction count that does not depend on the machine's load. Count only the
+/// lookups (not the setup, not other threads) by collecting inside [`profiled_lookups`]:
+///
+/// ```text
+/// FAST_PATH_PROFILE=warden:100000 valgrind --tool=callgrind \
+///     --toggle-collect='fast_path::profiled_lookups' target/release/deps/fast_path-…
+/// ```
+fn profile(spec: &str) {
+    let (side, n) = spec
+        .split_once(':')
+        .expect("FAST_PATH_PROFILE=<warden|baseline>:<n>");
+    let n: u64 = n.parse().expect("a count");
+    let setup = setup();
+    profiled_lookups(&setup, side == "warden", n);
+}
+
+#[inline(never)]
+fn profiled_lookups(setup: &Setup, warden: bool, n: u64) {
+    let Setup {
+        rt,
+        warden: w,
+        baseline,
+        key,
+        ..
+    } = setup;
+    rt.block_on(async {
+        for _ in 0..n {
+            if warden {
+                black_box(w.access_token(black_box(key)).await.expect("token"));
+            } else {
+                let map = baseline.read().expect("lock");
+                black_box(map.get(black_box(key)).cloned());
+            }
+        }
+    });
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    match std::env::var("FAST_PATH_PROFILE") {
+        Ok(spec) => profile(&spec),
+        Err(_) => {
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        }
+    }
+}

@@ -79,9 +79,12 @@ impl TokenCache {
         key: &ConnectionKey,
         deadline: fn(&CachedToken) -> Instant,
     ) -> Option<AccessTokenGrant> {
+        // Read before taking the lock, so the lock is held for the lookup alone.
+        let now = Instant::now();
         let entries = self.read();
         let entry = entries.get(key)?;
-        (Instant::now() < deadline(entry)).then(|| entry.grant.clone())
+        // A clone shares the token's bytes (`secret`): a hit does not allocate.
+        (now < deadline(entry)).then(|| entry.grant.clone())
     }
 
     /// Caches `conn`'s grant, read from or written to the store at `version`, unless a newer
