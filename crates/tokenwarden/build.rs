@@ -8,9 +8,12 @@
 //! Only files under `tests/` read these cfgs; the library an embedder builds is the same
 //! either way. A test enabled here whose prerequisite is gone when it runs fails.
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 fn main() {
+    embed_catalog();
+
     println!("cargo::rustc-check-cfg=cfg(tw_postgres, tw_interop)");
     println!("cargo::rerun-if-changed=build.rs");
 
@@ -33,4 +36,34 @@ fn main() {
             println!("cargo::rustc-cfg=tw_interop");
         }
     }
+}
+
+/// Writes `$OUT_DIR/catalog.rs`: every `catalog/*.toml` as `(id, text)`, sorted by id, so a new
+/// provider file needs no code change. `provider::catalog` parses them; its tests check each.
+fn embed_catalog() {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
+    let dir = Path::new(&manifest_dir).join("catalog");
+    println!("cargo::rerun-if-changed={}", dir.display());
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("catalog directory")
+        .map(|entry| entry.expect("catalog entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let mut out = String::from("&[\n");
+    for path in files {
+        let id = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("UTF-8 file name");
+        writeln!(
+            out,
+            "    ({id:?}, include_str!({:?})),",
+            path.display().to_string()
+        )
+        .expect("write to a String");
+    }
+    out.push_str("]\n");
+    let out_dir = std::env::var("OUT_DIR").expect("OUT_DIR");
+    std::fs::write(Path::new(&out_dir).join("catalog.rs"), out).expect("write catalog.rs");
 }

@@ -29,14 +29,7 @@ impl Provider for Unused {
         &self.0
     }
     fn info(&self) -> ProviderInfo {
-        ProviderInfo {
-            name: self.0.to_string(),
-            kind: ProviderKind::Oauth2,
-            token_url: String::new(),
-            auth_method: None,
-            client_id: None,
-            rate_limit_per_second: None,
-        }
+        ProviderInfo::basic(self.0.to_string(), ProviderKind::Oauth2, String::new())
     }
     fn check_refreshable(&self, _: &Connection, _: OffsetDateTime) -> Result<(), NotRefreshable> {
         Ok(())

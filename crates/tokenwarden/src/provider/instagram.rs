@@ -14,15 +14,19 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::connection::{Connection, ProviderName};
-use crate::provider::common::{display_url, endpoint_or_default, send_recorded, user_agent};
+use crate::provider::common::{display_url, endpoint_or_default, send_recorded};
 use crate::provider::response::{Dialect, parse_token_response};
 use crate::provider::{
     HttpClient, NotRefreshable, Provider, ProviderConfig, ProviderConfigError, ProviderInfo,
-    ProviderKind, RefreshFailure, TokenResponse,
+    ProviderSettings, RefreshFailure, TokenResponse,
 };
 
 /// Instagram's refresh endpoint.
 pub const DEFAULT_REFRESH_URL: &str = "https://graph.instagram.com/refresh_access_token";
+/// Instagram's code-exchange endpoint (short-lived tokens), used by the connect flow.
+pub const DEFAULT_TOKEN_URL: &str = "https://api.instagram.com/oauth/access_token";
+/// Instagram's short-lived to long-lived exchange endpoint.
+pub const DEFAULT_EXCHANGE_URL: &str = "https://graph.instagram.com/access_token";
 /// A long-lived token's lifetime, from which an imported token's issue time is inferred.
 pub const LONG_LIVED_LIFETIME: Duration = Duration::from_secs(60 * 24 * 3600);
 /// How old a token must be before Instagram refreshes it.
@@ -32,6 +36,8 @@ const DIALECT: Dialect = Dialect {
     scope_separator: ',',
     reset_header: None,
     refresh_tokens: false,
+    errors: Vec::new(),
+    token_path: None,
 };
 
 /// Parses an Instagram refresh answer (`{access_token, token_type, expires_in}` or a Meta
@@ -54,52 +60,59 @@ pub fn ready_at(expires_at: OffsetDateTime) -> OffsetDateTime {
 /// The Instagram provider.
 #[derive(Debug)]
 pub struct InstagramProvider {
-    name: ProviderName,
+    settings: ProviderSettings,
     http: HttpClient,
     refresh_url: Url,
-    user_agent: Option<HeaderValue>,
-    rate_limit_per_second: Option<u32>,
+    /// The `ig_exchange_token` endpoint, for the connect flow.
+    exchange_url: Url,
 }
 
 impl InstagramProvider {
-    /// Nothing is required; `refresh_url` overrides the endpoint. Client credentials, if
-    /// configured, are ignored: this endpoint takes none.
+    /// Nothing is required; `refresh_url` and `exchange_url` override the endpoints. Client
+    /// credentials, if configured, are not sent on refreshes: that endpoint takes none.
     pub fn new(
-        name: ProviderName,
+        settings: ProviderSettings,
         config: &ProviderConfig,
         http: HttpClient,
     ) -> Result<Self, ProviderConfigError> {
         let refresh_url = endpoint_or_default(
-            &name,
+            &settings.name,
             "refresh_url",
             config.refresh_url.as_deref(),
             DEFAULT_REFRESH_URL,
         )?;
-        let user_agent = user_agent(&name, config.user_agent.as_deref())?;
+        let exchange_url = endpoint_or_default(
+            &settings.name,
+            "exchange_url",
+            config.exchange_url.as_deref(),
+            DEFAULT_EXCHANGE_URL,
+        )?;
         Ok(Self {
-            refresh_url,
-            user_agent,
-            rate_limit_per_second: config.rate_limit_per_second,
+            settings,
             http,
-            name,
+            refresh_url,
+            exchange_url,
         })
+    }
+
+    /// The `ig_exchange_token` endpoint.
+    pub fn exchange_url(&self) -> &Url {
+        &self.exchange_url
     }
 }
 
 #[async_trait]
 impl Provider for InstagramProvider {
     fn name(&self) -> &ProviderName {
-        &self.name
+        &self.settings.name
     }
 
+    /// Shows the refresh endpoint as `token_url`: it is where this provider's tokens are
+    /// renewed.
     fn info(&self) -> ProviderInfo {
         ProviderInfo {
-            name: self.name.to_string(),
-            kind: ProviderKind::Instagram,
             token_url: display_url(&self.refresh_url),
-            auth_method: None,
-            client_id: None,
-            rate_limit_per_second: self.rate_limit_per_second,
+            ..self.settings.info()
         }
     }
 
@@ -136,10 +149,10 @@ impl Provider for InstagramProvider {
             .client()
             .get(url)
             .header(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some(ua) = &self.user_agent {
+        if let Some(ua) = &self.settings.user_agent {
             request = request.header(USER_AGENT, ua.clone());
         }
-        let raw = send_recorded(&self.http, &self.name, "refresh", request).await?;
+        let raw = send_recorded(&self.http, &self.settings.name, "refresh", request).await?;
         parse_token_response(
             &DIALECT,
             raw.status,
@@ -224,14 +237,21 @@ mod tests {
         assert_eq!(failure.class, FailureClass::Configuration);
     }
 
-    #[test]
-    fn refreshable_window() {
-        let provider = InstagramProvider::new(
-            "instagram".parse().expect("name"),
-            &toml::from_str(r#"kind = "instagram""#).expect("config"),
+    fn test_provider() -> InstagramProvider {
+        let config: ProviderConfig = toml::from_str(r#"kind = "instagram""#).expect("config");
+        let settings = ProviderSettings::resolve("instagram".parse().expect("name"), &config, None)
+            .expect("settings");
+        InstagramProvider::new(
+            settings,
+            &config,
             HttpClient::new(Default::default()).expect("client"),
         )
-        .expect("provider");
+        .expect("provider")
+    }
+
+    #[test]
+    fn refreshable_window() {
+        let provider = test_provider();
         let now = t0();
         let mut conn = crate::provider::test_support::connection("instagram", "IGQW", None);
         let day = time::Duration::days(1);
@@ -283,11 +303,7 @@ mod tests {
 
         #[test]
         fn check_refreshable_agrees_with_the_rule(offset_s in -100_000_000i64..100_000_000) {
-            let provider = InstagramProvider::new(
-                "instagram".parse().expect("name"),
-                &toml::from_str(r#"kind = "instagram""#).expect("config"),
-                HttpClient::new(Default::default()).expect("client"),
-            ).expect("provider");
+            let provider = test_provider();
             let now = t0();
             let mut conn = crate::provider::test_support::connection("instagram", "IGQW", None);
             let expires_at = now + time::Duration::seconds(offset_s);

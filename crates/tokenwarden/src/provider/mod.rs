@@ -2,10 +2,14 @@
 //!
 //! This module owns the [`Provider`] trait, the refresh answer ([`TokenResponse`]) and the
 //! classified failure ([`RefreshFailure`]), plus provider configuration and construction.
-//! The adapters live in submodules: `oauth2` (generic RFC 6749), `tiktok`, `reddit` and
-//! `instagram`; `http` holds the outbound HTTP client with its timeouts and body cap.
-//! Retries, backoff and the circuit breaker are not here: see `refresh`.
+//! Submodules: `catalog` (what we know about real providers, as data), `discovery`
+//! (OpenID Connect / RFC 8414 metadata), `settings` (config + catalog + discovery resolved
+//! into one provider's settings), `oauth2` (the one generic engine, which runs every catalog
+//! provider, TikTok and Reddit included, with their quirks as data), `instagram` (its own
+//! refresh), `response` (parsing answers) and `http` (the outbound client with its timeouts
+//! and body cap). Retries, backoff and the circuit breaker are not here: see `refresh`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,25 +22,28 @@ use crate::connection::{Connection, ProviderName};
 use crate::error::FailureClass;
 use crate::secret::{AccessToken, ClientSecret, RefreshToken};
 
+pub mod catalog;
 mod common;
+#[cfg(test)]
+mod dialects_test;
+pub mod discovery;
 pub mod http;
 pub mod instagram;
 pub mod oauth2;
-pub mod reddit;
 mod response;
+pub mod settings;
 #[cfg(test)]
 mod test_support;
-pub mod tiktok;
 
+pub use discovery::{DiscoveryError, ServerMetadata};
 pub use http::{HttpClient, HttpSettings};
 pub use instagram::InstagramProvider;
 pub use oauth2::OAuth2Provider;
-pub use reddit::RedditProvider;
 pub use response::{
     MAX_DESCRIPTION_CHARS, MAX_ERROR_CHARS, MAX_LIFETIME, MAX_TOKEN_BYTES,
     MIN_REDACTABLE_SECRET_CHARS, WITHHELD_ERROR,
 };
-pub use tiktok::TikTokProvider;
+pub use settings::ProviderSettings;
 
 /// A successful refresh answer, parsed.
 #[derive(Debug, Clone)]
@@ -195,7 +202,9 @@ impl fmt::Display for RefreshFailure {
 
 impl std::error::Error for RefreshFailure {}
 
-/// The built-in provider kinds.
+/// The provider kinds a configuration may name. `tiktok` and `reddit` are the catalog
+/// entries of the same names on the generic engine (`catalog = "tiktok"`), kept as kinds so
+/// version 1 configurations keep working.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -216,7 +225,7 @@ impl ProviderKind {
     }
 }
 
-/// How a confidential client authenticates at the token endpoint.
+/// How a client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
@@ -225,31 +234,131 @@ pub enum AuthMethod {
     ClientSecretPost,
     /// HTTP Basic with `client_id:client_secret`.
     ClientSecretBasic,
+    /// A public client: `client_id` in the body, no secret (PKCE protects the code).
+    None,
 }
 
-/// One provider's configuration (a `[providers.NAME]` section).
-#[derive(Debug, Clone, Deserialize)]
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretPost => "client_secret_post",
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::None => "none",
+        }
+    }
+}
+
+/// How a provider's tokens are obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    /// User connections: obtained by the authorization-code flow (or imported), kept alive
+    /// with the refresh-token grant.
+    #[default]
+    AuthorizationCode,
+    /// One application token per provider, obtained with the client-credentials grant
+    /// (RFC 6749 §4.4) and obtained again before it expires. No user, no refresh token.
+    ClientCredentials,
+}
+
+impl Grant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthorizationCode => "authorization_code",
+            Self::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+/// Where a provider's settings came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderSource {
+    /// A catalog entry (plus any configured overrides).
+    Catalog,
+    /// OpenID Connect / RFC 8414 metadata from the configured `issuer`.
+    Discovery,
+    /// The configuration alone.
+    Config,
+}
+
+impl ProviderSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Catalog => "catalog",
+            Self::Discovery => "discovery",
+            Self::Config => "config",
+        }
+    }
+}
+
+/// One provider's configuration (a `[providers.NAME]` section). Every key but `kind`,
+/// `catalog`, `issuer` and the client credentials overrides what the catalog entry or the
+/// discovered metadata says.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    pub kind: ProviderKind,
+    /// `instagram`, `tiktok`, `reddit` or `oauth2`; defaults to `oauth2` when `catalog` or
+    /// `issuer` is given.
+    #[serde(default)]
+    pub kind: Option<ProviderKind>,
+    /// A catalog id (`tokenwarden providers catalog` lists them).
+    #[serde(default)]
+    pub catalog: Option<String>,
+    /// An OpenID Connect / RFC 8414 issuer whose metadata fills the endpoints at start.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// `authorization_code` (default: user connections) or `client_credentials`.
+    #[serde(default)]
+    pub grant: Option<Grant>,
     /// The client id (TikTok's `client_key`). Not needed for Instagram refreshes.
     #[serde(default)]
     pub client_id: Option<String>,
     #[serde(default)]
     pub client_secret: Option<ClientSecret>,
-    /// Token endpoint; defaults to the real provider's.
+    /// Where users consent (the connect flow).
+    #[serde(default)]
+    pub authorization_url: Option<String>,
+    /// Token endpoint; defaults to the catalog's or the discovered one.
     #[serde(default)]
     pub token_url: Option<String>,
     /// Instagram's refresh endpoint; defaults to
     /// `https://graph.instagram.com/refresh_access_token`.
     #[serde(default)]
     pub refresh_url: Option<String>,
+    /// Instagram's `ig_exchange_token` endpoint (short-lived to long-lived token).
+    #[serde(default)]
+    pub exchange_url: Option<String>,
     /// RFC 7009 revocation endpoint, if the provider has one.
     #[serde(default)]
     pub revoke_url: Option<String>,
-    /// `oauth2` only: `client_secret_post` (default) or `client_secret_basic`.
+    /// Where the account id comes from when it needs a request (Reddit's `/api/v1/me`).
+    #[serde(default)]
+    pub userinfo_url: Option<String>,
+    /// Base of the provider's API (the proxy).
+    #[serde(default)]
+    pub api_base_url: Option<String>,
+    /// Values of the catalog URLs' `{placeholders}` (`tenant`, `subdomain`, `shop`, …).
+    #[serde(default)]
+    pub url_params: BTreeMap<String, String>,
+    /// `client_secret_post` (default), `client_secret_basic` or `none`.
     #[serde(default)]
     pub auth_method: Option<AuthMethod>,
+    /// Scopes to request (the connect flow; client-credentials tokens).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// Extra parameters on the authorization URL.
+    #[serde(default)]
+    pub authorization_params: Option<BTreeMap<String, String>>,
+    /// Extra parameters on requests that obtain a token (code exchange, client credentials).
+    #[serde(default)]
+    pub token_params: Option<BTreeMap<String, String>>,
+    /// Client credentials: the `audience` parameter some servers need (Auth0).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Client credentials: the RFC 8707 `resource` parameter.
+    #[serde(default)]
+    pub resource: Option<String>,
     /// Sent on every request; Reddit requires a unique one.
     #[serde(default)]
     pub user_agent: Option<String>,
@@ -258,15 +367,55 @@ pub struct ProviderConfig {
     pub rate_limit_per_second: Option<u32>,
 }
 
-/// What the API shows about a provider. No secrets.
+/// What the API shows about a provider. No secrets; URLs without query or user info.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProviderInfo {
     pub name: String,
     pub kind: ProviderKind,
+    pub source: ProviderSource,
+    /// The catalog entry it is built on, if any.
+    pub catalog: Option<String>,
+    pub display_name: Option<String>,
+    pub grant: Grant,
+    pub authorization_url: Option<String>,
     pub token_url: String,
+    pub revoke_url: Option<String>,
+    pub userinfo_url: Option<String>,
+    pub api_base_url: Option<String>,
+    pub issuer: Option<String>,
     pub auth_method: Option<AuthMethod>,
+    pub scopes: Vec<String>,
     pub client_id: Option<String>,
     pub rate_limit_per_second: Option<u32>,
+}
+
+impl ProviderInfo {
+    /// The view of a provider built from configuration alone with just a token endpoint;
+    /// custom [`Provider`] implementations start from this.
+    pub fn basic(
+        name: impl Into<String>,
+        kind: ProviderKind,
+        token_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            source: ProviderSource::Config,
+            catalog: None,
+            display_name: None,
+            grant: Grant::AuthorizationCode,
+            authorization_url: None,
+            token_url: token_url.into(),
+            revoke_url: None,
+            userinfo_url: None,
+            api_base_url: None,
+            issuer: None,
+            auth_method: None,
+            scopes: Vec::new(),
+            client_id: None,
+            rate_limit_per_second: None,
+        }
+    }
 }
 
 /// A configuration error, naming the key at fault.
@@ -287,6 +436,12 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// What the API shows about this provider.
     fn info(&self) -> ProviderInfo;
 
+    /// How this provider's tokens are obtained. A `client_credentials` provider has one
+    /// application token and no user connections.
+    fn grant(&self) -> Grant {
+        Grant::AuthorizationCode
+    }
+
     /// Checks, without calling the provider, that `conn` can be refreshed at `now`. By
     /// default: it has a refresh token.
     fn check_refreshable(
@@ -306,18 +461,47 @@ pub trait Provider: Send + Sync + fmt::Debug {
     }
 }
 
-/// Builds a provider from its configuration. The provider sends its requests with `http`
-/// and reads wall time from `http`'s clock (the system clock unless
-/// [`HttpClient::with_clock`] gave it another).
+/// Builds a provider from its configuration, without network: a provider with an `issuer`
+/// needs its metadata first (see [`build_discovering`]).
 pub fn build(
     name: ProviderName,
     config: &ProviderConfig,
     http: HttpClient,
 ) -> Result<Arc<dyn Provider>, ProviderConfigError> {
-    Ok(match config.kind {
-        ProviderKind::Oauth2 => Arc::new(OAuth2Provider::new(name, config, http)?),
-        ProviderKind::Tiktok => Arc::new(TikTokProvider::new(name, config, http)?),
-        ProviderKind::Reddit => Arc::new(RedditProvider::new(name, config, http)?),
-        ProviderKind::Instagram => Arc::new(InstagramProvider::new(name, config, http)?),
+    build_with_metadata(name, config, None, http)
+}
+
+/// Builds a provider, fetching its issuer's metadata first when the configuration names one.
+/// A discovery failure names the URL it tried and stops the build.
+pub async fn build_discovering(
+    name: ProviderName,
+    config: &ProviderConfig,
+    http: HttpClient,
+) -> Result<Arc<dyn Provider>, ProviderConfigError> {
+    let metadata = match config.issuer.as_deref() {
+        Some(issuer) => Some(
+            discovery::discover(&http, issuer)
+                .await
+                .map_err(|e| common::config_error(&name, "issuer", e.to_string()))?,
+        ),
+        None => None,
+    };
+    build_with_metadata(name, config, metadata, http)
+}
+
+/// Builds a provider from its configuration and, when it has an `issuer`, the metadata
+/// [`discovery::discover`] fetched for it. The provider sends its requests with `http` and
+/// reads wall time from `http`'s clock (the system clock unless [`HttpClient::with_clock`]
+/// gave it another).
+pub fn build_with_metadata(
+    name: ProviderName,
+    config: &ProviderConfig,
+    metadata: Option<ServerMetadata>,
+    http: HttpClient,
+) -> Result<Arc<dyn Provider>, ProviderConfigError> {
+    let settings = ProviderSettings::resolve(name, config, metadata)?;
+    Ok(match settings.engine {
+        catalog::Engine::Oauth2 => Arc::new(OAuth2Provider::new(settings, http)),
+        catalog::Engine::Instagram => Arc::new(InstagramProvider::new(settings, config, http)?),
     })
 }

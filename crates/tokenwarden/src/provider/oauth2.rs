@@ -1,7 +1,11 @@
-//! The generic RFC 6749 adapter: refresh-token grant at a configured token endpoint (§6),
-//! client authentication by `client_secret_post` or `client_secret_basic` (§2.3.1), and
-//! optional RFC 7009 revocation. Google, GitHub, Slack, Microsoft and friends are this adapter
-//! plus configuration.
+//! The generic OAuth 2.0 engine, which runs every provider but Instagram: the refresh-token
+//! grant (RFC 6749 §6) or the client-credentials grant (§4.4) at the token endpoint, client
+//! authentication by `client_secret_post`, `client_secret_basic` (§2.3.1) or none, a form or
+//! JSON body, and RFC 7009 revocation. What differs between providers is data in
+//! [`ProviderSettings`] (from the catalog): TikTok's `client_key` parameter and
+//! access-token revocation, Reddit's Basic authentication and required User-Agent, scope
+//! separators, rate-limit reset headers, JSON token requests (Atlassian, Notion) and each
+//! provider's own error values.
 
 use async_trait::async_trait;
 use reqwest::RequestBuilder;
@@ -10,14 +14,14 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::connection::{Connection, ProviderName};
+use crate::provider::catalog::{BodyFormat, RevokeToken};
 use crate::provider::common::{
-    config_error, connection_secrets, display_url, endpoint_url, non_empty, required_refresh_token,
-    revocation_token, send_recorded, user_agent,
+    connection_secrets, display_url, required_refresh_token, revocation_token, send_recorded,
 };
 use crate::provider::response::{Dialect, parse_revoke_response, parse_token_response};
 use crate::provider::{
-    AuthMethod, HttpClient, Provider, ProviderConfig, ProviderConfigError, ProviderInfo,
-    ProviderKind, RefreshFailure, TokenResponse,
+    AuthMethod, Grant, HttpClient, NotRefreshable, Provider, ProviderInfo, ProviderSettings,
+    RefreshFailure, TokenResponse,
 };
 use crate::secret::ClientSecret;
 
@@ -31,81 +35,100 @@ pub fn parse_response(
     parse_token_response(&Dialect::RFC6749, status, headers, body, now, &[])
 }
 
-/// A generic RFC 6749 provider.
+/// A provider on the generic engine.
 #[derive(Debug)]
 pub struct OAuth2Provider {
-    name: ProviderName,
+    settings: ProviderSettings,
     http: HttpClient,
-    token_url: Url,
-    revoke_url: Option<Url>,
-    client_id: String,
-    client_secret: Option<ClientSecret>,
-    auth_method: AuthMethod,
-    user_agent: Option<HeaderValue>,
-    rate_limit_per_second: Option<u32>,
 }
 
 impl OAuth2Provider {
-    /// Checks the configuration: `token_url` and `client_id` are required, URLs must be
-    /// http(s), `user_agent` must be a valid header value.
-    pub fn new(
-        name: ProviderName,
-        config: &ProviderConfig,
-        http: HttpClient,
-    ) -> Result<Self, ProviderConfigError> {
-        let token_url = config
-            .token_url
-            .as_deref()
-            .ok_or_else(|| config_error(&name, "token_url", "required for kind oauth2"))?;
-        let token_url = endpoint_url(&name, "token_url", token_url)?;
-        let revoke_url = config
-            .revoke_url
-            .as_deref()
-            .map(|u| endpoint_url(&name, "revoke_url", u))
-            .transpose()?;
-        let client_id = non_empty(config.client_id.as_deref())
-            .ok_or_else(|| config_error(&name, "client_id", "required for kind oauth2"))?;
-        let user_agent = user_agent(&name, config.user_agent.as_deref())?;
-        Ok(Self {
-            token_url,
-            revoke_url,
-            client_id,
-            client_secret: config.client_secret.clone(),
-            auth_method: config.auth_method.unwrap_or_default(),
-            user_agent,
-            rate_limit_per_second: config.rate_limit_per_second,
-            http,
-            name,
-        })
+    /// A provider from resolved settings (see [`ProviderSettings::resolve`], which checked
+    /// them).
+    pub fn new(settings: ProviderSettings, http: HttpClient) -> Self {
+        Self { settings, http }
     }
 
-    /// A POST to `url` with the common headers and client authentication; `form` gets the
-    /// credentials when they travel in the body.
-    fn post<'a>(&'a self, url: &Url, form: &mut Vec<(&'static str, &'a str)>) -> RequestBuilder {
+    /// The settings this provider runs on.
+    pub fn settings(&self) -> &ProviderSettings {
+        &self.settings
+    }
+
+    /// A POST to `url` with the common headers, client authentication and `params` in the
+    /// configured encoding; the credentials join `params` when they travel in the body.
+    fn post<'a>(&'a self, url: &Url, mut params: Vec<(&'a str, &'a str)>) -> RequestBuilder {
+        let s = &self.settings;
         let mut request = self
             .http
             .client()
             .post(url.clone())
             .header(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some(ua) = &self.user_agent {
+        if let Some(ua) = &s.user_agent {
             request = request.header(USER_AGENT, ua.clone());
         }
-        let secret = self.client_secret.as_ref().map(ClientSecret::expose_secret);
-        match self.auth_method {
+        let client_id = s.client_id.as_deref().unwrap_or_default();
+        let secret = s.client_secret.as_ref().map(ClientSecret::expose_secret);
+        match s.auth_method {
             AuthMethod::ClientSecretPost => {
-                form.push(("client_id", &self.client_id));
+                params.insert(0, (s.client_id_param.as_str(), client_id));
                 if let Some(secret) = secret {
-                    form.push(("client_secret", secret));
+                    params.insert(1, ("client_secret", secret));
                 }
             }
             AuthMethod::ClientSecretBasic => {
                 // RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding.
-                let id = form_encode(&self.client_id);
+                let id = form_encode(client_id);
                 let secret = form_encode(secret.unwrap_or_default());
                 request = request.basic_auth(id, Some(secret));
             }
+            AuthMethod::None => params.insert(0, (s.client_id_param.as_str(), client_id)),
         }
-        request
+        match s.token_request {
+            BodyFormat::Form => request.form(&params),
+            BodyFormat::Json => {
+                let object: serde_json::Map<String, serde_json::Value> = params
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v)))
+                    .collect();
+                request.json(&object)
+            }
+        }
+    }
+
+    /// The token request's parameters besides client authentication.
+    fn grant_params<'a>(
+        &'a self,
+        conn: &'a Connection,
+        scope: &'a str,
+    ) -> Result<Vec<(&'a str, &'a str)>, RefreshFailure> {
+        let s = &self.settings;
+        let params = match s.grant {
+            Grant::AuthorizationCode => {
+                let refresh_token =
+                    required_refresh_token(conn).map_err(RefreshFailure::not_refreshable)?;
+                vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh_token.expose_secret()),
+                ]
+            }
+            Grant::ClientCredentials => {
+                let mut params = vec![("grant_type", "client_credentials")];
+                if !scope.is_empty() {
+                    params.push(("scope", scope));
+                }
+                if let Some(audience) = &s.audience {
+                    params.push(("audience", audience));
+                }
+                if let Some(resource) = &s.resource {
+                    params.push(("resource", resource));
+                }
+                // Extra token parameters belong to grants that obtain a token, not to
+                // refreshes (Shopify's `expiring=1` asks for an expiring token on exchange).
+                params.extend(s.token_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                params
+            }
+        };
+        Ok(params)
     }
 }
 
@@ -116,32 +139,40 @@ fn form_encode(value: &str) -> String {
 #[async_trait]
 impl Provider for OAuth2Provider {
     fn name(&self) -> &ProviderName {
-        &self.name
+        &self.settings.name
     }
 
     fn info(&self) -> ProviderInfo {
-        ProviderInfo {
-            name: self.name.to_string(),
-            kind: ProviderKind::Oauth2,
-            token_url: display_url(&self.token_url),
-            auth_method: Some(self.auth_method),
-            client_id: Some(self.client_id.clone()),
-            rate_limit_per_second: self.rate_limit_per_second,
+        self.settings.info()
+    }
+
+    fn grant(&self) -> Grant {
+        self.settings.grant
+    }
+
+    /// A user connection needs its refresh token; an application token is obtained again
+    /// with the client's own credentials, so it can always be refreshed.
+    fn check_refreshable(
+        &self,
+        conn: &Connection,
+        _now: OffsetDateTime,
+    ) -> Result<(), NotRefreshable> {
+        match self.settings.grant {
+            Grant::AuthorizationCode => required_refresh_token(conn).map(|_| ()),
+            Grant::ClientCredentials => Ok(()),
         }
     }
 
     async fn refresh(&self, conn: &Connection) -> Result<TokenResponse, RefreshFailure> {
-        let refresh_token =
-            required_refresh_token(conn).map_err(RefreshFailure::not_refreshable)?;
-        let mut form = vec![
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token.expose_secret()),
-        ];
-        let request = self.post(&self.token_url, &mut form);
-        let raw = send_recorded(&self.http, &self.name, "refresh", request.form(&form)).await?;
-        let secrets = connection_secrets(conn, self.client_secret.as_ref());
+        let s = &self.settings;
+        let separator = s.scope_separator.to_string();
+        let scope = s.scopes.join(&separator);
+        let params = self.grant_params(conn, &scope)?;
+        let request = self.post(&s.token_url, params);
+        let raw = send_recorded(&self.http, &s.name, "refresh", request).await?;
+        let secrets = connection_secrets(conn, s.client_secret.as_ref());
         parse_token_response(
-            &Dialect::RFC6749,
+            &s.dialect,
             raw.status,
             &raw.headers,
             &raw.body,
@@ -151,25 +182,61 @@ impl Provider for OAuth2Provider {
     }
 
     /// RFC 7009: revokes the refresh token (which revokes the grant at most servers), or the
-    /// access token when there is none. Any 2xx without an error body is success, as the RFC
-    /// asks servers to answer 200 even for tokens they do not know.
+    /// access token when there is none or the provider wants it (TikTok). Any 2xx without an
+    /// error body is success, as the RFC asks servers to answer 200 even for tokens they do
+    /// not know. An application token is not revoked: other instances may be using it.
     async fn revoke(&self, conn: &Connection) -> Result<(), RefreshFailure> {
-        let Some(revoke_url) = &self.revoke_url else {
+        let s = &self.settings;
+        let Some(revoke_url) = &s.revoke_url else {
             return Ok(());
         };
-        let (token, hint) = revocation_token(conn);
-        let mut form = vec![("token", token), ("token_type_hint", hint)];
-        let request = self.post(revoke_url, &mut form);
-        let raw = send_recorded(&self.http, &self.name, "revoke", request.form(&form)).await?;
-        let secrets = connection_secrets(conn, self.client_secret.as_ref());
+        if s.grant == Grant::ClientCredentials {
+            return Ok(());
+        }
+        let params = match s.revoke_token {
+            RevokeToken::RefreshToken => {
+                let (token, hint) = revocation_token(conn);
+                vec![("token", token), ("token_type_hint", hint)]
+            }
+            RevokeToken::AccessToken => vec![("token", conn.tokens.access_token.expose_secret())],
+        };
+        let request = self.post(revoke_url, params);
+        let raw = send_recorded(&self.http, &s.name, "revoke", request).await?;
+        let secrets = connection_secrets(conn, s.client_secret.as_ref());
         parse_revoke_response(
-            &Dialect::RFC6749,
+            &s.dialect,
             raw.status,
             &raw.headers,
             &raw.body,
             self.http.now(),
             &secrets,
         )
+    }
+}
+
+impl ProviderSettings {
+    /// What the API shows about this provider.
+    pub fn info(&self) -> ProviderInfo {
+        let url = |u: &Option<Url>| u.as_ref().map(display_url);
+        ProviderInfo {
+            name: self.name.to_string(),
+            kind: self.kind,
+            source: self.source,
+            catalog: self.catalog.map(str::to_owned),
+            display_name: self.display_name.clone(),
+            grant: self.grant,
+            authorization_url: url(&self.authorization_url),
+            token_url: display_url(&self.token_url),
+            revoke_url: url(&self.revoke_url),
+            userinfo_url: url(&self.userinfo_url),
+            api_base_url: url(&self.api_base_url),
+            issuer: self.issuer.as_ref().map(Url::to_string),
+            auth_method: (self.engine == crate::provider::catalog::Engine::Oauth2)
+                .then_some(self.auth_method),
+            scopes: self.scopes.clone(),
+            client_id: self.client_id.clone(),
+            rate_limit_per_second: self.rate_limit_per_second,
+        }
     }
 }
 

@@ -38,15 +38,19 @@ pub const MIN_REDACTABLE_SECRET_CHARS: usize = 8;
 /// The `error` shown for a value that could not be shown safely (see [`Redactor`]).
 pub const WITHHELD_ERROR: &str = "[REDACTED]";
 
-/// How one provider's answers differ from RFC 6749's.
-#[derive(Debug, Clone, Copy)]
+/// How one provider's answers differ from RFC 6749's (built from its catalog entry).
+#[derive(Debug, Clone)]
 pub(crate) struct Dialect {
     /// Separator of the `scope` string: `' '` (RFC 6749) or `','` (TikTok).
     pub scope_separator: char,
     /// A header giving seconds until a rate-limit window resets, read on 429.
-    pub reset_header: Option<&'static str>,
+    pub reset_header: Option<String>,
     /// False when the provider has no refresh token (Instagram): any returned is ignored.
     pub refresh_tokens: bool,
+    /// The provider's own `error` values with their classes, consulted before RFC 6749's.
+    pub errors: Vec<(String, FailureClass)>,
+    /// Where the token sits when not at the top of the answer (Slack: `authed_user`).
+    pub token_path: Option<String>,
 }
 
 impl Dialect {
@@ -54,7 +58,24 @@ impl Dialect {
         scope_separator: ' ',
         reset_header: None,
         refresh_tokens: true,
+        errors: Vec::new(),
+        token_path: None,
     };
+
+    /// The class of a value this provider or RFC 6749 defines, or `None`.
+    fn known_error(&self, error: &str) -> Option<FailureClass> {
+        self.errors
+            .iter()
+            .find(|(value, _)| value == error)
+            .map(|&(_, class)| class)
+            .or_else(|| known_oauth_error(error))
+    }
+
+    /// Classifies an `error` value: the provider's and RFC 6749's vocabulary, else the status.
+    fn classify(&self, error: &str, status: u16) -> FailureClass {
+        self.known_error(error)
+            .unwrap_or_else(|| classify_oauth_error(error, status))
+    }
 }
 
 /// Parses one answer. `secrets` are strings that must never be copied into a failure (the
@@ -72,7 +93,7 @@ pub(crate) fn parse_token_response(
     let redactor = Redactor::new(secrets);
 
     // An error in the body wins over the status: Reddit and TikTok send errors with 200.
-    if let Some(refusal) = object.and_then(|map| find_error(map, status, &redactor)) {
+    if let Some(refusal) = object.and_then(|map| find_error(dialect, map, status, &redactor)) {
         let rate_limited = refusal.rate_limited || status == 429;
         let hint = retry_hint(dialect, refusal.class, rate_limited, headers, now);
         let kind = FailureKind::Rejected {
@@ -97,7 +118,7 @@ pub(crate) fn parse_token_response(
     }
 
     match object {
-        Some(map) => parse_success(dialect, status, map),
+        Some(map) => parse_success(dialect, status, nested_token(dialect, map)),
         None if json.is_some() => Err(RefreshFailure::unparseable(
             status,
             "answer is not a JSON object",
@@ -120,7 +141,7 @@ pub(crate) fn parse_revoke_response(
     let has_error = json
         .as_ref()
         .and_then(Value::as_object)
-        .is_some_and(|map| find_error(map, status, &Redactor::new(secrets)).is_some());
+        .is_some_and(|map| find_error(dialect, map, status, &Redactor::new(secrets)).is_some());
     if (200..300).contains(&status) && !has_error {
         return Ok(());
     }
@@ -145,13 +166,19 @@ struct Refusal {
 ///
 /// Every decision (class, rate limited) is taken on the values as sent; `redactor` only
 /// touches what is kept for display.
-fn find_error(map: &Map<String, Value>, status: u16, redactor: &Redactor) -> Option<Refusal> {
+fn find_error(
+    dialect: &Dialect,
+    map: &Map<String, Value>,
+    status: u16,
+    redactor: &Redactor,
+) -> Option<Refusal> {
     match map.get("error") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => {
             old_instagram_error(map, status, redactor)
         }
         Some(Value::String(error)) if error.trim().is_empty() => None,
         Some(Value::String(error)) => Some(code_refusal(
+            dialect,
             error.trim(),
             map.get("error_description"),
             status,
@@ -160,13 +187,13 @@ fn find_error(map: &Map<String, Value>, status: u16, redactor: &Redactor) -> Opt
         Some(Value::Number(code)) => {
             let error = code.to_string();
             Some(Refusal {
-                class: classify_oauth_error(&error, status),
+                class: dialect.classify(&error, status),
                 rate_limited: false,
                 error,
                 description: None,
             })
         }
-        Some(Value::Object(inner)) => object_error(inner, status, redactor),
+        Some(Value::Object(inner)) => object_error(dialect, inner, status, redactor),
         Some(_) => Some(Refusal {
             class: classify_status(status),
             error: "unrecognised_error".to_owned(),
@@ -179,15 +206,16 @@ fn find_error(map: &Map<String, Value>, status: u16, redactor: &Redactor) -> Opt
 /// A refusal with a string error code (RFC 6749's `error`, TikTok v2's `code`) and an
 /// optional free-text description.
 fn code_refusal(
+    dialect: &Dialect,
     error: &str,
     description: Option<&Value>,
     status: u16,
     redactor: &Redactor,
 ) -> Refusal {
     Refusal {
-        class: classify_oauth_error(error, status),
+        class: dialect.classify(error, status),
         rate_limited: is_rate_limit_error(error),
-        error: shown_error(error, redactor),
+        error: shown_error(dialect, error, redactor),
         description: description
             .and_then(Value::as_str)
             .and_then(|d| redactor.free_text(d, MAX_DESCRIPTION_CHARS)),
@@ -197,8 +225,8 @@ fn code_refusal(
 /// The error value as a failure shows it. A value we know is public vocabulary and is kept
 /// verbatim: it says nothing about a secret that the classification does not already say,
 /// and `provider_error` must name what was decided on. Any other value is free text.
-fn shown_error(error: &str, redactor: &Redactor) -> String {
-    if known_oauth_error(error).is_some() || is_rate_limit_error(error) {
+fn shown_error(dialect: &Dialect, error: &str, redactor: &Redactor) -> String {
+    if dialect.known_error(error).is_some() || is_rate_limit_error(error) {
         return error.to_owned();
     }
     match redactor.free_text(error, MAX_ERROR_CHARS) {
@@ -210,7 +238,12 @@ fn shown_error(error: &str, redactor: &Redactor) -> String {
 }
 
 /// `error` as an object: Meta (numeric `code`) or TikTok API v2 (string `code`).
-fn object_error(inner: &Map<String, Value>, status: u16, redactor: &Redactor) -> Option<Refusal> {
+fn object_error(
+    dialect: &Dialect,
+    inner: &Map<String, Value>,
+    status: u16,
+    redactor: &Redactor,
+) -> Option<Refusal> {
     if let Some(code) = inner.get("code").and_then(as_i64) {
         return Some(meta_refusal(
             code,
@@ -227,7 +260,13 @@ fn object_error(inner: &Map<String, Value>, status: u16, redactor: &Redactor) ->
             if code.is_empty() || code.eq_ignore_ascii_case("ok") {
                 return None;
             }
-            Some(code_refusal(code, inner.get("message"), status, redactor))
+            Some(code_refusal(
+                dialect,
+                code,
+                inner.get("message"),
+                status,
+                redactor,
+            ))
         }
         _ => Some(Refusal {
             class: classify_status(status),
@@ -295,6 +334,25 @@ fn is_rate_limit_error(error: &str) -> bool {
     )
 }
 
+/// The object holding the token: the answer itself, or (when the dialect says where, and the
+/// top level has no `access_token`) the object at the dialect's `token_path`.
+fn nested_token<'a>(dialect: &Dialect, map: &'a Map<String, Value>) -> &'a Map<String, Value> {
+    if map.contains_key("access_token") {
+        return map;
+    }
+    let Some(path) = &dialect.token_path else {
+        return map;
+    };
+    let mut at = map;
+    for part in path.split('.') {
+        match at.get(part).and_then(Value::as_object) {
+            Some(inner) => at = inner,
+            None => return map,
+        }
+    }
+    at
+}
+
 /// When to retry: `Retry-After` first, then the provider's reset header when rate limited.
 /// Only transient failures get a hint; the others are not retried.
 fn retry_hint(
@@ -315,6 +373,7 @@ fn retry_hint(
     if rate_limited {
         return dialect
             .reset_header
+            .as_deref()
             .and_then(header)
             .and_then(|v| parse_reset_header(v, now));
     }

@@ -130,12 +130,8 @@ impl Provider for FakeProvider {
 
     fn info(&self) -> ProviderInfo {
         ProviderInfo {
-            name: "fake".into(),
-            kind: ProviderKind::Oauth2,
-            token_url: "http://127.0.0.1/token".into(),
-            auth_method: None,
-            client_id: None,
             rate_limit_per_second: *self.rate_limit.lock().expect("lock"),
+            ..ProviderInfo::basic("fake", ProviderKind::Oauth2, "http://127.0.0.1/token")
         }
     }
 
