@@ -333,8 +333,25 @@ struct Env {
     _dir: tempfile::TempDir,
 }
 
-/// Starts the server, builds a warden over SQLite with an `oauth2` provider pointed at the
-/// discovered token endpoint, runs the code flow and imports the result.
+/// A provider configured with nothing but the issuer and the client's credentials.
+fn provider_config(issuer: &Url) -> provider::ProviderConfig {
+    toml::from_str(&format!(
+        "issuer = \"{issuer}\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\
+         auth_method = \"client_secret_basic\""
+    ))
+    .expect("provider config")
+}
+
+fn client_http() -> HttpClient {
+    HttpClient::new(HttpSettings {
+        request_timeout: Duration::from_secs(5),
+        ..HttpSettings::default()
+    })
+    .expect("http client")
+}
+
+/// Starts the server, builds a warden over SQLite with a provider configured by `issuer`
+/// (discovery fills its endpoints), runs the code flow and imports the result.
 async fn setup() -> Env {
     let op = start_server();
     let client = http();
@@ -347,18 +364,19 @@ async fn setup() -> Env {
     );
     let db = format!("sqlite://{}/tw.db", dir.path().display());
     let store = Arc::new(SqliteStore::connect(&db, keys).await.expect("store"));
-    let config: provider::ProviderConfig = toml::from_str(&format!(
-        "kind = \"oauth2\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n\
-         token_url = \"{}\"\nrevoke_url = \"{}\"\nauth_method = \"client_secret_basic\"",
-        discovery.token_endpoint, discovery.revocation_endpoint
-    ))
-    .expect("provider config");
-    let http = HttpClient::new(HttpSettings {
-        request_timeout: Duration::from_secs(5),
-        ..HttpSettings::default()
-    })
-    .expect("http client");
-    let provider = provider::build("oidc".parse().expect("name"), &config, http).expect("provider");
+    // Only the issuer: the endpoints come from the server's own metadata.
+    let config = provider_config(&op.issuer);
+    let provider =
+        provider::build_discovering("oidc".parse().expect("name"), &config, client_http())
+            .await
+            .expect("provider");
+    let info = provider.info();
+    assert_eq!(info.source, provider::ProviderSource::Discovery);
+    assert_eq!(info.token_url, discovery.token_endpoint);
+    assert_eq!(
+        info.revoke_url.as_deref(),
+        Some(discovery.revocation_endpoint.as_str())
+    );
     let warden = Warden::builder(store)
         .provider(provider)
         .refresh_config(RefreshConfig {
@@ -683,4 +701,72 @@ async fn replayed_refresh_token_revokes_the_grant() {
     assert!(err.reconnect());
     let meta = env.warden.connection(&env.key).await.expect("still there");
     assert_eq!(meta.status, ConnectionStatus::NeedsReconnect);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(tw_interop), ignore = "needs npm ci in interop/oidc-provider")]
+async fn discovery_reads_the_real_servers_metadata_and_refuses_what_does_not_match() {
+    let op = start_server();
+    let http = client_http();
+    let issuer = op.issuer.as_str().trim_end_matches('/');
+    let meta = provider::discovery::discover(&http, issuer)
+        .await
+        .expect("discovery");
+    assert_eq!(
+        meta.document_url,
+        format!("{issuer}/.well-known/openid-configuration")
+    );
+    assert_eq!(meta.token_endpoint, format!("{issuer}/token"));
+    assert!(meta.supports_s256(), "{meta:?}");
+    assert!(meta.jwks_uri.is_some());
+    assert!(meta.authorization_endpoint.is_some());
+    assert!(meta.revocation_endpoint.is_some());
+    // Kept for the connect flow.
+    assert!(meta.authorization_response_iss_parameter_supported);
+    assert!(!meta.require_pushed_authorization_requests);
+
+    // An issuer with no metadata: both well-known URLs are named.
+    let err = provider::discovery::discover(&http, &format!("{issuer}/nope"))
+        .await
+        .expect_err("no metadata");
+    assert!(
+        err.url.contains("/nope/.well-known/openid-configuration"),
+        "{err}"
+    );
+    assert!(
+        err.url
+            .contains("/.well-known/oauth-authorization-server/nope"),
+        "{err}"
+    );
+
+    // The same server under another name: its document names another issuer (a mix-up
+    // attempt, as far as we can tell), so it is refused.
+    let other_name = issuer.replace("127.0.0.1", "localhost");
+    let err = provider::discovery::discover(&http, &other_name)
+        .await
+        .expect_err("issuer mismatch");
+    assert!(err.problem.contains("not the configured"), "{err}");
+
+    // Explicit keys win over discovered ones, and a failing discovery stops the build with
+    // the key and the URL.
+    let mut config = provider_config(&op.issuer);
+    config.revoke_url = Some("http://127.0.0.1:9/revoke".to_owned());
+    let provider =
+        provider::build_discovering("oidc".parse().expect("name"), &config, http.clone())
+            .await
+            .expect("provider");
+    assert_eq!(
+        provider.info().revoke_url.as_deref(),
+        Some("http://127.0.0.1:9/revoke")
+    );
+    let config = provider_config(&op.issuer.join("/nope").expect("url"));
+    let err = provider::build_discovering("oidc".parse().expect("name"), &config, http)
+        .await
+        .expect_err("discovery failure stops the build");
+    assert_eq!(err.key, "issuer");
+    assert!(
+        err.to_string()
+            .contains("/nope/.well-known/openid-configuration"),
+        "{err}"
+    );
 }
