@@ -76,7 +76,7 @@ client_secret = "bench-secret"
 token_url = "http://127.0.0.1:9/token"
 TOML
   local t0; t0=$(date +%s.%N)
-  RUST_LOG=warn "$BIN/tokenwarden" serve --config "$OUT/config.toml" > "$OUT/serve.log" 2>&1 &
+  RUST_LOG="${SERVER_LOG:-warn}" "$BIN/tokenwarden" serve --config "$OUT/config.toml" > "$OUT/serve.log" 2>&1 &
   SERVER_PID=$!
   until curl -sf "http://127.0.0.1:$port/healthz" > /dev/null; do sleep 0.02; done
   STARTUP=$(echo "$(date +%s.%N) - $t0" | bc)
@@ -93,19 +93,23 @@ if want http || want scale; then
 fi
 
 if want http; then
-  echo "## HTTP fast path: tokenwarden serve vs bare axum, wrk -t2 -c64 -d10s"
-  rm -f "$OUT/http.db"*
-  TOKENWARDEN_BENCH_KEY="$KEY" "$BIN/examples/bench_generate" "sqlite://$OUT/http.db" 1000 bench > /dev/null
-  start_server "$OUT/http.db" 8430 "$KEY"
-  "$BIN/examples/baseline_http" 127.0.0.1:8431 > /dev/null &
-  BASE_PID=$!
-  sleep 0.5
-  PATH_="/v1/users/user-0000500/connections/bench/acct/access-token"
-  for i in $(seq "$RUNS"); do
-    echo "-- run $i: baseline"; wrk_run "http://127.0.0.1:8431$PATH_"
-    echo "-- run $i: tokenwarden"; wrk_run "http://127.0.0.1:8430$PATH_"
-  done | tee "$OUT/http.txt"
-  kill "$SERVER_PID" "$BASE_PID"; wait "$SERVER_PID" "$BASE_PID" 2> /dev/null || true
+  # Twice: with warn (no access log) and with the default info level, which writes one
+  # access-log line per request; the baseline runs beside each.
+  for level in warn info; do
+    echo "## HTTP fast path (RUST_LOG=$level): tokenwarden serve vs bare axum, wrk -t2 -c64 -d10s"
+    rm -f "$OUT/http.db"*
+    TOKENWARDEN_BENCH_KEY="$KEY" "$BIN/examples/bench_generate" "sqlite://$OUT/http.db" 1000 bench > /dev/null
+    SERVER_LOG="$level" start_server "$OUT/http.db" 8430 "$KEY"
+    "$BIN/examples/baseline_http" 127.0.0.1:8431 > /dev/null &
+    BASE_PID=$!
+    until curl -s -o /dev/null "http://127.0.0.1:8431/"; do sleep 0.02; done
+    PATH_="/v1/users/user-0000500/connections/bench/acct/access-token"
+    for i in $(seq "$RUNS"); do
+      echo "-- run $i: baseline"; wrk_run "http://127.0.0.1:8431$PATH_"
+      echo "-- run $i: tokenwarden"; wrk_run "http://127.0.0.1:8430$PATH_"
+    done | tee "$OUT/http-$level.txt"
+    kill "$SERVER_PID" "$BASE_PID"; wait "$SERVER_PID" "$BASE_PID" 2> /dev/null || true
+  done
 fi
 
 if want scale; then
