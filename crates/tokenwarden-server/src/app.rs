@@ -235,9 +235,12 @@ pub async fn build_warden_as(config: &Config, role: Role) -> Result<Warden, Star
     for (name, provider_config) in &config.providers {
         let parsed = ProviderName::parse(name.as_str())
             .map_err(|e| ConfigError::key(format!("providers.{name}"), e.to_string()))?;
-        let built = provider::build(parsed, provider_config, http.clone()).map_err(|e| {
-            ConfigError::key(format!("providers.{}.{}", e.provider, e.key), e.message)
-        })?;
+        // A provider with an `issuer` reads its metadata now; a failure stops the start.
+        let built = provider::build_discovering(parsed, provider_config, http.clone())
+            .await
+            .map_err(|e| {
+                ConfigError::key(format!("providers.{}.{}", e.provider, e.key), e.message)
+            })?;
         providers.push(built);
     }
     Ok(Warden::builder(store)

@@ -128,6 +128,12 @@ pub enum ConnectionsCommand {
 pub enum ProvidersCommand {
     /// Lists configured providers.
     List,
+    /// Lists the built-in provider catalog (`[providers.NAME] catalog = "<id>"`).
+    Catalog {
+        /// Every entry in full, with the documentation link of each fact, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,6 +185,8 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
             println!("{}", tokenwarden::KeyRing::generate_key_base64());
             Ok(())
         }
+        // The catalog is compiled in: no configuration or database needed.
+        Command::Providers(ProvidersCommand::Catalog { json }) => catalog(json),
         command => {
             let resolved = bootstrap::resolve(cli.config.as_deref(), &cli.data_dir, env(), false)?;
             let warden = build_warden(&resolved.config).await?;
@@ -189,7 +197,9 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
                 Command::Keys(KeysCommand::Rotate { batch_size }) => {
                     keys_rotate(&warden, batch_size).await
                 }
-                Command::Serve(_) | Command::Keys(KeysCommand::Generate) => Ok(()),
+                Command::Serve(_)
+                | Command::Keys(KeysCommand::Generate)
+                | Command::Providers(ProvidersCommand::Catalog { .. }) => Ok(()),
             }
         }
     }
@@ -479,6 +489,37 @@ fn providers(warden: &Warden) -> Result<(), CliError> {
         eprintln!("no providers configured (add [providers.NAME] sections)");
     }
     print_json(&views)
+}
+
+/// `providers catalog`: one line per entry (id, name, token URL, documentation of the token
+/// URL), or every entry in full as JSON.
+fn catalog(json: bool) -> Result<(), CliError> {
+    let entries = tokenwarden::provider::catalog::entries();
+    if json {
+        let all: serde_json::Map<String, serde_json::Value> = entries
+            .iter()
+            .map(|(id, entry)| {
+                let value = serde_json::to_value(entry).unwrap_or(serde_json::Value::Null);
+                ((*id).to_owned(), value)
+            })
+            .collect();
+        return print_json(&all);
+    }
+    let width = entries.iter().map(|(id, _)| id.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (id, entry) in entries {
+        let docs = entry.docs.get("token_url").map_or("", String::as_str);
+        out.push_str(&format!(
+            "{id:width$}  {}  {}  {docs}\n",
+            entry.name, entry.token_url
+        ));
+    }
+    print!("{out}");
+    eprintln!(
+        "{} providers; use one with [providers.NAME] catalog = \"<id>\" plus client_id and client_secret",
+        entries.len()
+    );
+    Ok(())
 }
 
 async fn keys_status(warden: &Warden, config: &crate::config::Config) -> Result<(), CliError> {

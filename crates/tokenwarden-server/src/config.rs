@@ -446,6 +446,7 @@ fn env_kind(path: &[String]) -> EnvKind {
             _,
         ] => EnvKind::Int,
         ["providers", _, "rate_limit_per_second"] => EnvKind::Int,
+        ["providers", _, "scopes"] => EnvKind::List,
         _ => EnvKind::Str,
     }
 }

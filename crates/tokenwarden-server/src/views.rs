@@ -257,8 +257,31 @@ pub struct ProviderView {
     pub name: String,
     /// instagram, tiktok, reddit or oauth2.
     pub kind: String,
+    /// Extension: where the settings came from: `catalog`, `discovery` or `config`.
+    #[schema(schema_with = source_schema)]
+    pub source: String,
+    /// Extension: the catalog entry the provider is built on.
+    pub catalog: Option<String>,
+    /// Extension: the provider's display name, from the catalog.
+    pub display_name: Option<String>,
+    /// Extension: `authorization_code` (user connections) or `client_credentials` (one
+    /// application token: `GET /v1/apps/{provider}/access-token`).
+    #[schema(schema_with = grant_schema)]
+    pub grant: String,
+    /// Extension: where users consent (the connect flow).
+    pub authorization_url: Option<String>,
     pub token_url: String,
+    /// Extension: the revocation endpoint used when a connection is deleted.
+    pub revoke_url: Option<String>,
+    /// Extension: the request the account id comes from, when it needs one.
+    pub userinfo_url: Option<String>,
+    /// Extension: the base of the provider's API.
+    pub api_base_url: Option<String>,
+    /// Extension: the OpenID Connect / RFC 8414 issuer the endpoints were discovered from.
+    pub issuer: Option<String>,
     pub auth_method: Option<String>,
+    /// Extension: the scopes requested by default.
+    pub scopes: Vec<String>,
     pub client_id: Option<String>,
     pub rate_limit_per_second: Option<u32>,
     /// Extension: the provider's circuit breaker.
@@ -277,23 +300,41 @@ pub struct BreakerView {
     pub retry_after_s: Option<u64>,
 }
 
+fn source_schema() -> Object {
+    string_enum(
+        ["catalog", "discovery", "config"],
+        "where the settings came from",
+    )
+}
+
+fn grant_schema() -> Object {
+    string_enum(
+        ["authorization_code", "client_credentials"],
+        "how the provider's tokens are obtained",
+    )
+}
+
 fn breaker_state_schema() -> Object {
     string_enum(["closed", "open", "half_open"], "closed, open or half_open")
 }
 
 impl ProviderView {
     pub fn new(info: ProviderInfo, breaker: Option<BreakerState>) -> Self {
-        let auth_method = info.auth_method.map(|m| {
-            serde_json::to_value(m)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
-        });
         Self {
             name: info.name,
             kind: info.kind.as_str().to_owned(),
+            source: info.source.as_str().to_owned(),
+            catalog: info.catalog,
+            display_name: info.display_name,
+            grant: info.grant.as_str().to_owned(),
+            authorization_url: info.authorization_url,
             token_url: info.token_url,
-            auth_method,
+            revoke_url: info.revoke_url,
+            userinfo_url: info.userinfo_url,
+            api_base_url: info.api_base_url,
+            issuer: info.issuer,
+            auth_method: info.auth_method.map(|m| m.as_str().to_owned()),
+            scopes: info.scopes,
             client_id: info.client_id,
             rate_limit_per_second: info.rate_limit_per_second,
             breaker: BreakerView::from(breaker),

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{API_KEY, error_of, expired_import, spawn};
+use common::{API_KEY, error_of, expired_import, spawn, spawn_with};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -224,6 +224,68 @@ async fn providers_show_breaker_state_and_no_secret() {
     assert_eq!(fake["name"], "fake");
     assert_eq!(fake["kind"], "oauth2");
     assert_eq!(fake["breaker"]["state"], "closed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn providers_show_where_their_settings_came_from() {
+    let app = spawn_with(
+        r#"
+[providers.gh]
+catalog = "github"
+client_id = "gh-client"
+client_secret = "gh-secret-value-0001"
+
+[providers.contoso]
+catalog = "microsoft"
+client_id = "ms-client"
+client_secret = "ms-secret-value-0002"
+url_params = { tenant = "contoso.onmicrosoft.com" }
+"#,
+    )
+    .await;
+    let text = app
+        .get("/v1/providers")
+        .send()
+        .await
+        .expect("providers")
+        .text()
+        .await
+        .expect("text");
+    assert!(!text.contains("gh-secret-value-0001") && !text.contains("ms-secret"));
+    let body: Value = serde_json::from_str(&text).expect("json");
+    let by_name = |name: &str| {
+        body["providers"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} listed: {body}"))
+    };
+    let fake = by_name("fake");
+    assert_eq!(fake["source"], "config");
+    assert_eq!(fake["catalog"], Value::Null);
+    assert_eq!(fake["grant"], "authorization_code");
+    let gh = by_name("gh");
+    assert_eq!(gh["source"], "catalog");
+    assert_eq!(gh["catalog"], "github");
+    assert_eq!(gh["display_name"], "GitHub");
+    assert_eq!(gh["kind"], "oauth2");
+    assert_eq!(
+        gh["token_url"],
+        "https://github.com/login/oauth/access_token"
+    );
+    assert!(
+        gh["authorization_url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("https://github.com/"))
+    );
+    let ms = by_name("contoso");
+    assert_eq!(
+        ms["token_url"],
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
     app.stop().await;
 }
 

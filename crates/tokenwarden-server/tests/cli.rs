@@ -43,6 +43,42 @@ fn text(output: &Output) -> String {
 }
 
 #[test]
+fn providers_catalog_lists_every_entry_with_its_documentation() {
+    // No configuration and no database are needed: the catalog is compiled in.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-config.toml");
+    let listed = tokenwarden(&missing, &["providers", "catalog"], None);
+    let out = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(out.lines().count() >= 50, "{out}");
+    let google = out
+        .lines()
+        .find(|l| l.starts_with("google "))
+        .expect("google listed");
+    assert!(
+        google.contains("https://oauth2.googleapis.com/token"),
+        "{google}"
+    );
+    assert!(
+        google.contains("https://developers.google.com/"),
+        "{google}"
+    );
+
+    let json = tokenwarden(&missing, &["providers", "catalog", "--json"], None);
+    assert!(json.status.success(), "{}", text(&json));
+    let all: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    let entries = all.as_object().expect("object");
+    assert!(entries.len() >= 50);
+    assert_eq!(all["reddit"]["user_agent_required"], true);
+    assert!(
+        all["reddit"]["docs"]["user_agent_required"]
+            .as_str()
+            .is_some()
+    );
+    assert!(!dir.path().join("tokenwarden-data").exists() && !missing.exists());
+}
+
+#[test]
 fn connections_providers_and_keys_commands() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("tokenwarden.toml");
