@@ -165,11 +165,13 @@ impl ProviderSettings {
         }
         if let Some((key, _)) = config.url_params.iter().find(|(_, v)| {
             !v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+                .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c))
         }) {
+            // No '/', '?', '#' or '@': a value fills a host (with its port) or a path
+            // segment; it cannot change which server or which path the URL names.
             return Err(err(
                 "url_params",
-                format!("`{key}` may only hold letters, digits, '-', '.' and '_'"),
+                format!("`{key}` may only hold letters, digits, '-', '.', '_' and ':'"),
             ));
         }
         // An endpoint: the configured value, else the discovered one, else the catalog's.
