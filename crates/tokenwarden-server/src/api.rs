@@ -27,7 +27,8 @@ use time::format_description::well_known::Rfc3339;
 use tokenwarden::refresh::RetryPolicy;
 use tokenwarden::store::ListQuery;
 use tokenwarden::{
-    AccountId, ConnectionKey, ConnectionStatus, ImportRequest, ProviderName, RefreshOptions, UserId,
+    AccessTokenGrant, AccountId, ConnectionKey, ConnectionStatus, ImportRequest, ProviderName,
+    RefreshOptions, UserId,
 };
 use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::{IntoParams, OpenApi};
@@ -343,6 +344,12 @@ pub async fn get_access_token(
 ) -> Result<Response, ApiError> {
     let key = connection_key(&app, path)?;
     let grant = app.warden().access_token(&key).await?;
+    access_token_response(&grant)
+}
+
+/// The access-token answer: the JSON view, `Cache-Control: no-store`. Shared with the fast
+/// path (`fast_path.rs`), so both answer byte for byte alike.
+pub(crate) fn access_token_response(grant: &AccessTokenGrant) -> Result<Response, ApiError> {
     let view = AccessTokenView {
         access_token: grant.access_token.expose_secret(),
         token_type: &grant.token_type,

@@ -123,6 +123,17 @@ impl App {
     /// everything inside (authentication and 401s included), the id is copied onto every
     /// response, and the body limit applies to every route that reads a body.
     pub fn router(&self) -> Router {
+        self.router_with_ids(SequentialRequestIds::new())
+    }
+
+    /// The service `run` serves: the access-token fast path (`fast_path.rs`) in front of
+    /// [`App::router`]. Both make request ids from one counter.
+    pub fn service(&self) -> crate::fast_path::FastPath {
+        let ids = SequentialRequestIds::new();
+        crate::fast_path::FastPath::new(self.clone(), self.router_with_ids(ids.clone()), ids)
+    }
+
+    fn router_with_ids(&self, ids: SequentialRequestIds) -> Router {
         let v1 = Router::new()
             .route(
                 "/v1/users/{user_id}/connections/{provider}/{account_id}",
@@ -161,7 +172,7 @@ impl App {
             .layer(SetSensitiveRequestHeadersLayer::new([
                 header::AUTHORIZATION,
             ]))
-            .layer(SetRequestIdLayer::x_request_id(SequentialRequestIds::new()))
+            .layer(SetRequestIdLayer::x_request_id(ids))
             .layer(trace)
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(DefaultBodyLimit::max(self.max_body_bytes()))
@@ -174,7 +185,7 @@ impl App {
 /// (`3f9a0c1e-17`). Unique within a process and across restarts in practice, and far cheaper
 /// than a random UUID per request (no system call on the hot path).
 #[derive(Clone, Debug)]
-struct SequentialRequestIds {
+pub struct SequentialRequestIds {
     prefix: u32,
     next: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -318,7 +329,8 @@ pub async fn run(
         tracing::info!(addr = %addr, "listening");
     }
     let mut graceful = stop_rx.clone();
-    let server = axum::serve(listener, app.router()).with_graceful_shutdown(async move {
+    let service = tower::make::Shared::new(app.service());
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         let _ = graceful.wait_for(|stop| *stop).await;
     });
     let stopper = async {

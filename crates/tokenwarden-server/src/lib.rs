@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fast_path;
 pub mod telemetry;
 pub mod views;
 

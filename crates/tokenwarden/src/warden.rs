@@ -316,9 +316,7 @@ impl Warden {
 
     /// [`Warden::get_access_token`] for a parsed key.
     pub async fn access_token(&self, key: &ConnectionKey) -> Result<AccessTokenGrant, Error> {
-        let inner = &self.inner;
-        if let Some(grant) = inner.cache.fresh(key) {
-            inner.fresh_answers.increment(1);
+        if let Some(grant) = self.cached_access_token(key) {
             return Ok(grant);
         }
         // Boxed, so the future of a cache hit stays small: the slow path's state machine
@@ -330,6 +328,17 @@ impl Warden {
         };
         metrics::counter!(m::TOKEN_REQUESTS_TOTAL, "outcome" => outcome).increment(1);
         result.map(|(grant, _)| grant).map_err(counted)
+    }
+
+    /// The answer [`Warden::access_token`] would give from memory alone: a cached token that
+    /// is fresh (not due for refresh), counted as a `fresh` answer; `None` when it would have
+    /// to read the store, refresh or fail. No I/O, so a server can answer it without its
+    /// usual machinery and hand everything else to [`Warden::access_token`].
+    pub fn cached_access_token(&self, key: &ConnectionKey) -> Option<AccessTokenGrant> {
+        let inner = &self.inner;
+        let grant = inner.cache.fresh(key)?;
+        inner.fresh_answers.increment(1);
+        Some(grant)
     }
 
     async fn access_token_slow(
