@@ -64,6 +64,10 @@ fn build(id: &str, server: &MockServer) -> Arc<dyn Provider> {
         client_id: Some(CLIENT_ID.to_owned()),
         client_secret: Some(ClientSecret::new(CLIENT_SECRET)),
         token_url: Some(format!("{}/token", server.uri())),
+        refresh_url: entry
+            .refresh_url
+            .as_ref()
+            .map(|_| format!("{}/refresh", server.uri())),
         url_params: entry
             .url_params
             .iter()
@@ -355,4 +359,29 @@ async fn lifetimes_given_as_strings_are_read() {
         answer.refresh_expires_in,
         Some(Duration::from_secs(7_776_000))
     );
+}
+
+#[tokio::test]
+async fn a_separate_refresh_endpoint_gets_the_refreshes() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "application/json")
+                .set_body_string(r#"{"access_token":"figd_new","expires_in":7776000}"#),
+        )
+        .mount(&server)
+        .await;
+    let answer = build("figma", &server)
+        .refresh(&connection("p"))
+        .await
+        .expect("refresh");
+    assert_eq!(answer.access_token.expose_secret(), "figd_new");
+    assert!(
+        answer.refresh_token.is_none(),
+        "the old refresh token is kept"
+    );
+    let requests = server.received_requests().await.expect("recorded");
+    let paths: Vec<&str> = requests.iter().map(|r| r.url.path()).collect();
+    assert_eq!(paths, ["/refresh"]);
 }

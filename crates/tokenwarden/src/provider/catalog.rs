@@ -115,6 +115,8 @@ pub struct CatalogEntry {
     pub authorization_url: String,
     pub token_url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub userinfo_url: Option<String>,
@@ -314,6 +316,7 @@ impl CatalogEntry {
             ("token_url", self.token_url.as_str()),
         ];
         let optional = [
+            ("refresh_url", &self.refresh_url),
             ("revoke_url", &self.revoke_url),
             ("userinfo_url", &self.userinfo_url),
             ("api_base_url", &self.api_base_url),
@@ -349,6 +352,7 @@ impl CatalogEntry {
     pub fn fact_keys(&self) -> Vec<&'static str> {
         let mut keys = vec!["authorization_url", "token_url"];
         let set = [
+            ("refresh_url", self.refresh_url.is_some()),
             ("revoke_url", self.revoke_url.is_some()),
             ("userinfo_url", self.userinfo_url.is_some()),
             ("api_base_url", self.api_base_url.is_some()),

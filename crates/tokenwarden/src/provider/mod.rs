@@ -322,8 +322,9 @@ pub struct ProviderConfig {
     /// Token endpoint; defaults to the catalog's or the discovered one.
     #[serde(default)]
     pub token_url: Option<String>,
-    /// Instagram's refresh endpoint; defaults to
-    /// `https://graph.instagram.com/refresh_access_token`.
+    /// Where refreshes go when not to `token_url` (Figma; the catalog's default). For
+    /// Instagram, its refresh endpoint (default
+    /// `https://graph.instagram.com/refresh_access_token`).
     #[serde(default)]
     pub refresh_url: Option<String>,
     /// Instagram's `ig_exchange_token` endpoint (short-lived to long-lived token).

@@ -168,7 +168,11 @@ impl Provider for OAuth2Provider {
         let separator = s.scope_separator.to_string();
         let scope = s.scopes.join(&separator);
         let params = self.grant_params(conn, &scope)?;
-        let request = self.post(&s.token_url, params);
+        let url = match s.grant {
+            Grant::AuthorizationCode => s.refresh_url.as_ref().unwrap_or(&s.token_url),
+            Grant::ClientCredentials => &s.token_url,
+        };
+        let request = self.post(url, params);
         let raw = send_recorded(&self.http, &s.name, "refresh", request).await?;
         let secrets = connection_secrets(conn, s.client_secret.as_ref());
         parse_token_response(

@@ -33,6 +33,8 @@ pub struct ProviderSettings {
     pub grant: Grant,
     pub authorization_url: Option<Url>,
     pub token_url: Url,
+    /// Where refreshes go when not to `token_url` (Figma).
+    pub refresh_url: Option<Url>,
     pub revoke_url: Option<Url>,
     pub userinfo_url: Option<Url>,
     pub api_base_url: Option<Url>,
@@ -211,6 +213,16 @@ impl ProviderSettings {
             meta.map(|m| m.token_endpoint.as_str()),
             entry.map(|e| e.token_url.as_str()),
         )?;
+        // Instagram's adapter reads its own `refresh_url` (a different endpoint and method).
+        let refresh_url = match engine {
+            Engine::Oauth2 => endpoint(
+                "refresh_url",
+                config.refresh_url.as_deref(),
+                None,
+                entry.and_then(|e| e.refresh_url.as_deref()),
+            )?,
+            Engine::Instagram => None,
+        };
         let revoke_url = endpoint(
             "revoke_url",
             config.revoke_url.as_deref(),
@@ -361,6 +373,7 @@ impl ProviderSettings {
             grant,
             authorization_url,
             token_url,
+            refresh_url,
             revoke_url,
             userinfo_url,
             api_base_url,
