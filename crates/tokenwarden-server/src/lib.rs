@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod fast_path;
+pub mod log_writer;
 pub mod telemetry;
 pub mod views;
 

@@ -132,14 +132,13 @@ pub fn register_known_series<'a>(providers: impl IntoIterator<Item = &'a str>) {
 /// request and the refresh log points), for operator commands on stderr (default `warn`), so
 /// their stdout stays their output.
 ///
-/// The server's lines are written by a thread of their own (`tracing-appender`), so a request
-/// formats its line and moves on instead of waiting for a write to stdout; when that thread
-/// falls behind by more than its buffer, requests wait (lines are never dropped). The thread
-/// writes what has queued up in one system call, not one per line, and flushes whenever the
-/// queue runs empty, so a line is never held back while the server is idle. Keep the returned
-/// guard alive until the process ends: dropping it flushes what is buffered.
+/// The server's lines are written by a thread of their own ([`crate::log_writer`]): a
+/// request appends its line to a buffer and moves on, and the thread writes what gathered
+/// every few milliseconds in one system call. Lines are never dropped (writers wait when the
+/// thread falls far behind). Keep the returned guard alive until the process ends: dropping
+/// it writes what is buffered.
 #[must_use = "dropping the guard stops the log writer"]
-pub fn init_logging(server: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+pub fn init_logging(server: bool) -> Option<crate::log_writer::LogGuard> {
     let default = if server { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -149,21 +148,22 @@ pub fn init_logging(server: bool) -> Option<tracing_appender::non_blocking::Work
         .event_format(JsonLines)
         .with_env_filter(filter);
     if server {
-        let stdout = std::io::BufWriter::with_capacity(LOG_BUFFER_BYTES, std::io::stdout());
-        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(false)
-            .thread_name("tokenwarden-log")
-            .finish(stdout);
-        let _ = builder.with_writer(writer).try_init();
-        Some(guard)
+        match crate::log_writer::spawn(std::io::stdout()) {
+            Ok((writer, guard)) => {
+                let _ = builder.with_writer(writer).try_init();
+                Some(guard)
+            }
+            // No thread for the writer: write each line directly instead.
+            Err(_) => {
+                let _ = builder.with_writer(std::io::stdout).try_init();
+                None
+            }
+        }
     } else {
         let _ = builder.with_writer(std::io::stderr).try_init();
         None
     }
 }
-
-/// What the log thread gathers before a write when lines arrive faster than it writes them.
-const LOG_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The span every HTTP request runs in: `method`, `path` (no query: it may carry anything)
 /// and `request_id`, so every line logged while serving it says which request it belongs to.
