@@ -171,6 +171,7 @@ pub async fn put_connection(
     body: Body,
 ) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
     let key = connection_key(&app, path)?;
+    refuse_application_provider(&app, &key.provider)?;
     let bytes = read_body(&app, body)?;
     let request = parse_import_body(&bytes, OffsetDateTime::now_utc())?;
     let (meta, outcome) = app.warden().import(key, request).await?;
@@ -180,6 +181,23 @@ pub async fn put_connection(
         tokenwarden::store::PutOutcome::Replaced => StatusCode::OK,
     };
     Ok((status, Json(ConnectionView::from(&meta))))
+}
+
+/// An application provider (client-credentials grant) has no user connections: its one
+/// token is obtained by tokenwarden, never imported. The library refuses too; this answer
+/// also names the field.
+fn refuse_application_provider(app: &App, provider: &ProviderName) -> Result<(), ApiError> {
+    let grant = app.warden().provider(provider).map(|p| p.grant());
+    if grant == Some(tokenwarden::provider::Grant::ClientCredentials) {
+        return Err(ApiError::invalid(
+            "provider",
+            format!(
+                "{provider} uses the client_credentials grant: it has no user connections to \
+                 import; ask GET /v1/apps/{provider}/access-token for its application token"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Parses and validates the body of `PUT .../{account_id}`: exactly what the handler runs, and
@@ -343,6 +361,50 @@ pub async fn get_access_token(
 ) -> Result<Response, ApiError> {
     let key = connection_key(&app, path)?;
     let grant = app.warden().access_token(&key).await?;
+    access_token_response(&grant)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{provider}/access-token",
+    tag = "apps",
+    params(AppPath),
+    responses(
+        (status = 200, description = "the provider's application token (client-credentials \
+            grant), obtained first when needed", body = AccessTokenView,
+            headers(("Cache-Control" = String, description = "`no-store`: a token must not be \
+                cached"))),
+        (status = 400, description = "UNKNOWN_PROVIDER, or INVALID_REQUEST when the provider's \
+            grant is not `client_credentials` (`details.provider` names it)", body = ErrorBody),
+        (status = 500, description = "GET_TOKEN_ERROR: the database or decryption failed (the \
+            detail is in the server log)", body = ErrorBody),
+        (status = 502, description = "TOKEN_REFRESH_ERROR: no token could be obtained after \
+            every retry; `details.failure` is `configuration` when the provider refused the \
+            client (`invalid_client`: an operator problem, never a reconnect)",
+            body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait; sent whenever \
+                `retry_after_s` is set"))),
+        (status = 503, description = "TOKEN_REFRESH_ERROR while the provider's circuit breaker \
+            is open", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds until the breaker lets a \
+                probe through"))),
+    ),
+    security(("api_key" = []))
+)]
+/// The application token of a client-credentials provider, obtained first when needed.
+pub async fn get_app_access_token(
+    State(app): State<App>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(provider) =
+        path.map_err(|e| ApiError::invalid("path", redact_quoted(&e.body_text())))?;
+    let provider = configured_provider(&app, &provider)?;
+    let grant = app.warden().app_token(&provider).await?;
+    access_token_response(&grant)
+}
+
+/// `{"access_token", "token_type", "expires_at"}`, never to be cached.
+fn access_token_response(grant: &tokenwarden::AccessTokenGrant) -> Result<Response, ApiError> {
     let view = AccessTokenView {
         access_token: grant.access_token.expose_secret(),
         token_type: &grant.token_type,
@@ -693,6 +755,15 @@ struct ConnectionPath {
     account_id: String,
 }
 
+/// The path of an application token. Only describes it for the document.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct AppPath {
+    #[param(schema_with = provider_schema)]
+    provider: String,
+}
+
 /// The query of `GET /v1/connections`; any other parameter is INVALID_REQUEST. Only
 /// describes it for the document: [`parse_list_query`] validates it.
 #[derive(IntoParams)]
@@ -844,7 +915,7 @@ fn finish(doc: &mut serde_json::Value, providers: &[String]) {
     info(title = "tokenwarden", description = "Self-hosted OAuth token broker: HTTP API v1"),
     paths(
         put_connection, get_connection, get_access_token, refresh_connection, delete_connection,
-        list_connections, list_providers, healthz, readyz, metrics, openapi_json
+        get_app_access_token, list_connections, list_providers, healthz, readyz, metrics, openapi_json
     ),
     components(schemas(
         ConnectionView, crate::views::LastErrorView, ConnectionList, AccessTokenView, ImportBody,
