@@ -719,14 +719,15 @@ pub async fn metrics(State(app): State<App>) -> Response {
         body = Object, content_type = "application/json")))]
 /// The OpenAPI document of this server: [`openapi`] for its configured providers.
 pub async fn openapi_json(State(app): State<App>) -> Response {
-    let names: Vec<String> = app
-        .warden()
-        .providers()
-        .into_iter()
-        .map(|info| info.name)
+    let providers = app.warden().providers();
+    let applications: Vec<String> = providers
+        .iter()
+        .filter(|info| info.grant == tokenwarden::provider::Grant::ClientCredentials)
+        .map(|info| info.name.clone())
         .collect();
+    let names: Vec<String> = providers.into_iter().map(|info| info.name).collect();
     // Built per request: a few hundred microseconds, and always what the server runs with.
-    Json(openapi(&names)).into_response()
+    Json(openapi_with_applications(&names, &applications)).into_response()
 }
 
 /// Any other path: a JSON 404 instead of an empty body.
@@ -845,12 +846,23 @@ fn cursor_schema() -> Object {
 /// - The refresh body is optional (`required: false`) but never `null`.
 /// - An import gives `expires_in` or `expires_at`, not both.
 pub fn openapi(providers: &[String]) -> serde_json::Value {
+    openapi_with_applications(providers, &[])
+}
+
+/// [`openapi`] for a server whose `applications` (among `providers`) have the
+/// client-credentials grant: the application token route lists only those, and the import
+/// (which they refuse) only the others, so that every request the document allows is one
+/// the server can accept.
+pub fn openapi_with_applications(
+    providers: &[String],
+    applications: &[String],
+) -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
-    finish(&mut doc, providers);
+    finish(&mut doc, providers, applications);
     doc
 }
 
-fn finish(doc: &mut serde_json::Value, providers: &[String]) {
+fn finish(doc: &mut serde_json::Value, providers: &[String], applications: &[String]) {
     use serde_json::json;
 
     let error_body = json!({"$ref": "#/components/schemas/ErrorBody"});
@@ -861,6 +873,7 @@ fn finish(doc: &mut serde_json::Value, providers: &[String]) {
     if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
         for operation in paths.values_mut().filter_map(|item| item.as_object_mut()) {
             for operation in operation.values_mut() {
+                let operation_id = operation["operationId"].as_str().unwrap_or("").to_owned();
                 let parameters = operation
                     .get_mut("parameters")
                     .and_then(|p| p.as_array_mut());
@@ -868,10 +881,18 @@ fn finish(doc: &mut serde_json::Value, providers: &[String]) {
                     if parameter["in"] == "path" {
                         parameter["required"] = json!(true);
                     }
-                    if parameter["name"] == "provider" && !providers.is_empty() {
+                    let names: Vec<&String> = match operation_id.as_str() {
+                        "get_app_access_token" => applications.iter().collect(),
+                        "put_connection" => providers
+                            .iter()
+                            .filter(|name| !applications.contains(name))
+                            .collect(),
+                        _ => providers.iter().collect(),
+                    };
+                    if parameter["name"] == "provider" && !names.is_empty() {
                         parameter["schema"] = json!({
                             "type": "string",
-                            "enum": providers,
+                            "enum": names,
                             "description": PROVIDER_DESCRIPTION,
                         });
                     }

@@ -533,6 +533,14 @@ async fn issue_9_every_answer_the_server_gives_is_documented() {
     // The application token: 401, 400 (unknown, or not a client-credentials provider), 200,
     // then 502 and 503 with Retry-After once its provider fails.
     let apps = "/v1/apps/{provider}/access-token";
+    // Every request the document allows is one the server can accept: the application
+    // route lists the client-credentials providers only, the import all the others.
+    let listed = |path: &str, method: &str| {
+        parameter(&doc, path, method, "provider")["schema"]["enum"].clone()
+    };
+    assert_eq!(listed(apps, "get"), json!(["app"]));
+    assert_eq!(listed(CONN, "put"), json!(["fake", "instagram"]));
+    assert_eq!(listed(CONN, "get"), json!(["app", "fake", "instagram"]));
     let app_url = |p: &str| app.url(&format!("/v1/apps/{p}/access-token"));
     check("get", apps, c.get(app_url("app"))).await;
     check("get", apps, c.get(app_url("nope")).bearer_auth(API_KEY)).await;
