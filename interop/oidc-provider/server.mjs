@@ -5,7 +5,8 @@
 //
 //   GET  /interaction/:uid    logs in a fixed account and grants the requested scopes
 //   POST /test/revoke-grant   revokes an account's grants at the server (user "disconnects")
-//   GET  /test/stats          counts refresh grants seen, so tests can assert "exactly one"
+//   GET  /test/stats          counts refresh and client-credentials grants seen, so tests can
+//                             assert "exactly one"
 //
 // Usage: node server.mjs [port]   (or PORT=...; 0 or nothing = any free port)
 // Prints `LISTENING http://127.0.0.1:NNNNN` once it accepts requests. Everything is in
@@ -29,6 +30,9 @@ const refreshTokenTtl = seconds('RT_TTL', 120);
 const CLIENT_ID = process.env.CLIENT_ID ?? 'tokenwarden-interop';
 const CLIENT_SECRET = process.env.CLIENT_SECRET ?? 'interop-client-secret-not-for-production';
 const REDIRECT_URI = process.env.REDIRECT_URI ?? 'http://127.0.0.1/callback';
+// The second client: an application, allowed only the client_credentials grant.
+const APP_CLIENT_ID = process.env.APP_CLIENT_ID ?? 'tokenwarden-interop-app';
+const APP_CLIENT_SECRET = process.env.APP_CLIENT_SECRET ?? 'interop-app-secret-not-for-production';
 // Every login is this account: the tests drive the flow, not a person.
 const ACCOUNT_ID = process.env.ACCOUNT_ID ?? 'interop-user-1';
 
@@ -50,6 +54,13 @@ const provider = new Provider(issuer, {
     redirect_uris: [REDIRECT_URI],
     grant_types: ['authorization_code', 'refresh_token'],
     response_types: ['code'],
+  }, {
+    client_id: APP_CLIENT_ID,
+    client_secret: APP_CLIENT_SECRET,
+    token_endpoint_auth_method: 'client_secret_basic',
+    redirect_uris: [],
+    grant_types: ['client_credentials'],
+    response_types: [],
   }],
   // PKCE for every client, not just public ones (the default only forces it for those).
   pkce: { required: () => true },
@@ -64,6 +75,7 @@ const provider = new Provider(issuer, {
   rotateRefreshToken: true,
   ttl: {
     AccessToken: accessTokenTtl,
+    ClientCredentials: accessTokenTtl,
     RefreshToken: refreshTokenTtl,
     AuthorizationCode: 60,
     Interaction: 60,
@@ -75,6 +87,7 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: false },
     revocation: { enabled: true },
     introspection: { enabled: true },
+    clientCredentials: { enabled: true },
   },
   findAccount: async (_ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
   // Fixed keys: cookies only need to survive one test run.
@@ -85,11 +98,12 @@ const provider = new Provider(issuer, {
 // in-memory adapter cannot search by account).
 const grantsByAccount = new Map();
 const stats = {
-  refreshGrants: 0, refreshErrors: 0, reuseDetected: 0, grantsRevoked: 0, adminRevocations: 0,
+  refreshGrants: 0, clientCredentialsGrants: 0, refreshErrors: 0, reuseDetected: 0, grantsRevoked: 0, adminRevocations: 0,
 };
 
 provider.on('grant.success', (ctx) => {
   if (ctx.oidc.params?.grant_type === 'refresh_token') stats.refreshGrants += 1;
+  if (ctx.oidc.params?.grant_type === 'client_credentials') stats.clientCredentialsGrants += 1;
 });
 provider.on('grant.error', (ctx, err) => {
   if (ctx.oidc.params?.grant_type !== 'refresh_token') return;

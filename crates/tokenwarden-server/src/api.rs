@@ -172,6 +172,7 @@ pub async fn put_connection(
     body: Body,
 ) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
     let key = connection_key(&app, path)?;
+    refuse_application_provider(&app, &key.provider)?;
     let bytes = read_body(&app, body)?;
     let request = parse_import_body(&bytes, OffsetDateTime::now_utc())?;
     let (meta, outcome) = app.warden().import(key, request).await?;
@@ -181,6 +182,23 @@ pub async fn put_connection(
         tokenwarden::store::PutOutcome::Replaced => StatusCode::OK,
     };
     Ok((status, Json(ConnectionView::from(&meta))))
+}
+
+/// An application provider (client-credentials grant) has no user connections: its one
+/// token is obtained by tokenwarden, never imported. The library refuses too; this answer
+/// also names the field.
+fn refuse_application_provider(app: &App, provider: &ProviderName) -> Result<(), ApiError> {
+    let grant = app.warden().provider(provider).map(|p| p.grant());
+    if grant == Some(tokenwarden::provider::Grant::ClientCredentials) {
+        return Err(ApiError::invalid(
+            "provider",
+            format!(
+                "{provider} uses the client_credentials grant: it has no user connections to \
+                 import; ask GET /v1/apps/{provider}/access-token for its application token"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Parses and validates the body of `PUT .../{account_id}`: exactly what the handler runs, and
@@ -344,6 +362,45 @@ pub async fn get_access_token(
 ) -> Result<Response, ApiError> {
     let key = connection_key(&app, path)?;
     let grant = app.warden().access_token(&key).await?;
+    access_token_response(&grant)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{provider}/access-token",
+    tag = "apps",
+    params(AppPath),
+    responses(
+        (status = 200, description = "the provider's application token (client-credentials \
+            grant), obtained first when needed", body = AccessTokenView,
+            headers(("Cache-Control" = String, description = "`no-store`: a token must not be \
+                cached"))),
+        (status = 400, description = "UNKNOWN_PROVIDER, or INVALID_REQUEST when the provider's \
+            grant is not `client_credentials` (`details.provider` names it)", body = ErrorBody),
+        (status = 500, description = "GET_TOKEN_ERROR: the database or decryption failed (the \
+            detail is in the server log)", body = ErrorBody),
+        (status = 502, description = "TOKEN_REFRESH_ERROR: no token could be obtained after \
+            every retry; `details.failure` is `configuration` when the provider refused the \
+            client (`invalid_client`: an operator problem, never a reconnect)",
+            body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds to wait; sent whenever \
+                `retry_after_s` is set"))),
+        (status = 503, description = "TOKEN_REFRESH_ERROR while the provider's circuit breaker \
+            is open", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds until the breaker lets a \
+                probe through"))),
+    ),
+    security(("api_key" = []))
+)]
+/// The application token of a client-credentials provider, obtained first when needed.
+pub async fn get_app_access_token(
+    State(app): State<App>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(provider) =
+        path.map_err(|e| ApiError::invalid("path", redact_quoted(&e.body_text())))?;
+    let provider = configured_provider(&app, &provider)?;
+    let grant = app.warden().app_token(&provider).await?;
     access_token_response(&grant)
 }
 
@@ -664,14 +721,15 @@ pub async fn metrics(State(app): State<App>) -> Response {
         body = Object, content_type = "application/json")))]
 /// The OpenAPI document of this server: [`openapi`] for its configured providers.
 pub async fn openapi_json(State(app): State<App>) -> Response {
-    let names: Vec<String> = app
-        .warden()
-        .providers()
-        .into_iter()
-        .map(|info| info.name)
+    let providers = app.warden().providers();
+    let applications: Vec<String> = providers
+        .iter()
+        .filter(|info| info.grant == tokenwarden::provider::Grant::ClientCredentials)
+        .map(|info| info.name.clone())
         .collect();
+    let names: Vec<String> = providers.into_iter().map(|info| info.name).collect();
     // Built per request: a few hundred microseconds, and always what the server runs with.
-    Json(openapi(&names)).into_response()
+    Json(openapi_with_applications(&names, &applications)).into_response()
 }
 
 /// Any other path: a JSON 404 instead of an empty body.
@@ -698,6 +756,15 @@ struct ConnectionPath {
     provider: String,
     #[param(schema_with = id_schema)]
     account_id: String,
+}
+
+/// The path of an application token. Only describes it for the document.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct AppPath {
+    #[param(schema_with = provider_schema)]
+    provider: String,
 }
 
 /// The query of `GET /v1/connections`; any other parameter is INVALID_REQUEST. Only
@@ -781,12 +848,23 @@ fn cursor_schema() -> Object {
 /// - The refresh body is optional (`required: false`) but never `null`.
 /// - An import gives `expires_in` or `expires_at`, not both.
 pub fn openapi(providers: &[String]) -> serde_json::Value {
+    openapi_with_applications(providers, &[])
+}
+
+/// [`openapi`] for a server whose `applications` (among `providers`) have the
+/// client-credentials grant: the application token route lists only those, and the import
+/// (which they refuse) only the others, so that every request the document allows is one
+/// the server can accept.
+pub fn openapi_with_applications(
+    providers: &[String],
+    applications: &[String],
+) -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
-    finish(&mut doc, providers);
+    finish(&mut doc, providers, applications);
     doc
 }
 
-fn finish(doc: &mut serde_json::Value, providers: &[String]) {
+fn finish(doc: &mut serde_json::Value, providers: &[String], applications: &[String]) {
     use serde_json::json;
 
     let error_body = json!({"$ref": "#/components/schemas/ErrorBody"});
@@ -797,6 +875,7 @@ fn finish(doc: &mut serde_json::Value, providers: &[String]) {
     if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
         for operation in paths.values_mut().filter_map(|item| item.as_object_mut()) {
             for operation in operation.values_mut() {
+                let operation_id = operation["operationId"].as_str().unwrap_or("").to_owned();
                 let parameters = operation
                     .get_mut("parameters")
                     .and_then(|p| p.as_array_mut());
@@ -804,10 +883,18 @@ fn finish(doc: &mut serde_json::Value, providers: &[String]) {
                     if parameter["in"] == "path" {
                         parameter["required"] = json!(true);
                     }
-                    if parameter["name"] == "provider" && !providers.is_empty() {
+                    let names: Vec<&String> = match operation_id.as_str() {
+                        "get_app_access_token" => applications.iter().collect(),
+                        "put_connection" => providers
+                            .iter()
+                            .filter(|name| !applications.contains(name))
+                            .collect(),
+                        _ => providers.iter().collect(),
+                    };
+                    if parameter["name"] == "provider" && !names.is_empty() {
                         parameter["schema"] = json!({
                             "type": "string",
-                            "enum": providers,
+                            "enum": names,
                             "description": PROVIDER_DESCRIPTION,
                         });
                     }
@@ -851,7 +938,7 @@ fn finish(doc: &mut serde_json::Value, providers: &[String]) {
     info(title = "tokenwarden", description = "Self-hosted OAuth token broker: HTTP API v1"),
     paths(
         put_connection, get_connection, get_access_token, refresh_connection, delete_connection,
-        list_connections, list_providers, healthz, readyz, metrics, openapi_json
+        get_app_access_token, list_connections, list_providers, healthz, readyz, metrics, openapi_json
     ),
     components(schemas(
         ConnectionView, crate::views::LastErrorView, ConnectionList, AccessTokenView, ImportBody,

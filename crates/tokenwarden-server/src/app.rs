@@ -149,6 +149,10 @@ impl App {
                 "/v1/users/{user_id}/connections/{provider}/{account_id}/refresh",
                 axum::routing::post(api::refresh_connection),
             )
+            .route(
+                "/v1/apps/{provider}/access-token",
+                get(api::get_app_access_token),
+            )
             .route("/v1/connections", get(api::list_connections))
             .route("/v1/providers", get(api::list_providers))
             .route_layer(axum::middleware::from_fn_with_state(

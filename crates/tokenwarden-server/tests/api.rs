@@ -425,3 +425,134 @@ async fn shutdown_drains_in_flight_requests() {
         "no longer listening"
     );
 }
+
+/// `[providers.app]`: a client-credentials provider whose token endpoint is `server`'s.
+fn app_provider_toml(server: &wiremock::MockServer) -> String {
+    format!(
+        "\n[providers.app]\nkind = \"oauth2\"\ngrant = \"client_credentials\"\n\
+         client_id = \"app-client\"\nclient_secret = \"app-secret-0123456789\"\n\
+         token_url = \"{}/token\"\n",
+        server.uri()
+    )
+}
+
+#[tokio::test]
+async fn application_token_route_end_to_end_and_imports_refused() {
+    use wiremock::matchers::{body_string_contains, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(body_string_contains("grant_type=client_credentials"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "access_token": "app-token-secret-1",
+            "token_type": "Bearer",
+            "expires_in": 3600,
+        })))
+        .expect(1)
+        .mount(&upstream)
+        .await;
+    let app = common::spawn_with(&app_provider_toml(&upstream)).await;
+
+    for _ in 0..3 {
+        let response = app
+            .get("/v1/apps/app/access-token")
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["access_token"], "app-token-secret-1");
+        assert_eq!(body["token_type"], "Bearer");
+        assert!(body["expires_at"].is_string(), "{body}");
+        assert_eq!(body.as_object().expect("object").len(), 3, "{body}");
+    }
+    // Stored once under the reserved key, visible (without the token) like any connection.
+    let view: Value = app
+        .get("/v1/users/_app/connections/app/_app")
+        .send()
+        .await
+        .expect("view")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(view["status"], "active");
+    assert!(!view.to_string().contains("app-token-secret-1"));
+
+    // The same API key auth as every /v1 route.
+    let anonymous = app
+        .client
+        .get(app.url("/v1/apps/app/access-token"))
+        .send()
+        .await
+        .expect("get");
+    error_of(anonymous, 401).await;
+    // A provider for user connections has no application token; an unknown one is unknown.
+    let error = error_of(
+        app.get("/v1/apps/fake/access-token")
+            .send()
+            .await
+            .expect("get"),
+        400,
+    )
+    .await;
+    assert_eq!(error["code"], "INVALID_REQUEST");
+    assert_eq!(error["details"]["provider"], "fake");
+    let error = error_of(
+        app.get("/v1/apps/nope/access-token")
+            .send()
+            .await
+            .expect("get"),
+        400,
+    )
+    .await;
+    assert_eq!(error["code"], "UNKNOWN_PROVIDER");
+
+    // An application provider has no user connections: importing one is refused.
+    let refused = app
+        .client
+        .put(app.url("/v1/users/u/connections/app/a"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"access_token": "user-token", "expires_in": 3600}))
+        .send()
+        .await
+        .expect("put");
+    let error = error_of(refused, 400).await;
+    assert_eq!(error["code"], "INVALID_REQUEST");
+    assert_eq!(error["details"]["field"], "provider");
+    assert!(error["message"].as_str().expect("message").contains("app"));
+    assert_eq!(
+        upstream.received_requests().await.expect("recorded").len(),
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn application_token_failures_map_like_user_tokens() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(ResponseTemplate::new(401).set_body_json(json!({"error": "invalid_client"})))
+        .mount(&upstream)
+        .await;
+    let app = common::spawn_with(&app_provider_toml(&upstream)).await;
+    let error = error_of(
+        app.get("/v1/apps/app/access-token")
+            .send()
+            .await
+            .expect("get"),
+        502,
+    )
+    .await;
+    assert_eq!(error["code"], "TOKEN_REFRESH_ERROR");
+    assert_eq!(error["reconnect"], false);
+    assert_eq!(error["details"]["failure"], "configuration");
+    assert_eq!(error["details"]["provider_error"], "invalid_client");
+    app.stop().await;
+}

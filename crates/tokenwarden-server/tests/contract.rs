@@ -72,9 +72,9 @@ fn structural_faults(doc: &Value) -> Vec<String> {
         faults.push(format!("openapi is {}, not 3.1.x", doc["openapi"]));
     }
     let documented = operations(doc).len();
-    if documented < 11 {
+    if documented < 12 {
         faults.push(format!(
-            "{documented} operations documented, 11 routes served"
+            "{documented} operations documented, 12 routes served"
         ));
     }
     let mut all_refs = Vec::new();
@@ -161,9 +161,18 @@ fn structural_faults(doc: &Value) -> Vec<String> {
                 }
             }
         }
-        // The routes that refresh: every failure a refresh can end in, with Retry-After.
+        // The routes that refresh: every failure a refresh can end in, with Retry-After. An
+        // application token has no user, so nothing of it ends in a 409 (no reconnect, no
+        // missing refresh token).
         if path.ends_with("/access-token") || path.ends_with("/refresh") {
+            let conflicts = path.starts_with(CONN);
             for status in ["409", "500", "502", "503"] {
+                if status == "409" && !conflicts {
+                    if has(status) {
+                        faults.push(format!("{op}: 409 documented, which it never answers"));
+                    }
+                    continue;
+                }
                 if !has(status) {
                     faults.push(format!("{op}: {status} not documented"));
                 } else if status != "500" && responses[status]["headers"]["Retry-After"].is_null() {
@@ -350,9 +359,13 @@ async fn assert_documented(
 #[tokio::test]
 async fn issue_9_every_answer_the_server_gives_is_documented() {
     let instagram = wiremock::MockServer::start().await;
+    let application = wiremock::MockServer::start().await;
     let app = spawn_with(&format!(
-        "\n[providers.instagram]\nkind = \"instagram\"\nrefresh_url = \"{}/refresh\"\n",
-        instagram.uri()
+        "\n[providers.instagram]\nkind = \"instagram\"\nrefresh_url = \"{}/refresh\"\n\
+         \n[providers.app]\ngrant = \"client_credentials\"\nkind = \"oauth2\"\n\
+         client_id = \"app\"\nclient_secret = \"app-secret\"\ntoken_url = \"{}/token\"\n",
+        instagram.uri(),
+        application.uri()
     ))
     .await;
     let doc = document(&app).await;
@@ -517,6 +530,42 @@ async fn issue_9_every_answer_the_server_gives_is_documented() {
     )
     .await;
 
+    // The application token: 401, 400 (unknown, or not a client-credentials provider), 200,
+    // then 502 and 503 with Retry-After once its provider fails.
+    let apps = "/v1/apps/{provider}/access-token";
+    // Every request the document allows is one the server can accept: the application
+    // route lists the client-credentials providers only, the import all the others.
+    let listed = |path: &str, method: &str| {
+        parameter(&doc, path, method, "provider")["schema"]["enum"].clone()
+    };
+    assert_eq!(listed(apps, "get"), json!(["app"]));
+    assert_eq!(listed(CONN, "put"), json!(["fake", "instagram"]));
+    assert_eq!(listed(CONN, "get"), json!(["app", "fake", "instagram"]));
+    let app_url = |p: &str| app.url(&format!("/v1/apps/{p}/access-token"));
+    check("get", apps, c.get(app_url("app"))).await;
+    check("get", apps, c.get(app_url("nope")).bearer_auth(API_KEY)).await;
+    check("get", apps, c.get(app_url("fake")).bearer_auth(API_KEY)).await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "app-at", "expires_in": 3600})),
+        )
+        .up_to_n_times(1)
+        .mount(&application)
+        .await;
+    check("get", apps, c.get(app_url("app")).bearer_auth(API_KEY)).await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(503).set_body_json(json!({"error": "server_error"})),
+        )
+        .mount(&application)
+        .await;
+    // Deleting the stored token makes the next request obtain one, which fails.
+    let stored = app.url("/v1/users/_app/connections/app/_app");
+    check("delete", CONN, c.delete(stored).bearer_auth(API_KEY)).await;
+    check("get", apps, c.get(app_url("app")).bearer_auth(API_KEY)).await;
+    check("get", apps, c.get(app_url("app")).bearer_auth(API_KEY)).await;
+
     // The operational routes.
     check("get", "/healthz", c.get(app.url("/healthz"))).await;
     check("get", "/readyz", c.get(app.url("/readyz"))).await;
@@ -528,6 +577,11 @@ async fn issue_9_every_answer_the_server_gives_is_documented() {
         ("post", refresh.as_str(), 413),
         ("post", refresh.as_str(), 502),
         ("get", access.as_str(), 503),
+        ("get", apps, 200),
+        ("get", apps, 401),
+        ("get", apps, 400),
+        ("get", apps, 502),
+        ("get", apps, 503),
         ("put", CONN, 413),
         ("delete", CONN, 204),
     ] {

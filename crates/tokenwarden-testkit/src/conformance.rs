@@ -120,6 +120,8 @@ macro_rules! __for_each_check {
             update_compare_and_swap,
             stale_update_after_put,
             delete,
+            insert_if_absent,
+            concurrent_inserts,
             list_filters_and_order,
             list_pagination,
             list_default_limit,
@@ -512,6 +514,85 @@ where
     let page = store.list(&ListQuery::default()).await.expect("list");
     let keys: Vec<_> = page.items.iter().map(|m| m.key.clone()).collect();
     assert_eq!(keys, vec![kept.key().clone()]);
+}
+
+/// `insert_if_absent` creates a missing connection (as `put` would, version above every
+/// deleted one) and never touches an existing one: it answers `None` and the stored tokens,
+/// metadata and version stay as they were.
+pub async fn insert_if_absent<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("insert_if_absent"), k1()).await;
+    let first = sample_connection("_app", "client-app", "_app");
+    let meta = store
+        .insert_if_absent(&first)
+        .await
+        .expect("insert")
+        .expect("absent, so inserted");
+    assert!(meta.version > 0, "versions are positive");
+    assert_eq!(
+        meta,
+        with_version(&first, &meta).meta,
+        "returns the stored metadata"
+    );
+    let got = must_get(&store, first.key()).await;
+    assert_eq!(got.meta, meta, "get returns what was inserted");
+    assert_tokens(&got, &first);
+
+    let mut second = sample_connection("_app", "client-app", "_app");
+    second.tokens.access_token = AccessToken::new("a-different-access-token".to_owned());
+    second.meta.scopes = vec!["other".to_owned()];
+    let again = store.insert_if_absent(&second).await.expect("insert again");
+    assert_eq!(again, None, "present, so not inserted");
+    let got = must_get(&store, first.key()).await;
+    assert_eq!(got.meta, meta, "the existing row is untouched");
+    assert_tokens(&got, &first);
+
+    assert!(store.delete(first.key()).await.expect("delete"));
+    let meta_again = store
+        .insert_if_absent(&second)
+        .await
+        .expect("insert after delete")
+        .expect("deleted, so inserted");
+    assert!(
+        meta_again.version > meta.version,
+        "a re-created row's version is above the deleted one's"
+    );
+    assert_tokens(&must_get(&store, second.key()).await, &second);
+}
+
+/// Of 16 concurrent `insert_if_absent` calls for one key, exactly one inserts, and the
+/// stored row is that one's.
+pub async fn concurrent_inserts<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = Arc::new(make(TestDb::fresh("concurrent_inserts"), k1()).await);
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let mut conn = sample_connection("_app", "client-app", "_app");
+            conn.tokens.access_token = AccessToken::new(format!("access-token-{i}"));
+            tokio::spawn(async move {
+                let inserted = store.insert_if_absent(&conn).await.expect("insert");
+                inserted.map(|_| conn)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        winners.extend(task.await.expect("task"));
+    }
+    assert_eq!(winners.len(), 1, "exactly one insert wins");
+    assert_tokens(
+        &must_get(store.as_ref(), winners[0].key()).await,
+        &winners[0],
+    );
 }
 
 const LIST_USERS: [&str; 6] = ["alice", "bob", "Zoë", "ユーザー", "user 10", "user2"];

@@ -128,6 +128,12 @@ impl<S: Store> Store for FailingWrites<S> {
     async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
         self.inner.put(conn).await
     }
+    async fn insert_if_absent(
+        &self,
+        conn: &Connection,
+    ) -> Result<Option<ConnectionMeta>, StoreError> {
+        self.inner.insert_if_absent(conn).await
+    }
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
         if self.arrive("update", 1).await {
             return Err(injected());

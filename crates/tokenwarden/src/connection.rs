@@ -137,7 +137,26 @@ pub struct ConnectionKey {
     pub account_id: AccountId,
 }
 
+/// The user id and the account id of an application token's connection: a provider with the
+/// client-credentials grant keeps its one token under `(_app, provider, _app)`.
+pub const APP_ID: &str = "_app";
+
 impl ConnectionKey {
+    /// The reserved key under which `provider`'s application token (client-credentials
+    /// grant) is stored: user `_app`, account `_app` ([`APP_ID`]).
+    pub fn app(provider: ProviderName) -> Self {
+        Self {
+            user_id: UserId(APP_ID.to_owned()),
+            provider,
+            account_id: AccountId(APP_ID.to_owned()),
+        }
+    }
+
+    /// Whether this is the reserved key of an application token (see [`ConnectionKey::app`]).
+    pub fn is_app(&self) -> bool {
+        self.user_id.as_str() == APP_ID && self.account_id.as_str() == APP_ID
+    }
+
     /// Builds a key from its three parts.
     pub fn new(user_id: UserId, provider: ProviderName, account_id: AccountId) -> Self {
         Self {

@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod app_token;
 mod cache;
 pub mod clock;
 mod commit;

@@ -28,7 +28,7 @@ use crate::connection::{
 };
 use crate::error::{ConfigError, Error, ErrorCode};
 use crate::metrics as m;
-use crate::provider::{Provider, ProviderInfo};
+use crate::provider::{Grant, Provider, ProviderInfo};
 use crate::refresh::breaker::Breaker;
 use crate::refresh::errors::{self, counted};
 use crate::refresh::flight::Flights;
@@ -40,7 +40,7 @@ use crate::store::{ListPage, ListQuery, PutOutcome, Store, StoreError};
 
 /// A token closer to expiry than this (or than half the effective threshold, if smaller) is
 /// not handed out while a refresh runs: the caller waits for the refresh instead.
-const BLOCKING_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const BLOCKING_WINDOW: Duration = Duration::from_secs(60);
 
 /// After a failed refresh of a still-valid token, on-demand refreshes of that connection
 /// pause for `min(FAILURE_COOLDOWN_MAX, 1 s · 2^failures)` so a failing provider is not
@@ -173,11 +173,15 @@ impl WardenBuilder {
             .map(|p| {
                 let name = p.name().clone();
                 let breaker = Breaker::new(name.as_str(), self.breaker);
+                // Built once, so an application token's cache hit allocates no key.
+                let app_key = (p.grant() == Grant::ClientCredentials)
+                    .then(|| ConnectionKey::app(name.clone()));
                 (
                     name,
                     ProviderEntry {
                         provider: p,
                         breaker,
+                        app_key,
                     },
                 )
             })
@@ -224,6 +228,8 @@ impl WardenBuilder {
 pub(crate) struct ProviderEntry {
     pub(crate) provider: Arc<dyn Provider>,
     pub(crate) breaker: Breaker,
+    /// The reserved key of its application token, for a client-credentials provider.
+    pub(crate) app_key: Option<ConnectionKey>,
 }
 
 pub(crate) type RefreshOutcome = Result<Arc<Connection>, Error>;
@@ -341,11 +347,55 @@ impl Warden {
         Some(grant)
     }
 
+    /// The application token of a provider configured with the client-credentials grant,
+    /// obtained (or obtained again) first when needed. The first request anywhere creates
+    /// its row and obtains it; concurrent requests, in this instance or another over the
+    /// same database, wait for that one upstream call. It is stored as the connection
+    /// `(_app, provider, _app)` ([`ConnectionKey::app`]).
+    ///
+    /// # Errors
+    /// `UNKNOWN_PROVIDER` for a provider that is not configured, `INVALID_REQUEST` for one
+    /// whose grant is not `client_credentials`; otherwise what a user token's request can
+    /// fail with, except that nothing asks for a reconnect: a refusal by the provider
+    /// (`invalid_client`, even `invalid_grant`) is `TOKEN_REFRESH_ERROR` with failure
+    /// `configuration`.
+    pub async fn app_access_token(&self, provider: &str) -> Result<AccessTokenGrant, Error> {
+        let name = ProviderName::parse(provider).map_err(|_| {
+            counted(Error::new(
+                ErrorCode::UnknownProvider,
+                "provider is not configured (not a valid provider name)",
+            ))
+        })?;
+        self.app_token(&name).await
+    }
+
+    /// [`Warden::app_access_token`] for a parsed provider name.
+    pub async fn app_token(&self, provider: &ProviderName) -> Result<AccessTokenGrant, Error> {
+        let inner = &self.inner;
+        let key = inner.app_key(provider).map_err(counted)?;
+        if let Some(grant) = inner.cache.fresh(key) {
+            inner.fresh_answers.increment(1);
+            return Ok(grant);
+        }
+        let result = Box::pin(inner.app_token_slow(key)).await;
+        let outcome = match &result {
+            Ok((_, outcome)) => *outcome,
+            Err(_) => "error",
+        };
+        metrics::counter!(m::TOKEN_REQUESTS_TOTAL, "outcome" => outcome).increment(1);
+        result.map(|(grant, _)| grant).map_err(counted)
+    }
+
     async fn access_token_slow(
         &self,
         key: &ConnectionKey,
     ) -> Result<(AccessTokenGrant, &'static str), Error> {
         let inner = &self.inner;
+        // A client-credentials provider's one connection is its application token: asked
+        // for by its key, it is served the way `app_token` serves it.
+        if key.is_app() && inner.is_application(key) {
+            return inner.app_token_slow(key).await;
+        }
         // While the provider is down, answer from memory: a still-valid token, or the
         // breaker's error. No store read, so these answers stay fast under load.
         if let Some(open) = inner.open_breaker(key)
@@ -464,8 +514,11 @@ impl Warden {
         request: ImportRequest,
     ) -> Result<(ConnectionMeta, PutOutcome), Error> {
         let inner = &self.inner;
-        if !inner.providers.contains_key(&key.provider) {
+        let Some(entry) = inner.providers.get(&key.provider) else {
             return Err(counted(errors::unknown_provider(&key.provider)));
+        };
+        if entry.provider.grant() == Grant::ClientCredentials {
+            return Err(counted(import_refused(&key.provider)));
         }
         if request.access_token.is_empty() {
             return Err(counted(Error::new(
@@ -645,7 +698,7 @@ impl Warden {
 
 impl Inner {
     /// The fail-fast error while `key`'s provider has its breaker open.
-    fn open_breaker(&self, key: &ConnectionKey) -> Option<Error> {
+    pub(crate) fn open_breaker(&self, key: &ConnectionKey) -> Option<Error> {
         match self.providers.get(&key.provider)?.breaker.state() {
             BreakerState::Open { retry_after } if !retry_after.is_zero() => {
                 Some(errors::circuit_open(key, retry_after))
@@ -673,7 +726,23 @@ impl Inner {
     }
 }
 
-fn in_failure_cooldown(meta: &ConnectionMeta, now: OffsetDateTime) -> bool {
+/// Why a client-credentials provider takes no import.
+fn import_refused(provider: &ProviderName) -> Error {
+    let meta = crate::error::ErrorMeta {
+        provider: Some(provider.to_string()),
+        ..crate::error::ErrorMeta::default()
+    };
+    Error::new(
+        ErrorCode::InvalidRequest,
+        format!(
+            "provider: {provider} uses the client_credentials grant; it has one application \
+             token, which tokenwarden obtains itself, and no user connections to import"
+        ),
+    )
+    .with_meta(meta)
+}
+
+pub(crate) fn in_failure_cooldown(meta: &ConnectionMeta, now: OffsetDateTime) -> bool {
     let Some(last) = &meta.last_error else {
         return false;
     };

@@ -33,6 +33,9 @@ const CLIENT_ID: &str = "tokenwarden-interop";
 const CLIENT_SECRET: &str = "interop-client-secret-not-for-production";
 const REDIRECT_URI: &str = "http://127.0.0.1/callback";
 const ACCOUNT: &str = "interop-user-1";
+/// server.mjs's second client, allowed only the client_credentials grant.
+const APP_CLIENT_ID: &str = "tokenwarden-interop-app";
+const APP_CLIENT_SECRET: &str = "interop-app-secret-not-for-production";
 /// Access-token lifetime handed to the server: short, so a test sees several expiries.
 const AT_TTL_SECS: u64 = 2;
 
@@ -139,6 +142,7 @@ struct Discovery {
 #[serde(rename_all = "camelCase")]
 struct Stats {
     refresh_grants: u32,
+    client_credentials_grants: u32,
     refresh_errors: u32,
     reuse_detected: u32,
     grants_revoked: u32,
@@ -769,4 +773,67 @@ async fn discovery_reads_the_real_servers_metadata_and_refuses_what_does_not_mat
             .contains("/nope/.well-known/openid-configuration"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(tw_interop), ignore = "needs npm ci in interop/oidc-provider")]
+async fn application_token_from_the_client_credentials_grant() {
+    let op = start_server();
+    let client = http();
+    let discovery = discover(&client, &op).await;
+    // Only the issuer, the grant and the application client's credentials.
+    let config: provider::ProviderConfig = toml::from_str(&format!(
+        "issuer = \"{}\"\ngrant = \"client_credentials\"\nclient_id = \"{APP_CLIENT_ID}\"\n\
+         client_secret = \"{APP_CLIENT_SECRET}\"\nauth_method = \"client_secret_basic\"",
+        op.issuer
+    ))
+    .expect("provider config");
+    let provider =
+        provider::build_discovering("oidc-app".parse().expect("name"), &config, client_http())
+            .await
+            .expect("provider");
+    assert_eq!(provider.info().token_url, discovery.token_endpoint);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Arc::new(
+        KeyRing::from_base64("k1", [("k1", KeyRing::generate_key_base64().as_str())])
+            .expect("keys"),
+    );
+    let db = format!("sqlite://{}/tw.db", dir.path().display());
+    let store = Arc::new(SqliteStore::connect(&db, keys).await.expect("store"));
+    let warden = Warden::builder(store)
+        .provider(provider)
+        .build()
+        .expect("valid warden settings");
+
+    // A cold start with 20 callers: one client_credentials grant at the real server.
+    let callers: Vec<_> = (0..20)
+        .map(|_| {
+            let warden = warden.clone();
+            tokio::spawn(async move { warden.app_access_token("oidc-app").await })
+        })
+        .collect();
+    let mut tokens = HashSet::new();
+    for caller in callers {
+        let grant = caller.await.expect("join").expect("application token");
+        assert_eq!(&*grant.token_type, "Bearer");
+        assert!(grant.expires_at.is_some());
+        tokens.insert(grant.access_token.expose_secret().to_owned());
+    }
+    assert_eq!(tokens.len(), 1, "every caller got the one token");
+    assert_eq!(stats(&client, &op).await.client_credentials_grants, 1);
+
+    // The server says the token is live and was issued to the application client.
+    let token = tokens.into_iter().next().expect("token");
+    let introspection: serde_json::Value = client
+        .post(&discovery.introspection_endpoint)
+        .basic_auth(APP_CLIENT_ID, Some(APP_CLIENT_SECRET))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .expect("introspection")
+        .json()
+        .await
+        .expect("introspection json");
+    assert_eq!(introspection["active"], true, "{introspection}");
+    assert_eq!(introspection["client_id"], APP_CLIENT_ID, "{introspection}");
 }

@@ -139,10 +139,17 @@ impl Inner {
             at: now,
         });
         conn.meta.updated_at = now;
+        // An application token has no user to reconnect it: it keeps being retried.
+        let application = self.is_application(conn.key());
         let meta = &mut conn.meta;
         // Transient failures keep retrying until both tokens are past expiry.
-        let both_expired = meta.expires_at.is_some_and(|at| at <= now)
+        let both_expired = !application
+            && meta.expires_at.is_some_and(|at| at <= now)
             && meta.refresh_expires_at.is_some_and(|at| at <= now);
+        let next = match next {
+            Next::Reconnect if application => Next::Backoff,
+            next => next,
+        };
         match next {
             Next::Reconnect => {
                 meta.status = ConnectionStatus::NeedsReconnect;

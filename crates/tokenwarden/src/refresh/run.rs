@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::connection::{Connection, ConnectionKey, ConnectionStatus, should_refresh};
 use crate::error::{Error, ErrorCode, ErrorMeta, FailureClass};
 use crate::metrics as m;
+use crate::provider::Grant;
 use crate::refresh::errors::{self, duration_ms};
 use crate::refresh::policy::RetryPolicy;
 use crate::refresh::record::Next;
@@ -70,7 +71,10 @@ impl Inner {
         if self.already_done(&conn, trigger, now) {
             return Ok(Arc::new(conn));
         }
-        if let Err(reason) = entry.provider.check_refreshable(&conn, now) {
+        // An application token is obtained with the client's own credentials: nothing
+        // about the stored row (no refresh token, say) can stop that.
+        let application = entry.provider.grant() == Grant::ClientCredentials;
+        if !application && let Err(reason) = entry.provider.check_refreshable(&conn, now) {
             return self.not_refreshable(conn, reason, trigger, now).await;
         }
 
@@ -86,7 +90,15 @@ impl Inner {
             attempt_timeout: self.refresh.attempt_timeout,
             max_retry_after: self.refresh.max_retry_after,
         };
-        let (result, attempts) = attempts.run(&conn).await;
+        let (mut result, attempts) = attempts.run(&conn).await;
+        if application
+            && let Err(failure) = &mut result
+            && failure.class == FailureClass::Permanent
+        {
+            // No user can reconnect an application: whatever the provider refused for good
+            // (`invalid_grant`, `access_denied`, …) is for the operator to fix.
+            failure.class = FailureClass::Configuration;
+        }
         let duration = started.elapsed();
         metrics::histogram!(m::REFRESH_DURATION_SECONDS, "provider" => provider_label.clone())
             .record(duration.as_secs_f64());

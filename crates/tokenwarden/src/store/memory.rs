@@ -177,6 +177,26 @@ impl Store for MemoryStore {
         Ok((meta, outcome))
     }
 
+    async fn insert_if_absent(
+        &self,
+        conn: &Connection,
+    ) -> Result<Option<ConnectionMeta>, StoreError> {
+        let mut rows = self.rows();
+        if rows.contains_key(conn.key()) {
+            return Ok(None);
+        }
+        let meta = ConnectionMeta {
+            version: self.max_deleted_version.load(Ordering::SeqCst) + 1,
+            ..conn.meta.clone()
+        };
+        let row = self.seal(conn, meta);
+        let meta = row.meta.clone();
+        rows.insert(conn.key().clone(), row);
+        drop(rows);
+        self.announce(conn.key(), Some(&meta));
+        Ok(Some(meta))
+    }
+
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
         let mut rows = self.rows();
         let current = rows.get(conn.key()).ok_or(StoreError::NotFound)?;

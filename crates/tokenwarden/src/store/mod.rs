@@ -176,6 +176,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// the stored connection's metadata.
     async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError>;
 
+    /// Creates `conn` only if no connection has its key, atomically: of several callers
+    /// (in any number of processes) inserting the same key at once, exactly one gets
+    /// `Some` with the stored metadata; the others get `None` and the existing row is left
+    /// untouched. Never replaces. Used to create an application token's row once, so its
+    /// lease can keep the first token request single flight across instances.
+    async fn insert_if_absent(
+        &self,
+        conn: &Connection,
+    ) -> Result<Option<ConnectionMeta>, StoreError>;
+
     /// Writes `conn` if the stored version still equals `conn.meta.version`, and returns the
     /// stored metadata with the new version. `Conflict` when it changed, `NotFound` when it
     /// was deleted. Durable (committed) when it returns.

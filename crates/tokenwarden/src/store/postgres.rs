@@ -827,6 +827,23 @@ impl Store for PgStore {
         ))
     }
 
+    async fn insert_if_absent(
+        &self,
+        conn: &Connection,
+    ) -> Result<Option<ConnectionMeta>, StoreError> {
+        let values = RowValues::seal(&self.keys, conn)?;
+        // `INSERT_SQL` does nothing when the key exists (waiting for a concurrent insert of
+        // it to settle, so exactly one of several racing inserts returns a row).
+        let insert = bind_values(values, sqlx::query(AssertSqlSafe(INSERT_SQL.as_str())));
+        let row = bind_key(insert, conn.key())
+            .bind(unix(conn.meta.created_at))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("insert"))?;
+        row.map(|row| written_meta(conn, get(&row, "created_at")?, get(&row, "version")?))
+            .transpose()
+    }
+
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
         let values = RowValues::seal(&self.keys, conn)?;
         // Autocommit: durable when it returns (synchronous_commit = on).

@@ -490,6 +490,14 @@ const INSERT_SQL: &str = "INSERT INTO connections (access_token, access_key_id, 
      (SELECT max_deleted_version + 1 FROM store_state WHERE id = 1)) \
      RETURNING created_at, version";
 
+/// [`INSERT_SQL`] that does nothing (and returns no row) when the key exists.
+static INSERT_IF_ABSENT_SQL: LazyLock<String> = LazyLock::new(|| {
+    INSERT_SQL.replace(
+        " RETURNING",
+        " ON CONFLICT (user_id, provider, account_id) DO NOTHING RETURNING",
+    )
+});
+
 const KEY_MATCH: &str = "user_id = ? AND provider = ? AND account_id = ?";
 
 /// Binds the values in [`WRITE_SET`] order.
@@ -702,6 +710,25 @@ impl Store for SqliteStore {
         };
         tx.commit().await.map_err(db_error("put"))?;
         Ok((written_meta(conn, created_at, version)?, outcome))
+    }
+
+    async fn insert_if_absent(
+        &self,
+        conn: &Connection,
+    ) -> Result<Option<ConnectionMeta>, StoreError> {
+        let values = RowValues::seal(&self.keys, conn)?;
+        let _write = self.write.lock().await;
+        let query = bind_values(
+            values,
+            sqlx::query(AssertSqlSafe(INSERT_IF_ABSENT_SQL.as_str())),
+        );
+        let row = bind_key(query, conn.key())
+            .bind(unix(conn.meta.created_at))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("insert"))?;
+        row.map(|row| written_meta(conn, get(&row, "created_at")?, get(&row, "version")?))
+            .transpose()
     }
 
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
