@@ -295,6 +295,28 @@ mod tests {
     }
 
     #[test]
+    fn camel_case_answers_are_read_when_the_rfc_names_are_absent() {
+        let ok = parse(
+            200,
+            r#"{"accessToken":"at-c","refreshToken":"rt-c","expiresIn":1800,
+                "tokenType":"bearer","hubId":123}"#,
+        )
+        .expect("success");
+        assert_eq!(ok.access_token.expose_secret(), "at-c");
+        assert_eq!(
+            ok.refresh_token.as_ref().map(|t| t.expose_secret()),
+            Some("rt-c")
+        );
+        assert_eq!(ok.expires_in, Some(Duration::from_secs(1800)));
+        assert_eq!(ok.token_type.as_deref(), Some("bearer"));
+        // The RFC name wins when both are there.
+        let ok = parse(200, r#"{"access_token":"rfc","accessToken":"camel"}"#).expect("success");
+        assert_eq!(ok.access_token.expose_secret(), "rfc");
+        // A bad camelCase lifetime is as bad as a bad RFC one.
+        assert!(parse(200, r#"{"accessToken":"a","expiresIn":"soon"}"#).is_err());
+    }
+
+    #[test]
     fn bad_success_bodies_are_unparseable() {
         let long = format!(r#"{{"access_token":"{}"}}"#, "a".repeat(16 * 1024 + 1));
         for body in [

@@ -386,7 +386,7 @@ fn parse_success(
     map: &Map<String, Value>,
 ) -> Result<TokenResponse, RefreshFailure> {
     let bad = |message: &str| RefreshFailure::unparseable(status, message);
-    let access_token = match map.get("access_token") {
+    let access_token = match field(map, "access_token") {
         Some(Value::String(t)) if t.is_empty() => return Err(bad("access_token is empty")),
         Some(Value::String(t)) if t.len() > MAX_TOKEN_BYTES => {
             return Err(bad("access_token is too long"));
@@ -396,7 +396,7 @@ fn parse_success(
         Some(_) => return Err(bad("access_token is not a string")),
     };
     let refresh_token = if dialect.refresh_tokens {
-        match map.get("refresh_token") {
+        match field(map, "refresh_token") {
             // Absent or empty: keep the old one (RFC 6749 §6).
             None | Some(Value::Null) => None,
             Some(Value::String(t)) if t.is_empty() => None,
@@ -417,8 +417,7 @@ fn parse_success(
     };
     // token_type and scope are cosmetic: a wrong type there must not throw away a refresh
     // that the provider has already committed (and, when rotating, a new refresh token).
-    let token_type = map
-        .get("token_type")
+    let token_type = field(map, "token_type")
         .and_then(Value::as_str)
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 64)
@@ -434,9 +433,32 @@ fn parse_success(
     })
 }
 
+/// A field of a success answer under its RFC 6749 name or, when the answer has no such key,
+/// its camelCase spelling (`accessToken`, `expiresIn`): HubSpot documents its dated 2026-03
+/// token endpoint's answer that way. Reading both costs nothing when the RFC name is there,
+/// and a refresh the provider committed is not thrown away over a spelling.
+fn field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    if let Some(value) = map.get(key) {
+        return Some(value);
+    }
+    let mut camel = String::with_capacity(key.len());
+    let mut upper = false;
+    for c in key.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            camel.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            camel.push(c);
+        }
+    }
+    map.get(&camel)
+}
+
 /// A lifetime in seconds, as a JSON number or a numeric string; `> 0` and at most ten years.
 fn lifetime(map: &Map<String, Value>, key: &str) -> Result<Option<Duration>, String> {
-    let secs = match map.get(key) {
+    let secs = match field(map, key) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) => n.as_f64(),
         Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
