@@ -829,6 +829,40 @@ mod tests {
     }
 
     #[test]
+    fn catalog_keys_come_from_the_environment_too() {
+        let c = load(
+            None,
+            env(&[
+                ("TOKENWARDEN_PROVIDERS__CONTOSO__CATALOG", "microsoft"),
+                (
+                    "TOKENWARDEN_PROVIDERS__CONTOSO__URL_PARAMS__TENANT",
+                    "contoso",
+                ),
+                (
+                    "TOKENWARDEN_PROVIDERS__CONTOSO__SCOPES",
+                    "openid, offline_access",
+                ),
+                (
+                    "TOKENWARDEN_PROVIDERS__CONTOSO__GRANT",
+                    "client_credentials",
+                ),
+            ]),
+        )
+        .expect("loads");
+        let contoso = &c.providers["contoso"];
+        assert_eq!(contoso.catalog.as_deref(), Some("microsoft"));
+        assert_eq!(contoso.url_params["tenant"], "contoso");
+        assert_eq!(
+            contoso.scopes.as_deref(),
+            Some(&["openid".to_owned(), "offline_access".to_owned()][..])
+        );
+        assert_eq!(
+            contoso.grant,
+            Some(tokenwarden::provider::Grant::ClientCredentials)
+        );
+    }
+
+    #[test]
     fn env_overrides_file_values() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");

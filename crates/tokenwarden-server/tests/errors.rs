@@ -508,3 +508,37 @@ async fn forced_refresh_of_a_revoked_grant_still_valid_is_409_with_reconnect() {
     assert_eq!(error["reconnect"], true);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_provider_whose_discovery_fails_stops_the_start_naming_key_and_url() {
+    // A server that answers every discovery request with 503.
+    let issuer = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .respond_with(wiremock::ResponseTemplate::new(503))
+        .mount(&issuer)
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = format!(
+        "\n[providers.corp]\nissuer = \"{}/realms/main\"\nclient_id = \"c\"\nclient_secret = \"corp-secret-0001\"\n",
+        issuer.uri()
+    );
+    let text = common::config_toml(&dir, "http://127.0.0.1:9/token", &extra);
+    let config =
+        tokenwarden_server::config::from_table(text.parse().expect("toml")).expect("config");
+    config.validate().expect("valid");
+    let error =
+        tokenwarden_server::App::build(config, tokenwarden_server::telemetry::metrics_handle())
+            .await
+            .expect_err("discovery failure stops the start")
+            .to_string();
+    assert!(error.starts_with("providers.corp.issuer"), "{error}");
+    assert!(
+        error.contains(&format!(
+            "{}/realms/main/.well-known/openid-configuration",
+            issuer.uri()
+        )),
+        "{error}"
+    );
+    assert!(error.contains("HTTP 503"), "{error}");
+    assert!(!error.contains("corp-secret-0001"), "{error}");
+}
