@@ -323,11 +323,11 @@ async fn update_row(
 
 /// Forwards the change notifications about `home` to `changes`, for as long as the store
 /// lives: LISTEN on a connection of its own, reconnecting after a failure. After every
-/// (re)connect, and whenever the connection was lost, it sends [`Change::All`]: what
-/// happened while nobody listened is unknown.
+/// (re)connect, once LISTEN is in place, it sends [`Change::All`]: what happened while nobody
+/// listened is unknown, and from then on nothing is missed.
 async fn listen(pool: PgPool, home: String, changes: tokio::sync::broadcast::Sender<Change>) {
     let mut pause = LISTEN_RETRY;
-    loop {
+    'connect: loop {
         if pool.is_closed() {
             return;
         }
@@ -356,10 +356,10 @@ async fn listen(pool: PgPool, home: String, changes: tokio::sync::broadcast::Sen
                         let _ = changes.send(change);
                     }
                 }
-                // The connection dropped; the next call reconnects and listens again.
-                Ok(None) => {
-                    let _ = changes.send(Change::All);
-                }
+                // The connection dropped. Listen again on a new one at once; the outer loop
+                // reports `Change::All` once LISTEN is in place. Reporting it now, before,
+                // would let a subscriber re-read and then miss a write made in between.
+                Ok(None) => continue 'connect,
                 // The store is shutting down.
                 Err(sqlx::Error::PoolClosed) => return,
                 Err(e) => {
