@@ -15,7 +15,7 @@
 //!   problem (`refresh::run` classes it as configuration) and the row never becomes
 //!   `needs_reconnect` (`refresh::record`).
 //!
-//! The cache-hit fast path is in `warden` (`Warden::app_token`); this module is the rest.
+//! The cache hit is `Warden::access_token`'s, on the reserved key; this module is the rest.
 //!
 //! [`Store::insert_if_absent`]: crate::store::Store::insert_if_absent
 
@@ -27,10 +27,9 @@ use crate::connection::{
 };
 use crate::error::{Error, ErrorCode};
 use crate::metrics as m;
-use crate::provider::Grant;
 use crate::refresh::errors;
 use crate::secret::AccessToken;
-use crate::warden::{AccessTokenGrant, BLOCKING_WINDOW, Inner, Trigger, in_failure_cooldown};
+use crate::warden::{AccessTokenGrant, BLOCKING_WINDOW, Inner, Trigger};
 
 /// How often a request starts over when the application token's row disappears under it (a
 /// concurrent delete) before it gives up.
@@ -66,7 +65,7 @@ impl Inner {
     pub(crate) fn is_application(&self, key: &ConnectionKey) -> bool {
         self.providers
             .get(&key.provider)
-            .is_some_and(|e| e.provider.grant() == Grant::ClientCredentials)
+            .is_some_and(|e| e.app_key.is_some())
     }
 
     /// An application token when the cache had none fresh: the stored one while it is
@@ -129,16 +128,7 @@ impl Inner {
             "trigger" => "on_demand")
         .increment(1);
         if !must_wait {
-            if !in_failure_cooldown(meta, now) {
-                let this = Arc::clone(self);
-                let key = key.clone();
-                let policy = self.refresh.retry;
-                self.tasks.spawn(async move {
-                    let _ = this
-                        .join_refresh(&key, Trigger::OnDemand, policy, None)
-                        .await;
-                });
-            }
+            self.refresh_in_background(key, meta, now);
             return Ok((AccessTokenGrant::of(&conn), "fresh"));
         }
         tracing::info!(provider = %key.provider, first = conn.tokens.access_token.is_empty(),

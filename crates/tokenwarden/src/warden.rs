@@ -369,21 +369,11 @@ impl Warden {
         self.app_token(&name).await
     }
 
-    /// [`Warden::app_access_token`] for a parsed provider name.
+    /// [`Warden::app_access_token`] for a parsed provider name: [`Warden::access_token`] of
+    /// the provider's reserved key, whose slow path is the application token's.
     pub async fn app_token(&self, provider: &ProviderName) -> Result<AccessTokenGrant, Error> {
-        let inner = &self.inner;
-        let key = inner.app_key(provider).map_err(counted)?;
-        if let Some(grant) = inner.cache.fresh(key) {
-            inner.fresh_answers.increment(1);
-            return Ok(grant);
-        }
-        let result = Box::pin(inner.app_token_slow(key)).await;
-        let outcome = match &result {
-            Ok((_, outcome)) => *outcome,
-            Err(_) => "error",
-        };
-        metrics::counter!(m::TOKEN_REQUESTS_TOTAL, "outcome" => outcome).increment(1);
-        result.map(|(grant, _)| grant).map_err(counted)
+        let key = self.inner.app_key(provider).map_err(counted)?;
+        self.access_token(key).await
     }
 
     async fn access_token_slow(
@@ -446,19 +436,8 @@ impl Warden {
         .increment(1);
 
         if !must_wait {
-            // Still comfortably valid: hand it out now, refresh in the background, unless a
-            // recent failure asks us to hold off.
-            if !in_failure_cooldown(meta, now) {
-                let this = Arc::clone(inner);
-                let key = key.clone();
-                let policy = inner.refresh.retry;
-                // Owned by the warden's tracker, so shutdown waits for it.
-                inner.tasks.spawn(async move {
-                    let _ = this
-                        .join_refresh(&key, Trigger::OnDemand, policy, None)
-                        .await;
-                });
-            }
+            // Still comfortably valid: hand it out now, refresh in the background.
+            inner.refresh_in_background(key, meta, now);
             return Ok((AccessTokenGrant::of(&conn), "fresh"));
         }
 
@@ -708,6 +687,28 @@ impl Inner {
     }
 
     /// Caches `conn`'s grant (see `cache`).
+    /// Starts an on-demand refresh of `key` in a task the warden owns (so shutdown waits
+    /// for it), unless a recent failure of `meta` asks to hold off; the caller is served the
+    /// still-valid token meanwhile.
+    pub(crate) fn refresh_in_background(
+        self: &Arc<Self>,
+        key: &ConnectionKey,
+        meta: &ConnectionMeta,
+        now: OffsetDateTime,
+    ) {
+        if in_failure_cooldown(meta, now) {
+            return;
+        }
+        let this = Arc::clone(self);
+        let key = key.clone();
+        let policy = self.refresh.retry;
+        self.tasks.spawn(async move {
+            let _ = this
+                .join_refresh(&key, Trigger::OnDemand, policy, None)
+                .await;
+        });
+    }
+
     pub(crate) fn remember(&self, conn: &Connection) {
         self.cache
             .remember(conn, self.refresh.threshold, self.clock.now());

@@ -47,16 +47,6 @@ pub(crate) fn endpoint_url(
     Ok(url)
 }
 
-/// The configured URL, or the provider's default.
-pub(crate) fn endpoint_or_default(
-    name: &ProviderName,
-    key: &'static str,
-    value: Option<&str>,
-    default: &str,
-) -> Result<Url, ProviderConfigError> {
-    endpoint_url(name, key, value.unwrap_or(default))
-}
-
 /// A non-empty configured string, trimmed.
 pub(crate) fn non_empty(value: Option<&str>) -> Option<String> {
     value

@@ -99,12 +99,11 @@ fn is_loopback(url: &Url) -> bool {
 /// endpoint, an endpoint that is not `https`) stops, naming the URL.
 pub async fn discover(http: &HttpClient, issuer: &str) -> Result<ServerMetadata, DiscoveryError> {
     let issuer_url = parse_issuer(issuer).map_err(|problem| DiscoveryError {
-        url: issuer
-            .trim()
-            .split(['?', '#'])
-            .next()
-            .unwrap_or("")
-            .to_owned(),
+        // Shown without user info, query or fragment: a refused issuer may carry a password.
+        url: Url::parse(issuer.trim()).map_or_else(
+            |_| "the configured issuer".to_owned(),
+            |url| display_url(&url),
+        ),
         problem,
     })?;
     let urls = document_urls(&issuer_url);
@@ -260,6 +259,20 @@ mod tests {
         ] {
             assert!(parse_issuer(bad).is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_refused_issuer_is_named_without_its_credentials() {
+        let http = HttpClient::new(Default::default()).expect("client");
+        let err = discover(&http, "https://user:pa55word@id.example.com/x?k=v")
+            .await
+            .expect_err("credentials refused");
+        let shown = format!("{err} {err:?}");
+        assert!(
+            !shown.contains("pa55word") && !shown.contains("k=v"),
+            "{shown}"
+        );
+        assert!(shown.contains("https://id.example.com/x"), "{shown}");
     }
 
     #[test]

@@ -14,11 +14,11 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::connection::{Connection, ProviderName};
-use crate::provider::common::{display_url, endpoint_or_default, send_recorded};
+use crate::provider::common::{config_error, display_url, send_recorded};
 use crate::provider::response::{Dialect, parse_token_response};
 use crate::provider::{
-    HttpClient, NotRefreshable, Provider, ProviderConfig, ProviderConfigError, ProviderInfo,
-    ProviderSettings, RefreshFailure, TokenResponse,
+    HttpClient, NotRefreshable, Provider, ProviderConfigError, ProviderInfo, ProviderSettings,
+    RefreshFailure, TokenResponse,
 };
 
 /// Instagram's refresh endpoint.
@@ -68,25 +68,19 @@ pub struct InstagramProvider {
 }
 
 impl InstagramProvider {
-    /// Nothing is required; `refresh_url` and `exchange_url` override the endpoints. Client
-    /// credentials, if configured, are not sent on refreshes: that endpoint takes none.
-    pub fn new(
-        settings: ProviderSettings,
-        config: &ProviderConfig,
-        http: HttpClient,
-    ) -> Result<Self, ProviderConfigError> {
-        let refresh_url = endpoint_or_default(
-            &settings.name,
-            "refresh_url",
-            config.refresh_url.as_deref(),
-            DEFAULT_REFRESH_URL,
-        )?;
-        let exchange_url = endpoint_or_default(
-            &settings.name,
-            "exchange_url",
-            config.exchange_url.as_deref(),
-            DEFAULT_EXCHANGE_URL,
-        )?;
+    /// A provider from resolved settings, which hold its endpoints (`refresh_url` and
+    /// `exchange_url` default to Meta's). Client credentials, if configured, are not sent on
+    /// refreshes: that endpoint takes none.
+    pub fn new(settings: ProviderSettings, http: HttpClient) -> Result<Self, ProviderConfigError> {
+        let missing = |key| config_error(&settings.name, key, "required for kind instagram");
+        let refresh_url = settings
+            .refresh_url
+            .clone()
+            .ok_or_else(|| missing("refresh_url"))?;
+        let exchange_url = settings
+            .exchange_url
+            .clone()
+            .ok_or_else(|| missing("exchange_url"))?;
         Ok(Self {
             settings,
             http,
@@ -238,12 +232,12 @@ mod tests {
     }
 
     fn test_provider() -> InstagramProvider {
-        let config: ProviderConfig = toml::from_str(r#"kind = "instagram""#).expect("config");
+        let config: crate::provider::ProviderConfig =
+            toml::from_str(r#"kind = "instagram""#).expect("config");
         let settings = ProviderSettings::resolve("instagram".parse().expect("name"), &config, None)
             .expect("settings");
         InstagramProvider::new(
             settings,
-            &config,
             HttpClient::new(Default::default()).expect("client"),
         )
         .expect("provider")

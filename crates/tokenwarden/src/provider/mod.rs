@@ -503,6 +503,6 @@ pub fn build_with_metadata(
     let settings = ProviderSettings::resolve(name, config, metadata)?;
     Ok(match settings.engine {
         catalog::Engine::Oauth2 => Arc::new(OAuth2Provider::new(settings, http)),
-        catalog::Engine::Instagram => Arc::new(InstagramProvider::new(settings, config, http)?),
+        catalog::Engine::Instagram => Arc::new(InstagramProvider::new(settings, http)?),
     })
 }

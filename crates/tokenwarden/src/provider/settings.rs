@@ -14,6 +14,7 @@ use crate::provider::catalog::{
 };
 use crate::provider::common::{config_error, endpoint_url, non_empty, user_agent};
 use crate::provider::discovery::{ServerMetadata, parse_issuer};
+use crate::provider::instagram;
 use crate::provider::response::Dialect;
 use crate::provider::{
     AuthMethod, Grant, ProviderConfig, ProviderConfigError, ProviderKind, ProviderSource,
@@ -33,8 +34,10 @@ pub struct ProviderSettings {
     pub grant: Grant,
     pub authorization_url: Option<Url>,
     pub token_url: Url,
-    /// Where refreshes go when not to `token_url` (Figma).
+    /// Where refreshes go when not to `token_url` (Figma; Instagram's `ig_refresh_token`).
     pub refresh_url: Option<Url>,
+    /// Instagram's `ig_exchange_token` endpoint (short-lived to long-lived token).
+    pub exchange_url: Option<Url>,
     pub revoke_url: Option<Url>,
     pub userinfo_url: Option<Url>,
     pub api_base_url: Option<Url>,
@@ -213,15 +216,30 @@ impl ProviderSettings {
             meta.map(|m| m.token_endpoint.as_str()),
             entry.map(|e| e.token_url.as_str()),
         )?;
-        // Instagram's adapter reads its own `refresh_url` (a different endpoint and method).
-        let refresh_url = match engine {
-            Engine::Oauth2 => endpoint(
-                "refresh_url",
-                config.refresh_url.as_deref(),
-                None,
-                entry.and_then(|e| e.refresh_url.as_deref()),
-            )?,
-            Engine::Instagram => None,
+        let refresh_url = endpoint(
+            "refresh_url",
+            config.refresh_url.as_deref(),
+            None,
+            entry.and_then(|e| e.refresh_url.as_deref()),
+        )?;
+        // Instagram refreshes and exchanges at endpoints of its own (GET, the token in the
+        // query), Meta's unless configured.
+        let (refresh_url, exchange_url) = match engine {
+            Engine::Instagram => (
+                Some(match refresh_url {
+                    Some(url) => url,
+                    None => endpoint_url(&name, "refresh_url", instagram::DEFAULT_REFRESH_URL)?,
+                }),
+                Some(endpoint_url(
+                    &name,
+                    "exchange_url",
+                    config
+                        .exchange_url
+                        .as_deref()
+                        .unwrap_or(instagram::DEFAULT_EXCHANGE_URL),
+                )?),
+            ),
+            Engine::Oauth2 => (refresh_url, None),
         };
         let revoke_url = endpoint(
             "revoke_url",
@@ -243,12 +261,10 @@ impl ProviderSettings {
         )?;
         let token_url = match (engine, token_url) {
             (_, Some(url)) => url,
-            // Instagram refreshes at `refresh_url`; its adapter has the default.
-            (Engine::Instagram, None) => endpoint_url(
-                &name,
-                "token_url",
-                crate::provider::instagram::DEFAULT_TOKEN_URL,
-            )?,
+            // Instagram's code exchange; it refreshes at `refresh_url`.
+            (Engine::Instagram, None) => {
+                endpoint_url(&name, "token_url", instagram::DEFAULT_TOKEN_URL)?
+            }
             (Engine::Oauth2, None) => {
                 return Err(err(
                     "token_url",
@@ -374,6 +390,7 @@ impl ProviderSettings {
             authorization_url,
             token_url,
             refresh_url,
+            exchange_url,
             revoke_url,
             userinfo_url,
             api_base_url,
