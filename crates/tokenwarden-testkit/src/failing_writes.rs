@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use time::OffsetDateTime;
 
+use crate::connect::session::{ClaimOutcome, ConnectSession, Finish, FlowStart, OpenOutcome};
 use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus};
 use crate::store::{
     Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
@@ -193,6 +194,45 @@ impl<S: Store> Store for FailingWrites<S> {
         until: OffsetDateTime,
     ) -> Result<Vec<Claimed>, StoreError> {
         self.inner.claim_due(now, limit, owner, until).await
+    }
+    async fn insert_connect_session(
+        &self,
+        session: &ConnectSession,
+        token_hash: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_connect_session(session, token_hash).await
+    }
+    async fn connect_session(&self, id: &str) -> Result<Option<ConnectSession>, StoreError> {
+        self.inner.connect_session(id).await
+    }
+    async fn open_connect_session(
+        &self,
+        token_hash: &str,
+        now: OffsetDateTime,
+        flow: &FlowStart,
+    ) -> Result<OpenOutcome, StoreError> {
+        self.inner.open_connect_session(token_hash, now, flow).await
+    }
+    async fn claim_connect_callback(
+        &self,
+        state_hash: &str,
+        browser_hash: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<ClaimOutcome, StoreError> {
+        self.inner
+            .claim_connect_callback(state_hash, browser_hash, now)
+            .await
+    }
+    async fn finish_connect_session(
+        &self,
+        id: &str,
+        finish: &Finish,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.inner.finish_connect_session(id, finish, now).await
+    }
+    async fn purge_connect_sessions(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        self.inner.purge_connect_sessions(before).await
     }
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         self.inner.next_due().await

@@ -34,6 +34,8 @@ const AAD_DOMAIN: &[u8] = b"tokenwarden/secret/v1";
 pub enum Field {
     AccessToken,
     RefreshToken,
+    /// A connect session's PKCE verifier and nonce (bound to the session id).
+    ConnectFlow,
 }
 
 impl Field {
@@ -41,6 +43,7 @@ impl Field {
         match self {
             Self::AccessToken => 1,
             Self::RefreshToken => 2,
+            Self::ConnectFlow => 3,
         }
     }
 }

@@ -31,6 +31,7 @@ mod app_token;
 mod cache;
 pub mod clock;
 mod commit;
+pub mod connect;
 pub mod connection;
 pub mod crypto;
 pub mod error;

@@ -8,12 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use crate::connect::session::{
+    ClaimOutcome, ConnectSession, Finish, FlowStart, OpenOutcome, SessionState,
+};
 use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, Tokens};
 use crate::crypto::{Field, KeyRing, envelope_key_id};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::store::{
     Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
-    StoreError, decode_cursor,
+    StoreError, decode_cursor, open_flow, seal_flow,
 };
 use time::OffsetDateTime;
 
@@ -33,6 +36,16 @@ impl Row {
     }
 }
 
+/// A stored connect session with its hashes and sealed flow secrets.
+#[derive(Debug, Clone)]
+struct SessionRow {
+    session: ConnectSession,
+    token_hash: String,
+    state_hash: Option<String>,
+    browser_hash: Option<String>,
+    flow: Option<Vec<u8>>,
+}
+
 /// Change reports buffered per subscriber before it is told it fell behind.
 const CHANGES_BUFFER: usize = 4096;
 
@@ -40,6 +53,7 @@ const CHANGES_BUFFER: usize = 4096;
 pub struct MemoryStore {
     keys: Arc<KeyRing>,
     rows: Arc<Mutex<BTreeMap<ConnectionKey, Row>>>,
+    sessions: Arc<Mutex<BTreeMap<String, SessionRow>>>,
     /// The highest version any deleted connection had; new rows start above it, so a write
     /// prepared against a deleted incarnation can never match a re-created one.
     max_deleted_version: Arc<AtomicI64>,
@@ -64,6 +78,7 @@ impl MemoryStore {
         Self {
             keys,
             rows: Arc::default(),
+            sessions: Arc::default(),
             max_deleted_version: Arc::default(),
             changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0,
         }
@@ -76,6 +91,7 @@ impl MemoryStore {
         Self {
             keys,
             rows: Arc::clone(&self.rows),
+            sessions: Arc::clone(&self.sessions),
             max_deleted_version: Arc::clone(&self.max_deleted_version),
             changes: self.changes.clone(),
         }
@@ -420,6 +436,119 @@ impl Store for MemoryStore {
         Ok(batch)
     }
 
+    async fn insert_connect_session(
+        &self,
+        session: &ConnectSession,
+        token_hash: &str,
+    ) -> Result<(), StoreError> {
+        let mut sessions = lock(&self.sessions);
+        if sessions.contains_key(&session.id)
+            || sessions.values().any(|r| r.token_hash == token_hash)
+        {
+            return Err(StoreError::Database(
+                "connect session id or token already exists".to_owned(),
+            ));
+        }
+        sessions.insert(
+            session.id.clone(),
+            SessionRow {
+                session: session.clone(),
+                token_hash: token_hash.to_owned(),
+                state_hash: None,
+                browser_hash: None,
+                flow: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn connect_session(&self, id: &str) -> Result<Option<ConnectSession>, StoreError> {
+        Ok(lock(&self.sessions).get(id).map(|r| r.session.clone()))
+    }
+
+    async fn open_connect_session(
+        &self,
+        token_hash: &str,
+        now: OffsetDateTime,
+        flow: &FlowStart,
+    ) -> Result<OpenOutcome, StoreError> {
+        let mut sessions = lock(&self.sessions);
+        let Some(row) = sessions.values_mut().find(|r| r.token_hash == token_hash) else {
+            return Ok(OpenOutcome::Unknown);
+        };
+        if row.session.state != SessionState::Pending {
+            return Ok(OpenOutcome::AlreadyOpened(row.session.clone()));
+        }
+        if row.session.expires_at <= now {
+            return Ok(OpenOutcome::Expired(row.session.clone()));
+        }
+        let sealed = seal_flow(&self.keys, &row.session, &flow.secrets)?;
+        row.session.state = SessionState::Opened;
+        row.session.opened_at = Some(now);
+        row.state_hash = Some(flow.state_hash.clone());
+        row.browser_hash = Some(flow.browser_hash.clone());
+        row.flow = Some(sealed);
+        Ok(OpenOutcome::Opened(row.session.clone()))
+    }
+
+    async fn claim_connect_callback(
+        &self,
+        state_hash: &str,
+        browser_hash: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let mut sessions = lock(&self.sessions);
+        let Some(row) = sessions
+            .values_mut()
+            .find(|r| r.state_hash.as_deref() == Some(state_hash))
+        else {
+            return Ok(ClaimOutcome::Unknown);
+        };
+        if row.session.state != SessionState::Opened {
+            return Ok(ClaimOutcome::Used(row.session.clone()));
+        }
+        if browser_hash.is_none() || row.browser_hash.as_deref() != browser_hash {
+            return Ok(ClaimOutcome::OtherBrowser(row.session.clone()));
+        }
+        if row.session.expires_at <= now {
+            return Ok(ClaimOutcome::Expired(row.session.clone()));
+        }
+        let secrets = match &row.flow {
+            Some(sealed) => open_flow(&self.keys, &row.session, sealed)?,
+            None => return Err(StoreError::Decrypt),
+        };
+        row.session.state = SessionState::Exchanging;
+        Ok(ClaimOutcome::Claimed(row.session.clone(), secrets))
+    }
+
+    async fn finish_connect_session(
+        &self,
+        id: &str,
+        finish: &Finish,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut sessions = lock(&self.sessions);
+        let Some(row) = sessions.get_mut(id) else {
+            return Ok(false);
+        };
+        if row.session.state.is_finished() {
+            return Ok(false);
+        }
+        row.session.state = finish.state();
+        row.session.error = finish.error().cloned();
+        row.session.connected_account_id = finish.account_id().cloned();
+        row.session.finished_at = Some(now);
+        row.flow = None;
+        Ok(true)
+    }
+
+    async fn purge_connect_sessions(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut sessions = lock(&self.sessions);
+        let was = sessions.len();
+        sessions.retain(|_, r| r.session.expires_at >= before);
+        Ok((was - sessions.len()) as u64)
+    }
+
     async fn queue_stats(&self, now: OffsetDateTime) -> Result<QueueStats, StoreError> {
         let mut stats = QueueStats::default();
         for row in self.rows().values() {
@@ -435,4 +564,8 @@ impl Store for MemoryStore {
         }
         Ok(stats)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

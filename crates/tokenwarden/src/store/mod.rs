@@ -22,6 +22,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 
+use crate::connect::session::{ClaimOutcome, ConnectSession, Finish, FlowStart, OpenOutcome};
 use crate::connection::{
     Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, ProviderName, UserId,
 };
@@ -279,6 +280,55 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         None
     }
 
+    /// Stores a new connect session (state `pending`) with the SHA-256 (hex) of its link's
+    /// token. Ids and token hashes are unique.
+    async fn insert_connect_session(
+        &self,
+        session: &ConnectSession,
+        token_hash: &str,
+    ) -> Result<(), StoreError>;
+
+    /// A connect session by id.
+    async fn connect_session(&self, id: &str) -> Result<Option<ConnectSession>, StoreError>;
+
+    /// Opens the session whose link token hashes to `token_hash`, atomically: only a
+    /// `pending` session unexpired at `now` is opened (state `opened`, `opened_at = now`,
+    /// `flow` written with its secrets sealed); any other answer changes nothing. Of two
+    /// browsers opening one link at once, exactly one gets [`OpenOutcome::Opened`].
+    async fn open_connect_session(
+        &self,
+        token_hash: &str,
+        now: OffsetDateTime,
+        flow: &FlowStart,
+    ) -> Result<OpenOutcome, StoreError>;
+
+    /// Claims the callback for the session whose `state` hashes to `state_hash`,
+    /// atomically: only an `opened` session, unexpired at `now`, whose browser hash equals
+    /// `browser_hash`, becomes `exchanging` and hands out its (opened) flow secrets; any other
+    /// answer changes nothing. When several conditions fail the answer is the first of
+    /// unknown, used, other browser, expired. Of two callbacks with one state, exactly one
+    /// gets [`ClaimOutcome::Claimed`].
+    async fn claim_connect_callback(
+        &self,
+        state_hash: &str,
+        browser_hash: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<ClaimOutcome, StoreError>;
+
+    /// Ends an unfinished session (`pending`, `opened` or `exchanging`) as `finish` says,
+    /// at `now`, and erases its flow secrets. False when it was already finished (or does
+    /// not exist): nothing changed.
+    async fn finish_connect_session(
+        &self,
+        id: &str,
+        finish: &Finish,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes connect sessions that expired before `before` (finished or not); returns how
+    /// many.
+    async fn purge_connect_sessions(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+
     /// Key rotation, one batch: re-seals under the key ring's active key the secrets of up to
     /// `limit` connections that use another key, in key order after `after`. Online: the
     /// write is compare-and-swap on the old ciphertext and leaves `version` alone, so it
@@ -370,6 +420,35 @@ pub async fn reseal_all(
             None => return Ok(summary),
         }
     }
+}
+
+/// Seals a connect session's flow secrets, bound to the session (see
+/// [`ConnectSession::seal_key`]).
+pub(crate) fn seal_flow(
+    keys: &KeyRing,
+    session: &ConnectSession,
+    secrets: &crate::connect::session::FlowSecrets,
+) -> Result<Vec<u8>, StoreError> {
+    let key = session
+        .seal_key()
+        .map_err(|e| StoreError::Database(format!("connect session id: {e}")))?;
+    let json = zeroize::Zeroizing::new(
+        serde_json::to_vec(secrets).map_err(|e| StoreError::Database(e.to_string()))?,
+    );
+    Ok(keys.seal(&json, &key, crate::crypto::Field::ConnectFlow))
+}
+
+/// Opens what [`seal_flow`] sealed for `session`.
+pub(crate) fn open_flow(
+    keys: &KeyRing,
+    session: &ConnectSession,
+    sealed: &[u8],
+) -> Result<crate::connect::session::FlowSecrets, StoreError> {
+    let key = session.seal_key().map_err(|_| StoreError::Decrypt)?;
+    let json = keys
+        .open(sealed, &key, crate::crypto::Field::ConnectFlow)
+        .map_err(|_| StoreError::Decrypt)?;
+    serde_json::from_slice(&json).map_err(|_| StoreError::Decrypt)
 }
 
 /// Page size used when [`ListQuery::limit`] is 0.

@@ -42,6 +42,7 @@ use super::{
     Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Role, Store,
     StoreError, decode_cursor,
 };
+use crate::connect::session::{ClaimOutcome, ConnectSession, Finish, FlowStart, OpenOutcome};
 use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus};
 use crate::crypto::KeyRing;
 
@@ -925,6 +926,49 @@ impl Store for SqliteStore {
         Ok(claimed)
     }
 
+    async fn insert_connect_session(
+        &self,
+        _session: &ConnectSession,
+        _token_hash: &str,
+    ) -> Result<(), StoreError> {
+        Err(not_yet())
+    }
+
+    async fn connect_session(&self, _id: &str) -> Result<Option<ConnectSession>, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn open_connect_session(
+        &self,
+        _token_hash: &str,
+        _now: OffsetDateTime,
+        _flow: &FlowStart,
+    ) -> Result<OpenOutcome, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn claim_connect_callback(
+        &self,
+        _state_hash: &str,
+        _browser_hash: Option<&str>,
+        _now: OffsetDateTime,
+    ) -> Result<ClaimOutcome, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn finish_connect_session(
+        &self,
+        _id: &str,
+        _finish: &Finish,
+        _now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn purge_connect_sessions(&self, _before: OffsetDateTime) -> Result<u64, StoreError> {
+        Err(not_yet())
+    }
+
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
         let at: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(MAX(next_refresh_at, COALESCE(lease_until, next_refresh_at))) \
@@ -1077,4 +1121,8 @@ mod tests {
         let versions: Vec<i64> = migrator.iter().map(|m| m.version).collect();
         assert_eq!(versions, (1..=MIGRATIONS.len() as i64).collect::<Vec<_>>());
     }
+}
+
+fn not_yet() -> StoreError {
+    StoreError::Database("connect sessions are not stored by this backend yet".to_owned())
 }
