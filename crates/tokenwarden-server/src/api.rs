@@ -103,7 +103,7 @@ fn known_provider(
         .ok_or_else(|| ApiError::unknown_provider(provider))
 }
 
-fn read_body(app: &App, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) fn read_body(app: &App, body: Body) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(app.max_body_bytes())
@@ -115,7 +115,7 @@ fn read_body(app: &App, body: Body) -> Result<Bytes, ApiError> {
 
 /// Deserializes a request body that must be a JSON object. serde's derived structs also
 /// accept an array read by position (`[100]` as `max_retries`), which no client means.
-fn json_object_from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn json_object_from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(ApiError::invalid("body", "must be a JSON object"));
@@ -938,12 +938,15 @@ fn finish(doc: &mut serde_json::Value, providers: &[String], applications: &[Str
     info(title = "tokenwarden", description = "Self-hosted OAuth token broker: HTTP API v1"),
     paths(
         put_connection, get_connection, get_access_token, refresh_connection, delete_connection,
-        get_app_access_token, list_connections, list_providers, healthz, readyz, metrics, openapi_json
+        get_app_access_token, list_connections, list_providers, healthz, readyz, metrics, openapi_json,
+        crate::connect::create_session, crate::connect::get_session
     ),
     components(schemas(
         ConnectionView, crate::views::LastErrorView, ConnectionList, AccessTokenView, ImportBody,
         RefreshBody, ProviderView, crate::views::BreakerView, ProviderList, Health, ErrorBody,
-        crate::error::ErrorObject
+        crate::error::ErrorObject, crate::connect::CreateSessionBody,
+        crate::connect::CreatedSessionView, crate::connect::ConnectSessionView,
+        crate::connect::SessionErrorView
     )),
     modifiers(&SecurityAddon)
 )]

@@ -54,6 +54,7 @@ pub struct App {
 
 struct Inner {
     warden: Warden,
+    connector: tokenwarden::connect::Connector,
     api_keys: ApiKeys,
     metrics: PrometheusHandle,
     config: Config,
@@ -73,13 +74,16 @@ impl App {
         let api_keys = ApiKeys::from_config(config.auth.api_keys.iter().map(|k| k.expose_secret()))
             .map_err(|message| ConfigError::key("auth.api_keys", message))?;
         crate::telemetry::register_known_series(config.providers.keys().map(String::as_str));
+        let connect = config.connect_config()?;
         let warden = build_warden_as(&config, Role::Instance).await?;
+        let connector = tokenwarden::connect::Connector::new(warden.clone(), connect);
         if let Err(error) = warden.update_connection_gauges().await {
             tracing::warn!(error = %error, "could not compute the connections gauge");
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 warden,
+                connector,
                 api_keys,
                 metrics,
                 config,
@@ -89,6 +93,11 @@ impl App {
 
     pub fn warden(&self) -> &Warden {
         &self.inner.warden
+    }
+
+    /// The connect flow.
+    pub fn connector(&self) -> &tokenwarden::connect::Connector {
+        &self.inner.connector
     }
 
     pub fn api_keys(&self) -> &ApiKeys {
@@ -155,6 +164,14 @@ impl App {
             )
             .route("/v1/connections", get(api::list_connections))
             .route("/v1/providers", get(api::list_providers))
+            .route(
+                "/v1/connect/sessions",
+                axum::routing::post(crate::connect::create_session),
+            )
+            .route(
+                "/v1/connect/sessions/{id}",
+                get(crate::connect::get_session),
+            )
             .route_layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 api::require_api_key,
@@ -166,6 +183,10 @@ impl App {
             .route("/readyz", get(api::readyz))
             .route("/metrics", get(api::metrics))
             .route("/openapi.json", get(api::openapi_json))
+            // The browser's side of the connect flow: no API key (the link's token, the
+            // state and the flow cookie are its credentials).
+            .route("/connect/callback", get(crate::connect::callback))
+            .route("/connect/{token}", get(crate::connect::open_link))
             .fallback(api::fallback)
             .with_state(self.clone());
 

@@ -56,6 +56,11 @@ pub struct Config {
     pub upstream: UpstreamSection,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// Where browsers reach tokenwarden (the connect flow). Default `http://` + `listen`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub connect: ConnectSection,
 }
 
 impl std::fmt::Debug for Config {
@@ -71,6 +76,8 @@ impl std::fmt::Debug for Config {
             .field("server", &self.server)
             .field("upstream", &self.upstream)
             .field("providers", &self.providers)
+            .field("public_url", &self.public_url)
+            .field("connect", &self.connect)
             .finish()
     }
 }
@@ -218,6 +225,26 @@ impl Default for ServerSection {
             max_body_bytes: 64 * 1024,
             shutdown_timeout_seconds: 30,
             gauge_interval_seconds: 60,
+        }
+    }
+}
+
+/// `[connect]`: the connect flow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectSection {
+    /// How long a connect session and its link live. Default 900 s.
+    pub session_ttl_seconds: u64,
+    /// The return URLs a session may name (compared without the query). Empty: no session
+    /// can be created.
+    pub return_urls: Vec<String>,
+}
+
+impl Default for ConnectSection {
+    fn default() -> Self {
+        Self {
+            session_ttl_seconds: 900,
+            return_urls: Vec::new(),
         }
     }
 }
@@ -565,8 +592,59 @@ impl Config {
         }
     }
 
+    /// The connect flow's settings, checked.
+    pub fn connect_config(&self) -> Result<tokenwarden::connect::ConnectConfig, ConfigError> {
+        let web_url = |key: &str, value: &str| -> Result<url::Url, ConfigError> {
+            let url = url::Url::parse(value.trim())
+                .map_err(|e| ConfigError::key(key, format!("not an absolute URL ({e})")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(ConfigError::key(
+                    key,
+                    "must be an http or https URL with a host",
+                ));
+            }
+            if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+                return Err(ConfigError::key(
+                    key,
+                    "must not have a fragment or user info",
+                ));
+            }
+            Ok(url)
+        };
+        let public_url = match &self.public_url {
+            Some(value) => {
+                let url = web_url("public_url", value)?;
+                if url.query().is_some() {
+                    return Err(ConfigError::key("public_url", "must not have a query"));
+                }
+                url
+            }
+            None => url::Url::parse(&format!("http://{}", self.listen))
+                .map_err(|e| ConfigError::key("listen", e.to_string()))?,
+        };
+        range(
+            "connect.session_ttl_seconds",
+            self.connect.session_ttl_seconds,
+            60,
+            86_400,
+        )?;
+        let return_urls = self
+            .connect
+            .return_urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| web_url(&format!("connect.return_urls[{i}]"), u))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(tokenwarden::connect::ConnectConfig {
+            public_url,
+            session_ttl: Duration::from_secs(self.connect.session_ttl_seconds),
+            return_urls,
+        })
+    }
+
     /// Checks every value, returning the first problem found.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.connect_config()?;
         let r = &self.refresh;
         range(
             "refresh.threshold_seconds",

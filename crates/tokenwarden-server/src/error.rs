@@ -181,7 +181,15 @@ pub fn status_for(error: &Error) -> StatusCode {
             StatusCode::CONFLICT
         }
         ErrorCode::TokenRefreshError => StatusCode::BAD_GATEWAY,
-        ErrorCode::InvalidRequest | ErrorCode::UnknownProvider => StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidRequest
+        | ErrorCode::UnknownProvider
+        | ErrorCode::ConnectStateInvalid
+        | ErrorCode::IssuerMismatch => StatusCode::BAD_REQUEST,
+        ErrorCode::ConnectSessionNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::ConnectSessionExpired => StatusCode::GONE,
+        ErrorCode::AccessDenied => StatusCode::FORBIDDEN,
+        ErrorCode::AccountMismatch => StatusCode::CONFLICT,
+        ErrorCode::AuthorizationFailed | ErrorCode::CodeExchangeFailed => StatusCode::BAD_GATEWAY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -276,6 +284,14 @@ mod tests {
             (ErrorCode::InvalidRequest, 400),
             (ErrorCode::UnknownProvider, 400),
             (ErrorCode::RefreshTooEarly, 409),
+            (ErrorCode::ConnectSessionNotFound, 404),
+            (ErrorCode::ConnectSessionExpired, 410),
+            (ErrorCode::ConnectStateInvalid, 400),
+            (ErrorCode::AccessDenied, 403),
+            (ErrorCode::AuthorizationFailed, 502),
+            (ErrorCode::CodeExchangeFailed, 502),
+            (ErrorCode::IssuerMismatch, 400),
+            (ErrorCode::AccountMismatch, 409),
         ];
         assert_eq!(cases.len(), ErrorCode::ALL.len());
         for (code, status) in cases {

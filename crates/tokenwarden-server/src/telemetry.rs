@@ -177,9 +177,18 @@ pub fn request_span<B>(request: &Request<B>) -> tracing::Span {
     tracing::info_span!(
         "request",
         method = request.method().as_str(),
-        path = request.uri().path(),
+        path = logged_path(request.uri().path()),
         request_id = request_id,
     )
+}
+
+/// The path as logged: a connect link's token is a credential, so `/connect/{token}` is
+/// logged as that pattern.
+pub fn logged_path(path: &str) -> &str {
+    match path.strip_prefix("/connect/") {
+        Some("callback") | None => path,
+        Some(_) => "/connect/{token}",
+    }
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -28,11 +28,30 @@ pub enum ErrorCode {
     /// The provider does not allow refreshing this token yet (Instagram: not before it is
     /// 24 hours old). Nothing failed; `retry_after` says when it will.
     RefreshTooEarly,
+    /// No connect session has this id (or link).
+    ConnectSessionNotFound,
+    /// The connect session expired, or its single-use link was already used.
+    ConnectSessionExpired,
+    /// The callback's `state` is missing, unknown, already used, or came from another
+    /// browser than the one that opened the link.
+    ConnectStateInvalid,
+    /// The user declined at the provider.
+    AccessDenied,
+    /// The provider answered the authorization request with an error other than
+    /// `access_denied`, or without a code.
+    AuthorizationFailed,
+    /// The provider refused or failed the code exchange, or its `id_token` did not validate.
+    CodeExchangeFailed,
+    /// The authorization response's `iss` is not the provider's issuer (RFC 9207), or is
+    /// missing where the provider says it sends one.
+    IssuerMismatch,
+    /// A reconnect signed in to a different provider account than the connection's.
+    AccountMismatch,
 }
 
 impl ErrorCode {
     /// Every code, for metrics that must be exported from the start.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 17] = [
         Self::AccountNotFound,
         Self::NoRefreshToken,
         Self::TokenRefreshError,
@@ -42,6 +61,14 @@ impl ErrorCode {
         Self::InvalidRequest,
         Self::UnknownProvider,
         Self::RefreshTooEarly,
+        Self::ConnectSessionNotFound,
+        Self::ConnectSessionExpired,
+        Self::ConnectStateInvalid,
+        Self::AccessDenied,
+        Self::AuthorizationFailed,
+        Self::CodeExchangeFailed,
+        Self::IssuerMismatch,
+        Self::AccountMismatch,
     ];
 
     /// The wire form, e.g. `TOKEN_EXPIRED`.
@@ -56,6 +83,14 @@ impl ErrorCode {
             Self::InvalidRequest => "INVALID_REQUEST",
             Self::UnknownProvider => "UNKNOWN_PROVIDER",
             Self::RefreshTooEarly => "REFRESH_TOO_EARLY",
+            Self::ConnectSessionNotFound => "CONNECT_SESSION_NOT_FOUND",
+            Self::ConnectSessionExpired => "CONNECT_SESSION_EXPIRED",
+            Self::ConnectStateInvalid => "CONNECT_STATE_INVALID",
+            Self::AccessDenied => "ACCESS_DENIED",
+            Self::AuthorizationFailed => "AUTHORIZATION_FAILED",
+            Self::CodeExchangeFailed => "CODE_EXCHANGE_FAILED",
+            Self::IssuerMismatch => "ISSUER_MISMATCH",
+            Self::AccountMismatch => "ACCOUNT_MISMATCH",
         }
     }
 }

@@ -308,6 +308,11 @@ impl Warden {
         }
     }
 
+    /// The time by this warden's clock.
+    pub fn now(&self) -> OffsetDateTime {
+        self.inner.clock.now()
+    }
+
     /// A valid access token for a user's connection, refreshed first when needed.
     pub async fn get_access_token(
         &self,

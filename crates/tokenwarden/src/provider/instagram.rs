@@ -110,6 +110,10 @@ impl Provider for InstagramProvider {
         }
     }
 
+    fn connect_client(&self) -> Option<(&ProviderSettings, &HttpClient)> {
+        Some((&self.settings, &self.http))
+    }
+
     fn check_refreshable(
         &self,
         conn: &Connection,

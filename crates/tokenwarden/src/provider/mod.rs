@@ -23,14 +23,14 @@ use crate::error::FailureClass;
 use crate::secret::{AccessToken, ClientSecret, RefreshToken};
 
 pub mod catalog;
-mod common;
+pub(crate) mod common;
 #[cfg(test)]
 mod dialects_test;
 pub mod discovery;
 pub mod http;
 pub mod instagram;
 pub mod oauth2;
-mod response;
+pub(crate) mod response;
 pub mod settings;
 #[cfg(test)]
 mod test_support;
@@ -441,6 +441,13 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// application token and no user connections.
     fn grant(&self) -> Grant {
         Grant::AuthorizationCode
+    }
+
+    /// The settings and HTTP client the connect flow (authorization code) uses with this
+    /// provider; `None` when it cannot run that flow (a provider written outside the
+    /// library that does not say how).
+    fn connect_client(&self) -> Option<(&ProviderSettings, &HttpClient)> {
+        None
     }
 
     /// Checks, without calling the provider, that `conn` can be refreshed at `now`. By

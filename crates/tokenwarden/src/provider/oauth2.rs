@@ -55,44 +55,9 @@ impl OAuth2Provider {
     }
 
     /// A POST to `url` with the common headers, client authentication and `params` in the
-    /// configured encoding; the credentials join `params` when they travel in the body.
-    fn post<'a>(&'a self, url: &Url, mut params: Vec<(&'a str, &'a str)>) -> RequestBuilder {
-        let s = &self.settings;
-        let mut request = self
-            .http
-            .client()
-            .post(url.clone())
-            .header(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some(ua) = &s.user_agent {
-            request = request.header(USER_AGENT, ua.clone());
-        }
-        let client_id = s.client_id.as_deref().unwrap_or_default();
-        let secret = s.client_secret.as_ref().map(ClientSecret::expose_secret);
-        match s.auth_method {
-            AuthMethod::ClientSecretPost => {
-                params.insert(0, (s.client_id_param.as_str(), client_id));
-                if let Some(secret) = secret {
-                    params.insert(1, ("client_secret", secret));
-                }
-            }
-            AuthMethod::ClientSecretBasic => {
-                // RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding.
-                let id = form_encode(client_id);
-                let secret = form_encode(secret.unwrap_or_default());
-                request = request.basic_auth(id, Some(secret));
-            }
-            AuthMethod::None => params.insert(0, (s.client_id_param.as_str(), client_id)),
-        }
-        match s.token_request {
-            BodyFormat::Form => request.form(&params),
-            BodyFormat::Json => {
-                let object: serde_json::Map<String, serde_json::Value> = params
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v)))
-                    .collect();
-                request.json(&object)
-            }
-        }
+    /// configured encoding (see [`token_post`]).
+    fn post<'a>(&'a self, url: &Url, params: Vec<(&'a str, &'a str)>) -> RequestBuilder {
+        token_post(&self.settings, &self.http, url, params)
     }
 
     /// The token request's parameters besides client authentication.
@@ -136,6 +101,52 @@ fn form_encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
+/// A POST to `url` with the common headers (JSON accepted, the provider's User-Agent),
+/// client authentication as the settings say, and `params` in the configured encoding; the
+/// credentials join `params` when they travel in the body. Refreshes, revocations and the
+/// connect flow's code exchange all use it.
+pub(crate) fn token_post<'a>(
+    s: &'a ProviderSettings,
+    http: &HttpClient,
+    url: &Url,
+    mut params: Vec<(&'a str, &'a str)>,
+) -> RequestBuilder {
+    let mut request = http
+        .client()
+        .post(url.clone())
+        .header(ACCEPT, HeaderValue::from_static("application/json"));
+    if let Some(ua) = &s.user_agent {
+        request = request.header(USER_AGENT, ua.clone());
+    }
+    let client_id = s.client_id.as_deref().unwrap_or_default();
+    let secret = s.client_secret.as_ref().map(ClientSecret::expose_secret);
+    match s.auth_method {
+        AuthMethod::ClientSecretPost => {
+            params.insert(0, (s.client_id_param.as_str(), client_id));
+            if let Some(secret) = secret {
+                params.insert(1, ("client_secret", secret));
+            }
+        }
+        AuthMethod::ClientSecretBasic => {
+            // RFC 6749 §2.3.1: both parts form-urlencoded before Basic encoding.
+            let id = form_encode(client_id);
+            let secret = form_encode(secret.unwrap_or_default());
+            request = request.basic_auth(id, Some(secret));
+        }
+        AuthMethod::None => params.insert(0, (s.client_id_param.as_str(), client_id)),
+    }
+    match s.token_request {
+        BodyFormat::Form => request.form(&params),
+        BodyFormat::Json => {
+            let object: serde_json::Map<String, serde_json::Value> = params
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v)))
+                .collect();
+            request.json(&object)
+        }
+    }
+}
+
 #[async_trait]
 impl Provider for OAuth2Provider {
     fn name(&self) -> &ProviderName {
@@ -148,6 +159,10 @@ impl Provider for OAuth2Provider {
 
     fn grant(&self) -> Grant {
         self.settings.grant
+    }
+
+    fn connect_client(&self) -> Option<(&ProviderSettings, &HttpClient)> {
+        Some((&self.settings, &self.http))
     }
 
     /// A user connection needs its refresh token; an application token is obtained again

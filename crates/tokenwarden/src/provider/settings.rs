@@ -42,6 +42,10 @@ pub struct ProviderSettings {
     pub userinfo_url: Option<Url>,
     pub api_base_url: Option<Url>,
     pub issuer: Option<Url>,
+    /// The OpenID issuer whose keys sign this provider's ID tokens: the configured `issuer`,
+    /// else the catalog's (placeholders filled). The connect flow discovers its JWKS on
+    /// first use.
+    pub oidc_issuer: Option<Url>,
     pub client_id: Option<String>,
     pub client_secret: Option<ClientSecret>,
     pub auth_method: AuthMethod,
@@ -253,6 +257,15 @@ impl ProviderSettings {
             meta.and_then(|m| m.userinfo_endpoint.as_deref()),
             entry.and_then(|e| e.userinfo_url.as_deref()),
         )?;
+        let oidc_issuer = match &issuer {
+            Some(issuer) => Some(issuer.clone()),
+            None => endpoint(
+                "issuer",
+                None,
+                None,
+                entry.and_then(|e| e.issuer.as_deref()),
+            )?,
+        };
         let api_base_url = endpoint(
             "api_base_url",
             config.api_base_url.as_deref(),
@@ -394,6 +407,7 @@ impl ProviderSettings {
             revoke_url,
             userinfo_url,
             api_base_url,
+            oidc_issuer,
             issuer,
             client_id,
             client_secret,
