@@ -1,14 +1,53 @@
-//! Tells this crate's integration tests whether PostgreSQL is configured, so a PostgreSQL
-//! test is reported as ignored, with the reason, instead of passing untested: `tw_postgres`
-//! is set when `TOKENWARDEN_TEST_POSTGRES_URL` is (the library's `build.rs` does the same
-//! for its own tests). Only files under `tests/` read it; the binary is the same either
-//! way. A test enabled here whose server is gone when it runs fails.
+//! Tells this crate's integration tests which of their prerequisites this machine has, so a
+//! test that cannot run is reported as ignored, with the reason, instead of passing untested
+//! (the library's `build.rs` does the same for its own tests):
+//!
+//! * `tw_postgres`: `TOKENWARDEN_TEST_POSTGRES_URL` is set (PostgreSQL tests);
+//! * `tw_browser`: the connect-flow browser tests can run: the browser harness
+//!   (`interop/browser/node_modules/playwright-core`) and the interop authorization server
+//!   (`interop/oidc-provider/node_modules/oidc-provider`) are installed by `npm ci`, and
+//!   Debian's `/usr/bin/chromium` is there (`scripts/test` and `.ci/run` see to all three).
+//!
+//! Only files under `tests/` read these cfgs; the binary is the same either way. A test
+//! enabled here whose prerequisite is gone when it runs fails.
+
+use std::path::Path;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(tw_postgres)");
+    println!("cargo::rustc-check-cfg=cfg(tw_postgres, tw_browser)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=TOKENWARDEN_TEST_POSTGRES_URL");
     if std::env::var_os("TOKENWARDEN_TEST_POSTGRES_URL").is_some_and(|url| !url.is_empty()) {
         println!("cargo::rustc-cfg=tw_postgres");
+    }
+
+    // Only in a checkout of the repository; a packaged crate has no `interop/`.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let interop = Path::new(&manifest_dir).join("../../interop");
+    let browser = interop.join("browser");
+    let provider = interop.join("oidc-provider");
+    for dir in [&browser, &provider] {
+        // A directory is watched recursively, so installing or removing `node_modules`
+        // reruns this. A missing path would rerun it (and rebuild the crate) every time.
+        if dir.is_dir() {
+            println!("cargo::rerun-if-changed={}", dir.display());
+        }
+    }
+    // Watched only when present, for the same reason: installing chromium after a build
+    // needs `touch build.rs` (.ci/run installs it before building); removing it is seen.
+    if Path::new(CHROMIUM).exists() {
+        println!("cargo::rerun-if-changed={CHROMIUM}");
+    }
+    if browser
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+        && provider
+            .join("node_modules/oidc-provider/package.json")
+            .is_file()
+        && Path::new(CHROMIUM).is_file()
+    {
+        println!("cargo::rustc-cfg=tw_browser");
     }
 }

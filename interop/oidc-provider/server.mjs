@@ -1,14 +1,33 @@
 // A real, independent authorization server for tokenwarden's interop tests: panva's
 // OpenID-certified `oidc-provider`, configured the way a strict production server would be
 // (PKCE required, refresh tokens rotated on every use with reuse detection, short access
-// tokens), plus two test-only conveniences so no browser is needed:
+// tokens), plus test-only routes:
 //
-//   GET  /interaction/:uid    logs in a fixed account and grants the requested scopes
-//   POST /test/revoke-grant   revokes an account's grants at the server (user "disconnects")
+//   GET  /interaction/:uid    by default logs in a fixed account (ACCOUNT_ID) and grants the
+//                             requested scopes, so no browser is needed
+//   POST /test/revoke-grant   revokes an account's grants at the server (user "disconnects");
+//                             ?account=ID, default ACCOUNT_ID
 //   GET  /test/stats          counts refresh and client-credentials grants seen, so tests can
 //                             assert "exactly one"
 //
+// With INTERACTIVE=1 a person (or interop/browser/connect.mjs driving headless chromium)
+// answers instead, on small plain-HTML pages without external resources:
+//
+//   GET  /interaction/:uid           login: a form with a `username` field and "Sign in";
+//                                    consent: the requested scopes, "Allow" and "Deny"
+//   POST /interaction/:uid/login     username=NAME logs in account NAME (empty: 400)
+//   POST /interaction/:uid/confirm   "Allow": grants what is missing, as the default mode does
+//   POST /interaction/:uid/abort     "Deny": the client gets error=access_denied
+//
+// Every authorization response, success or error, carries `iss` (RFC 9207): oidc-provider 9
+// adds it without a feature flag (unless an ID token or a JWT response mode is used, neither
+// of which this client does) and its discovery document says
+// `authorization_response_iss_parameter_supported: true`. Checked with curl on 9.13.3.
+//
 // Usage: node server.mjs [port]   (or PORT=...; 0 or nothing = any free port)
+// Environment: PORT, AT_TTL and RT_TTL (token lifetimes, seconds), CLIENT_ID, CLIENT_SECRET,
+// REDIRECT_URI (comma-separated list), APP_CLIENT_ID, APP_CLIENT_SECRET, ACCOUNT_ID,
+// INTERACTIVE=1.
 // Prints `LISTENING http://127.0.0.1:NNNNN` once it accepts requests. Everything is in
 // memory: each start is a clean server. This is test scaffolding, never a deployment.
 
@@ -29,12 +48,16 @@ const refreshTokenTtl = seconds('RT_TTL', 120);
 // The one confidential client. The secret is a fixed test value known to the tests.
 const CLIENT_ID = process.env.CLIENT_ID ?? 'tokenwarden-interop';
 const CLIENT_SECRET = process.env.CLIENT_SECRET ?? 'interop-client-secret-not-for-production';
-const REDIRECT_URI = process.env.REDIRECT_URI ?? 'http://127.0.0.1/callback';
+// One or more redirect URIs, comma-separated (a browser test adds its own callback server).
+const REDIRECT_URIS = (process.env.REDIRECT_URI ?? 'http://127.0.0.1/callback')
+  .split(',').map((uri) => uri.trim()).filter(Boolean);
 // The second client: an application, allowed only the client_credentials grant.
 const APP_CLIENT_ID = process.env.APP_CLIENT_ID ?? 'tokenwarden-interop-app';
 const APP_CLIENT_SECRET = process.env.APP_CLIENT_SECRET ?? 'interop-app-secret-not-for-production';
-// Every login is this account: the tests drive the flow, not a person.
+// Every automatic login is this account: the tests drive the flow, not a person.
 const ACCOUNT_ID = process.env.ACCOUNT_ID ?? 'interop-user-1';
+// INTERACTIVE=1: login and consent pages instead of the automatic interaction.
+const INTERACTIVE = process.env.INTERACTIVE === '1';
 
 // The issuer must contain the real port, which with port 0 is only known after binding, so
 // bind first and hand requests to the provider once it exists.
@@ -51,7 +74,7 @@ const provider = new Provider(issuer, {
     client_id: CLIENT_ID,
     client_secret: CLIENT_SECRET,
     token_endpoint_auth_method: 'client_secret_basic',
-    redirect_uris: [REDIRECT_URI],
+    redirect_uris: REDIRECT_URIS,
     grant_types: ['authorization_code', 'refresh_token'],
     response_types: ['code'],
   }, {
@@ -83,7 +106,7 @@ const provider = new Provider(issuer, {
     Grant: 600,
   },
   features: {
-    // The built-in login pages are replaced by the automatic route below.
+    // The built-in login pages are replaced by the routes below (automatic or INTERACTIVE).
     devInteractions: { enabled: false },
     revocation: { enabled: true },
     introspection: { enabled: true },
@@ -115,39 +138,139 @@ provider.on('grant.error', (ctx, err) => {
 });
 provider.on('grant.revoked', () => { stats.grantsRevoked += 1; });
 
+// Grants exactly what the consent prompt says is missing, as a user clicking "Allow" would,
+// and records the grant for /test/revoke-grant. Shared by the automatic and interactive modes.
+async function grantMissing(details) {
+  const { prompt, params } = details;
+  const grant = details.grantId
+    ? await provider.Grant.find(details.grantId)
+    : new provider.Grant({ accountId: details.session.accountId, clientId: params.client_id });
+  const missing = prompt.details;
+  if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+  if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+  for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+    grant.addResourceScope(indicator, scopes.join(' '));
+  }
+  const grantId = await grant.save();
+  const ids = grantsByAccount.get(grant.accountId) ?? new Set();
+  ids.add(grantId);
+  grantsByAccount.set(grant.accountId, ids);
+  return grantId;
+}
+
+// Hands the result to the provider and sends the browser back to the authorization endpoint,
+// which continues (or finishes) the flow. Errors replace, never merge with, earlier results.
+async function finishInteraction(ctx, result) {
+  const returnTo = await provider.interactionResult(ctx.req, ctx.res, result, {
+    mergeWithLastSubmission: !('error' in result),
+  });
+  ctx.status = 303;
+  ctx.redirect(returnTo);
+}
+
+// --- INTERACTIVE=1 pages ---------------------------------------------------------------------
+const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+function sendPage(ctx, title, body) {
+  ctx.status = 200;
+  ctx.type = 'text/html; charset=utf-8';
+  ctx.set('Cache-Control', 'no-store');
+  ctx.body = `<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>${escapeHtml(title)}</title></head>
+<body>
+<h1>${escapeHtml(title)}</h1>
+${body}
+</body>
+</html>
+`;
+}
+
+function loginPage(ctx, uid) {
+  const action = `/interaction/${encodeURIComponent(uid)}/login`;
+  sendPage(ctx, 'Sign in', `<form method="post" action="${escapeHtml(action)}">
+<label for="username">Username</label>
+<input type="text" id="username" name="username" autocomplete="username" required autofocus>
+<button type="submit">Sign in</button>
+</form>`);
+}
+
+function consentPage(ctx, details) {
+  const { uid, params, session } = details;
+  const base = `/interaction/${encodeURIComponent(uid)}`;
+  const scopes = String(params.scope ?? '').split(' ').filter(Boolean);
+  const items = scopes.map((scope) => `<li>${escapeHtml(scope)}</li>`).join('\n');
+  const button = (action, label) => {
+    const url = escapeHtml(`${base}/${action}`);
+    return `<form method="post" action="${url}"><button type="submit">${label}</button></form>`;
+  };
+  sendPage(ctx, 'Authorize access', `<p>${escapeHtml(params.client_id)} asks for access to the
+account ${escapeHtml(session?.accountId ?? '')} with these scopes:</p>
+<ul>
+${items}
+</ul>
+${button('confirm', 'Allow')}
+${button('abort', 'Deny')}`);
+}
+
+// The provider parses bodies only on its own routes, so ours read the raw request.
+async function formBody(ctx) {
+  if (!ctx.is('application/x-www-form-urlencoded')) ctx.throw(415, 'expected a form');
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of ctx.req) {
+    size += chunk.length;
+    if (size > 16384) ctx.throw(413, 'form too large');
+    chunks.push(chunk);
+  }
+  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+}
+
+async function interactive(ctx, uid, action) {
+  const details = await provider.interactionDetails(ctx.req, ctx.res);
+  if (details.uid !== uid) ctx.throw(400, 'interaction mismatch');
+  const { prompt } = details;
+  if (ctx.method === 'GET' && action === undefined) {
+    if (prompt.name === 'login') return loginPage(ctx, uid);
+    if (prompt.name === 'consent') return consentPage(ctx, details);
+    ctx.throw(400, `unexpected prompt ${prompt.name}`);
+  }
+  if (ctx.method !== 'POST') ctx.throw(405);
+  if (action === 'login' && prompt.name === 'login') {
+    const username = ((await formBody(ctx)).get('username') ?? '').trim();
+    if (!username) ctx.throw(400, 'username is required');
+    return finishInteraction(ctx, { login: { accountId: username } });
+  }
+  if (action === 'confirm' && prompt.name === 'consent') {
+    return finishInteraction(ctx, { consent: { grantId: await grantMissing(details) } });
+  }
+  if (action === 'abort') {
+    return finishInteraction(ctx, {
+      error: 'access_denied', error_description: 'End-User aborted interaction',
+    });
+  }
+  ctx.throw(400, `cannot ${action} during ${prompt.name}`);
+}
+
 provider.use(async (ctx, next) => {
-  const interaction = ctx.path.match(/^\/interaction\/([^/]+)$/);
-  if (interaction && ctx.method === 'GET') {
+  const interaction = ctx.path.match(/^\/interaction\/([^/]+)(?:\/(login|confirm|abort))?$/);
+  if (interaction && INTERACTIVE) {
+    await interactive(ctx, interaction[1], interaction[2]);
+    return;
+  }
+  if (interaction && !interaction[2] && ctx.method === 'GET') {
+    // Automatic mode: a fixed account, and consent to whatever is missing.
     const details = await provider.interactionDetails(ctx.req, ctx.res);
-    const { prompt, params } = details;
+    const { prompt } = details;
     let result;
     if (prompt.name === 'login') {
       result = { login: { accountId: ACCOUNT_ID } };
     } else if (prompt.name === 'consent') {
-      // Grant exactly what is missing, as a user clicking "Allow" would.
-      const grant = details.grantId
-        ? await provider.Grant.find(details.grantId)
-        : new provider.Grant({ accountId: details.session.accountId, clientId: params.client_id });
-      const missing = prompt.details;
-      if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
-      if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
-      for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
-        grant.addResourceScope(indicator, scopes.join(' '));
-      }
-      const grantId = await grant.save();
-      const ids = grantsByAccount.get(grant.accountId) ?? new Set();
-      ids.add(grantId);
-      grantsByAccount.set(grant.accountId, ids);
-      result = { consent: { grantId } };
+      result = { consent: { grantId: await grantMissing(details) } };
     } else {
       ctx.throw(400, `unexpected prompt ${prompt.name}`);
     }
-    // Back to the authorization endpoint, which continues (or finishes) the flow.
-    const returnTo = await provider.interactionResult(ctx.req, ctx.res, result, {
-      mergeWithLastSubmission: true,
-    });
-    ctx.status = 303;
-    ctx.redirect(returnTo);
+    await finishInteraction(ctx, result);
     return;
   }
 
