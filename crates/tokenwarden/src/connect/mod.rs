@@ -424,11 +424,7 @@ impl Connector {
             );
             return self.fail(&session, Finish::Failed(error), None).await;
         };
-        let scopes = if session.scopes.is_empty() {
-            settings.scopes.clone()
-        } else {
-            session.scopes.clone()
-        };
+        let scopes = requested_scopes(settings, &session);
         let verifier = flow
             .secrets
             .code_verifier
@@ -624,11 +620,7 @@ impl Connector {
                         format!("the code exchange failed: {f}"),
                     )
                 })?;
-        let scopes = if session.scopes.is_empty() {
-            settings.scopes.clone()
-        } else {
-            session.scopes.clone()
-        };
+        let scopes = requested_scopes(settings, session);
         let now = inner.warden.now();
         // An id_token is checked whenever one comes back to an OpenID request, and
         // whenever the account id is read from it.
@@ -836,6 +828,22 @@ impl Connector {
             Err(e) => tracing::warn!(error = %e, "old connect sessions could not be deleted"),
         }
     }
+}
+
+/// The scopes a session asks for: its own, else the provider's; plus `openid` when the
+/// account id is a claim of the ID token (no `openid`, no ID token).
+fn requested_scopes(settings: &ProviderSettings, session: &ConnectSession) -> Vec<String> {
+    let mut scopes = if session.scopes.is_empty() {
+        settings.scopes.clone()
+    } else {
+        session.scopes.clone()
+    };
+    if matches!(settings.account_id, Some(AccountIdSource::IdTokenClaim(_)))
+        && !authorize::is_openid(&scopes)
+    {
+        scopes.insert(0, "openid".to_owned());
+    }
+    scopes
 }
 
 /// RFC 9207: an `iss` sent must be the provider's issuer; a provider whose metadata says it
