@@ -70,6 +70,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "lease_owners",
         include_str!("../../migrations/postgres/0003_lease_owners.sql"),
     ),
+    (
+        4,
+        "connect_sessions",
+        include_str!("../../migrations/postgres/0004_connect_sessions.sql"),
+    ),
 ];
 
 const BAD_URL: &str = "database_url must be a postgres:// or postgresql:// URL";

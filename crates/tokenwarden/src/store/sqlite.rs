@@ -70,6 +70,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "lease_owners",
         include_str!("../../migrations/sqlite/0003_lease_owners.sql"),
     ),
+    (
+        4,
+        "connect_sessions",
+        include_str!("../../migrations/sqlite/0004_connect_sessions.sql"),
+    ),
 ];
 
 const BAD_URL: &str = "database_url must be sqlite://RELATIVE_PATH, sqlite:///ABSOLUTE_PATH \
