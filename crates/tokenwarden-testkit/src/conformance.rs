@@ -64,9 +64,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 use time::OffsetDateTime;
 
+use tokenwarden::connect::session::{
+    ClaimOutcome, ConnectSession, Finish, FlowSecrets, FlowStart, OpenOutcome, SessionError,
+    SessionState,
+};
 use tokenwarden::connection::{
-    Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError, ProviderName, Tokens,
-    UserId,
+    AccountId, Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError,
+    ProviderName, Tokens, UserId,
 };
 use tokenwarden::crypto::KeyRing;
 use tokenwarden::secret::{AccessToken, RefreshToken};
@@ -139,6 +143,8 @@ macro_rules! __for_each_check {
             concurrent_claims,
             queue,
             reseal,
+            connect_sessions,
+            concurrent_connect_claims,
         }
     };
 }
@@ -1610,6 +1616,458 @@ where
             .expect("again")
             .resealed,
         0
+    );
+}
+
+/// A pending connect session `cs_<tag>…` (22 characters after `cs_`) for user `u` at
+/// reddit, created at `at(0)` and expiring at `at(expires)`; its link's token hash is
+/// [`token_hash`]`(tag)`.
+fn sample_session(tag: &str, expires: i64) -> ConnectSession {
+    ConnectSession {
+        id: format!("cs_{tag:_<22}"),
+        user_id: UserId::parse("connect user ü").expect("user"),
+        provider: ProviderName::parse("reddit").expect("provider"),
+        account_id: None,
+        reconnect: false,
+        return_url: "https://app.example/connected?from=tw".to_owned(),
+        scopes: vec!["identity".to_owned(), "read".to_owned()],
+        state: SessionState::Pending,
+        error: None,
+        connected_account_id: None,
+        created_at: at(0),
+        expires_at: at(expires),
+        opened_at: None,
+        finished_at: None,
+    }
+}
+
+fn token_hash(tag: &str) -> String {
+    format!("token-hash-{tag}")
+}
+
+/// What a browser opening `tag`'s link writes; `n` tells several openers apart. The
+/// verifier and nonce are distinctive strings a test can look for in raw storage.
+fn flow_start(tag: &str, n: usize) -> FlowStart {
+    FlowStart {
+        state_hash: format!("state-hash-{tag}-{n}"),
+        browser_hash: format!("browser-hash-{tag}-{n}"),
+        secrets: FlowSecrets {
+            code_verifier: Some(format!("pkce-verifier-{tag}-{n}-must-stay-sealed")),
+            nonce: Some(format!("oidc-nonce-{tag}-{n}")),
+        },
+    }
+}
+
+async fn must_session<S: Store>(store: &S, id: &str) -> ConnectSession {
+    store
+        .connect_session(id)
+        .await
+        .expect("connect_session")
+        .unwrap_or_else(|| panic!("connect session {id} is missing"))
+}
+
+/// Opens `session`'s link with `flow` at `at(now)`; panics unless it was opened, and checks
+/// the session it returns.
+async fn must_open<S: Store>(
+    store: &S,
+    session: &ConnectSession,
+    now: i64,
+    flow: &FlowStart,
+) -> ConnectSession {
+    let tag = &session.id;
+    let opened = match store
+        .open_connect_session(&token_hash(tag), at(now), flow)
+        .await
+        .expect("open")
+    {
+        OpenOutcome::Opened(opened) => opened,
+        other => panic!("open {tag}: {other:?}"),
+    };
+    let mut want = session.clone();
+    want.state = SessionState::Opened;
+    want.opened_at = Some(at(now));
+    assert_eq!(opened, want, "the opened session as returned");
+    assert_eq!(
+        must_session(store, tag).await,
+        want,
+        "the opened session as stored"
+    );
+    opened
+}
+
+/// `session` inserted with its link's token hash being `token_hash(&session.id)`.
+async fn insert_session<S: Store>(store: &S, session: &ConnectSession) {
+    store
+        .insert_connect_session(session, &token_hash(&session.id))
+        .await
+        .unwrap_or_else(|e| panic!("insert {}: {e:?}", session.id));
+}
+
+async fn claim<S: Store>(
+    store: &S,
+    flow: &FlowStart,
+    browser_hash: Option<&str>,
+    now: i64,
+) -> ClaimOutcome {
+    store
+        .claim_connect_callback(&flow.state_hash, browser_hash, at(now))
+        .await
+        .expect("claim")
+}
+
+/// Connect sessions, every step of the flow: insert and read back every field; open once
+/// (a second open, an expired link and an unknown token change nothing); claim the callback
+/// once, only from the opening browser and before expiry (refusals change nothing, and come
+/// in the order unknown, used, other browser, expired); the claim hands out exactly the
+/// secrets given at open; finish once; purge by expiry; the secrets survive a reopened store
+/// and a ring without their key is `Decrypt` without burning the session.
+pub async fn connect_sessions<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let db = TestDb::fresh("connect_sessions");
+    let store = make(db.clone(), k1()).await;
+
+    // Insert and read back: no account, then an account to reconnect with no scopes.
+    let plain = sample_session("plain", 600);
+    let mut named = sample_session("named", 600);
+    named.account_id = Some(AccountId::parse("acct ü-1").expect("acct"));
+    named.reconnect = true;
+    named.scopes = Vec::new();
+    named.return_url = "https://app.example/back".to_owned();
+    for session in [&plain, &named] {
+        insert_session(&store, session).await;
+        assert_eq!(
+            &must_session(&store, &session.id).await,
+            session,
+            "round trip"
+        );
+    }
+    assert_eq!(
+        store.connect_session("cs_unknown").await.expect("get"),
+        None
+    );
+
+    // Ids and token hashes are unique; the error does not repeat the token hash.
+    let mut same_id = sample_session("plain", 900);
+    same_id.scopes = vec!["other".to_owned()];
+    let err = store
+        .insert_connect_session(&same_id, &token_hash("another"))
+        .await
+        .expect_err("duplicate id");
+    assert!(
+        matches!(err, StoreError::Database(_)),
+        "duplicate id: {err:?}"
+    );
+    let same_token = sample_session("other", 900);
+    let err = store
+        .insert_connect_session(&same_token, &token_hash(&plain.id))
+        .await
+        .expect_err("duplicate token hash");
+    assert!(
+        matches!(err, StoreError::Database(_)),
+        "duplicate token: {err:?}"
+    );
+    assert!(
+        !format!("{err} {err:?}").contains(&token_hash(&plain.id)),
+        "the error names no token hash: {err}"
+    );
+    assert_eq!(
+        must_session(&store, &plain.id).await,
+        plain,
+        "left untouched"
+    );
+    assert_eq!(
+        store.connect_session(&same_token.id).await.expect("get"),
+        None
+    );
+
+    // Open: once. A second browser gets AlreadyOpened and writes nothing.
+    let mut plain_flow = flow_start("plain", 0);
+    plain_flow.secrets.nonce = None;
+    let opened = must_open(&store, &plain, 10, &plain_flow).await;
+    let second = flow_start("plain", 1);
+    match store
+        .open_connect_session(&token_hash(&plain.id), at(11), &second)
+        .await
+        .expect("open again")
+    {
+        OpenOutcome::AlreadyOpened(s) => assert_eq!(s, opened, "as opened the first time"),
+        other => panic!("second open: {other:?}"),
+    }
+    assert!(
+        matches!(
+            claim(&store, &second, Some(&second.browser_hash), 12).await,
+            ClaimOutcome::Unknown
+        ),
+        "the second open's state was not written"
+    );
+    assert!(matches!(
+        store
+            .open_connect_session("no-such-token-hash", at(10), &flow_start("nobody", 0))
+            .await
+            .expect("open unknown"),
+        OpenOutcome::Unknown
+    ));
+
+    // An expired link (expiry is reached at `expires_at`) is not opened.
+    let late = sample_session("late", 100);
+    insert_session(&store, &late).await;
+    match store
+        .open_connect_session(&token_hash(&late.id), at(100), &flow_start("late", 0))
+        .await
+        .expect("open expired")
+    {
+        OpenOutcome::Expired(s) => assert_eq!(s, late),
+        other => panic!("expired open: {other:?}"),
+    }
+    assert_eq!(must_session(&store, &late.id).await, late, "still pending");
+
+    // Claim: not from another browser or without the cookie (the session stays opened)...
+    let named_flow = flow_start("named", 0);
+    let named_opened = must_open(&store, &named, 20, &named_flow).await;
+    for browser in [Some("browser-hash-someone-else"), None] {
+        match claim(&store, &named_flow, browser, 30).await {
+            ClaimOutcome::OtherBrowser(s) => assert_eq!(s, named_opened, "{browser:?}"),
+            other => panic!("claim from {browser:?}: {other:?}"),
+        }
+    }
+    assert_eq!(must_session(&store, &named.id).await, named_opened);
+    assert!(matches!(
+        store
+            .claim_connect_callback("no-such-state-hash", Some("b"), at(30))
+            .await
+            .expect("claim unknown"),
+        ClaimOutcome::Unknown
+    ));
+    // ...then from the right one, once, with the very secrets given at open.
+    let claimed = match claim(&store, &named_flow, Some(&named_flow.browser_hash), 31).await {
+        ClaimOutcome::Claimed(s, secrets) => {
+            assert_eq!(secrets, named_flow.secrets, "the secrets given at open");
+            s
+        }
+        other => panic!("claim: {other:?}"),
+    };
+    let mut exchanging = named_opened.clone();
+    exchanging.state = SessionState::Exchanging;
+    assert_eq!(claimed, exchanging);
+    assert_eq!(must_session(&store, &named.id).await, exchanging);
+    // A replay is Used, from any browser (used comes before other browser).
+    for browser in [Some(named_flow.browser_hash.as_str()), Some("x"), None] {
+        match claim(&store, &named_flow, browser, 32).await {
+            ClaimOutcome::Used(s) => assert_eq!(s, exchanging),
+            other => panic!("replayed claim from {browser:?}: {other:?}"),
+        }
+    }
+
+    // Expiry: an opened session past expires_at is not claimed and stays opened; another
+    // browser is told so first.
+    let short = sample_session("short", 50);
+    insert_session(&store, &short).await;
+    let short_flow = flow_start("short", 0);
+    let short_opened = must_open(&store, &short, 10, &short_flow).await;
+    match claim(&store, &short_flow, Some(&short_flow.browser_hash), 50).await {
+        ClaimOutcome::Expired(s) => assert_eq!(s, short_opened),
+        other => panic!("expired claim: {other:?}"),
+    }
+    assert!(matches!(
+        claim(&store, &short_flow, Some("x"), 50).await,
+        ClaimOutcome::OtherBrowser(_)
+    ));
+    assert_eq!(must_session(&store, &short.id).await, short_opened);
+
+    // Finish: completed once; a second finish changes nothing; a claim after it is Used.
+    let acct = AccountId::parse("reddit-account-7").expect("account");
+    let completed = Finish::Completed {
+        account_id: acct.clone(),
+    };
+    assert!(
+        store
+            .finish_connect_session(&named.id, &completed, at(40))
+            .await
+            .expect("finish")
+    );
+    let mut done = exchanging.clone();
+    done.state = SessionState::Completed;
+    done.connected_account_id = Some(acct);
+    done.finished_at = Some(at(40));
+    assert_eq!(must_session(&store, &named.id).await, done);
+    let failed = SessionError {
+        code: "access_denied".to_owned(),
+        message: "the user declined (ü)".to_owned(),
+    };
+    assert!(
+        !store
+            .finish_connect_session(&named.id, &Finish::Failed(failed.clone()), at(41))
+            .await
+            .expect("finish again"),
+        "already finished"
+    );
+    assert_eq!(must_session(&store, &named.id).await, done, "unchanged");
+    assert!(matches!(
+        claim(&store, &named_flow, Some(&named_flow.browser_hash), 42).await,
+        ClaimOutcome::Used(_)
+    ));
+    // Failed keeps its error; an opened session's state is then used up too.
+    assert!(
+        store
+            .finish_connect_session(&plain.id, &Finish::Failed(failed.clone()), at(43))
+            .await
+            .expect("fail")
+    );
+    let mut plain_failed = opened.clone();
+    plain_failed.state = SessionState::Failed;
+    plain_failed.error = Some(failed.clone());
+    plain_failed.finished_at = Some(at(43));
+    assert_eq!(must_session(&store, &plain.id).await, plain_failed);
+    assert!(matches!(
+        claim(&store, &plain_flow, Some(&plain_flow.browser_hash), 44).await,
+        ClaimOutcome::Used(_)
+    ));
+    // A pending one can expire; an unknown one does not finish.
+    let expired = Finish::Expired(SessionError {
+        code: "session_expired".to_owned(),
+        message: "the link was not opened in time".to_owned(),
+    });
+    assert!(
+        store
+            .finish_connect_session(&late.id, &expired, at(200))
+            .await
+            .expect("expire")
+    );
+    assert_eq!(
+        must_session(&store, &late.id).await.state,
+        SessionState::Expired
+    );
+    assert!(
+        !store
+            .finish_connect_session("cs_unknown", &completed, at(200))
+            .await
+            .expect("finish unknown")
+    );
+
+    // Purge: only sessions that expired before the cut (short at 50, late at 100; plain
+    // and named at 600 stay, finished or not).
+    assert_eq!(
+        store.purge_connect_sessions(at(50)).await.expect("purge"),
+        0
+    );
+    assert_eq!(
+        store.purge_connect_sessions(at(101)).await.expect("purge"),
+        2
+    );
+    for (session, kept) in [
+        (&short, false),
+        (&late, false),
+        (&plain, true),
+        (&named, true),
+    ] {
+        assert_eq!(
+            store
+                .connect_session(&session.id)
+                .await
+                .expect("get")
+                .is_some(),
+            kept,
+            "{} after the purge",
+            session.id
+        );
+    }
+
+    // Keys: a ring without the sealing key cannot open the flow (Decrypt), and the session
+    // is not burnt; a store reopened with the key gets the secrets.
+    let kept = sample_session("keys", 600);
+    insert_session(&store, &kept).await;
+    let kept_flow = flow_start("keys", 0);
+    let kept_opened = must_open(&store, &kept, 10, &kept_flow).await;
+    let other_ring = make(db.clone(), test_keys("k2", &["k2"])).await;
+    let err = other_ring
+        .claim_connect_callback(&kept_flow.state_hash, Some(&kept_flow.browser_hash), at(20))
+        .await
+        .expect_err("cannot open the flow");
+    assert!(matches!(err, StoreError::Decrypt), "wrong ring: {err:?}");
+    assert_eq!(
+        must_session(&store, &kept.id).await,
+        kept_opened,
+        "still opened"
+    );
+    drop(store);
+    let reopened = make(db, k1()).await;
+    match claim(&reopened, &kept_flow, Some(&kept_flow.browser_hash), 21).await {
+        ClaimOutcome::Claimed(s, secrets) => {
+            assert_eq!(s.id, kept.id);
+            assert_eq!(secrets, kept_flow.secrets, "the secrets, after a reopen");
+        }
+        other => panic!("claim after reopen: {other:?}"),
+    }
+}
+
+/// Of 16 browsers opening one link at once, exactly one opens it (the rest are told it was
+/// opened) and its flow is the stored one; of 16 callbacks with that state at once, exactly
+/// one claims it and gets the secrets (the rest are `Used`).
+pub async fn concurrent_connect_claims<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    const RACERS: usize = 16;
+    let store = Arc::new(make(TestDb::fresh("concurrent_connect"), k1()).await);
+    let session = sample_session("race", 600);
+    insert_session(store.as_ref(), &session).await;
+
+    let opens: Vec<_> = (0..RACERS)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            let token = token_hash(&session.id);
+            tokio::spawn(async move {
+                let flow = flow_start("race", n);
+                let outcome = store
+                    .open_connect_session(&token, at(10), &flow)
+                    .await
+                    .expect("open");
+                (flow, outcome)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in opens {
+        match task.await.expect("task") {
+            (flow, OpenOutcome::Opened(_)) => winners.push(flow),
+            (_, OpenOutcome::AlreadyOpened(s)) => assert_eq!(s.state, SessionState::Opened),
+            (_, other) => panic!("concurrent open: {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one open wins");
+    let flow = winners.remove(0);
+
+    let claims: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            let (state, browser) = (flow.state_hash.clone(), flow.browser_hash.clone());
+            tokio::spawn(async move {
+                store
+                    .claim_connect_callback(&state, Some(&browser), at(20))
+                    .await
+                    .expect("claim")
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for task in claims {
+        match task.await.expect("task") {
+            ClaimOutcome::Claimed(_, secrets) => claimed.push(secrets),
+            ClaimOutcome::Used(_) => {}
+            other => panic!("concurrent claim: {other:?}"),
+        }
+    }
+    assert_eq!(claimed.len(), 1, "exactly one claim wins");
+    assert_eq!(claimed[0], flow.secrets, "the winning open's secrets");
+    assert_eq!(
+        must_session(store.as_ref(), &session.id).await.state,
+        SessionState::Exchanging
     );
 }
 

@@ -1,6 +1,7 @@
 //! `PgStore` against the store conformance suite, plus what only PostgreSQL has: durability
 //! across pools, `claim_due` shared by concurrent claimers over `SKIP LOCKED`, ciphertexts
-//! in the table, schema isolation, change notifications, and errors that keep secrets out.
+//! (connect flows included) in the table, schema isolation, change notifications, and errors
+//! that keep secrets out.
 //!
 //! Needs `TOKENWARDEN_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`)
 //! when built; without it every test is reported as ignored (see `build.rs`). Each test
@@ -13,6 +14,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
+use tokenwarden::connect::session::{
+    ConnectSession, Finish, FlowSecrets, FlowStart, OpenOutcome, SessionState,
+};
+use tokenwarden::connection::{AccountId, ProviderName, UserId};
 use tokenwarden::store::{Change, PgStore, Store, StoreError};
 use tokenwarden::{AccessToken, ConnectionKey, KeyRing, RefreshToken};
 use tokenwarden_testkit::conformance::TestDb;
@@ -680,5 +685,87 @@ async fn closing_a_listening_store_does_not_wait_for_its_listener() {
         ),
         "the feed ends with the store"
     );
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}
+
+#[tokio::test]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
+async fn connect_flow_secrets_are_sealed_and_erased_when_the_session_finishes() {
+    let url = postgres_url();
+    let db = TestDb::fresh("flow_sealed");
+    let store = store_in(&url, &db).await;
+    let session = ConnectSession {
+        id: "cs_rawflowcheck00000000000".to_owned(),
+        user_id: UserId::parse("flow-check-user").expect("user"),
+        provider: ProviderName::parse("reddit").expect("provider"),
+        account_id: None,
+        reconnect: false,
+        return_url: "https://app.example/back".to_owned(),
+        scopes: Vec::new(),
+        state: SessionState::Pending,
+        error: None,
+        connected_account_id: None,
+        created_at: at(0),
+        expires_at: at(600),
+        opened_at: None,
+        finished_at: None,
+    };
+    let verifier = "PKCE-3b7e61d2-verifier-must-not-hit-disk";
+    let flow = FlowStart {
+        state_hash: "state-hash-raw".to_owned(),
+        browser_hash: "browser-hash-raw".to_owned(),
+        secrets: FlowSecrets {
+            code_verifier: Some(verifier.to_owned()),
+            nonce: None,
+        },
+    };
+    store
+        .insert_connect_session(&session, "token-hash-raw")
+        .await
+        .expect("insert");
+    assert!(matches!(
+        store
+            .open_connect_session("token-hash-raw", at(10), &flow)
+            .await
+            .expect("open"),
+        OpenOutcome::Opened(_)
+    ));
+    let (row, sealed, key_id): (String, Vec<u8>, String) = sqlx::query_as(
+        "SELECT s::text, flow, flow_key_id FROM connect_sessions AS s WHERE id = $1",
+    )
+    .bind(&session.id)
+    .fetch_one(store.pool())
+    .await
+    .expect("raw flow");
+    assert!(row.contains("flow-check-user"), "sanity: the row");
+    let hex: String = verifier.bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        !row.contains(verifier) && !row.contains(&hex),
+        "plaintext in the row"
+    );
+    assert!(
+        !sealed
+            .windows(verifier.len())
+            .any(|w| w == verifier.as_bytes()),
+        "plaintext in the flow column"
+    );
+    assert_eq!(key_id, "k1", "the envelope's key id");
+
+    let finish = Finish::Completed {
+        account_id: AccountId::parse("acct").expect("account"),
+    };
+    assert!(
+        store
+            .finish_connect_session(&session.id, &finish, at(20))
+            .await
+            .expect("finish")
+    );
+    let erased: (Option<Vec<u8>>, Option<String>) =
+        sqlx::query_as("SELECT flow, flow_key_id FROM connect_sessions WHERE id = $1")
+            .bind(&session.id)
+            .fetch_one(store.pool())
+            .await
+            .expect("raw flow");
+    assert_eq!(erased, (None, None), "erased at finish");
     drop_schemas(&url, [db.name().to_owned()]).await;
 }

@@ -1,6 +1,6 @@
 //! `SqliteStore` against the store conformance suite (on a file and in memory), plus what
 //! only SQLite has: its pragmas, file creation, durability across a reopen, and the raw
-//! database file never holding a plaintext token.
+//! database file never holding a plaintext token or connect flow secret.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,6 +9,10 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 use sqlx::sqlite::SqlitePool;
 use tempfile::TempDir;
+use tokenwarden::connect::session::{
+    ConnectSession, Finish, FlowSecrets, FlowStart, OpenOutcome, SessionError, SessionState,
+};
+use tokenwarden::connection::{ProviderName, UserId};
 use tokenwarden::store::{SqliteStore, Store, StoreError};
 use tokenwarden::{AccessToken, KeyRing, RefreshToken};
 use tokenwarden_testkit::conformance::TestDb;
@@ -279,4 +283,94 @@ async fn tampered_or_moved_ciphertexts_fail_to_decrypt() {
             .len(),
         2
     );
+}
+
+/// A pending connect session for the raw-storage tests, with its link's token hash.
+fn connect_session(id: &str) -> ConnectSession {
+    let at = |s: i64| time::OffsetDateTime::from_unix_timestamp(1_780_000_000 + s).expect("time");
+    ConnectSession {
+        id: id.to_owned(),
+        user_id: UserId::parse("flow-check-user").expect("user"),
+        provider: ProviderName::parse("reddit").expect("provider"),
+        account_id: None,
+        reconnect: false,
+        return_url: "https://app.example/back".to_owned(),
+        scopes: Vec::new(),
+        state: SessionState::Pending,
+        error: None,
+        connected_account_id: None,
+        created_at: at(0),
+        expires_at: at(600),
+        opened_at: None,
+        finished_at: None,
+    }
+}
+
+#[tokio::test]
+async fn connect_flow_secrets_are_sealed_and_erased_when_the_session_finishes() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("tw.db");
+    let store = open(&path).await;
+    let session = connect_session("cs_rawflowcheck00000000000");
+    let verifier = "PKCE-3b7e61d2-verifier-must-not-hit-disk";
+    let nonce = "NONCE-8c02f4a9-must-not-hit-disk";
+    let flow = FlowStart {
+        state_hash: "state-hash-raw".to_owned(),
+        browser_hash: "browser-hash-raw".to_owned(),
+        secrets: FlowSecrets {
+            code_verifier: Some(verifier.to_owned()),
+            nonce: Some(nonce.to_owned()),
+        },
+    };
+    store
+        .insert_connect_session(&session, "token-hash-raw")
+        .await
+        .expect("insert");
+    let now = session.created_at + time::Duration::seconds(10);
+    assert!(matches!(
+        store
+            .open_connect_session("token-hash-raw", now, &flow)
+            .await
+            .expect("open"),
+        OpenOutcome::Opened(_)
+    ));
+
+    let (sealed, key_id): (Vec<u8>, String) =
+        sqlx::query_as("SELECT flow, flow_key_id FROM connect_sessions WHERE id = ?")
+            .bind(&session.id)
+            .fetch_one(store.pool())
+            .await
+            .expect("raw flow");
+    assert!(!sealed.is_empty(), "sanity: a sealed flow is stored");
+    for secret in [verifier, nonce] {
+        assert!(!contains(&sealed, secret), "plaintext in the flow column");
+    }
+    assert_eq!(key_id, "k1", "the envelope's key id");
+    let bytes = raw_bytes(&path);
+    assert!(
+        contains(&bytes, "flow-check-user"),
+        "sanity: the row is here"
+    );
+    assert!(
+        !contains(&bytes, verifier) && !contains(&bytes, nonce),
+        "plaintext in the database files"
+    );
+
+    let finish = Finish::Failed(SessionError {
+        code: "provider_error".to_owned(),
+        message: "no".to_owned(),
+    });
+    assert!(
+        store
+            .finish_connect_session(&session.id, &finish, now)
+            .await
+            .expect("finish")
+    );
+    let (sealed, key_id): (Option<Vec<u8>>, Option<String>) =
+        sqlx::query_as("SELECT flow, flow_key_id FROM connect_sessions WHERE id = ?")
+            .bind(&session.id)
+            .fetch_one(store.pool())
+            .await
+            .expect("raw flow");
+    assert_eq!((sealed, key_id), (None, None), "erased at finish");
 }

@@ -32,13 +32,15 @@ use time::OffsetDateTime;
 
 use super::liveness::{LIVE_CTE, Liveness, owner_gone};
 use super::rows::{
-    META_COLUMNS, RowValues, WRITE_COLUMNS, claimed_from_row, corrupt, db_error, distinct_keys,
-    from_unix, get, key_from_row, key_usage as key_usage_from, list_query, meta_from_row,
-    open_tokens, page, push_after, seal_tokens, status_counts, unix, written_meta,
+    FinishValues, META_COLUMNS, RowValues, SESSION_COLUMNS, SessionValues, WRITE_COLUMNS,
+    claim_refused, claimed_from_row, corrupt, db_error, distinct_keys, flow_key_id, from_unix, get,
+    key_from_row, key_usage as key_usage_from, list_query, meta_from_row, open_refused,
+    open_tokens, page, push_after, seal_tokens, session_from_row, status_counts, unix,
+    written_meta,
 };
 use super::{
     Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
-    StoreError, decode_cursor,
+    StoreError, decode_cursor, open_flow, seal_flow,
 };
 use crate::connect::session::{ClaimOutcome, ConnectSession, Finish, FlowStart, OpenOutcome};
 use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus};
@@ -69,6 +71,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "lease_owners",
         include_str!("../../migrations/postgres/0003_lease_owners.sql"),
+    ),
+    (
+        4,
+        "connect_sessions",
+        include_str!("../../migrations/postgres/0004_connect_sessions.sql"),
     ),
 ];
 
@@ -189,6 +196,22 @@ impl PgStore {
             liveness: Liveness::new(pool.clone()),
             pool,
         })
+    }
+
+    /// The connect session (and its browser hash) that `sql`, one of the `SESSION_BY_*`
+    /// statements, finds for `value`.
+    async fn session_by(
+        &self,
+        sql: &'static str,
+        value: &str,
+    ) -> Result<Option<(ConnectSession, Option<String>)>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(value.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("read connect session"))?;
+        row.map(|row| Ok((session_from_row(&row)?, get(&row, "browser_hash")?)))
+            .transpose()
     }
 
     /// The connection pool, for backend-specific tests and maintenance.
@@ -767,6 +790,81 @@ fn bind_values<'q>(values: RowValues, query: PgQuery<'q>) -> PgQuery<'q> {
         .bind(values.next_refresh_at)
 }
 
+/// Creates a connect session: its [`SESSION_COLUMNS`] as `$1..=$15` (bound by
+/// [`bind_session`]), then its token hash as `$16`. No state hash, browser hash or flow yet.
+static INSERT_SESSION_SQL: LazyLock<String> = LazyLock::new(|| {
+    let n = SESSION_COLUMNS.len();
+    let values: Vec<String> = (1..=n + 1).map(|i| format!("${i}")).collect();
+    format!(
+        "INSERT INTO connect_sessions ({}, token_hash) VALUES ({})",
+        SESSION_COLUMNS.join(", "),
+        values.join(", ")
+    )
+});
+
+/// A connect session by one unique column (`$1`), with its browser hash (to classify a
+/// claim).
+fn session_by_sql(column: &str) -> String {
+    format!(
+        "SELECT {}, browser_hash FROM connect_sessions WHERE {column} = $1",
+        SESSION_COLUMNS.join(", ")
+    )
+}
+static SESSION_BY_ID_SQL: LazyLock<String> = LazyLock::new(|| session_by_sql("id"));
+static SESSION_BY_TOKEN_SQL: LazyLock<String> = LazyLock::new(|| session_by_sql("token_hash"));
+static SESSION_BY_STATE_SQL: LazyLock<String> = LazyLock::new(|| session_by_sql("state_hash"));
+
+/// [`Store::open_connect_session`]'s one conditional write: only a pending, unexpired
+/// session is opened. Of two opens at once, the second waits for the first's row lock, then
+/// re-checks `state` on the committed row and matches nothing. `id` pins the row whose
+/// identity sealed the flow.
+static OPEN_SESSION_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE connect_sessions SET state = 'opened', opened_at = $1, state_hash = $2, \
+         browser_hash = $3, flow = $4, flow_key_id = $5 \
+         WHERE token_hash = $6 AND id = $7 AND state = 'pending' AND expires_at > $1 \
+         RETURNING {}",
+        SESSION_COLUMNS.join(", ")
+    )
+});
+
+/// [`Store::claim_connect_callback`]'s one conditional write: only an opened, unexpired
+/// session, from the browser that opened it, moves to `exchanging` (re-checked after a
+/// concurrent claim's row lock, as for an open). A NULL browser hash matches nothing.
+static CLAIM_SESSION_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE connect_sessions SET state = 'exchanging' \
+         WHERE state_hash = $1 AND state = 'opened' AND browser_hash = $2 AND expires_at > $3 \
+         RETURNING {}, flow",
+        SESSION_COLUMNS.join(", ")
+    )
+});
+
+/// Ends an unfinished session and erases its flow secrets.
+const FINISH_SESSION_SQL: &str = "UPDATE connect_sessions SET state = $1, error_code = $2, \
+     error_message = $3, connected_account_id = $4, finished_at = $5, flow = NULL, \
+     flow_key_id = NULL WHERE id = $6 AND state IN ('pending', 'opened', 'exchanging')";
+
+/// Binds a session's values in [`SESSION_COLUMNS`] order.
+fn bind_session<'q>(values: SessionValues, query: PgQuery<'q>) -> PgQuery<'q> {
+    query
+        .bind(values.id)
+        .bind(values.user_id)
+        .bind(values.provider)
+        .bind(values.account_id)
+        .bind(values.reconnect)
+        .bind(values.return_url)
+        .bind(values.scopes)
+        .bind(values.state)
+        .bind(values.error_code)
+        .bind(values.error_message)
+        .bind(values.connected_account_id)
+        .bind(values.created_at)
+        .bind(values.expires_at)
+        .bind(values.opened_at)
+        .bind(values.finished_at)
+}
+
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
 fn bind_key<'q>(query: PgQuery<'q>, key: &ConnectionKey) -> PgQuery<'q> {
@@ -1039,45 +1137,127 @@ impl Store for PgStore {
 
     async fn insert_connect_session(
         &self,
-        _session: &ConnectSession,
-        _token_hash: &str,
+        session: &ConnectSession,
+        token_hash: &str,
     ) -> Result<(), StoreError> {
-        Err(not_yet())
+        let values = SessionValues::new(session)?;
+        // A duplicate id or token hash fails on its UNIQUE constraint. The driver's message
+        // names the constraint; the key's value is only in the error's detail, never shown.
+        bind_session(
+            values,
+            sqlx::query(AssertSqlSafe(INSERT_SESSION_SQL.as_str())),
+        )
+        .bind(token_hash.to_owned())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("insert connect session"))?;
+        Ok(())
     }
 
-    async fn connect_session(&self, _id: &str) -> Result<Option<ConnectSession>, StoreError> {
-        Err(not_yet())
+    async fn connect_session(&self, id: &str) -> Result<Option<ConnectSession>, StoreError> {
+        Ok(self
+            .session_by(&SESSION_BY_ID_SQL, id)
+            .await?
+            .map(|(session, _)| session))
     }
 
     async fn open_connect_session(
         &self,
-        _token_hash: &str,
-        _now: OffsetDateTime,
-        _flow: &FlowStart,
+        token_hash: &str,
+        now: OffsetDateTime,
+        flow: &FlowStart,
     ) -> Result<OpenOutcome, StoreError> {
-        Err(not_yet())
+        // The flow is sealed to the session's identity, so read it first; the conditional
+        // UPDATE below alone decides whether this caller opens it.
+        let Some((found, _)) = self.session_by(&SESSION_BY_TOKEN_SQL, token_hash).await? else {
+            return Ok(OpenOutcome::Unknown);
+        };
+        let sealed = seal_flow(&self.keys, &found, &flow.secrets)?;
+        let key_id = flow_key_id(&self.keys, &sealed);
+        let row = sqlx::query(AssertSqlSafe(OPEN_SESSION_SQL.as_str()))
+            .bind(unix(now))
+            .bind(flow.state_hash.clone())
+            .bind(flow.browser_hash.clone())
+            .bind(sealed)
+            .bind(key_id)
+            .bind(token_hash.to_owned())
+            .bind(found.id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("open connect session"))?;
+        match row {
+            Some(row) => Ok(OpenOutcome::Opened(session_from_row(&row)?)),
+            None => {
+                let found = self.session_by(&SESSION_BY_TOKEN_SQL, token_hash).await?;
+                open_refused(found.map(|(session, _)| session), now)
+            }
+        }
     }
 
     async fn claim_connect_callback(
         &self,
-        _state_hash: &str,
-        _browser_hash: Option<&str>,
-        _now: OffsetDateTime,
+        state_hash: &str,
+        browser_hash: Option<&str>,
+        now: OffsetDateTime,
     ) -> Result<ClaimOutcome, StoreError> {
-        Err(not_yet())
+        // A transaction only so that a flow that does not open (a missing key) is not
+        // burnt: the claim is rolled back and the session stays `opened`. A concurrent
+        // claim waits on the row lock meanwhile, and re-checks `state` after it.
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error("claim connect callback"))?;
+        let row = sqlx::query(AssertSqlSafe(CLAIM_SESSION_SQL.as_str()))
+            .bind(state_hash.to_owned())
+            .bind(browser_hash.map(str::to_owned))
+            .bind(unix(now))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error("claim connect callback"))?;
+        let Some(row) = row else {
+            drop(tx);
+            let found = self.session_by(&SESSION_BY_STATE_SQL, state_hash).await?;
+            return claim_refused(found, browser_hash, now);
+        };
+        let session = session_from_row(&row)?;
+        let sealed: Option<Vec<u8>> = get(&row, "flow")?;
+        let secrets = sealed
+            .ok_or(StoreError::Decrypt)
+            .and_then(|sealed| open_flow(&self.keys, &session, &sealed))?;
+        tx.commit()
+            .await
+            .map_err(db_error("claim connect callback"))?;
+        Ok(ClaimOutcome::Claimed(session, secrets))
     }
 
     async fn finish_connect_session(
         &self,
-        _id: &str,
-        _finish: &Finish,
-        _now: OffsetDateTime,
+        id: &str,
+        finish: &Finish,
+        now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        Err(not_yet())
+        let values = FinishValues::new(finish, now);
+        let done = sqlx::query(FINISH_SESSION_SQL)
+            .bind(values.state)
+            .bind(values.error_code)
+            .bind(values.error_message)
+            .bind(values.connected_account_id)
+            .bind(values.finished_at)
+            .bind(id.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("finish connect session"))?;
+        Ok(done.rows_affected() == 1)
     }
 
-    async fn purge_connect_sessions(&self, _before: OffsetDateTime) -> Result<u64, StoreError> {
-        Err(not_yet())
+    async fn purge_connect_sessions(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM connect_sessions WHERE expires_at < $1")
+            .bind(unix(before))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("purge connect sessions"))?;
+        Ok(done.rows_affected())
     }
 
     async fn next_due(&self) -> Result<Option<OffsetDateTime>, StoreError> {
@@ -1302,8 +1482,4 @@ mod tests {
             .collect();
         assert_eq!(versions, sqlite, "backends' migrations must not drift");
     }
-}
-
-fn not_yet() -> StoreError {
-    StoreError::Database("connect sessions are not stored by this backend yet".to_owned())
 }

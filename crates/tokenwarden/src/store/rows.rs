@@ -8,6 +8,9 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 use time::OffsetDateTime;
 
 use super::{Claimed, KeyUsage, ListPage, ListQuery, StoreError, encode_cursor};
+use crate::connect::session::{
+    ClaimOutcome, ConnectSession, Finish, OpenOutcome, SessionError, SessionState,
+};
 use crate::connection::{
     AccountId, Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError,
     ProviderName, Tokens, UserId,
@@ -289,6 +292,196 @@ where
         next_refresh_at: time("next_refresh_at")?,
         version: get(row, "version")?,
     })
+}
+
+/// The columns of `connect_sessions` that make a [`ConnectSession`], in the order
+/// [`SessionValues`] binds them; every session read selects them for [`session_from_row`].
+/// The hashes and the sealed flow are each statement's own business.
+pub(crate) const SESSION_COLUMNS: [&str; 15] = [
+    "id",
+    "user_id",
+    "provider",
+    "account_id",
+    "reconnect",
+    "return_url",
+    "scopes",
+    "state",
+    "error_code",
+    "error_message",
+    "connected_account_id",
+    "created_at",
+    "expires_at",
+    "opened_at",
+    "finished_at",
+];
+
+/// A connect session as column values, in [`SESSION_COLUMNS`] order (each backend binds
+/// them so).
+pub(crate) struct SessionValues {
+    pub id: String,
+    pub user_id: String,
+    pub provider: String,
+    pub account_id: Option<String>,
+    pub reconnect: bool,
+    pub return_url: String,
+    pub scopes: String,
+    pub state: &'static str,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub connected_account_id: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub opened_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl SessionValues {
+    pub(crate) fn new(session: &ConnectSession) -> Result<Self, StoreError> {
+        let error = session.error.as_ref();
+        Ok(Self {
+            id: session.id.clone(),
+            user_id: session.user_id.as_str().to_owned(),
+            provider: session.provider.as_str().to_owned(),
+            account_id: session.account_id.as_ref().map(|a| a.as_str().to_owned()),
+            reconnect: session.reconnect,
+            return_url: session.return_url.clone(),
+            scopes: serde_json::to_string(&session.scopes)
+                .map_err(|_| StoreError::Database("cannot encode scopes as JSON".to_owned()))?,
+            state: session.state.as_str(),
+            error_code: error.map(|e| text(&e.code)),
+            error_message: error.map(|e| text(&e.message)),
+            connected_account_id: session
+                .connected_account_id
+                .as_ref()
+                .map(|a| a.as_str().to_owned()),
+            created_at: unix(session.created_at),
+            expires_at: unix(session.expires_at),
+            opened_at: session.opened_at.map(unix),
+            finished_at: session.finished_at.map(unix),
+        })
+    }
+}
+
+/// What [`Store::finish_connect_session`](super::Store::finish_connect_session) writes:
+/// `state`, `error_code`, `error_message`, `connected_account_id`, `finished_at`, in that
+/// order.
+pub(crate) struct FinishValues {
+    pub state: &'static str,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub connected_account_id: Option<String>,
+    pub finished_at: i64,
+}
+
+impl FinishValues {
+    pub(crate) fn new(finish: &Finish, now: OffsetDateTime) -> Self {
+        Self {
+            state: finish.state().as_str(),
+            error_code: finish.error().map(|e| text(&e.code)),
+            error_message: finish.error().map(|e| text(&e.message)),
+            connected_account_id: finish.account_id().map(|a| a.as_str().to_owned()),
+            finished_at: unix(now),
+        }
+    }
+}
+
+/// A connect session from a row that has the [`SESSION_COLUMNS`].
+pub(crate) fn session_from_row<R>(row: &R) -> Result<ConnectSession, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let account = |column: &'static str| -> Result<Option<AccountId>, StoreError> {
+        get::<R, Option<String>>(row, column)?
+            .map(|a| AccountId::parse(a).map_err(|_| corrupt(column)))
+            .transpose()
+    };
+    let time = |column: &'static str| -> Result<Option<OffsetDateTime>, StoreError> {
+        get::<R, Option<i64>>(row, column)?
+            .map(from_unix)
+            .transpose()
+    };
+    let scopes: String = get(row, "scopes")?;
+    let state: String = get(row, "state")?;
+    let error_code: Option<String> = get(row, "error_code")?;
+    let error_message: Option<String> = get(row, "error_message")?;
+    Ok(ConnectSession {
+        id: get(row, "id")?,
+        user_id: UserId::parse(get::<R, String>(row, "user_id")?)
+            .map_err(|_| corrupt("user_id"))?,
+        provider: ProviderName::parse(get::<R, String>(row, "provider")?)
+            .map_err(|_| corrupt("provider"))?,
+        account_id: account("account_id")?,
+        reconnect: get(row, "reconnect")?,
+        return_url: get(row, "return_url")?,
+        scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
+        state: SessionState::parse(&state).ok_or_else(|| corrupt("state"))?,
+        error: error_code.map(|code| SessionError {
+            code,
+            message: error_message.unwrap_or_default(),
+        }),
+        connected_account_id: account("connected_account_id")?,
+        created_at: from_unix(get(row, "created_at")?)?,
+        expires_at: from_unix(get(row, "expires_at")?)?,
+        opened_at: time("opened_at")?,
+        finished_at: time("finished_at")?,
+    })
+}
+
+/// Why an open's conditional `UPDATE` matched no row, from the session as read after it
+/// (by token hash): unknown, opened before (states only move forward), or expired.
+pub(crate) fn open_refused(
+    found: Option<ConnectSession>,
+    now: OffsetDateTime,
+) -> Result<OpenOutcome, StoreError> {
+    Ok(match found {
+        None => OpenOutcome::Unknown,
+        Some(s) if s.state != SessionState::Pending => OpenOutcome::AlreadyOpened(s),
+        Some(s) if s.expires_at <= now => OpenOutcome::Expired(s),
+        // Pending and unexpired, yet not opened: the row was replaced under the same token
+        // hash between the two statements. Not reachable with random tokens.
+        Some(_) => {
+            return Err(StoreError::Database(
+                "open connect session: the session changed concurrently".to_owned(),
+            ));
+        }
+    })
+}
+
+/// Why a claim's conditional `UPDATE` matched no row, from the session and its browser hash
+/// as read after it (by state hash), in the trait's order: unknown, used, other browser,
+/// expired.
+pub(crate) fn claim_refused(
+    found: Option<(ConnectSession, Option<String>)>,
+    browser_hash: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<ClaimOutcome, StoreError> {
+    let Some((session, stored_browser)) = found else {
+        return Ok(ClaimOutcome::Unknown);
+    };
+    Ok(if session.state != SessionState::Opened {
+        ClaimOutcome::Used(session)
+    } else if browser_hash.is_none() || stored_browser.as_deref() != browser_hash {
+        ClaimOutcome::OtherBrowser(session)
+    } else if session.expires_at <= now {
+        ClaimOutcome::Expired(session)
+    } else {
+        // Every condition holds now, so it held for the UPDATE too (a state hash is written
+        // together with `opened`, and states only move forward). Not reachable.
+        return Err(StoreError::Database(
+            "claim connect callback: the session changed concurrently".to_owned(),
+        ));
+    })
+}
+
+/// The key id of a sealed flow's envelope, for `flow_key_id`.
+pub(crate) fn flow_key_id(keys: &KeyRing, sealed: &[u8]) -> String {
+    envelope_key_id(sealed)
+        .unwrap_or(keys.active_key_id().as_str())
+        .to_owned()
 }
 
 /// Reads a column. Decode errors name the column, never the value.
