@@ -11,7 +11,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +22,7 @@ use utoipa::ToSchema;
 
 use crate::api::{json_object_from_bytes, read_body};
 use crate::app::App;
+use crate::config::redact_quoted;
 use crate::error::{ApiError, ErrorBody, status_for};
 use crate::views::{ConnectionView, rfc3339};
 
@@ -151,6 +152,7 @@ pub async fn create_session(
     params(("id" = String, Path, description = "the session's id (`cs_…`)")),
     responses(
         (status = 200, description = "the session", body = ConnectSessionView),
+        (status = 400, description = "INVALID_REQUEST: the id is not UTF-8", body = ErrorBody),
         (status = 404, description = "CONNECT_SESSION_NOT_FOUND", body = ErrorBody),
         (status = 500, description = "GET_TOKEN_ERROR: the database failed", body = ErrorBody),
     ),
@@ -159,8 +161,9 @@ pub async fn create_session(
 /// A connect session: its status, why it failed, and the connection once completed.
 pub async fn get_session(
     State(app): State<App>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ConnectSessionView>, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::invalid("id", redact_quoted(&e.body_text())))?;
     let connector = app.connector();
     let session = connector.session(&id).await?;
     let status = session.public_status(connector.now());
