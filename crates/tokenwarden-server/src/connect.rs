@@ -384,12 +384,11 @@ fn html_escape(text: &str) -> String {
 /// A library error as the API answers it; an INVALID_REQUEST whose message starts with a
 /// field name (`return_url: …`) also names it in `details.field`.
 fn field_error(error: Error) -> ApiError {
-    if error.code() == ErrorCode::InvalidRequest {
-        if let Some((field, message)) = error.message().split_once(": ") {
-            if field.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-                return ApiError::invalid(field, message);
-            }
-        }
+    if error.code() == ErrorCode::InvalidRequest
+        && let Some((field, message)) = error.message().split_once(": ")
+        && field.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
+        return ApiError::invalid(field, message);
     }
     ApiError::from(error)
 }

@@ -99,7 +99,14 @@ async fn browse(connect_url: &str, return_prefix: &str, user: &str, deny: bool) 
     let mut command = Command::new("node");
     command
         .arg(interop().join("browser/connect.mjs"))
-        .args(["--url", connect_url, "--return", return_prefix, "--user", user])
+        .args([
+            "--url",
+            connect_url,
+            "--return",
+            return_prefix,
+            "--user",
+            user,
+        ])
         .arg("--screenshot")
         .arg(&screenshot)
         .args(["--timeout-ms", "30000"]);
@@ -275,7 +282,9 @@ async fn a_user_connects_declines_and_cannot_reconnect_as_someone_else_in_a_real
 
     // 1. Connect: sign in as interop-user-1 and allow.
     let session = setup
-        .create_session(json!({"user_id": "alice", "provider": "op", "return_url": setup.return_url}))
+        .create_session(
+            json!({"user_id": "alice", "provider": "op", "return_url": setup.return_url}),
+        )
         .await;
     let run = browse(
         session["connect_url"].as_str().expect("connect_url"),
@@ -286,8 +295,15 @@ async fn a_user_connects_declines_and_cannot_reconnect_as_someone_else_in_a_real
     .await;
     let landed = run.final_url.clone().expect("final url");
     assert!(landed.starts_with(&setup.return_url), "{landed}");
-    assert_eq!(param(&landed, "status").as_deref(), Some("completed"), "{landed}");
-    assert_eq!(param(&landed, "session_id"), session["id"].as_str().map(str::to_owned));
+    assert_eq!(
+        param(&landed, "status").as_deref(),
+        Some("completed"),
+        "{landed}"
+    );
+    assert_eq!(
+        param(&landed, "session_id"),
+        session["id"].as_str().map(str::to_owned)
+    );
     // The return URL carries nothing else: no code, state or token.
     assert_eq!(query_of(&landed).len(), 2, "{landed}");
     // The provider saw an authorization request with PKCE, state and nonce: its login page
@@ -299,7 +315,10 @@ async fn a_user_connects_declines_and_cannot_reconnect_as_someone_else_in_a_real
     );
 
     let (status, view) = setup
-        .get(&format!("/v1/connect/sessions/{}", session["id"].as_str().expect("id")))
+        .get(&format!(
+            "/v1/connect/sessions/{}",
+            session["id"].as_str().expect("id")
+        ))
         .await;
     assert_eq!(status, 200);
     assert_eq!(view["status"], "completed", "{view}");
@@ -349,13 +368,24 @@ async fn a_user_connects_declines_and_cannot_reconnect_as_someone_else_in_a_real
     )
     .await;
     let landed = run.final_url.expect("final url");
-    assert_eq!(param(&landed, "status").as_deref(), Some("failed"), "{landed}");
+    assert_eq!(
+        param(&landed, "status").as_deref(),
+        Some("failed"),
+        "{landed}"
+    );
     assert_eq!(param(&landed, "error").as_deref(), Some("ACCESS_DENIED"));
     let (status, list) = setup.get("/v1/connections?user_id=bob").await;
     assert_eq!(status, 200);
-    assert_eq!(list["items"], json!([]), "a declined consent stores nothing");
+    assert_eq!(
+        list["items"],
+        json!([]),
+        "a declined consent stores nothing"
+    );
     let (_, view) = setup
-        .get(&format!("/v1/connect/sessions/{}", session["id"].as_str().expect("id")))
+        .get(&format!(
+            "/v1/connect/sessions/{}",
+            session["id"].as_str().expect("id")
+        ))
         .await;
     assert_eq!(view["status"], "failed");
     assert_eq!(view["error"]["code"], "ACCESS_DENIED");
@@ -376,12 +406,24 @@ async fn a_user_connects_declines_and_cannot_reconnect_as_someone_else_in_a_real
     )
     .await;
     let landed = run.final_url.expect("final url");
-    assert_eq!(param(&landed, "tab").as_deref(), Some("connections"), "the app's query is kept");
-    assert_eq!(param(&landed, "error").as_deref(), Some("ACCOUNT_MISMATCH"), "{landed}");
+    assert_eq!(
+        param(&landed, "tab").as_deref(),
+        Some("connections"),
+        "the app's query is kept"
+    );
+    assert_eq!(
+        param(&landed, "error").as_deref(),
+        Some("ACCOUNT_MISMATCH"),
+        "{landed}"
+    );
     let (_, token) = setup
         .get(&format!("{connections}/interop-user-1/access-token"))
         .await;
-    assert_eq!(token["access_token"].as_str(), Some(renewed.as_str()), "unchanged");
+    assert_eq!(
+        token["access_token"].as_str(),
+        Some(renewed.as_str()),
+        "unchanged"
+    );
     let (_, list) = setup.get("/v1/connections?user_id=alice").await;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
 
@@ -400,7 +442,11 @@ async fn a_user_connects_declines_and_cannot_reconnect_as_someone_else_in_a_real
     )
     .await;
     let landed = run.final_url.expect("final url");
-    assert_eq!(param(&landed, "status").as_deref(), Some("completed"), "{landed}");
+    assert_eq!(
+        param(&landed, "status").as_deref(),
+        Some("completed"),
+        "{landed}"
+    );
     let (_, token) = setup
         .get(&format!("{connections}/interop-user-1/access-token"))
         .await;

@@ -6,7 +6,6 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, USER_AGENT};
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::provider::catalog::Engine;
 use crate::provider::common::send_recorded;
 use crate::provider::oauth2::token_post;
 use crate::provider::response::parse_token_response;
@@ -63,7 +62,7 @@ pub(crate) async fn exchange_code(
         http.now(),
         &secrets,
     )?;
-    let fields = token_object(settings, &body);
+    let fields = token_object(&body);
     let id_token = fields
         .get("id_token")
         .and_then(Value::as_str)
@@ -168,27 +167,22 @@ pub(crate) fn lookup(map: &Map<String, Value>, path: &str) -> Option<String> {
 /// Instagram's code exchange may answer `{"data": [{access_token, user_id, permissions}]}`;
 /// the token parser wants the object itself. Other answers pass unchanged.
 fn unwrap_data_array(body: &[u8]) -> Vec<u8> {
-    if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
-        if !map.contains_key("access_token") {
-            if let Some(Value::Array(items)) = map.get("data") {
-                if let Some(first @ Value::Object(_)) = items.first() {
-                    return serde_json::to_vec(first).unwrap_or_else(|_| body.to_vec());
-                }
-            }
-        }
+    if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body)
+        && !map.contains_key("access_token")
+        && let Some(Value::Array(items)) = map.get("data")
+        && let Some(first @ Value::Object(_)) = items.first()
+    {
+        return serde_json::to_vec(first).unwrap_or_else(|_| body.to_vec());
     }
     body.to_vec()
 }
 
-/// The answer's token object: the top level, or the dialect's nested one (Slack).
-fn token_object(settings: &ProviderSettings, body: &[u8]) -> Map<String, Value> {
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
-        return Map::new();
-    };
-    if settings.engine == Engine::Instagram || map.contains_key("access_token") {
-        return map;
+/// The answer as a JSON object (for `token:` account ids such as TikTok's `open_id`).
+fn token_object(body: &[u8]) -> Map<String, Value> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
     }
-    map
 }
 
 #[cfg(test)]
