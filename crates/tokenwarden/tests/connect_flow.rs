@@ -3,6 +3,8 @@
 //! back to the application with `CONNECT_SESSION_EXPIRED`, records the session as expired,
 //! never calls the token endpoint, and stores no connection. One second earlier the same
 //! steps complete, so these tests fail if expiry is not checked (or checked a step late).
+//! Each test runs on the memory store and on SQLite (whose conditional UPDATEs compare the
+//! times themselves).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use tokenwarden::connect::{
     BrowserAnswer, CallbackParams, ConnectConfig, Connector, NewSession, PublicStatus, SessionState,
 };
 use tokenwarden::provider::{self, HttpClient, HttpSettings, ProviderConfig};
-use tokenwarden::store::{MemoryStore, Store};
+use tokenwarden::store::{MemoryStore, SqliteStore, Store};
 use tokenwarden::{ConnectionKey, KeyRing, Warden};
 use url::Url;
 use wiremock::matchers::{method, path};
@@ -28,11 +30,27 @@ const RETURN_URL: &str = "https://app.example.com/done";
 struct Flow {
     connector: Connector,
     clock: ManualClock,
-    store: Arc<MemoryStore>,
+    store: Arc<dyn Store>,
     provider: MockServer,
 }
 
-async fn flow() -> Flow {
+fn key_ring() -> Arc<KeyRing> {
+    let key = KeyRing::generate_key_base64();
+    Arc::new(KeyRing::from_base64("k1", [("k1", key.as_str())]).expect("key ring"))
+}
+
+/// A flow on each store.
+async fn flows() -> Vec<(&'static str, Flow)> {
+    let sqlite = SqliteStore::connect("sqlite::memory:", key_ring())
+        .await
+        .expect("sqlite");
+    vec![
+        ("memory", flow(Arc::new(MemoryStore::new(key_ring()))).await),
+        ("sqlite", flow(Arc::new(sqlite)).await),
+    ]
+}
+
+async fn flow(store: Arc<dyn Store>) -> Flow {
     let provider = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/token"))
@@ -60,10 +78,6 @@ token_url = "{}/token"
     ))
     .expect("provider config");
     let fake = provider::build("fake".parse().expect("name"), &config, http).expect("provider");
-    let key = KeyRing::generate_key_base64();
-    let store = Arc::new(MemoryStore::new(Arc::new(
-        KeyRing::from_base64("k1", [("k1", key.as_str())]).expect("key ring"),
-    )));
     let warden = Warden::builder(store.clone())
         .provider(fake)
         .clock(Arc::new(clock.clone()))
@@ -189,96 +203,106 @@ fn pairs(session_id: &str, status: &str, error: Option<&str>) -> Vec<(String, St
 
 #[tokio::test]
 async fn a_link_opened_after_expiry_returns_to_the_app_expired() {
-    let f = flow().await;
-    let (id, token) = f.create().await;
-    f.clock.advance(TTL);
-    let answer = f.connector.open(&token).await;
-    assert_eq!(
-        to_app(&answer, &id),
-        pairs(&id, "failed", Some("CONNECT_SESSION_EXPIRED"))
-    );
-    let session = f.connector.session(&id).await.expect("session");
-    assert_eq!(session.state, SessionState::Expired);
-    assert_eq!(
-        session.error.as_ref().map(|e| e.code.as_str()),
-        Some("CONNECT_SESSION_EXPIRED")
-    );
-    assert_eq!(session.public_status(f.clock.now()), PublicStatus::Expired);
-    // The link stays dead: opening it again is a page, not a second trip to the provider.
-    match f.connector.open(&token).await {
-        BrowserAnswer::Page(e) => assert_eq!(e.code().as_str(), "CONNECT_SESSION_EXPIRED"),
-        other => panic!("expected a page, got {other:?}"),
+    for (store, f) in flows().await {
+        eprintln!("store: {store}");
+        let (id, token) = f.create().await;
+        f.clock.advance(TTL);
+        let answer = f.connector.open(&token).await;
+        assert_eq!(
+            to_app(&answer, &id),
+            pairs(&id, "failed", Some("CONNECT_SESSION_EXPIRED"))
+        );
+        let session = f.connector.session(&id).await.expect("session");
+        assert_eq!(session.state, SessionState::Expired);
+        assert_eq!(
+            session.error.as_ref().map(|e| e.code.as_str()),
+            Some("CONNECT_SESSION_EXPIRED")
+        );
+        assert_eq!(session.public_status(f.clock.now()), PublicStatus::Expired);
+        // The link stays dead: opening it again is a page, not a second trip to the provider.
+        match f.connector.open(&token).await {
+            BrowserAnswer::Page(e) => assert_eq!(e.code().as_str(), "CONNECT_SESSION_EXPIRED"),
+            other => panic!("expected a page, got {other:?}"),
+        }
+        assert_eq!(f.token_requests().await, 0);
+        assert!(!f.connection_stored().await);
     }
-    assert_eq!(f.token_requests().await, 0);
-    assert!(!f.connection_stored().await);
 }
 
 #[tokio::test]
 async fn a_link_opened_just_before_expiry_goes_to_the_provider() {
-    let f = flow().await;
-    let (_, token) = f.create().await;
-    f.clock.advance(TTL - Duration::from_secs(1));
-    let (state, _) = f.open(&token).await;
-    assert!(!state.is_empty());
+    for (store, f) in flows().await {
+        eprintln!("store: {store}");
+        let (_, token) = f.create().await;
+        f.clock.advance(TTL - Duration::from_secs(1));
+        let (state, _) = f.open(&token).await;
+        assert!(!state.is_empty());
+    }
 }
 
 #[tokio::test]
 async fn a_callback_after_expiry_returns_to_the_app_expired_without_exchanging_the_code() {
-    let f = flow().await;
-    let (id, token) = f.create().await;
-    let (state, cookie) = f.open(&token).await;
-    f.clock.advance(TTL);
-    let answer = f.callback(&state, &cookie).await;
-    assert_eq!(
-        to_app(&answer, &id),
-        pairs(&id, "failed", Some("CONNECT_SESSION_EXPIRED"))
-    );
-    let BrowserAnswer::ToApp { clear_cookie, .. } = &answer else {
-        unreachable!("checked above")
-    };
-    assert!(clear_cookie.is_some(), "the flow cookie is cleared");
-    let session = f.connector.session(&id).await.expect("session");
-    assert_eq!(session.state, SessionState::Expired);
-    assert_eq!(
-        session.error.as_ref().map(|e| e.code.as_str()),
-        Some("CONNECT_SESSION_EXPIRED")
-    );
-    assert_eq!(f.token_requests().await, 0, "the code was not exchanged");
-    assert!(!f.connection_stored().await);
-    // A second try with the same state finds a finished session: a page, still no exchange.
-    match f.callback(&state, &cookie).await {
-        BrowserAnswer::Page(e) => assert_eq!(e.code().as_str(), "CONNECT_STATE_INVALID"),
-        other => panic!("expected a page, got {other:?}"),
+    for (store, f) in flows().await {
+        eprintln!("store: {store}");
+        let (id, token) = f.create().await;
+        let (state, cookie) = f.open(&token).await;
+        f.clock.advance(TTL);
+        let answer = f.callback(&state, &cookie).await;
+        assert_eq!(
+            to_app(&answer, &id),
+            pairs(&id, "failed", Some("CONNECT_SESSION_EXPIRED"))
+        );
+        let BrowserAnswer::ToApp { clear_cookie, .. } = &answer else {
+            unreachable!("checked above")
+        };
+        assert!(clear_cookie.is_some(), "the flow cookie is cleared");
+        let session = f.connector.session(&id).await.expect("session");
+        assert_eq!(session.state, SessionState::Expired);
+        assert_eq!(
+            session.error.as_ref().map(|e| e.code.as_str()),
+            Some("CONNECT_SESSION_EXPIRED")
+        );
+        assert_eq!(f.token_requests().await, 0, "the code was not exchanged");
+        assert!(!f.connection_stored().await);
+        // A second try with the same state finds a finished session: a page, still no exchange.
+        match f.callback(&state, &cookie).await {
+            BrowserAnswer::Page(e) => assert_eq!(e.code().as_str(), "CONNECT_STATE_INVALID"),
+            other => panic!("expected a page, got {other:?}"),
+        }
+        assert_eq!(f.token_requests().await, 0);
     }
-    assert_eq!(f.token_requests().await, 0);
 }
 
 #[tokio::test]
 async fn a_callback_just_before_expiry_completes() {
-    let f = flow().await;
-    let (id, token) = f.create().await;
-    let (state, cookie) = f.open(&token).await;
-    f.clock.advance(TTL - Duration::from_secs(1));
-    let answer = f.callback(&state, &cookie).await;
-    assert_eq!(to_app(&answer, &id), pairs(&id, "completed", None));
-    assert_eq!(f.token_requests().await, 1);
-    assert!(f.connection_stored().await);
-    let session = f.connector.session(&id).await.expect("session");
-    assert_eq!(session.state, SessionState::Completed);
-    // Finished sessions do not turn "expired" when their time passes.
-    f.clock.advance(TTL);
-    assert_eq!(
-        session.public_status(f.clock.now()),
-        PublicStatus::Completed
-    );
+    for (store, f) in flows().await {
+        eprintln!("store: {store}");
+        let (id, token) = f.create().await;
+        let (state, cookie) = f.open(&token).await;
+        f.clock.advance(TTL - Duration::from_secs(1));
+        let answer = f.callback(&state, &cookie).await;
+        assert_eq!(to_app(&answer, &id), pairs(&id, "completed", None));
+        assert_eq!(f.token_requests().await, 1);
+        assert!(f.connection_stored().await);
+        let session = f.connector.session(&id).await.expect("session");
+        assert_eq!(session.state, SessionState::Completed);
+        // Finished sessions do not turn "expired" when their time passes.
+        f.clock.advance(TTL);
+        assert_eq!(
+            session.public_status(f.clock.now()),
+            PublicStatus::Completed
+        );
+    }
 }
 
 #[tokio::test]
 async fn an_unopened_session_reads_as_expired_once_its_time_has_passed() {
-    let f = flow().await;
-    let (id, _) = f.create().await;
-    let session = f.connector.session(&id).await.expect("session");
-    assert_eq!(session.public_status(f.clock.now()), PublicStatus::Pending);
-    f.clock.advance(TTL);
-    assert_eq!(session.public_status(f.clock.now()), PublicStatus::Expired);
+    for (store, f) in flows().await {
+        eprintln!("store: {store}");
+        let (id, _) = f.create().await;
+        let session = f.connector.session(&id).await.expect("session");
+        assert_eq!(session.public_status(f.clock.now()), PublicStatus::Pending);
+        f.clock.advance(TTL);
+        assert_eq!(session.public_status(f.clock.now()), PublicStatus::Expired);
+    }
 }
