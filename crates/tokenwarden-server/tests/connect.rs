@@ -729,6 +729,7 @@ async fn generic_provider_happy_path() {
         fake_answer("fake-access-1", "fake-refresh-1"),
     );
     let response = come_back(&app, &opened, "code-fake-1").await;
+    endpoint.assert_no_problem();
     let mut query = back_to_app(&response);
     assert_cookie_cleared(&response, &opened);
     assert_eq!(
@@ -738,7 +739,6 @@ async fn generic_provider_happy_path() {
     );
     assert_eq!(query.remove("x").as_deref(), Some("1"));
     assert_eq!(query, completed(&created.id));
-    endpoint.assert_no_problem();
     assert_eq!(endpoint.exchanges(), 1);
 
     let conn = connection(&app, "u1", "fake", "acct-1").await;
@@ -828,8 +828,8 @@ async fn tiktok_happy_path() {
         }),
     );
     let response = come_back(&app, &opened, "code-tiktok-1").await;
-    assert_eq!(back_to_app(&response), completed(&created.id));
     endpoint.assert_no_problem();
+    assert_eq!(back_to_app(&response), completed(&created.id));
 
     let conn = connection(&app, "u2", "tiktok", "tiktok-open-id-1").await;
     assert_eq!(conn["status"], "active");
@@ -900,8 +900,8 @@ async fn reddit_happy_path() {
         }),
     );
     let response = come_back(&app, &opened, "code-reddit-1").await;
-    assert_eq!(back_to_app(&response), completed(&created.id));
     endpoint.assert_no_problem();
+    assert_eq!(back_to_app(&response), completed(&created.id));
     assert!(me.lock().expect("lock").is_empty(), "{me:?}");
     assert_eq!(
         upstream
@@ -999,8 +999,8 @@ async fn instagram_happy_path_stores_the_long_lived_token() {
         }]}),
     );
     let response = come_back(&app, &opened, "code-instagram-1").await;
-    assert_eq!(back_to_app(&response), completed(&created.id));
     endpoint.assert_no_problem();
+    assert_eq!(back_to_app(&response), completed(&created.id));
     assert!(
         exchange_problems.lock().expect("lock").is_empty(),
         "{exchange_problems:?}"
@@ -1055,6 +1055,7 @@ async fn a_replayed_callback_is_refused_and_the_first_connection_stays() {
     let opened = open(&app, &created.connect_url, FAKE_AUTHORIZE).await;
     endpoint.issue("code-replay", &opened, fake_answer("replay-access", "r"));
     let first = come_back(&app, &opened, "code-replay").await;
+    endpoint.assert_no_problem();
     assert_eq!(back_to_app(&first), completed(&created.id));
     let second = come_back(&app, &opened, "code-replay").await;
     page(second, 400, "CONNECT_STATE_INVALID").await;
@@ -1148,8 +1149,8 @@ async fn a_callback_without_the_cookie_is_refused_and_the_right_browser_can_stil
     assert!(connections(&app, "u8", "fake").await.is_empty());
 
     let response = callback(&app, &query, Some(&opened.cookie)).await;
-    assert_eq!(back_to_app(&response), completed(&created.id));
     endpoint.assert_no_problem();
+    assert_eq!(back_to_app(&response), completed(&created.id));
     assert_eq!(
         access_token(&app, "u8", "fake", "acct-8").await["access_token"],
         "cookie-access"
@@ -1266,8 +1267,8 @@ async fn bad_callbacks_and_links_get_pages() {
     }
     // The real flow is still good after all that.
     let response = come_back(&app, &opened, "code-11").await;
-    assert_eq!(back_to_app(&response), completed(&created.id));
     endpoint.assert_no_problem();
+    assert_eq!(back_to_app(&response), completed(&created.id));
     app.stop().await;
 }
 
@@ -1387,8 +1388,8 @@ async fn a_reconnect_revives_a_needs_reconnect_connection() {
         fake_answer("revived-access", "revived-refresh"),
     );
     let response = come_back(&app, &opened, "code-reconnect").await;
-    assert_eq!(back_to_app(&response), completed(&created.id));
     endpoint.assert_no_problem();
+    assert_eq!(back_to_app(&response), completed(&created.id));
 
     let revived = connection(&app, "u13", "fake", "acct-13").await;
     assert_eq!(revived["status"], "active", "{revived}");
@@ -1772,8 +1773,8 @@ async fn no_secret_reaches_a_log_line_a_page_or_the_return_url() {
         json!({"access_token": "IG-short-SECRET", "user_id": 1784}),
     );
     let response = come_back(&app, &opened, "code-SECRET-ig").await;
-    assert_eq!(back_to_app(&response), completed(&created.id));
     ig.assert_no_problem();
+    assert_eq!(back_to_app(&response), completed(&created.id));
     secrets.extend([
         created
             .connect_url
