@@ -303,10 +303,10 @@ impl wiremock::Respond for TokenEndpoint {
                 }
             }
         }
-        if let Some(ua) = s.user_agent {
-            if header(request, "user-agent") != Some(ua) {
-                problems.push(format!("User-Agent {:?}", header(request, "user-agent")));
-            }
+        if let Some(ua) = s.user_agent
+            && header(request, "user-agent") != Some(ua)
+        {
+            problems.push(format!("User-Agent {:?}", header(request, "user-agent")));
         }
         match answer {
             Some((status, body)) if problems.is_empty() => {
@@ -338,10 +338,10 @@ async fn mount_bearer_get(
             if header(request, "authorization") != Some(format!("Bearer {token}").as_str()) {
                 problems.push("no Bearer token, or another one".to_owned());
             }
-            if let Some(ua) = user_agent {
-                if header(request, "user-agent") != Some(ua) {
-                    problems.push(format!("User-Agent {:?}", header(request, "user-agent")));
-                }
+            if let Some(ua) = user_agent
+                && header(request, "user-agent") != Some(ua)
+            {
+                problems.push(format!("User-Agent {:?}", header(request, "user-agent")));
             }
             if problems.is_empty() {
                 ResponseTemplate::new(200).set_body_json(answer.clone())
@@ -1068,6 +1068,47 @@ async fn a_replayed_callback_is_refused_and_the_first_connection_stays() {
     let token = access_token(&app, "u5", "fake", "acct-5").await;
     assert_eq!(token["access_token"], "replay-access");
     assert_eq!(session(&app, &created.id).await["status"], "completed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn of_two_racing_browsers_or_callbacks_exactly_one_wins() {
+    let app = spawn("").await;
+    let endpoint = fake_endpoint(&app).await;
+    let created = fake_session(&app, "u17", "acct-17").await;
+    // Two browsers open one link at once: one goes to the provider, the other gets a page.
+    let (a, b) = tokio::join!(
+        browser().get(&created.connect_url).send(),
+        browser().get(&created.connect_url).send(),
+    );
+    let mut statuses = [
+        a.expect("a").status().as_u16(),
+        b.expect("b").status().as_u16(),
+    ];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [302, 410]);
+
+    // The provider's answer arrives twice at once (a double submit): one exchange.
+    let created = fake_session(&app, "u17", "acct-17b").await;
+    let opened = open(&app, &created.connect_url, FAKE_AUTHORIZE).await;
+    endpoint.issue("code-race", &opened, fake_answer("race-access", "r"));
+    let (a, b) = tokio::join!(
+        come_back(&app, &opened, "code-race"),
+        come_back(&app, &opened, "code-race"),
+    );
+    let (won, lost) = if a.status().as_u16() == 302 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    endpoint.assert_no_problem();
+    assert_eq!(back_to_app(&won), completed(&created.id));
+    page(lost, 400, "CONNECT_STATE_INVALID").await;
+    assert_eq!(endpoint.exchanges(), 1);
+    assert_eq!(
+        access_token(&app, "u17", "fake", "acct-17b").await["access_token"],
+        "race-access"
+    );
     app.stop().await;
 }
 
