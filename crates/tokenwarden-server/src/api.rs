@@ -728,8 +728,29 @@ pub async fn openapi_json(State(app): State<App>) -> Response {
         .map(|info| info.name.clone())
         .collect();
     let names: Vec<String> = providers.into_iter().map(|info| info.name).collect();
+    let connectable = app.connector().connectable_providers();
+    let context = DocContext {
+        providers: &names,
+        applications: &applications,
+        connectable: connectable
+            .iter()
+            .map(|(name, _)| name.to_string())
+            .collect(),
+        account_id_required: connectable.iter().any(|(_, says)| !says),
+        return_urls: app
+            .connector()
+            .config()
+            .return_urls
+            .iter()
+            .map(|url| {
+                let mut url = url.clone();
+                url.set_query(None);
+                url.to_string()
+            })
+            .collect(),
+    };
     // Built per request: a few hundred microseconds, and always what the server runs with.
-    Json(openapi_with_applications(&names, &applications)).into_response()
+    Json(openapi_for(&context)).into_response()
 }
 
 /// Any other path: a JSON 404 instead of an empty body.
@@ -859,9 +880,109 @@ pub fn openapi_with_applications(
     providers: &[String],
     applications: &[String],
 ) -> serde_json::Value {
+    openapi_for(&DocContext {
+        providers,
+        applications,
+        connectable: Vec::new(),
+        account_id_required: false,
+        return_urls: Vec::new(),
+    })
+}
+
+/// What the served document depends on.
+pub struct DocContext<'a> {
+    /// Every configured provider.
+    pub providers: &'a [String],
+    /// The client-credentials ones.
+    pub applications: &'a [String],
+    /// The ones a connect session may name.
+    pub connectable: Vec<String>,
+    /// Some connectable provider does not say which account signed in.
+    pub account_id_required: bool,
+    /// `[connect] return_urls`, without their query.
+    pub return_urls: Vec<String>,
+}
+
+/// The document for a server configured as `context` says.
+pub fn openapi_for(context: &DocContext<'_>) -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
-    finish(&mut doc, providers, applications);
+    finish(&mut doc, context.providers, context.applications);
+    finish_connect(&mut doc, context);
     doc
+}
+
+/// The connect session body says exactly what the server accepts: the connectable
+/// providers, the listed return URLs (any query, no fragment), ids and scopes as validated;
+/// and the created session links to its view.
+fn finish_connect(doc: &mut serde_json::Value, context: &DocContext<'_>) {
+    use serde_json::json;
+
+    let nothing = json!({"not": {}, "description": "no value is accepted: see the configuration"});
+    if let Some(body) = doc.pointer_mut("/components/schemas/CreateSessionBody") {
+        body["properties"]["provider"] = if context.connectable.is_empty() {
+            nothing.clone()
+        } else {
+            json!({
+                "type": "string",
+                "enum": context.connectable,
+                "description": "a configured provider with the authorization-code grant, an \
+                    authorization_url and a client_id",
+            })
+        };
+        body["properties"]["return_url"] = if context.return_urls.is_empty() {
+            nothing
+        } else {
+            let alternatives: Vec<String> = context
+                .return_urls
+                .iter()
+                .map(|u| regex_escape(u))
+                .collect();
+            json!({
+                "type": "string",
+                "pattern": format!("^(?:{})(?:\\?[^#\\s]*)?$", alternatives.join("|")),
+                "description": "one of `[connect] return_urls`, with any query of the \
+                    application's own",
+            })
+        };
+        body["properties"]["scopes"] = json!({
+            "type": ["array", "null"],
+            "maxItems": tokenwarden::connect::MAX_SCOPES,
+            "items": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 256,
+                "pattern": "^[^\\s,\\u0000-\\u001f\\u007f-\\u009f]+$",
+            },
+        });
+        if context.account_id_required {
+            body["required"] = json!(["user_id", "provider", "return_url", "account_id"]);
+        }
+        let id = serde_json::to_value(id_schema()).unwrap_or_default();
+        body["properties"]["user_id"] = id.clone();
+        body["properties"]["account_id"] = if context.account_id_required {
+            id
+        } else {
+            json!({"oneOf": [id, {"type": "null"}]})
+        };
+    }
+    if let Some(created) = doc.pointer_mut("/paths/~1v1~1connect~1sessions/post/responses/201") {
+        created["links"] = json!({"GetSession": {
+            "operationId": "get_session",
+            "parameters": {"id": "$response.body#/id"},
+        }});
+    }
+}
+
+/// `text` as a regular expression matching itself (ECMA-262 and Python agree on these).
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if "\\^$.|?*+()[]{}/".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn finish(doc: &mut serde_json::Value, providers: &[String], applications: &[String]) {

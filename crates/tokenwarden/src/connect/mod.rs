@@ -48,6 +48,8 @@ pub const CONNECT_SESSIONS_TOTAL: &str = "tokenwarden_connect_sessions_total";
 /// Sessions that expired this long ago are deleted (their record is kept a while so the
 /// application can still read how they ended).
 const KEEP_FINISHED: Duration = Duration::from_secs(7 * 86_400);
+/// Most scopes a session may ask for.
+pub const MAX_SCOPES: usize = 100;
 /// How often session creation also purges old sessions.
 const PURGE_EVERY_SECONDS: i64 = 600;
 
@@ -243,34 +245,7 @@ impl Connector {
                 format!("provider: {} is not configured", request.provider),
             ));
         };
-        let settings = match provider.connect_client() {
-            Some((settings, _)) if settings.grant == Grant::ClientCredentials => {
-                return Err(invalid(format!(
-                    "provider: {} uses the client-credentials grant: it has no user \
-                     connections to connect",
-                    request.provider
-                )));
-            }
-            Some((settings, _)) if settings.authorization_url.is_none() => {
-                return Err(invalid(format!(
-                    "provider: {} has no authorization_url (set providers.{}.authorization_url)",
-                    request.provider, request.provider
-                )));
-            }
-            Some((settings, _)) if settings.client_id.is_none() => {
-                return Err(invalid(format!(
-                    "provider: {} has no client_id (set providers.{}.client_id)",
-                    request.provider, request.provider
-                )));
-            }
-            Some((settings, _)) => settings,
-            None => {
-                return Err(invalid(format!(
-                    "provider: {} cannot run the connect flow",
-                    request.provider
-                )));
-            }
-        };
+        let settings = connectable(provider.as_ref()).map_err(invalid)?;
         let return_url = Url::parse(request.return_url.trim())
             .map_err(|_| invalid("return_url: not an absolute URL".to_owned()))?;
         if !inner.config.allows(&return_url) {
@@ -280,10 +255,13 @@ impl Connector {
             ));
         }
         let scopes = match request.scopes {
+            Some(scopes) if scopes.len() > MAX_SCOPES => {
+                return Err(invalid(format!("scopes: at most {MAX_SCOPES}")));
+            }
             Some(scopes) => {
                 if let Some(bad) = scopes.iter().find(|s| {
                     s.is_empty()
-                        || s.len() > 256
+                        || s.chars().count() > 256
                         || s.chars()
                             .any(|c| c.is_whitespace() || c.is_control() || c == ',')
                 }) {
@@ -355,6 +333,22 @@ impl Connector {
             connect_url: inner.config.link(&token),
             session,
         })
+    }
+
+    /// The providers a session may name, each with whether it says which account signed
+    /// in (when not, a session must give `account_id`).
+    pub fn connectable_providers(&self) -> Vec<(ProviderName, bool)> {
+        let warden = &self.inner.warden;
+        warden
+            .providers()
+            .into_iter()
+            .filter_map(|info| {
+                let name = ProviderName::parse(info.name).ok()?;
+                let provider = warden.provider(&name)?;
+                let settings = connectable(provider.as_ref()).ok()?;
+                Some((name, settings.account_id.is_some()))
+            })
+            .collect()
     }
 
     /// A session by id (`CONNECT_SESSION_NOT_FOUND` when there is none).
@@ -827,6 +821,26 @@ impl Connector {
             Ok(n) => tracing::info!(deleted = n, "old connect sessions deleted"),
             Err(e) => tracing::warn!(error = %e, "old connect sessions could not be deleted"),
         }
+    }
+}
+
+/// The provider's settings when it can run the connect flow, else why not (naming the
+/// `provider` field).
+fn connectable(provider: &dyn crate::provider::Provider) -> Result<&ProviderSettings, String> {
+    let name = provider.name();
+    match provider.connect_client() {
+        Some((settings, _)) if settings.grant == Grant::ClientCredentials => Err(format!(
+            "provider: {name} uses the client-credentials grant: it has no user connections \
+             to connect"
+        )),
+        Some((settings, _)) if settings.authorization_url.is_none() => Err(format!(
+            "provider: {name} has no authorization_url (set providers.{name}.authorization_url)"
+        )),
+        Some((settings, _)) if settings.client_id.is_none() => Err(format!(
+            "provider: {name} has no client_id (set providers.{name}.client_id)"
+        )),
+        Some((settings, _)) => Ok(settings),
+        None => Err(format!("provider: {name} cannot run the connect flow")),
     }
 }
 

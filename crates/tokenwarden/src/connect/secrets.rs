@@ -49,8 +49,8 @@ mod tests {
     fn rfc7636_appendix_b_challenge() {
         // The verifier and challenge of RFC 7636, Appendix B.
         assert_eq!(
-            s256_challenge("dBjftJeZ4CVP-mB92K27uhbUJU2p1r0mWgrGV-1lPrw"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSZw-cM"
+            s256_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
     }
 
