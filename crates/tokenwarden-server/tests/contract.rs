@@ -593,3 +593,143 @@ async fn issue_9_every_answer_the_server_gives_is_documented() {
     }
     app.stop().await;
 }
+
+/// The connect flow's two API operations answer only what the document lists, and every
+/// status it lists for them is one the server gives. The browser's routes (`/connect/{token}`
+/// and `/connect/callback`) are not API calls: they are served but intentionally left out
+/// of the document.
+#[tokio::test]
+async fn issue_9_connect_session_answers_are_documented() {
+    let app = spawn_with(
+        "authorization_url = \"https://auth.example.com/authorize\"\n\
+         \n[connect]\nreturn_urls = [\"https://app.example.com/done\"]\n",
+    )
+    .await;
+    let doc = document(&app).await;
+    let c = &app.client;
+    let sessions = "/v1/connect/sessions";
+    let one = "/v1/connect/sessions/{id}";
+    let mut seen = BTreeSet::new();
+    let mut check = async |method: &str, template: &str, request: reqwest::RequestBuilder| {
+        let response = request.send().await.expect("request");
+        let status = assert_documented(&doc, method, template, response).await;
+        seen.insert((method.to_owned(), template.to_owned(), status));
+        status
+    };
+    let body = json!({"user_id": "u", "provider": "fake", "account_id": "a",
+                      "return_url": "https://app.example.com/done?x=1"});
+
+    // 401.
+    check("post", sessions, c.post(app.url(sessions)).json(&body)).await;
+    check(
+        "get",
+        one,
+        c.get(app.url("/v1/connect/sessions/cs_AAAAAAAAAAAAAAAAAAAAAA")),
+    )
+    .await;
+    // 400: a return URL not listed, a missing account id, an unknown provider, not JSON, an
+    // unknown field.
+    for bad in [
+        json!({"user_id": "u", "provider": "fake", "account_id": "a",
+               "return_url": "https://evil.example/done"}),
+        json!({"user_id": "u", "provider": "fake", "return_url": "https://app.example.com/done"}),
+        json!({"user_id": "u", "provider": "nope", "account_id": "a",
+               "return_url": "https://app.example.com/done"}),
+        json!(["not", "an", "object"]),
+        json!({"user_id": "u", "provider": "fake", "account_id": "a",
+               "return_url": "https://app.example.com/done", "extra": 1}),
+    ] {
+        let status = check(
+            "post",
+            sessions,
+            c.post(app.url(sessions)).bearer_auth(API_KEY).json(&bad),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}");
+    }
+    // An id that is not UTF-8 is malformed; any other is looked up (404 below).
+    let status = check("get", one, app.get("/v1/connect/sessions/cs_%FF%FE")).await;
+    assert_eq!(status, 400);
+    // 413.
+    let big = format!(
+        r#"{{"user_id": "u", "provider": "fake", "account_id": "a", "return_url": "{}"}}"#,
+        "x".repeat(10_000)
+    );
+    check(
+        "post",
+        sessions,
+        c.post(app.url(sessions))
+            .bearer_auth(API_KEY)
+            .header("content-type", "application/json")
+            .body(big),
+    )
+    .await;
+    // 404 (for ids that could be one and ids that could not), 201, 200.
+    for unknown in [
+        "cs_AAAAAAAAAAAAAAAAAAAAAA",
+        "nope",
+        "cs_a%20b",
+        &"a".repeat(100),
+    ] {
+        let status = check(
+            "get",
+            one,
+            app.get(&format!("/v1/connect/sessions/{unknown}")),
+        )
+        .await;
+        assert_eq!(status, 404, "{unknown}");
+    }
+    let created = c
+        .post(app.url(sessions))
+        .bearer_auth(API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .expect("create");
+    let id = {
+        let view: Value = created.json().await.expect("json");
+        view["id"].as_str().expect("id").to_owned()
+    };
+    check(
+        "post",
+        sessions,
+        c.post(app.url(sessions)).bearer_auth(API_KEY).json(&body),
+    )
+    .await;
+    check("get", one, app.get(&format!("/v1/connect/sessions/{id}"))).await;
+
+    // Every documented status of both operations but 500 (a failing database) was seen.
+    for (method, template) in [("post", sessions), ("get", one)] {
+        let documented = doc["paths"][template][method]["responses"]
+            .as_object()
+            .expect("responses");
+        for status in documented.keys().filter(|s| s.as_str() != "500") {
+            let status: u16 = status.parse().expect("a status");
+            assert!(
+                seen.contains(&(method.to_owned(), template.to_owned(), status)),
+                "{method} {template} documents {status}, which the scenario never produced"
+            );
+        }
+    }
+
+    // The browser's routes: served, and not in the document.
+    for path in doc["paths"].as_object().expect("paths").keys() {
+        assert!(
+            !path.starts_with("/connect/"),
+            "{path} is a browser route, not an API operation"
+        );
+    }
+    let page = c
+        .get(app.url("/connect/not-a-link"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status().as_u16(), 404);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/html")
+    );
+    app.stop().await;
+}

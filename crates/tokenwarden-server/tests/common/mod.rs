@@ -33,12 +33,25 @@ pub fn config_toml(dir: &TempDir, token_url: &str, extra: &str) -> String {
 }
 
 pub fn config_toml_with(dir: &TempDir, token_url: &str, extra: &str, scheduler: bool) -> String {
+    config_toml_full(dir, token_url, "", extra, scheduler)
+}
+
+/// [`config_toml_with`] with `top` (top-level keys such as `public_url`) before the first
+/// section.
+pub fn config_toml_full(
+    dir: &TempDir,
+    token_url: &str,
+    top: &str,
+    extra: &str,
+    scheduler: bool,
+) -> String {
     let db = dir.path().join("test.db");
     let key = tokenwarden::KeyRing::generate_key_base64();
     format!(
         r#"
 listen = "127.0.0.1:0"
 database_url = "sqlite://{db}"
+{top}
 
 [encryption]
 active_key = "k1"
@@ -86,20 +99,40 @@ pub async fn spawn_with_scheduler() -> TestApp {
     spawn_full("", true).await
 }
 
+/// Starts the app for the connect flow: `top` holds top-level keys (after the
+/// `public_url`, which is the address the app listens on, so connect links and the
+/// redirect URI reach it) and `extra` is appended inside `[providers.fake]` as with
+/// [`spawn_with`] (start it with a section header to add sections, `[connect]` among them).
+pub async fn spawn_connect(top: &str, extra: &str) -> TestApp {
+    spawn_inner(top, extra, false).await
+}
+
 async fn spawn_full(extra: &str, scheduler: bool) -> TestApp {
+    spawn_inner("", extra, scheduler).await
+}
+
+async fn spawn_inner(top: &str, extra: &str, scheduler: bool) -> TestApp {
     let provider = MockServer::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = config_toml_with(&dir, &format!("{}/token", provider.uri()), extra, scheduler);
+    // Bound first: the configuration's public_url is the address actually listened on.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let top = format!("public_url = \"http://{addr}\"\n{top}");
+    let text = config_toml_full(
+        &dir,
+        &format!("{}/token", provider.uri()),
+        &top,
+        extra,
+        scheduler,
+    );
     let table: toml::Table = text.parse().expect("test config parses");
     let config = config::from_table(table).expect("test config deserializes");
     config.validate().expect("test config is valid");
     let app = App::build(config, tokenwarden_server::telemetry::metrics_handle())
         .await
         .expect("app builds");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel();
     let server = tokio::spawn(tokenwarden_server::run(listener, app, async move {
         let _ = rx.await;
