@@ -85,7 +85,10 @@ async fn a_flow_opened_on_one_instance_finishes_on_another() {
         panic!("opening the link must send the browser to the provider");
     };
     let state = param(&location, "state").expect("state");
-    assert_eq!(param(&location, "code_challenge_method").as_deref(), Some("S256"));
+    assert_eq!(
+        param(&location, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
 
     // The token endpoint grants the code only with the verifier whose S256 is the challenge
     // the browser carried: B can only send it if it came back from the database.
@@ -120,12 +123,17 @@ async fn a_flow_opened_on_one_instance_finishes_on_another() {
         code: Some("the-code".to_owned()),
         ..CallbackParams::default()
     };
-    let BrowserAnswer::ToApp { location, .. } =
-        b.callback(params.clone(), Some(cookie.value.as_str())).await
+    let BrowserAnswer::ToApp { location, .. } = b
+        .callback(params.clone(), Some(cookie.value.as_str()))
+        .await
     else {
         panic!("the callback on B must return to the app");
     };
-    assert_eq!(param(&location, "status").as_deref(), Some("completed"), "{location}");
+    assert_eq!(
+        param(&location, "status").as_deref(),
+        Some("completed"),
+        "{location}"
+    );
 
     // Replayed on A: refused, the state was used (on B).
     let BrowserAnswer::Page(error) = a.callback(params, Some(cookie.value.as_str())).await else {

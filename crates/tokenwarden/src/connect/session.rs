@@ -18,6 +18,10 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::connection::{AccountId, ConnectionKey, ProviderName, UserId};
 
+/// How long past its expiry a session may still be exchanging its code before it counts as
+/// expired (its instance died mid-exchange).
+pub const EXCHANGE_GRACE: time::Duration = time::Duration::minutes(5);
+
 /// A connect session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectSession {
@@ -54,6 +58,11 @@ impl ConnectSession {
             SessionState::Failed => PublicStatus::Failed,
             SessionState::Expired => PublicStatus::Expired,
             SessionState::Pending | SessionState::Opened if now >= self.expires_at => {
+                PublicStatus::Expired
+            }
+            // A callback whose instance died mid-exchange never finishes the session; once
+            // no exchange can still be running (HTTP timeouts are far shorter), say so.
+            SessionState::Exchanging if now >= self.expires_at + EXCHANGE_GRACE => {
                 PublicStatus::Expired
             }
             SessionState::Pending | SessionState::Opened | SessionState::Exchanging => {
@@ -236,5 +245,49 @@ impl Finish {
             Self::Completed { account_id } => Some(account_id),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(state: SessionState) -> ConnectSession {
+        let at = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        ConnectSession {
+            id: "cs_test".to_owned(),
+            user_id: UserId::parse("u").expect("id"),
+            provider: ProviderName::parse("p").expect("name"),
+            account_id: None,
+            reconnect: false,
+            return_url: "https://app.example.com/done".to_owned(),
+            scopes: Vec::new(),
+            state,
+            error: None,
+            connected_account_id: None,
+            created_at: at,
+            expires_at: at + time::Duration::minutes(15),
+            opened_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn unfinished_sessions_expire_and_a_stuck_exchange_does_too() {
+        let s = session(SessionState::Opened);
+        let before = s.expires_at - time::Duration::seconds(1);
+        assert_eq!(s.public_status(before), PublicStatus::Pending);
+        assert_eq!(s.public_status(s.expires_at), PublicStatus::Expired);
+        let s = session(SessionState::Exchanging);
+        assert_eq!(s.public_status(s.expires_at), PublicStatus::Pending);
+        assert_eq!(
+            s.public_status(s.expires_at + EXCHANGE_GRACE),
+            PublicStatus::Expired
+        );
+        let s = session(SessionState::Completed);
+        assert_eq!(
+            s.public_status(s.expires_at + time::Duration::days(1)),
+            PublicStatus::Completed
+        );
     }
 }
