@@ -3,7 +3,9 @@
 //!
 //! * `tw_postgres`: `TOKENWARDEN_TEST_POSTGRES_URL` is set (PostgreSQL tests);
 //! * `tw_interop`: the interop authorization server is installed
-//!   (`interop/oidc-provider/node_modules`, from `npm ci`).
+//!   (`interop/oidc-provider/node_modules`, from `npm ci`);
+//! * `tw_webhooks`: the independent webhook signature checker is installed
+//!   (`interop/webhooks/node_modules`, from `npm ci`).
 //!
 //! Only files under `tests/` read these cfgs; the library an embedder builds is the same
 //! either way. A test enabled here whose prerequisite is gone when it runs fails.
@@ -14,7 +16,7 @@ use std::path::Path;
 fn main() {
     embed_catalog();
 
-    println!("cargo::rustc-check-cfg=cfg(tw_postgres, tw_interop)");
+    println!("cargo::rustc-check-cfg=cfg(tw_postgres, tw_interop, tw_webhooks)");
     println!("cargo::rerun-if-changed=build.rs");
 
     println!("cargo::rerun-if-env-changed=TOKENWARDEN_TEST_POSTGRES_URL");
@@ -34,6 +36,17 @@ fn main() {
             .is_file()
         {
             println!("cargo::rustc-cfg=tw_interop");
+        }
+    }
+    let webhooks = Path::new(&manifest_dir).join("../../interop/webhooks");
+    if webhooks.is_dir() {
+        // Watched like `interop/oidc-provider` above, for the same reasons.
+        println!("cargo::rerun-if-changed={}", webhooks.display());
+        if webhooks
+            .join("node_modules/standardwebhooks/package.json")
+            .is_file()
+        {
+            println!("cargo::rustc-cfg=tw_webhooks");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The command line: `serve`, and operator commands that work on the database directly
 //! through the library (`connections`, `providers`, `keys`), built from the same
-//! configuration as the server so both see the same data the same way.
+//! configuration as the server so both see the same data the same way; `keys generate` and
+//! `webhooks secret` only print a new secret.
 //!
 //! Tokens are never required on the command line (shell history keeps them): `connections
 //! import` reads a JSON document from a file or stdin, with flags only as a convenience.
@@ -48,6 +49,9 @@ pub enum Command {
     /// Encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Webhook endpoints.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +154,13 @@ pub enum KeysCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// Prints a new signing secret (`whsec_` + base64 of 32 random bytes) for
+    /// `[webhooks.endpoints.NAME] secret`; give the same value to the endpoint's verifier.
+    Secret,
+}
+
 /// A failed command. Messages never contain a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -185,6 +196,11 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
             println!("{}", tokenwarden::KeyRing::generate_key_base64());
             Ok(())
         }
+        Command::Webhooks(WebhooksCommand::Secret) => {
+            let secret = tokenwarden::webhooks::WebhookSecret::generate();
+            println!("{}", secret.expose_secret());
+            Ok(())
+        }
         // The catalog is compiled in: no configuration or database needed.
         Command::Providers(ProvidersCommand::Catalog { json }) => catalog(json),
         command => {
@@ -199,6 +215,7 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
                 }
                 Command::Serve(_)
                 | Command::Keys(KeysCommand::Generate)
+                | Command::Webhooks(WebhooksCommand::Secret)
                 | Command::Providers(ProvidersCommand::Catalog { .. }) => Ok(()),
             }
         }

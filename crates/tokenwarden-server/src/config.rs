@@ -8,7 +8,7 @@
 //!
 //! This module does not create files; the embedded first-run default lives in `bootstrap`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokenwarden::provider::{HttpSettings, ProviderConfig};
 use tokenwarden::refresh::RetryPolicy;
+use tokenwarden::webhooks::{EndpointConfig, EventType, WebhookSecret};
 use tokenwarden::{BreakerConfig, ProviderName, RefreshConfig, SchedulerConfig};
 
 /// Prefix of every environment override.
@@ -61,6 +62,8 @@ pub struct Config {
     pub public_url: Option<String>,
     #[serde(default)]
     pub connect: ConnectSection,
+    #[serde(default)]
+    pub webhooks: WebhooksSection,
 }
 
 impl std::fmt::Debug for Config {
@@ -78,6 +81,7 @@ impl std::fmt::Debug for Config {
             .field("providers", &self.providers)
             .field("public_url", &self.public_url)
             .field("connect", &self.connect)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -246,6 +250,68 @@ impl Default for ConnectSection {
             session_ttl_seconds: 900,
             return_urls: Vec::new(),
         }
+    }
+}
+
+/// `[webhooks]`: the events tokenwarden POSTs to your endpoints (signing and configuration
+/// exist; delivery does not yet).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksSection {
+    /// How long an event is retried before it is marked failed. Default 86,400 s (one day);
+    /// 60 s to 30 days.
+    pub retry_for_seconds: u64,
+    /// Ceiling on an endpoint's `Retry-After`. Default 600 s; 1 s to one day.
+    pub max_retry_after_seconds: u64,
+    /// `[webhooks.endpoints.NAME]`, by name. Default: none.
+    pub endpoints: BTreeMap<String, EndpointSection>,
+}
+
+impl Default for WebhooksSection {
+    fn default() -> Self {
+        Self {
+            retry_for_seconds: 86_400,
+            max_retry_after_seconds: 600,
+            endpoints: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[webhooks.endpoints.NAME]`: one receiver. Checked by [`Config::webhook_endpoints`].
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSection {
+    /// Where events are POSTed: https, or http to localhost / a loopback IP. Required.
+    pub url: String,
+    /// `whsec_<base64 of 24-64 bytes>` (`tokenwarden webhooks secret` prints one). Exactly one
+    /// of `secret` and `secrets` is required.
+    #[serde(default)]
+    pub secret: Option<ConfigSecret>,
+    /// Several secrets during a rotation: every message is signed with each, in order.
+    #[serde(default)]
+    pub secrets: Option<Vec<ConfigSecret>>,
+    /// Event types this endpoint receives. Default: all of them.
+    #[serde(default)]
+    pub events: Option<Vec<String>>,
+    /// Upper bound on one delivery attempt. Default 10,000 ms; 100 to 60,000.
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_webhook_timeout_ms() -> u64 {
+    10_000
+}
+
+/// The URL without credentials or query (it may carry a token); secrets are redacted types.
+impl fmt::Debug for EndpointSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointSection")
+            .field("url", &without_credentials(&self.url))
+            .field("secret", &self.secret)
+            .field("secrets", &self.secrets)
+            .field("events", &self.events)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
     }
 }
 
@@ -440,7 +506,7 @@ fn redact_scalars(message: &str) -> String {
 
 /// Top-level keys an environment variable may override. Other `TOKENWARDEN_*` variables
 /// (`TOKENWARDEN_CONFIG`, `TOKENWARDEN_DATA_DIR`, test variables) are not configuration keys.
-const TOP_LEVEL_KEYS: [&str; 10] = [
+const TOP_LEVEL_KEYS: [&str; 11] = [
     "listen",
     "database_url",
     "encryption",
@@ -451,6 +517,7 @@ const TOP_LEVEL_KEYS: [&str; 10] = [
     "server",
     "upstream",
     "providers",
+    "webhooks",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,6 +541,9 @@ fn env_kind(path: &[String]) -> EnvKind {
         ] => EnvKind::Int,
         ["providers", _, "rate_limit_per_second"] => EnvKind::Int,
         ["providers", _, "scopes"] => EnvKind::List,
+        ["webhooks", "retry_for_seconds" | "max_retry_after_seconds"] => EnvKind::Int,
+        ["webhooks", "endpoints", _, "timeout_ms"] => EnvKind::Int,
+        ["webhooks", "endpoints", _, "secrets" | "events"] => EnvKind::List,
         _ => EnvKind::Str,
     }
 }
@@ -642,6 +712,16 @@ impl Config {
         })
     }
 
+    /// The `[webhooks.endpoints.*]` tables as checked library settings, sorted by name.
+    /// Errors name the key (`webhooks.endpoints.NAME.secret`), never a secret or the URL.
+    pub fn webhook_endpoints(&self) -> Result<Vec<EndpointConfig>, ConfigError> {
+        self.webhooks
+            .endpoints
+            .iter()
+            .map(|(name, section)| webhook_endpoint(name, section))
+            .collect()
+    }
+
     /// Checks every value, returning the first problem found.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.connect_config()?;
@@ -769,6 +849,20 @@ impl Config {
             ));
         }
 
+        range(
+            "webhooks.retry_for_seconds",
+            self.webhooks.retry_for_seconds,
+            60,
+            30 * 86_400,
+        )?;
+        range(
+            "webhooks.max_retry_after_seconds",
+            self.webhooks.max_retry_after_seconds,
+            1,
+            86_400,
+        )?;
+        self.webhook_endpoints()?;
+
         self.validate_encryption()?;
         self.validate_auth()?;
         for name in self.providers.keys() {
@@ -825,6 +919,100 @@ impl Config {
                 .map_err(|message| ConfigError::key(format!("auth.api_keys[{i}]"), message))?;
         }
         Ok(())
+    }
+}
+
+/// One `[webhooks.endpoints.NAME]` table, checked key by key so each error names its key.
+fn webhook_endpoint(name: &str, section: &EndpointSection) -> Result<EndpointConfig, ConfigError> {
+    let key = |field: &str| format!("webhooks.endpoints.{name}.{field}");
+    tokenwarden::webhooks::check_endpoint_name(name)
+        .map_err(|message| ConfigError::key(format!("webhooks.endpoints.{name}"), message))?;
+
+    // url::ParseError's message does not contain the input.
+    let url = url::Url::parse(&section.url)
+        .map_err(|e| ConfigError::key(key("url"), format!("not an absolute URL ({e})")))?;
+    tokenwarden::webhooks::check_endpoint_url(&url)
+        .map_err(|message| ConfigError::key(key("url"), message))?;
+
+    let parse_secret = |key: String, secret: &ConfigSecret| {
+        WebhookSecret::parse(secret.expose_secret())
+            .map_err(|e| ConfigError::key(key, e.to_string()))
+    };
+    let secrets = match (&section.secret, &section.secrets) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::key(
+                format!("webhooks.endpoints.{name}"),
+                "set `secret` or `secrets`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ConfigError::key(
+                key("secret"),
+                "required, or `secrets` during a rotation (`tokenwarden webhooks secret` \
+                 prints a new one)",
+            ));
+        }
+        (Some(secret), None) => vec![parse_secret(key("secret"), secret)?],
+        (None, Some(list)) if list.is_empty() => {
+            return Err(ConfigError::key(
+                key("secrets"),
+                "at least one secret is required",
+            ));
+        }
+        (None, Some(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, secret)| parse_secret(key(&format!("secrets[{i}]")), secret))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+
+    let events: BTreeSet<EventType> = match &section.events {
+        None => EventType::ALL.into_iter().collect(),
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::key(
+                key("events"),
+                "at least one event type is required (leave `events` out for all of them)",
+            ));
+        }
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, event)| parse_event(&key(&format!("events[{i}]")), event))
+            .collect::<Result<_, _>>()?,
+    };
+
+    range(&key("timeout_ms"), section.timeout_ms, 100, 60_000)?;
+    let timeout = Duration::from_millis(section.timeout_ms);
+
+    // Everything was checked above; the library checks again and names its own field.
+    EndpointConfig::new(name, url, secrets, events, timeout).map_err(|e| {
+        let field = match e.field {
+            "endpoint.url" => "url",
+            "endpoint.secrets" => "secrets",
+            "endpoint.events" => "events",
+            "endpoint.timeout" => "timeout_ms",
+            _ => return ConfigError::key(format!("webhooks.endpoints.{name}"), e.problem),
+        };
+        ConfigError::key(key(field), e.problem)
+    })
+}
+
+/// A subscribable event type. The message lists the valid names; it does not repeat the
+/// value, like every other configuration error.
+fn parse_event(key: &str, name: &str) -> Result<EventType, ConfigError> {
+    match EventType::parse(name) {
+        Some(event) if event.is_subscribable() => Ok(event),
+        Some(_) => Err(ConfigError::key(
+            key,
+            "webhook.test is sent only by the endpoint test route and cannot be subscribed to",
+        )),
+        None => {
+            let names: Vec<&str> = EventType::ALL.iter().map(|e| e.as_str()).collect();
+            Err(ConfigError::key(
+                key,
+                format!("unknown event type; expected one of {}", names.join(", ")),
+            ))
+        }
     }
 }
 
@@ -1005,6 +1193,349 @@ mod tests {
         let text = c.validate().expect_err("bad key").to_string();
         assert!(text.starts_with("encryption.keys.k2"), "{text}");
         assert!(!text.contains("bm90LWEta2V5"));
+    }
+
+    /// Defaults plus the keys `validate` requires, so a test changes only what it checks.
+    fn valid(toml_text: &str, env_vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml_text.parse().expect("test TOML");
+        let key = tokenwarden::KeyRing::generate_key_base64();
+        let base = format!(
+            "[encryption]\nactive_key = \"k1\"\nkeys = {{ k1 = \"{key}\" }}\n\
+             [auth]\napi_keys = [\"0123456789abcdef-key\"]\n"
+        );
+        for (k, v) in base.parse::<toml::Table>().expect("base TOML") {
+            table.entry(k).or_insert(v);
+        }
+        merge_env(&mut table, env(env_vars))?;
+        let c = from_table(table)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn whsec() -> String {
+        WebhookSecret::generate().expose_secret().to_owned()
+    }
+
+    #[test]
+    fn webhooks_default_to_no_endpoints() {
+        let c = valid("", &[]).expect("valid");
+        assert_eq!(c.webhooks.retry_for_seconds, 86_400);
+        assert_eq!(c.webhooks.max_retry_after_seconds, 600);
+        assert!(c.webhook_endpoints().expect("none").is_empty());
+    }
+
+    #[test]
+    fn webhook_endpoints_from_the_file() {
+        let (a, b, c1) = (whsec(), whsec(), whsec());
+        let c = valid(
+            &format!(
+                r#"
+                [webhooks]
+                retry_for_seconds = 3600
+                max_retry_after_seconds = 30
+                [webhooks.endpoints.ops]
+                url = "https://hooks.example.com/tw?token=abc"
+                secret = "{a}"
+                [webhooks.endpoints.local-dev]
+                url = "http://127.0.0.1:9000/hook"
+                secrets = ["{b}", "{c1}"]
+                events = ["connection.needs_reconnect", "provider.circuit_opened"]
+                timeout_ms = 2500
+                "#
+            ),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(c.webhooks.retry_for_seconds, 3600);
+        assert_eq!(c.webhooks.max_retry_after_seconds, 30);
+        let endpoints = c.webhook_endpoints().expect("valid endpoints");
+        let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["local-dev", "ops"]);
+        let (dev, ops) = (&endpoints[0], &endpoints[1]);
+
+        assert_eq!(ops.url.as_str(), "https://hooks.example.com/tw?token=abc");
+        let secrets: Vec<&str> = ops.secrets.iter().map(|s| s.expose_secret()).collect();
+        assert_eq!(secrets, [a.as_str()]);
+        assert_eq!(ops.events, EventType::ALL.into_iter().collect());
+        assert_eq!(ops.timeout, Duration::from_secs(10), "default timeout_ms");
+
+        let secrets: Vec<&str> = dev.secrets.iter().map(|s| s.expose_secret()).collect();
+        assert_eq!(secrets, [b.as_str(), c1.as_str()], "in the order written");
+        assert_eq!(
+            dev.events,
+            [
+                EventType::ConnectionNeedsReconnect,
+                EventType::ProviderCircuitOpened
+            ]
+            .into_iter()
+            .collect()
+        );
+        assert_eq!(dev.timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn webhook_endpoints_from_the_environment() {
+        let (a, b, c1) = (whsec(), whsec(), whsec());
+        let c = valid(
+            "",
+            &[
+                ("TOKENWARDEN_WEBHOOKS__RETRY_FOR_SECONDS", "120"),
+                ("TOKENWARDEN_WEBHOOKS__MAX_RETRY_AFTER_SECONDS", "5"),
+                (
+                    "TOKENWARDEN_WEBHOOKS__ENDPOINTS__OPS__URL",
+                    "https://h.example/x",
+                ),
+                ("TOKENWARDEN_WEBHOOKS__ENDPOINTS__OPS__SECRET", &a),
+                (
+                    "TOKENWARDEN_WEBHOOKS__ENDPOINTS__OPS__EVENTS",
+                    "connection.created, connection.deleted",
+                ),
+                ("TOKENWARDEN_WEBHOOKS__ENDPOINTS__OPS__TIMEOUT_MS", "750"),
+                (
+                    "TOKENWARDEN_WEBHOOKS__ENDPOINTS__ROTATING__URL",
+                    "https://h.example/y",
+                ),
+                (
+                    "TOKENWARDEN_WEBHOOKS__ENDPOINTS__ROTATING__SECRETS",
+                    &format!("{b}, {c1}"),
+                ),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.webhooks.retry_for_seconds, 120);
+        assert_eq!(c.webhooks.max_retry_after_seconds, 5);
+        let endpoints = c.webhook_endpoints().expect("valid endpoints");
+        let (ops, rotating) = (&endpoints[0], &endpoints[1]);
+        assert_eq!(ops.name, "ops");
+        assert_eq!(ops.secrets[0].expose_secret(), a);
+        assert_eq!(
+            ops.events,
+            [EventType::ConnectionCreated, EventType::ConnectionDeleted]
+                .into_iter()
+                .collect()
+        );
+        assert_eq!(ops.timeout, Duration::from_millis(750));
+        let secrets: Vec<&str> = rotating.secrets.iter().map(|s| s.expose_secret()).collect();
+        assert_eq!(secrets, [b.as_str(), c1.as_str()]);
+    }
+
+    /// The environment overrides a file's secret, as it does every other key.
+    #[test]
+    fn webhook_secret_from_the_environment_overrides_the_file() {
+        let (file, env_secret) = (whsec(), whsec());
+        let c = valid(
+            &format!(
+                "[webhooks.endpoints.ops]\nurl = \"https://h.example/\"\nsecret = \"{file}\"\n"
+            ),
+            &[("TOKENWARDEN_WEBHOOKS__ENDPOINTS__OPS__SECRET", &env_secret)],
+        )
+        .expect("valid");
+        let endpoints = c.webhook_endpoints().expect("valid");
+        assert_eq!(endpoints[0].secrets[0].expose_secret(), env_secret);
+    }
+
+    /// Each bad endpoint table: the error starts with the key path and never contains the
+    /// value that was wrong (a secret, or a URL that may hold a token).
+    #[test]
+    fn webhook_errors_name_the_key_and_hide_the_value() {
+        let good = whsec();
+        let short = format!("whsec_{}", "c2hvcnQtc2VjcmV0LXZhbHVl"); // 18 bytes
+        let no_prefix = good.trim_start_matches("whsec_").to_owned();
+        let endpoint = |body: &str| format!("[webhooks.endpoints.ops]\n{body}\n");
+        let url = "url = \"https://hooks.example.com/tw\"";
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                endpoint(&format!("{url}\nsecret = \"{short}\"")),
+                "webhooks.endpoints.ops.secret: ",
+                "at least 24",
+            ),
+            (
+                endpoint(&format!("{url}\nsecret = \"{no_prefix}\"")),
+                "webhooks.endpoints.ops.secret: ",
+                "whsec_",
+            ),
+            (
+                endpoint(&format!("{url}\nsecrets = [\"{good}\", \"{short}\"]")),
+                "webhooks.endpoints.ops.secrets[1]: ",
+                "at least 24",
+            ),
+            (
+                endpoint(&format!(
+                    "{url}\nsecret = \"{good}\"\nsecrets = [\"{good}\"]"
+                )),
+                "webhooks.endpoints.ops: ",
+                "not both",
+            ),
+            (endpoint(url), "webhooks.endpoints.ops.secret: ", "required"),
+            (
+                endpoint(&format!("{url}\nsecrets = []")),
+                "webhooks.endpoints.ops.secrets: ",
+                "at least one",
+            ),
+            (
+                endpoint(&format!("{url}\nsecret = 123456789012345678")),
+                "webhooks.endpoints.ops.secret: ",
+                "invalid type",
+            ),
+            (
+                endpoint(&format!(
+                    "url = \"http://hooks.example.com/?token=s3cr3t\"\nsecret = \"{good}\""
+                )),
+                "webhooks.endpoints.ops.url: ",
+                "must be https",
+            ),
+            (
+                endpoint(&format!(
+                    "url = \"https://user:s3cr3t@hooks.example.com/\"\nsecret = \"{good}\""
+                )),
+                "webhooks.endpoints.ops.url: ",
+                "user info",
+            ),
+            (
+                endpoint(&format!("url = \"s3cr3t\"\nsecret = \"{good}\"")),
+                "webhooks.endpoints.ops.url: ",
+                "not an absolute URL",
+            ),
+            (
+                endpoint(&format!("secret = \"{good}\"")),
+                "webhooks.endpoints.ops: ",
+                "missing field `url`",
+            ),
+            (
+                endpoint(&format!(
+                    "{url}\nsecret = \"{good}\"\nevents = [\"connection.made\"]"
+                )),
+                "webhooks.endpoints.ops.events[0]: ",
+                "unknown event type; expected one of connection.created,",
+            ),
+            (
+                endpoint(&format!(
+                    "{url}\nsecret = \"{good}\"\nevents = [\"connection.created\", \"webhook.test\"]"
+                )),
+                "webhooks.endpoints.ops.events[1]: ",
+                "cannot be subscribed",
+            ),
+            (
+                endpoint(&format!("{url}\nsecret = \"{good}\"\nevents = []")),
+                "webhooks.endpoints.ops.events: ",
+                "at least one",
+            ),
+            (
+                endpoint(&format!("{url}\nsecret = \"{good}\"\ntimeout_ms = 99")),
+                "webhooks.endpoints.ops.timeout_ms: ",
+                "≥ 100",
+            ),
+            (
+                endpoint(&format!("{url}\nsecret = \"{good}\"\ntimeout_ms = 60001")),
+                "webhooks.endpoints.ops.timeout_ms: ",
+                "≤ 60000",
+            ),
+            (
+                endpoint(&format!("{url}\nsecert = \"{good}\"")),
+                "webhooks.endpoints.ops.secert: ",
+                "unknown field `secert`",
+            ),
+            (
+                format!("[webhooks.endpoints.Ops]\n{url}\nsecret = \"{good}\"\n"),
+                "webhooks.endpoints.Ops: ",
+                "a-z, 0-9",
+            ),
+            (
+                "[webhooks]\nretry_for_seconds = 59\n".to_owned(),
+                "webhooks.retry_for_seconds: ",
+                "≥ 60",
+            ),
+            (
+                "[webhooks]\nretry_for_seconds = 2592001\n".to_owned(),
+                "webhooks.retry_for_seconds: ",
+                "≤ 2592000",
+            ),
+            (
+                "[webhooks]\nmax_retry_after_seconds = 0\n".to_owned(),
+                "webhooks.max_retry_after_seconds: ",
+                "≥ 1",
+            ),
+            (
+                "[webhooks]\nmax_retry_after_seconds = 86401\n".to_owned(),
+                "webhooks.max_retry_after_seconds: ",
+                "≤ 86400",
+            ),
+        ];
+        for (text, prefix, says) in cases {
+            let err = valid(&text, &[]).expect_err(&text).to_string();
+            assert!(err.starts_with(prefix), "{text}\n=> {err}");
+            assert!(err.contains(says), "{text}\n=> {err}");
+            for value in [
+                good.as_str(),
+                short.as_str(),
+                no_prefix.as_str(),
+                "s3cr3t",
+                "123456789012345678",
+                "connection.made",
+            ] {
+                assert!(!err.contains(value), "{text}\n=> {err} echoes a value");
+            }
+        }
+    }
+
+    #[test]
+    fn webhook_secret_errors_from_the_environment_hide_the_value() {
+        let err = valid(
+            "",
+            &[
+                (
+                    "TOKENWARDEN_WEBHOOKS__ENDPOINTS__OPS__URL",
+                    "https://h.example/",
+                ),
+                (
+                    "TOKENWARDEN_WEBHOOKS__ENDPOINTS__OPS__SECRET",
+                    "whsec_s3cr3t+",
+                ),
+            ],
+        )
+        .expect_err("bad secret")
+        .to_string();
+        assert!(err.starts_with("webhooks.endpoints.ops.secret: "), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+        let err = valid(
+            "",
+            &[("TOKENWARDEN_WEBHOOKS__ENDPOINTS__OPS__TIMEOUT_MS", "s3cr3t")],
+        )
+        .expect_err("not a number")
+        .to_string();
+        assert!(
+            err.starts_with("TOKENWARDEN_WEBHOOKS__ENDPOINTS__OPS__TIMEOUT_MS"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn config_debug_hides_webhook_secrets_and_url_queries() {
+        let (a, b) = (whsec(), whsec());
+        let c = valid(
+            &format!(
+                r#"
+                [webhooks.endpoints.ops]
+                url = "https://hooks.example.com/tw?token=q-s3cr3t"
+                secret = "{a}"
+                [webhooks.endpoints.rot]
+                url = "https://hooks.example.com/rot"
+                secrets = ["{b}"]
+                "#
+            ),
+            &[],
+        )
+        .expect("valid");
+        let shown = format!("{c:?}");
+        assert!(shown.contains("hooks.example.com/tw"), "{shown}");
+        for hidden in [&a[6..], &b[6..], "q-s3cr3t"] {
+            assert!(!shown.contains(hidden), "Debug shows {hidden}: {shown}");
+        }
+        let shown = format!("{:?}", c.webhook_endpoints().expect("valid"));
+        for hidden in [&a[6..], &b[6..], "q-s3cr3t"] {
+            assert!(!shown.contains(hidden), "Debug shows {hidden}: {shown}");
+        }
     }
 
     #[test]

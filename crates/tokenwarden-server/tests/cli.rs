@@ -78,6 +78,53 @@ fn providers_catalog_lists_every_entry_with_its_documentation() {
     assert!(!dir.path().join("tokenwarden-data").exists() && !missing.exists());
 }
 
+/// `webhooks secret` needs no configuration or database, and prints a secret that the
+/// configuration accepts and that differs every time.
+#[test]
+fn webhooks_secret_prints_a_new_secret_the_config_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-config.toml");
+    let secret = |_| {
+        let out = tokenwarden(&missing, &["webhooks", "secret"], None);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.stderr.is_empty(), "{}", text(&out));
+        String::from_utf8(out.stdout).expect("UTF-8")
+    };
+    let (first, second) = (secret(1), secret(2));
+    assert_ne!(first, second);
+    let first = first.strip_suffix('\n').expect("one line");
+    assert!(!first.contains('\n'), "{first:?}");
+    assert!(first.starts_with("whsec_"), "{first}");
+    tokenwarden::webhooks::WebhookSecret::parse(first).expect("a valid secret");
+
+    // The binary loads a configuration holding it; a mangled copy stops it at start, naming
+    // the key and not the value.
+    let config = dir.path().join("tokenwarden.toml");
+    let key = tokenwarden::KeyRing::generate_key_base64();
+    let write_config = |secret: &str| {
+        let text = format!(
+            "database_url = \"sqlite://{}/tw.db\"\n\
+             [encryption]\nactive_key = \"k1\"\nkeys = {{ k1 = \"{key}\" }}\n\
+             [auth]\napi_keys = [\"0123456789abcdef-key\"]\n\
+             [webhooks.endpoints.ops]\nurl = \"https://hooks.example.com/tw\"\n\
+             secret = \"{secret}\"\n",
+            dir.path().display()
+        );
+        std::fs::write(&config, text).expect("config");
+    };
+    write_config(first);
+    let ok = tokenwarden(&config, &["providers", "list"], None);
+    assert!(ok.status.success(), "{}", text(&ok));
+    let truncated = &first[..first.len() - 16];
+    write_config(truncated);
+    let bad = tokenwarden(&config, &["providers", "list"], None);
+    assert!(!bad.status.success());
+    let err = text(&bad);
+    assert!(err.contains("webhooks.endpoints.ops.secret"), "{err}");
+    assert!(!err.contains(&truncated["whsec_".len()..]), "{err}");
+    assert!(!dir.path().join("tokenwarden-data").exists() && !missing.exists());
+}
+
 #[test]
 fn connections_providers_and_keys_commands() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -42,6 +42,7 @@ pub mod scheduler;
 pub mod secret;
 pub mod store;
 mod warden;
+pub mod webhooks;
 
 pub use connection::{
     AccountId, Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, LastError,
