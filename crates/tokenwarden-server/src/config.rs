@@ -506,8 +506,10 @@ fn redact_scalars(message: &str) -> String {
 
 /// Top-level keys an environment variable may override. Other `TOKENWARDEN_*` variables
 /// (`TOKENWARDEN_CONFIG`, `TOKENWARDEN_DATA_DIR`, test variables) are not configuration keys.
-const TOP_LEVEL_KEYS: [&str; 11] = [
+const TOP_LEVEL_KEYS: [&str; 13] = [
     "listen",
+    "public_url",
+    "connect",
     "database_url",
     "encryption",
     "auth",
@@ -541,6 +543,8 @@ fn env_kind(path: &[String]) -> EnvKind {
         ] => EnvKind::Int,
         ["providers", _, "rate_limit_per_second"] => EnvKind::Int,
         ["providers", _, "scopes"] => EnvKind::List,
+        ["connect", "session_ttl_seconds"] => EnvKind::Int,
+        ["connect", "return_urls"] => EnvKind::List,
         ["webhooks", "retry_for_seconds" | "max_retry_after_seconds"] => EnvKind::Int,
         ["webhooks", "endpoints", _, "timeout_ms"] => EnvKind::Int,
         ["webhooks", "endpoints", _, "secrets" | "events"] => EnvKind::List,
@@ -1092,6 +1096,26 @@ mod tests {
             tiktok.client_secret.as_ref().map(|s| s.expose_secret()),
             Some("12345")
         );
+    }
+
+    #[test]
+    fn connect_settings_come_from_the_environment_too() {
+        let c = load(
+            None,
+            env(&[
+                ("TOKENWARDEN_PUBLIC_URL", "https://tokens.example.com"),
+                ("TOKENWARDEN_CONNECT__SESSION_TTL_SECONDS", "600"),
+                (
+                    "TOKENWARDEN_CONNECT__RETURN_URLS",
+                    "https://a.example.com/done, https://b.example.com/done",
+                ),
+            ]),
+        )
+        .expect("loads");
+        let connect = c.connect_config().expect("valid");
+        assert_eq!(connect.public_url.as_str(), "https://tokens.example.com/");
+        assert_eq!(connect.session_ttl.as_secs(), 600);
+        assert_eq!(connect.return_urls.len(), 2);
     }
 
     #[test]
