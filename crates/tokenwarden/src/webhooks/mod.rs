@@ -5,6 +5,7 @@
 //! and an endpoint's validated settings ([`EndpointConfig`]). Delivery (the outbox written with
 //! each change, retries, the delivery log) is not built yet: nothing here sends a request.
 
+pub mod delivery;
 pub mod event;
 pub mod signing;
 
