@@ -97,9 +97,20 @@ pub struct WardenBuilder {
     scheduler: SchedulerConfig,
     clock: Arc<dyn Clock>,
     instance_id: Option<String>,
+    circuit_changes: Option<tokio::sync::mpsc::UnboundedSender<crate::refresh::CircuitChange>>,
 }
 
 impl WardenBuilder {
+    /// Reports every provider breaker's opening and closing to `changes` (webhooks).
+    #[must_use]
+    pub fn circuit_changes(
+        mut self,
+        changes: tokio::sync::mpsc::UnboundedSender<crate::refresh::CircuitChange>,
+    ) -> Self {
+        self.circuit_changes = Some(changes);
+        self
+    }
+
     /// Adds a provider.
     #[must_use]
     pub fn provider(mut self, provider: Arc<dyn Provider>) -> Self {
@@ -172,7 +183,8 @@ impl WardenBuilder {
             .into_iter()
             .map(|p| {
                 let name = p.name().clone();
-                let breaker = Breaker::new(name.as_str(), self.breaker);
+                let breaker = Breaker::new(name.as_str(), self.breaker)
+                    .reporting_to(self.circuit_changes.clone());
                 // Built once, so an application token's cache hit allocates no key.
                 let app_key = (p.grant() == Grant::ClientCredentials)
                     .then(|| ConnectionKey::app(name.clone()));
@@ -305,6 +317,7 @@ impl Warden {
             scheduler: SchedulerConfig::default(),
             clock: Arc::new(SystemClock),
             instance_id: None,
+            circuit_changes: None,
         }
     }
 

@@ -86,6 +86,15 @@ pub struct Breaker {
     provider: String,
     config: BreakerConfig,
     inner: Mutex<Inner>,
+    /// Told when the breaker opens or closes (the webhooks' provider events).
+    changes: Option<tokio::sync::mpsc::UnboundedSender<CircuitChange>>,
+}
+
+/// A breaker opened (`open`) or closed again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitChange {
+    pub provider: String,
+    pub open: bool,
 }
 
 /// Permission to call the provider. Report the outcome with [`Permit::record`]; a permit
@@ -115,7 +124,18 @@ impl Breaker {
             provider,
             config,
             inner: Mutex::new(Inner::Closed { failures: 0 }),
+            changes: None,
         }
+    }
+
+    /// Reports every open and close to `changes`.
+    #[must_use]
+    pub fn reporting_to(
+        mut self,
+        changes: Option<tokio::sync::mpsc::UnboundedSender<CircuitChange>>,
+    ) -> Self {
+        self.changes = changes;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -199,6 +219,13 @@ impl Breaker {
             } else {
                 0.0
             });
+            if let Some(changes) = &self.changes {
+                // A receiver that is gone (webhooks stopped) wants nothing more.
+                let _ = changes.send(CircuitChange {
+                    provider: self.provider.clone(),
+                    open: after_open,
+                });
+            }
         }
     }
 }
@@ -236,6 +263,26 @@ mod tests {
                 open_for: Duration::from_secs(10),
             },
         )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_each_open_and_close_once() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let b = breaker().reporting_to(Some(tx));
+        for _ in 0..3 {
+            b.try_acquire().expect("closed").record(Health::Down);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        // A failed probe reopens it: still open, nothing new to report.
+        b.try_acquire().expect("probe").record(Health::Down);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        b.try_acquire().expect("probe").record(Health::Up);
+        b.try_acquire().expect("closed").record(Health::Up);
+        let mut seen = Vec::new();
+        while let Ok(change) = rx.try_recv() {
+            seen.push(change.open);
+        }
+        assert_eq!(seen, [true, false]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,7 +19,7 @@ mod record;
 mod retry;
 mod run;
 
-pub use breaker::{Breaker, BreakerConfig, BreakerState};
+pub use breaker::{Breaker, BreakerConfig, BreakerState, CircuitChange};
 pub use policy::RetryPolicy;
 
 /// Library-wide refresh settings (the `[refresh]` configuration section).
