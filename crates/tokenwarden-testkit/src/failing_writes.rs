@@ -4,6 +4,7 @@
 //! Compiled twice, like `fixtures.rs`: in the test kit and in the library's own unit tests
 //! (the group commit's), so it names the library's items only by `crate::` paths.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use time::OffsetDateTime;
@@ -13,6 +14,11 @@ use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionSta
 use crate::store::{
     Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
     StoreError,
+};
+use crate::webhooks::EventType;
+use crate::webhooks::outbox::{
+    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
+    WebhookQueueStats,
 };
 
 /// A store wrapper for tests of what happens around a store's compare-and-swap writes
@@ -249,5 +255,59 @@ impl<S: Store> Store for FailingWrites<S> {
         limit: u32,
     ) -> Result<ResealBatch, StoreError> {
         self.inner.reseal_batch(after, limit).await
+    }
+    fn set_outbox(&self, enabled: bool) {
+        self.inner.set_outbox(enabled);
+    }
+    async fn insert_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        self.inner.insert_events(events).await
+    }
+    async fn dispatch_events(
+        &self,
+        endpoints: &[(String, BTreeSet<EventType>)],
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.inner.dispatch_events(endpoints, now, limit).await
+    }
+    async fn claim_deliveries(
+        &self,
+        now: OffsetDateTime,
+        owner: &str,
+        lease_until: OffsetDateTime,
+        limit: u32,
+        per_endpoint_limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        self.inner
+            .claim_deliveries(now, owner, lease_until, limit, per_endpoint_limit)
+            .await
+    }
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        owner: &str,
+        outcome: &DeliveryOutcome,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.inner.finish_delivery(id, owner, outcome, now).await
+    }
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage, StoreError> {
+        self.inner.list_deliveries(query).await
+    }
+    async fn retry_delivery(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<DeliveryView>, StoreError> {
+        self.inner.retry_delivery(id, now).await
+    }
+    async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+        self.inner.delivery(id).await
+    }
+    async fn webhook_queue_stats(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<WebhookQueueStats, StoreError> {
+        self.inner.webhook_queue_stats(now).await
     }
 }

@@ -9,7 +9,7 @@
 // `fixtures.rs` and `failing_writes.rs` are also compiled into the library's unit tests, where
 // they name the library's items by `crate::` paths; these imports make the same paths resolve
 // here.
-use tokenwarden::{connect, connection, crypto, secret, store};
+use tokenwarden::{connect, connection, crypto, secret, store, webhooks};
 
 pub mod conformance;
 mod failing_writes;

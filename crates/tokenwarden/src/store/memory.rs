@@ -1,9 +1,11 @@
 //! An in-memory [`Store`], for embedding in tests and for trying the library out. It keeps
 //! secrets sealed like the persistent backends do, so it exercises the same key ring paths,
-//! but nothing survives the process.
+//! but nothing survives the process. Its webhook outbox follows the SQL backends' tables
+//! (times kept to the millisecond); a connection write and its events change under the same
+//! locks, so no reader sees one without the other.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -17,6 +19,12 @@ use crate::secret::{AccessToken, RefreshToken};
 use crate::store::{
     Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
     StoreError, decode_cursor, open_flow, seal_flow,
+};
+use crate::webhooks::EventType;
+use crate::webhooks::outbox::{
+    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryStatus, DeliveryView,
+    NewEvent, WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor,
+    delivery_page, new_delivery_id, session_failed_event, truncate_ms,
 };
 use time::OffsetDateTime;
 
@@ -49,6 +57,61 @@ struct SessionRow {
 /// Change reports buffered per subscriber before it is told it fell behind.
 const CHANGES_BUFFER: usize = 4096;
 
+/// The webhook outbox: `webhook_events` and `webhook_deliveries` of the SQL backends.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// The next event's `seq` (the dispatch order).
+    next_seq: u64,
+    events: BTreeMap<u64, EventRow>,
+    /// Event id → `seq`.
+    event_seqs: HashMap<String, u64>,
+    undispatched: BTreeSet<u64>,
+    /// By id, which sorts by creation.
+    deliveries: BTreeMap<String, DeliveryRow>,
+    /// `(event_id, endpoint)` of every delivery: one per event and endpoint.
+    delivered_to: HashSet<(String, String)>,
+}
+
+#[derive(Debug)]
+struct EventRow {
+    id: String,
+    kind: EventType,
+    body: String,
+    only_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct DeliveryRow {
+    view: DeliveryView,
+    lease: Option<(String, OffsetDateTime)>,
+}
+
+impl Outbox {
+    /// Appends events whose ids are known to be new (fresh random ids).
+    fn push(&mut self, events: Vec<NewEvent>) {
+        for event in events {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.event_seqs.insert(event.id.clone(), seq);
+            self.undispatched.insert(seq);
+            self.events.insert(
+                seq,
+                EventRow {
+                    id: event.id,
+                    kind: event.kind,
+                    body: event.body,
+                    only_endpoint: event.only_endpoint,
+                },
+            );
+        }
+    }
+
+    fn body(&self, event_id: &str) -> Option<&str> {
+        let seq = self.event_seqs.get(event_id)?;
+        self.events.get(seq).map(|e| e.body.as_str())
+    }
+}
+
 /// A store that lives in memory.
 pub struct MemoryStore {
     keys: Arc<KeyRing>,
@@ -60,6 +123,11 @@ pub struct MemoryStore {
     /// Change reports, shared by every handle on the same data (as instances on one
     /// database would be).
     changes: tokio::sync::broadcast::Sender<Change>,
+    /// The webhook outbox, shared by every handle. Taken after `rows` or `sessions` when a
+    /// write holds one of them, never before.
+    outbox: Arc<Mutex<Outbox>>,
+    /// This handle's [`Store::set_outbox`] switch.
+    outbox_on: AtomicBool,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -81,11 +149,14 @@ impl MemoryStore {
             sessions: Arc::default(),
             max_deleted_version: Arc::default(),
             changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0,
+            outbox: Arc::default(),
+            outbox_on: AtomicBool::new(false),
         }
     }
 
     /// Another handle on the same data, sealing and opening with `keys` (as a second
-    /// process with another key configuration would see one database).
+    /// process with another key configuration would see one database). Its outbox switch
+    /// starts off, as a second process's would.
     #[must_use]
     pub fn sharing(&self, keys: Arc<KeyRing>) -> Self {
         Self {
@@ -94,6 +165,31 @@ impl MemoryStore {
             sessions: Arc::clone(&self.sessions),
             max_deleted_version: Arc::clone(&self.max_deleted_version),
             changes: self.changes.clone(),
+            outbox: Arc::clone(&self.outbox),
+            outbox_on: AtomicBool::new(false),
+        }
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        lock(&self.outbox)
+    }
+
+    fn outbox_on(&self) -> bool {
+        self.outbox_on.load(Ordering::Relaxed)
+    }
+
+    /// The events a connection write raises, when the outbox is on.
+    fn change_events(
+        &self,
+        old: Option<&ConnectionMeta>,
+        new: Option<&ConnectionMeta>,
+        write: Write,
+        at: OffsetDateTime,
+    ) -> Vec<NewEvent> {
+        if self.outbox_on() {
+            connection_change_events(old, new, write, at)
+        } else {
+            Vec::new()
         }
     }
 
@@ -187,7 +283,14 @@ impl Store for MemoryStore {
         };
         let row = self.seal(conn, meta);
         let meta = row.meta.clone();
+        let events = self.change_events(
+            previous.map(|old| &old.meta),
+            Some(&meta),
+            Write::Put,
+            meta.updated_at,
+        );
         rows.insert(conn.key().clone(), row);
+        self.outbox().push(events);
         drop(rows);
         self.announce(conn.key(), Some(&meta));
         Ok((meta, outcome))
@@ -207,7 +310,9 @@ impl Store for MemoryStore {
         };
         let row = self.seal(conn, meta);
         let meta = row.meta.clone();
+        let events = self.change_events(None, Some(&meta), Write::Put, meta.updated_at);
         rows.insert(conn.key().clone(), row);
+        self.outbox().push(events);
         drop(rows);
         self.announce(conn.key(), Some(&meta));
         Ok(Some(meta))
@@ -226,14 +331,32 @@ impl Store for MemoryStore {
         };
         let row = self.seal(conn, meta);
         let meta = row.meta.clone();
+        let events = self.change_events(
+            Some(&current.meta),
+            Some(&meta),
+            Write::Update,
+            meta.updated_at,
+        );
         rows.insert(conn.key().clone(), row);
+        self.outbox().push(events);
         drop(rows);
         self.announce(conn.key(), Some(&meta));
         Ok(meta)
     }
 
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
-        let removed = self.rows().remove(key);
+        let mut rows = self.rows();
+        let removed = rows.remove(key);
+        if let Some(row) = &removed {
+            let events = self.change_events(
+                Some(&row.meta),
+                None,
+                Write::Delete,
+                OffsetDateTime::now_utc(),
+            );
+            self.outbox().push(events);
+        }
+        drop(rows);
         if let Some(row) = &removed {
             self.max_deleted_version
                 .fetch_max(row.meta.version, Ordering::SeqCst);
@@ -534,6 +657,18 @@ impl Store for MemoryStore {
         if row.session.state.is_finished() {
             return Ok(false);
         }
+        if self.outbox_on() {
+            let session = &row.session;
+            let event = session_failed_event(
+                &session.id,
+                &session.user_id,
+                &session.provider,
+                session.account_id.as_ref(),
+                finish,
+                now,
+            );
+            self.outbox().push(event.into_iter().collect());
+        }
         row.session.state = finish.state();
         row.session.error = finish.error().cloned();
         row.session.connected_account_id = finish.account_id().cloned();
@@ -560,6 +695,268 @@ impl Store for MemoryStore {
                 stats.scheduled += 1;
                 stats.due_now += u64::from(at <= now);
                 stats.retrying += u64::from(meta.consecutive_failures > 0);
+            }
+        }
+        Ok(stats)
+    }
+
+    fn set_outbox(&self, enabled: bool) {
+        self.outbox_on.store(enabled, Ordering::Relaxed);
+    }
+
+    async fn insert_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        let mut outbox = self.outbox();
+        let mut ids = HashSet::new();
+        if events
+            .iter()
+            .any(|e| outbox.event_seqs.contains_key(&e.id) || !ids.insert(e.id.as_str()))
+        {
+            return Err(StoreError::Database(
+                "insert events: an event id already exists".to_owned(),
+            ));
+        }
+        outbox.push(
+            events
+                .iter()
+                .map(|e| NewEvent {
+                    created_at: truncate_ms(e.created_at),
+                    ..e.clone()
+                })
+                .collect(),
+        );
+        Ok(())
+    }
+
+    async fn dispatch_events(
+        &self,
+        endpoints: &[(String, BTreeSet<EventType>)],
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let now = truncate_ms(now);
+        let mut outbox = self.outbox();
+        let seqs: Vec<u64> = outbox
+            .undispatched
+            .iter()
+            .take(limit.max(1) as usize)
+            .copied()
+            .collect();
+        for &seq in &seqs {
+            outbox.undispatched.remove(&seq);
+            let Some(event) = outbox.events.get(&seq) else {
+                continue;
+            };
+            let targets: Vec<String> = endpoints
+                .iter()
+                .filter(|(name, events)| match &event.only_endpoint {
+                    Some(only) => name == only,
+                    None => events.contains(&event.kind),
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            let (event_id, kind) = (event.id.clone(), event.kind);
+            for endpoint in targets {
+                if !outbox
+                    .delivered_to
+                    .insert((event_id.clone(), endpoint.clone()))
+                {
+                    continue;
+                }
+                let id = new_delivery_id();
+                let view = DeliveryView {
+                    id: id.clone(),
+                    event_id: event_id.clone(),
+                    kind,
+                    endpoint,
+                    status: DeliveryStatus::Pending,
+                    attempts: 0,
+                    last_status: None,
+                    last_error: None,
+                    next_attempt_at: Some(now),
+                    created_at: now,
+                    updated_at: now,
+                    first_attempt_at: None,
+                };
+                outbox
+                    .deliveries
+                    .insert(id, DeliveryRow { view, lease: None });
+            }
+        }
+        Ok(seqs.len() as u64)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: OffsetDateTime,
+        owner: &str,
+        lease_until: OffsetDateTime,
+        limit: u32,
+        per_endpoint_limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let (now, lease_until) = (truncate_ms(now), truncate_ms(lease_until));
+        let mut outbox = self.outbox();
+        let mut due: Vec<(OffsetDateTime, String)> = outbox
+            .deliveries
+            .values()
+            .filter(|d| {
+                d.view.status == DeliveryStatus::Pending
+                    && d.lease.as_ref().is_none_or(|(_, until)| *until <= now)
+            })
+            .filter_map(|d| {
+                d.view
+                    .next_attempt_at
+                    .filter(|at| *at <= now)
+                    .map(|at| (at, d.view.id.clone()))
+            })
+            .collect();
+        due.sort();
+        let mut per_endpoint: HashMap<String, u32> = HashMap::new();
+        let mut claimed = Vec::new();
+        for (_, id) in due {
+            if claimed.len() >= limit.max(1) as usize {
+                break;
+            }
+            let Some(row) = outbox.deliveries.get(&id) else {
+                continue;
+            };
+            let taken = per_endpoint.entry(row.view.endpoint.clone()).or_default();
+            if *taken >= per_endpoint_limit.max(1) {
+                continue;
+            }
+            *taken += 1;
+            let body = outbox
+                .body(&row.view.event_id)
+                .ok_or_else(|| StoreError::Database("a delivery's event is missing".into()))?
+                .to_owned();
+            let Some(row) = outbox.deliveries.get_mut(&id) else {
+                continue;
+            };
+            row.lease = Some((owner.to_owned(), lease_until));
+            claimed.push(ClaimedDelivery {
+                id,
+                event_id: row.view.event_id.clone(),
+                endpoint: row.view.endpoint.clone(),
+                kind: row.view.kind,
+                body,
+                attempts: row.view.attempts,
+                first_attempt_at: row.view.first_attempt_at,
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        owner: &str,
+        outcome: &DeliveryOutcome,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let now = truncate_ms(now);
+        let mut outbox = self.outbox();
+        let Some(row) = outbox.deliveries.get_mut(id) else {
+            return Ok(false);
+        };
+        if row.view.status != DeliveryStatus::Pending
+            || row.lease.as_ref().is_none_or(|(o, _)| o != owner)
+        {
+            return Ok(false);
+        }
+        let view = &mut row.view;
+        let (status, next, last_status, last_error) = match outcome {
+            DeliveryOutcome::Delivered { status } => {
+                (DeliveryStatus::Delivered, None, Some(*status), None)
+            }
+            DeliveryOutcome::Retry { at, status, error } => (
+                DeliveryStatus::Pending,
+                Some(truncate_ms(*at)),
+                *status,
+                Some(crate::store::rows::text(error)),
+            ),
+            DeliveryOutcome::Failed { status, error } => (
+                DeliveryStatus::Failed,
+                None,
+                *status,
+                Some(crate::store::rows::text(error)),
+            ),
+        };
+        view.status = status;
+        view.next_attempt_at = next;
+        view.last_status = last_status;
+        view.last_error = last_error;
+        view.attempts = view.attempts.saturating_add(1);
+        view.first_attempt_at = view.first_attempt_at.or(Some(now));
+        view.updated_at = now;
+        row.lease = None;
+        Ok(true)
+    }
+
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage, StoreError> {
+        let limit = query.effective_limit();
+        let before = query
+            .cursor
+            .as_deref()
+            .map(decode_delivery_cursor)
+            .transpose()?;
+        let outbox = self.outbox();
+        let items: Vec<DeliveryView> = outbox
+            .deliveries
+            .values()
+            .rev()
+            .map(|d| &d.view)
+            .filter(|d| before.as_ref().is_none_or(|before| d.id < *before))
+            .filter(|d| query.status.is_none_or(|s| d.status == s))
+            .filter(|d| query.kind.is_none_or(|k| d.kind == k))
+            .filter(|d| query.endpoint.as_ref().is_none_or(|e| d.endpoint == *e))
+            .take(limit as usize + 1)
+            .cloned()
+            .collect();
+        Ok(delivery_page(items, limit))
+    }
+
+    async fn retry_delivery(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<DeliveryView>, StoreError> {
+        let now = truncate_ms(now);
+        let mut outbox = self.outbox();
+        let Some(row) = outbox.deliveries.get_mut(id) else {
+            return Ok(None);
+        };
+        if row.view.status == DeliveryStatus::Failed {
+            row.view.status = DeliveryStatus::Pending;
+            row.view.next_attempt_at = Some(now);
+            row.view.updated_at = now;
+            row.lease = None;
+        }
+        Ok(Some(row.view.clone()))
+    }
+
+    async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+        Ok(self.outbox().deliveries.get(id).map(|d| d.view.clone()))
+    }
+
+    async fn webhook_queue_stats(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<WebhookQueueStats, StoreError> {
+        let now = truncate_ms(now);
+        let outbox = self.outbox();
+        let mut stats = WebhookQueueStats {
+            undispatched: outbox.undispatched.len() as u64,
+            ..WebhookQueueStats::default()
+        };
+        for d in outbox.deliveries.values() {
+            match d.view.status {
+                DeliveryStatus::Pending => {
+                    stats.pending += 1;
+                    let due = d.view.next_attempt_at.is_some_and(|at| at <= now)
+                        && d.lease.as_ref().is_none_or(|(_, until)| *until <= now);
+                    stats.due += u64::from(due);
+                }
+                DeliveryStatus::Delivered => stats.delivered += 1,
+                DeliveryStatus::Failed => stats.failed += 1,
             }
         }
         Ok(stats)

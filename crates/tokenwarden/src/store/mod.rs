@@ -13,8 +13,16 @@
 //! while it lives and a lease whose owner's lock is gone may be taken (see `postgres`). The
 //! expiry stays the fallback wherever liveness is unknown.
 //!
+//! Stores also keep the durable webhook outbox (see [`crate::webhooks::outbox`]): with the
+//! outbox switched on ([`Store::set_outbox`]), the writes that change a connection or end a
+//! connect session in failure write the events they raise in the same transaction, and the
+//! delivery methods ([`Store::dispatch_events`] to [`Store::webhook_queue_stats`]) turn events
+//! into deliveries that one instance at a time attempts. Outbox times are kept to the
+//! millisecond (connections keep whole seconds).
+//!
 //! [`KeyRing`]: crate::crypto::KeyRing
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -27,6 +35,11 @@ use crate::connection::{
     Connection, ConnectionKey, ConnectionMeta, ConnectionStatus, ProviderName, UserId,
 };
 use crate::crypto::KeyRing;
+use crate::webhooks::EventType;
+use crate::webhooks::outbox::{
+    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
+    WebhookQueueStats,
+};
 
 // The test kit's fixtures and fault-injecting store, compiled into the library's own unit
 // tests only (they cannot use the test kit crate, whose `Store` is another build's trait).
@@ -174,14 +187,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Creates or replaces a connection (an import). On replace, `created_at` is kept and
     /// everything else comes from `conn`; the stored version moves past the old one. Returns
-    /// the stored connection's metadata.
+    /// the stored connection's metadata. With the outbox on, writes `connection.created` or
+    /// `connection.reconnected` in the same transaction, as
+    /// [`connection_events`](crate::webhooks::outbox::connection_events) says for a
+    /// [`Write::Put`](crate::webhooks::outbox::Write::Put) over the row as it was.
     async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError>;
 
     /// Creates `conn` only if no connection has its key, atomically: of several callers
     /// (in any number of processes) inserting the same key at once, exactly one gets
     /// `Some` with the stored metadata; the others get `None` and the existing row is left
     /// untouched. Never replaces. Used to create an application token's row once, so its
-    /// lease can keep the first token request single flight across instances.
+    /// lease can keep the first token request single flight across instances. With the
+    /// outbox on, a created row raises what a put creating it would (nothing for an
+    /// application token's row).
     async fn insert_if_absent(
         &self,
         conn: &Connection,
@@ -189,14 +207,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Writes `conn` if the stored version still equals `conn.meta.version`, and returns the
     /// stored metadata with the new version. `Conflict` when it changed, `NotFound` when it
-    /// was deleted. Durable (committed) when it returns.
+    /// was deleted. Durable (committed) when it returns. With the outbox on, the events the
+    /// write raises (`connection.refresh_failing`, `.needs_reconnect`, `.recovered`: see
+    /// [`connection_events`](crate::webhooks::outbox::connection_events), from the row as it
+    /// was under the same transaction) are committed with it; a write that fails its
+    /// compare-and-swap writes no event.
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError>;
 
     /// [`Store::update`] for several connections at once, in one durable commit where the
     /// backend has transactions (group commit: one fsync for the batch instead of one per
     /// row). Each connection gets its own answer, in order: a `Conflict` or `NotFound` for one
     /// does not stop the others. The outer error means nothing of the batch was written.
-    /// The same key may appear twice; the writes then apply in order.
+    /// The same key may appear twice; the writes then apply in order (each one's events are
+    /// computed against the row the write before it left). With the outbox on, the events
+    /// of the batch's successful writes are in the same commit.
     async fn update_batch(
         &self,
         conns: &[Connection],
@@ -208,7 +232,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Ok(out)
     }
 
-    /// Deletes a connection; false when there was none.
+    /// Deletes a connection; false when there was none. With the outbox on, a delete that
+    /// found one writes `connection.deleted` (with the row's last version) with it.
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError>;
 
     /// Lists connection metadata (no secrets, no decryption), ordered by key.
@@ -317,7 +342,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Ends an unfinished session (`pending`, `opened` or `exchanging`) as `finish` says,
     /// at `now`, and erases its flow secrets. False when it was already finished (or does
-    /// not exist): nothing changed.
+    /// not exist): nothing changed. With the outbox on, a session that ends
+    /// [`Finish::Failed`] or [`Finish::Expired`] writes `connect_session.failed` (data from
+    /// [`connect_session_failed_data`](crate::webhooks::outbox::connect_session_failed_data),
+    /// timestamp `now`) in the same transaction; a completed one writes nothing here (its
+    /// connection's put raised `connection.created` or `.reconnected`).
     async fn finish_connect_session(
         &self,
         id: &str,
@@ -340,6 +369,93 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         after: Option<&ConnectionKey>,
         limit: u32,
     ) -> Result<ResealBatch, StoreError>;
+
+    /// Turns writing webhook events with connection changes on or off, for this handle
+    /// (each store handle has its own switch; a second process over the same database
+    /// decides for itself). Off by default: with no endpoint configured nothing is written
+    /// and the writes cost what they did before the outbox existed (no extra read, no
+    /// transaction they did not have). Governs the events the store derives itself (the
+    /// writes above); [`Store::insert_events`] writes whatever it is given.
+    fn set_outbox(&self, enabled: bool);
+
+    /// Writes events that no row change raises (`provider.circuit_opened` and `_closed`,
+    /// `webhook.test`), in one transaction, whatever [`Store::set_outbox`] says: callers
+    /// raise them only when endpoints are configured. An id already stored is a
+    /// [`StoreError::Database`] and nothing of the call is written.
+    async fn insert_events(&self, events: &[NewEvent]) -> Result<(), StoreError>;
+
+    /// Dispatches up to `limit` undispatched events, oldest first (in the order they were
+    /// written), in one transaction: each gets one `pending` delivery, due at `now`, per
+    /// endpoint of `endpoints` (name, subscribed events) that subscribes to its type, or,
+    /// for an event written for one endpoint only, one for that endpoint if it is among
+    /// `endpoints` whatever it subscribes to; and is marked dispatched, also when no endpoint
+    /// takes it (it is then never delivered, not even to an endpoint configured later).
+    /// Returns how many events it dispatched (0: nothing is waiting). Of several dispatchers
+    /// at once (in any number of processes), each event is dispatched by exactly one; a
+    /// delivery exists at most once per event and endpoint.
+    async fn dispatch_events(
+        &self,
+        endpoints: &[(String, BTreeSet<EventType>)],
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+
+    /// Claims up to `limit` pending deliveries due at `now` (`next_attempt_at <= now`) whose
+    /// lease is free or expired at `now` (deliveries `owner` holds unexpired are not claimed
+    /// again), earliest due first (then by id), leasing them to `owner` until `lease_until`.
+    /// At most `per_endpoint_limit` of them (at least 1) go to one endpoint, so an endpoint
+    /// with a backlog (a dead one) never fills a claim: its extra deliveries are skipped, not
+    /// waited for. Several claimers at once never get the same delivery. The answer is in
+    /// claim order and carries what an attempt needs, the event's exact body included.
+    async fn claim_deliveries(
+        &self,
+        now: OffsetDateTime,
+        owner: &str,
+        lease_until: OffsetDateTime,
+        limit: u32,
+        per_endpoint_limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+
+    /// Records the end of one attempt at delivery `id`, only if it is `pending` and `owner`
+    /// still holds its lease (expired or not, as long as nobody claimed it since); false, and
+    /// nothing changed, otherwise (or when `id` is unknown). It adds one to `attempts`, sets
+    /// `first_attempt_at` to `now` if unset, `updated_at` to `now`, `last_status` to the
+    /// outcome's status, `last_error` to its error (`None` when delivered), releases the
+    /// lease, and: [`DeliveryOutcome::Delivered`] → `delivered`;
+    /// [`DeliveryOutcome::Retry`] → stays `pending`, due at its `at`;
+    /// [`DeliveryOutcome::Failed`] → `failed`. `next_attempt_at` is `None` unless pending.
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        owner: &str,
+        outcome: &DeliveryOutcome,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Lists deliveries matching every filter given, newest first (by id, descending), a
+    /// page of [`DeliveryQuery::effective_limit`] at a time; `next_cursor` (base64url of the
+    /// page's last id) is set when more may follow. A cursor this store did not make is
+    /// [`StoreError::BadCursor`].
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage, StoreError>;
+
+    /// Sends a `failed` delivery again: it becomes `pending`, due at `now`, lease free,
+    /// `updated_at = now`; attempts, `first_attempt_at` and the last status and error are
+    /// kept. Returns the delivery as it is after the call: unchanged when it was not
+    /// `failed` (the caller decides what that means), `None` when `id` is unknown.
+    async fn retry_delivery(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<DeliveryView>, StoreError>;
+
+    /// One delivery by id.
+    async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError>;
+
+    /// Sizes of the webhook queue at `now`, for metrics.
+    async fn webhook_queue_stats(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<WebhookQueueStats, StoreError>;
 }
 
 /// A change to stored connections, from [`Store::changes`].

@@ -15,12 +15,13 @@
 //! ([`Role::Tool`], the CLI) open the file beside the instance and keep their leases to
 //! themselves (see `migrations/sqlite/0003`).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -47,6 +48,11 @@ use super::{
 use crate::connect::session::{ClaimOutcome, ConnectSession, Finish, FlowStart, OpenOutcome};
 use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionStatus};
 use crate::crypto::KeyRing;
+use crate::webhooks::EventType;
+use crate::webhooks::outbox::{
+    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
+    WebhookQueueStats,
+};
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,6 +98,8 @@ pub struct SqliteStore {
     write: tokio::sync::Mutex<()>,
     /// Set when this store is the database's serving instance.
     instance: Option<Instance>,
+    /// This handle's [`Store::set_outbox`] switch.
+    outbox_on: AtomicBool,
 }
 
 /// What a [`Role::Instance`] store holds.
@@ -209,6 +217,7 @@ impl SqliteStore {
             keys,
             write: tokio::sync::Mutex::new(()),
             instance: None,
+            outbox_on: AtomicBool::new(false),
         })
     }
 
@@ -1240,6 +1249,72 @@ impl Store for SqliteStore {
         }
         Ok(batch)
     }
+
+    fn set_outbox(&self, enabled: bool) {
+        self.outbox_on
+            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn insert_events(&self, _events: &[NewEvent]) -> Result<(), StoreError> {
+        Err(not_yet())
+    }
+
+    async fn dispatch_events(
+        &self,
+        _endpoints: &[(String, BTreeSet<EventType>)],
+        _now: OffsetDateTime,
+        _limit: u32,
+    ) -> Result<u64, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        _now: OffsetDateTime,
+        _owner: &str,
+        _lease_until: OffsetDateTime,
+        _limit: u32,
+        _per_endpoint_limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn finish_delivery(
+        &self,
+        _id: &str,
+        _owner: &str,
+        _outcome: &DeliveryOutcome,
+        _now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn list_deliveries(&self, _query: &DeliveryQuery) -> Result<DeliveryPage, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn retry_delivery(
+        &self,
+        _id: &str,
+        _now: OffsetDateTime,
+    ) -> Result<Option<DeliveryView>, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn delivery(&self, _id: &str) -> Result<Option<DeliveryView>, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn webhook_queue_stats(
+        &self,
+        _now: OffsetDateTime,
+    ) -> Result<WebhookQueueStats, StoreError> {
+        Err(not_yet())
+    }
+}
+
+fn not_yet() -> StoreError {
+    StoreError::Database("the webhook outbox is not stored by this backend yet".to_owned())
 }
 
 #[cfg(test)]

@@ -2,11 +2,14 @@
 //! Standard Webhooks signature that lets an endpoint check a message came from us.
 //!
 //! What exists so far: event names ([`event`]), secrets, signing and verifying ([`signing`]),
-//! and an endpoint's validated settings ([`EndpointConfig`]). Delivery (the outbox written with
-//! each change, retries, the delivery log) is not built yet: nothing here sends a request.
+//! an endpoint's validated settings ([`EndpointConfig`]), and the durable outbox's rules and
+//! types ([`outbox`]: which change raises which event, the body, and what the store's delivery
+//! methods take and return; the tables themselves are the store's). The delivery worker
+//! (sending, backoff) is not built yet: nothing here sends a request.
 
 pub mod delivery;
 pub mod event;
+pub mod outbox;
 pub mod signing;
 
 use std::collections::BTreeSet;
