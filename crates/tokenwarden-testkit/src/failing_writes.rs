@@ -276,10 +276,10 @@ impl<S: Store> Store for FailingWrites<S> {
         owner: &str,
         lease_until: OffsetDateTime,
         limit: u32,
-        per_endpoint_limit: u32,
+        capacity: &[(String, u32)],
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         self.inner
-            .claim_deliveries(now, owner, lease_until, limit, per_endpoint_limit)
+            .claim_deliveries(now, owner, lease_until, limit, capacity)
             .await
     }
     async fn finish_delivery(

@@ -791,7 +791,7 @@ impl Store for MemoryStore {
         owner: &str,
         lease_until: OffsetDateTime,
         limit: u32,
-        per_endpoint_limit: u32,
+        capacity: &[(String, u32)],
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let (now, lease_until) = (truncate_ms(now), truncate_ms(lease_until));
         let mut outbox = self.outbox();
@@ -819,8 +819,12 @@ impl Store for MemoryStore {
             let Some(row) = outbox.deliveries.get(&id) else {
                 continue;
             };
+            let cap = capacity
+                .iter()
+                .find(|(name, _)| *name == row.view.endpoint)
+                .map_or(0, |(_, cap)| *cap);
             let taken = per_endpoint.entry(row.view.endpoint.clone()).or_default();
-            if *taken >= per_endpoint_limit.max(1) {
+            if *taken >= cap {
                 continue;
             }
             *taken += 1;

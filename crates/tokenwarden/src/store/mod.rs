@@ -403,17 +403,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Claims up to `limit` pending deliveries due at `now` (`next_attempt_at <= now`) whose
     /// lease is free or expired at `now` (deliveries `owner` holds unexpired are not claimed
     /// again), earliest due first (then by id), leasing them to `owner` until `lease_until`.
-    /// At most `per_endpoint_limit` of them (at least 1) go to one endpoint, so an endpoint
-    /// with a backlog (a dead one) never fills a claim: its extra deliveries are skipped, not
-    /// waited for. Several claimers at once never get the same delivery. The answer is in
-    /// claim order and carries what an attempt needs, the event's exact body included.
+    /// Only deliveries to the endpoints listed in `capacity` are claimed, at most the number
+    /// given for each: the caller lists the endpoints it can send to now with their free
+    /// attempt slots, so a busy, paused or dead endpoint's backlog is never claimed (and never
+    /// waits out a lease). Several claimers at once never get the same delivery. The answer
+    /// is in claim order and carries what an attempt needs, the event's exact body included.
     async fn claim_deliveries(
         &self,
         now: OffsetDateTime,
         owner: &str,
         lease_until: OffsetDateTime,
         limit: u32,
-        per_endpoint_limit: u32,
+        capacity: &[(String, u32)],
     ) -> Result<Vec<ClaimedDelivery>, StoreError>;
 
     /// Records the end of one attempt at delivery `id`, only if it is `pending` and `owner`

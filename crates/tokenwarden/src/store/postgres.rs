@@ -1402,7 +1402,7 @@ impl Store for PgStore {
         _owner: &str,
         _lease_until: OffsetDateTime,
         _limit: u32,
-        _per_endpoint_limit: u32,
+        _capacity: &[(String, u32)],
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         Err(not_yet())
     }

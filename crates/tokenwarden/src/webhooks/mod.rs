@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod event;
 pub mod outbox;
 pub mod signing;
+pub mod worker;
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -1,0 +1,413 @@
+//! Webhook delivery end to end in one process (issue 12): the changes a warden makes become
+//! events in the store's outbox, and the delivery loop sends them to local receivers
+//! (wiremock), retried with growing gaps under one `webhook-id`, honouring `Retry-After`,
+//! while a hanging endpoint does not hold up a healthy one. Time is a manual clock; rounds are
+//! driven by hand and awaited with `settle`, never slept on.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokenwarden::clock::{Clock, ManualClock};
+use tokenwarden::refresh::RetryPolicy;
+use tokenwarden::store::{MemoryStore, Store};
+use tokenwarden::webhooks::delivery::RetrySchedule;
+use tokenwarden::webhooks::outbox::{DeliveryQuery, DeliveryStatus};
+use tokenwarden::webhooks::worker::{WebhookConfig, Webhooks};
+use tokenwarden::webhooks::{EndpointConfig, EventType, WebhookSecret};
+use tokenwarden::{BreakerConfig, FailureClass, RefreshConfig, RefreshOptions, Warden};
+use url::Url;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn endpoint(name: &str, server: &MockServer, timeout: Duration) -> EndpointConfig {
+    EndpointConfig::new(
+        name,
+        Url::parse(&format!("{}/hooks", server.uri())).expect("url"),
+        vec![WebhookSecret::generate()],
+        EventType::ALL.into_iter().collect::<BTreeSet<_>>(),
+        timeout,
+    )
+    .expect("endpoint")
+}
+
+struct Setup {
+    store: Arc<MemoryStore>,
+    warden: Warden,
+    webhooks: Webhooks,
+    clock: ManualClock,
+    provider: Arc<FakeProvider>,
+}
+
+fn setup(endpoints: Vec<EndpointConfig>, breaker_threshold: u32) -> Setup {
+    let store = memory_store();
+    let clock = ManualClock::new(OffsetDateTime::now_utc());
+    let webhooks = Webhooks::new(
+        store.clone(),
+        WebhookConfig {
+            endpoints,
+            schedule: RetrySchedule::default(),
+        },
+        Arc::new(clock.clone()),
+        "instance-1",
+    )
+    .expect("webhooks");
+    let provider = FakeProvider::new([ok("unused", None, 3600)]);
+    let warden = Warden::builder(store.clone())
+        .provider(provider.clone())
+        .refresh_config(RefreshConfig {
+            retry: RetryPolicy {
+                max_retries: 0,
+                ..RetryPolicy::default()
+            },
+            ..RefreshConfig::default()
+        })
+        .breaker_config(BreakerConfig {
+            failure_threshold: breaker_threshold,
+            open_for: Duration::from_secs(60),
+        })
+        .circuit_changes(webhooks.circuit_changes())
+        .build()
+        .expect("warden");
+    Setup {
+        store,
+        warden,
+        webhooks,
+        clock,
+        provider,
+    }
+}
+
+async fn bodies(server: &MockServer) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .expect("recorded")
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("json body"))
+        .collect()
+}
+
+fn types(bodies: &[Value]) -> Vec<String> {
+    bodies
+        .iter()
+        .map(|b| b["type"].as_str().expect("type").to_owned())
+        .collect()
+}
+
+/// Rounds until nothing is due: a round claims at most an endpoint's free slots (4).
+async fn round(webhooks: &Webhooks) {
+    for _ in 0..10 {
+        webhooks.round().await.expect("round");
+        webhooks.settle().await;
+        if !webhooks.has_due_work().await {
+            return;
+        }
+    }
+    panic!("still work due after 10 rounds");
+}
+
+#[tokio::test]
+async fn each_change_is_announced_once_failing_per_episode_and_one_recovered() {
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&receiver)
+        .await;
+    let s = setup(
+        vec![endpoint("app", &receiver, Duration::from_secs(5))],
+        100,
+    );
+    let k = key("u1", "acct");
+    s.warden
+        .import(
+            k.clone(),
+            import("access-secret-1", Some("refresh-secret-1"), None),
+        )
+        .await
+        .expect("import");
+
+    // Three failed refreshes in a row: one episode, one refresh_failing.
+    s.provider.script([transient()]);
+    for _ in 0..3 {
+        s.warden
+            .refresh_token(&k, RefreshOptions::default())
+            .await
+            .expect_err("transient failure");
+    }
+    // The first success after them: one recovered.
+    s.provider
+        .script([ok("access-secret-2", Some("refresh-secret-2"), 3600)]);
+    s.warden
+        .refresh_token(&k, RefreshOptions::default())
+        .await
+        .expect("refreshed");
+    s.warden
+        .refresh_token(&k, RefreshOptions::default())
+        .await
+        .expect("refreshed again: nothing to announce");
+    // The grant is refused for good: needs_reconnect, not another refresh_failing.
+    s.provider
+        .script([rejected(FailureClass::Permanent, "invalid_grant", 400)]);
+    s.warden
+        .refresh_token(&k, RefreshOptions::default())
+        .await
+        .expect_err("permanent");
+    s.warden.delete(&k).await.expect("delete");
+
+    round(&s.webhooks).await;
+    let bodies = bodies(&receiver).await;
+    assert_eq!(
+        types(&bodies),
+        [
+            "connection.created",
+            "connection.refresh_failing",
+            "connection.recovered",
+            "connection.needs_reconnect",
+            "connection.deleted",
+        ]
+    );
+    let versions: Vec<i64> = bodies
+        .iter()
+        .map(|b| b["data"]["version"].as_i64().expect("version"))
+        .collect();
+    // Versions grow with each change; a delete carries the last version the row had.
+    assert!(
+        versions[..4].windows(2).all(|w| w[0] < w[1]) && versions[4] == versions[3],
+        "versions: {versions:?}"
+    );
+    assert_eq!(bodies[1]["data"]["status"], "active");
+    assert_eq!(bodies[1]["data"]["error"]["code"], "TOKEN_REFRESH_ERROR");
+    assert_eq!(bodies[3]["data"]["status"], "needs_reconnect");
+    for body in &bodies {
+        assert_eq!(body["data"]["user_id"], "u1");
+        let text = body.to_string();
+        for secret in ["access-secret", "refresh-secret"] {
+            assert!(!text.contains(secret), "a token in {text}");
+        }
+    }
+    // Delivered once each: another round sends nothing new.
+    round(&s.webhooks).await;
+    assert_eq!(
+        receiver.received_requests().await.expect("recorded").len(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_later_and_later_under_one_id() {
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(2)
+        .mount(&receiver)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&receiver)
+        .await;
+    let s = setup(
+        vec![endpoint("app", &receiver, Duration::from_secs(5))],
+        100,
+    );
+    s.warden
+        .import(key("u1", "acct"), import("a", Some("r"), None))
+        .await
+        .expect("import");
+
+    let pending = |store: Arc<MemoryStore>| async move {
+        let page = store
+            .list_deliveries(&DeliveryQuery::default())
+            .await
+            .expect("list");
+        assert_eq!(page.items.len(), 1);
+        page.items[0].clone()
+    };
+    let start = Clock::now(&s.clock);
+    round(&s.webhooks).await;
+    let first = pending(s.store.clone()).await;
+    assert_eq!((first.status, first.attempts), (DeliveryStatus::Pending, 1));
+    assert_eq!(first.last_status, Some(500));
+    let gap1 = first.next_attempt_at.expect("next") - start;
+    assert!(
+        gap1 >= time::Duration::milliseconds(2500) && gap1 <= time::Duration::seconds(5),
+        "{gap1}"
+    );
+
+    // Not due yet: nothing is sent.
+    round(&s.webhooks).await;
+    assert_eq!(
+        receiver.received_requests().await.expect("recorded").len(),
+        1
+    );
+
+    s.clock.set(first.next_attempt_at.expect("next"));
+    let second_at = Clock::now(&s.clock);
+    round(&s.webhooks).await;
+    let second = pending(s.store.clone()).await;
+    assert_eq!(second.attempts, 2);
+    let gap2 = second.next_attempt_at.expect("next") - second_at;
+    assert!(
+        gap2 >= time::Duration::seconds(5) && gap2 <= time::Duration::seconds(10),
+        "the gap grows: {gap2}"
+    );
+
+    s.clock.set(second.next_attempt_at.expect("next"));
+    round(&s.webhooks).await;
+    let done = pending(s.store.clone()).await;
+    assert_eq!((done.status, done.attempts), (DeliveryStatus::Delivered, 3));
+
+    let requests = receiver.received_requests().await.expect("recorded");
+    assert_eq!(requests.len(), 3);
+    let ids: BTreeSet<String> = requests
+        .iter()
+        .map(|r| r.headers["webhook-id"].to_str().expect("ascii").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "every attempt carries the event's id");
+    assert_eq!(ids.first(), Some(&done.event_id));
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(429).insert_header("retry-after", "30"))
+        .up_to_n_times(1)
+        .mount(&receiver)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&receiver)
+        .await;
+    let s = setup(
+        vec![endpoint("app", &receiver, Duration::from_secs(5))],
+        100,
+    );
+    s.warden
+        .import(key("u1", "acct"), import("a", Some("r"), None))
+        .await
+        .expect("import");
+    let start = Clock::now(&s.clock);
+    round(&s.webhooks).await;
+    let page = s
+        .store
+        .list_deliveries(&DeliveryQuery::default())
+        .await
+        .expect("list");
+    let next = page.items[0].next_attempt_at.expect("pending");
+    // Outbox times are kept to the millisecond.
+    assert!(
+        next - start >= time::Duration::milliseconds(29_999),
+        "{}",
+        next - start
+    );
+
+    s.clock.advance(Duration::from_secs(20));
+    round(&s.webhooks).await;
+    assert_eq!(
+        receiver.received_requests().await.expect("recorded").len(),
+        1
+    );
+    s.clock.set(next);
+    round(&s.webhooks).await;
+    assert_eq!(
+        receiver.received_requests().await.expect("recorded").len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_does_not_hold_up_a_healthy_one() {
+    let hanging = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
+        .mount(&hanging)
+        .await;
+    let healthy = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&healthy)
+        .await;
+    let s = setup(
+        vec![
+            endpoint("hanging", &hanging, Duration::from_secs(3)),
+            endpoint("healthy", &healthy, Duration::from_secs(3)),
+        ],
+        100,
+    );
+    for n in 0..6 {
+        s.warden
+            .import(
+                key("u1", &format!("acct-{n}")),
+                import("a", Some("r"), None),
+            )
+            .await
+            .expect("import");
+    }
+    s.webhooks.round().await.expect("round");
+    // The healthy endpoint's six deliveries go out in rounds of its free slots while every
+    // slot of the hanging one stays taken; no round waits for the hanging attempts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let delivered = s
+            .store
+            .list_deliveries(&DeliveryQuery {
+                endpoint: Some("healthy".to_owned()),
+                status: Some(DeliveryStatus::Delivered),
+                ..DeliveryQuery::default()
+            })
+            .await
+            .expect("list")
+            .items
+            .len();
+        if delivered == 6 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the healthy endpoint got {delivered} of 6 within 2 s"
+        );
+        s.webhooks.round().await.expect("round");
+        tokio::task::yield_now().await;
+    }
+    let hanging_requests = hanging.received_requests().await.expect("recorded").len();
+    assert_eq!(
+        hanging_requests, 4,
+        "the hanging endpoint has only its four slots in flight"
+    );
+    s.webhooks.settle().await;
+}
+
+#[tokio::test]
+async fn provider_breaker_changes_are_announced() {
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&receiver)
+        .await;
+    let s = setup(vec![endpoint("app", &receiver, Duration::from_secs(5))], 1);
+    let k = key("u1", "acct");
+    s.warden
+        .import(k.clone(), import("a", Some("r"), None))
+        .await
+        .expect("import");
+    s.provider.script([transient()]);
+    s.warden
+        .refresh_token(&k, RefreshOptions::default())
+        .await
+        .expect_err("fails and opens the breaker");
+    round(&s.webhooks).await;
+    let bodies = bodies(&receiver).await;
+    let opened: Vec<&Value> = bodies
+        .iter()
+        .filter(|b| b["type"] == "provider.circuit_opened")
+        .collect();
+    assert_eq!(opened.len(), 1, "{bodies:?}");
+    assert_eq!(opened[0]["data"]["provider"], "fake");
+    assert_eq!(opened[0]["data"]["state"], "open");
+}
