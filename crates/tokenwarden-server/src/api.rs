@@ -1060,14 +1060,17 @@ fn finish(doc: &mut serde_json::Value, providers: &[String], applications: &[Str
     paths(
         put_connection, get_connection, get_access_token, refresh_connection, delete_connection,
         get_app_access_token, list_connections, list_providers, healthz, readyz, metrics, openapi_json,
-        crate::connect::create_session, crate::connect::get_session
+        crate::connect::create_session, crate::connect::get_session,
+        crate::webhooks::list_deliveries, crate::webhooks::retry_delivery,
+        crate::webhooks::test_endpoint
     ),
     components(schemas(
         ConnectionView, crate::views::LastErrorView, ConnectionList, AccessTokenView, ImportBody,
         RefreshBody, ProviderView, crate::views::BreakerView, ProviderList, Health, ErrorBody,
         crate::error::ErrorObject, crate::connect::CreateSessionBody,
         crate::connect::CreatedSessionView, crate::connect::ConnectSessionView,
-        crate::connect::SessionErrorView
+        crate::connect::SessionErrorView, crate::webhooks::DeliveryItem,
+        crate::webhooks::DeliveryList, crate::webhooks::TestEventView
     )),
     modifiers(&SecurityAddon)
 )]

@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokenwarden::provider::{self, HttpClient};
 use tokenwarden::refresh::RetryPolicy;
 use tokenwarden::store::{Role, Store};
+use tokenwarden::webhooks::worker::{WebhookConfig, Webhooks};
 use tokenwarden::{KeyRing, ProviderName, Warden};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -54,6 +55,7 @@ pub struct App {
 
 struct Inner {
     warden: Warden,
+    webhooks: Webhooks,
     connector: tokenwarden::connect::Connector,
     api_keys: ApiKeys,
     metrics: PrometheusHandle,
@@ -75,7 +77,7 @@ impl App {
             .map_err(|message| ConfigError::key("auth.api_keys", message))?;
         crate::telemetry::register_known_series(config.providers.keys().map(String::as_str));
         let connect = config.connect_config()?;
-        let warden = build_warden_as(&config, Role::Instance).await?;
+        let (warden, webhooks) = build_parts(&config, Role::Instance).await?;
         let connector = tokenwarden::connect::Connector::new(warden.clone(), connect);
         if let Err(error) = warden.update_connection_gauges().await {
             tracing::warn!(error = %error, "could not compute the connections gauge");
@@ -83,6 +85,7 @@ impl App {
         Ok(Self {
             inner: Arc::new(Inner {
                 warden,
+                webhooks,
                 connector,
                 api_keys,
                 metrics,
@@ -93,6 +96,11 @@ impl App {
 
     pub fn warden(&self) -> &Warden {
         &self.inner.warden
+    }
+
+    /// Webhook delivery.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.inner.webhooks
     }
 
     /// The connect flow.
@@ -172,6 +180,18 @@ impl App {
                 "/v1/connect/sessions/{id}",
                 get(crate::connect::get_session),
             )
+            .route(
+                "/v1/webhooks/deliveries",
+                get(crate::webhooks::list_deliveries),
+            )
+            .route(
+                "/v1/webhooks/deliveries/{id}/retry",
+                axum::routing::post(crate::webhooks::retry_delivery),
+            )
+            .route(
+                "/v1/webhooks/endpoints/{name}/test",
+                axum::routing::post(crate::webhooks::test_endpoint),
+            )
             .route_layer(axum::middleware::from_fn_with_state(
                 self.clone(),
                 api::require_api_key,
@@ -250,6 +270,14 @@ pub async fn build_warden(config: &Config) -> Result<Warden, StartError> {
 /// [`build_warden`] for a process in the given [`Role`]: `serve` is the
 /// [`Role::Instance`], and on SQLite only one may hold a database file.
 pub async fn build_warden_as(config: &Config, role: Role) -> Result<Warden, StartError> {
+    Ok(build_parts(config, role).await?.0)
+}
+
+/// The warden and the webhook delivery over one store: the store's outbox is on when
+/// endpoints are configured (so every process that writes, the CLI included, records the
+/// events), and provider breakers report to the webhooks. Only a serving instance runs the
+/// delivery loop.
+pub async fn build_parts(config: &Config, role: Role) -> Result<(Warden, Webhooks), StartError> {
     let active = config
         .encryption
         .active_key
@@ -279,14 +307,28 @@ pub async fn build_warden_as(config: &Config, role: Role) -> Result<Warden, Star
             })?;
         providers.push(built);
     }
-    Ok(Warden::builder(store)
+    let instance_id = format!("tw-{:016x}", rand::random::<u64>());
+    let webhooks = Webhooks::new(
+        Arc::clone(&store),
+        WebhookConfig {
+            endpoints: config.webhook_endpoints()?,
+            schedule: config.webhook_schedule(),
+        },
+        Arc::new(tokenwarden::clock::SystemClock),
+        instance_id.clone(),
+    )
+    .map_err(|e| StartError::Http(e.to_string()))?;
+    let warden = Warden::builder(store)
         .providers(providers)
         .refresh_config(config.refresh_config())
         .breaker_config(config.breaker_config())
         .scheduler_config(config.scheduler_config())
+        .instance_id(instance_id)
+        .circuit_changes(webhooks.circuit_changes())
         .build()
         // The server's own checks come first and name config keys; this catches the rest.
-        .map_err(|e| ConfigError::key(e.field, e.problem))?)
+        .map_err(|e| ConfigError::key(e.field, e.problem))?;
+    Ok((warden, webhooks))
 }
 
 /// Opens the store named by `database_url` (SQLite or PostgreSQL) in `role`, creating the
@@ -343,6 +385,18 @@ pub async fn run(
         tasks.spawn(async move {
             warden
                 .run_scheduler(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+        });
+    }
+
+    if app.webhooks().enabled() {
+        let webhooks = app.webhooks().clone();
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            webhooks
+                .run(async move {
                     let _ = stop.changed().await;
                 })
                 .await;

@@ -716,6 +716,15 @@ impl Config {
         })
     }
 
+    /// The webhook retry schedule: `[webhooks]` over the defaults (5 s doubling to 1 h).
+    pub fn webhook_schedule(&self) -> tokenwarden::webhooks::delivery::RetrySchedule {
+        tokenwarden::webhooks::delivery::RetrySchedule {
+            retry_for: Duration::from_secs(self.webhooks.retry_for_seconds),
+            max_retry_after: Duration::from_secs(self.webhooks.max_retry_after_seconds),
+            ..tokenwarden::webhooks::delivery::RetrySchedule::default()
+        }
+    }
+
     /// The `[webhooks.endpoints.*]` tables as checked library settings, sorted by name.
     /// Errors name the key (`webhooks.endpoints.NAME.secret`), never a secret or the URL.
     pub fn webhook_endpoints(&self) -> Result<Vec<EndpointConfig>, ConfigError> {

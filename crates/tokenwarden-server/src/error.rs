@@ -185,7 +185,10 @@ pub fn status_for(error: &Error) -> StatusCode {
         | ErrorCode::UnknownProvider
         | ErrorCode::ConnectStateInvalid
         | ErrorCode::IssuerMismatch => StatusCode::BAD_REQUEST,
-        ErrorCode::ConnectSessionNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::ConnectSessionNotFound
+        | ErrorCode::WebhookDeliveryNotFound
+        | ErrorCode::WebhookEndpointNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::WebhookDeliveryNotFailed => StatusCode::CONFLICT,
         ErrorCode::ConnectSessionExpired => StatusCode::GONE,
         ErrorCode::AccessDenied => StatusCode::FORBIDDEN,
         ErrorCode::AccountMismatch => StatusCode::CONFLICT,
@@ -292,6 +295,9 @@ mod tests {
             (ErrorCode::CodeExchangeFailed, 502),
             (ErrorCode::IssuerMismatch, 400),
             (ErrorCode::AccountMismatch, 409),
+            (ErrorCode::WebhookDeliveryNotFound, 404),
+            (ErrorCode::WebhookEndpointNotFound, 404),
+            (ErrorCode::WebhookDeliveryNotFailed, 409),
         ];
         assert_eq!(cases.len(), ErrorCode::ALL.len());
         for (code, status) in cases {

@@ -17,6 +17,7 @@ pub mod fast_path;
 pub mod log_writer;
 pub mod telemetry;
 pub mod views;
+pub mod webhooks;
 
 pub use app::{App, StartError, build_warden, run};
 pub use config::Config;

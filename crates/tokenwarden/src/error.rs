@@ -47,11 +47,18 @@ pub enum ErrorCode {
     IssuerMismatch,
     /// A reconnect signed in to a different provider account than the connection's.
     AccountMismatch,
+    /// No webhook delivery has this id.
+    WebhookDeliveryNotFound,
+    /// No webhook endpoint has this name.
+    WebhookEndpointNotFound,
+    /// Only a failed delivery can be sent again by hand (a pending one is still being
+    /// retried; a delivered one arrived).
+    WebhookDeliveryNotFailed,
 }
 
 impl ErrorCode {
     /// Every code, for metrics that must be exported from the start.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::AccountNotFound,
         Self::NoRefreshToken,
         Self::TokenRefreshError,
@@ -69,6 +76,9 @@ impl ErrorCode {
         Self::CodeExchangeFailed,
         Self::IssuerMismatch,
         Self::AccountMismatch,
+        Self::WebhookDeliveryNotFound,
+        Self::WebhookEndpointNotFound,
+        Self::WebhookDeliveryNotFailed,
     ];
 
     /// The wire form, e.g. `TOKEN_EXPIRED`.
@@ -91,6 +101,9 @@ impl ErrorCode {
             Self::CodeExchangeFailed => "CODE_EXCHANGE_FAILED",
             Self::IssuerMismatch => "ISSUER_MISMATCH",
             Self::AccountMismatch => "ACCOUNT_MISMATCH",
+            Self::WebhookDeliveryNotFound => "WEBHOOK_DELIVERY_NOT_FOUND",
+            Self::WebhookEndpointNotFound => "WEBHOOK_ENDPOINT_NOT_FOUND",
+            Self::WebhookDeliveryNotFailed => "WEBHOOK_DELIVERY_NOT_FAILED",
         }
     }
 }

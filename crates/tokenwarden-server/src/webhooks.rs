@@ -1,0 +1,275 @@
+//! The webhooks' HTTP API: the delivery log (`GET /v1/webhooks/deliveries`), sending a failed
+//! delivery again (`POST /v1/webhooks/deliveries/{id}/retry`) and a test event for one
+//! endpoint (`POST /v1/webhooks/endpoints/{name}/test`). Delivery itself is the library's
+//! `tokenwarden::webhooks::worker`, run by `app::run`.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use tokenwarden::webhooks::EventType;
+use tokenwarden::webhooks::outbox::{
+    DeliveryQuery, DeliveryStatus, DeliveryView, decode_delivery_cursor,
+};
+use tokenwarden::{Error, ErrorCode};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::app::App;
+use crate::config::redact_quoted;
+use crate::error::{ApiError, ErrorBody};
+use crate::views::rfc3339;
+
+/// Longest cursor accepted (a delivery id, base64url).
+const MAX_CURSOR_LEN: usize = 128;
+
+/// A delivery: one event to one endpoint. Never the body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryItem {
+    /// `dlv_…`
+    pub id: String,
+    /// The event's id: the `webhook-id` header of every attempt.
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: u32,
+    /// The last attempt's HTTP status, when it got an answer.
+    pub last_status: Option<u16>,
+    /// Why the last attempt did not deliver.
+    pub last_error: Option<String>,
+    /// RFC 3339; set while pending.
+    pub next_attempt_at: Option<String>,
+    pub created_at: String,
+}
+
+/// One page of deliveries, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryList {
+    pub items: Vec<DeliveryItem>,
+    pub next_cursor: Option<String>,
+}
+
+/// A queued test event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestEventView {
+    /// The `webhook.test` event's id (`webhook-id`).
+    pub event_id: String,
+}
+
+/// The query of `GET /v1/webhooks/deliveries`. Only describes it for the document.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct DeliveryParams {
+    /// `pending`, `delivered` or `failed`.
+    status: Option<String>,
+    /// An event type, e.g. `connection.needs_reconnect`.
+    #[param(rename = "type")]
+    kind: Option<String>,
+    /// An endpoint's name.
+    endpoint: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+fn item(view: &DeliveryView) -> DeliveryItem {
+    DeliveryItem {
+        id: view.id.clone(),
+        event_id: view.event_id.clone(),
+        kind: view.kind.as_str().to_owned(),
+        endpoint: view.endpoint.clone(),
+        status: view.status.as_str().to_owned(),
+        attempts: view.attempts,
+        last_status: view.last_status,
+        last_error: view.last_error.clone(),
+        next_attempt_at: view.next_attempt_at.map(rfc3339),
+        created_at: rfc3339(view.created_at),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/deliveries",
+    tag = "webhooks",
+    params(DeliveryParams),
+    responses(
+        (status = 200, description = "one page of deliveries, newest first", body = DeliveryList),
+        (status = 400, description = "INVALID_REQUEST: a malformed or unknown parameter (the \
+            message and `details.field` name it)", body = ErrorBody),
+        (status = 500, description = "GET_TOKEN_ERROR: the database failed", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+/// Lists webhook deliveries, filtered and paginated.
+pub async fn list_deliveries(
+    State(app): State<App>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    let Query(params) =
+        query.map_err(|e| ApiError::invalid("query", redact_quoted(&e.body_text())))?;
+    let query = parse_delivery_query(params)?;
+    let page = app
+        .warden()
+        .store()
+        .list_deliveries(&query)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "listing webhook deliveries failed");
+            ApiError::from(Error::new(
+                ErrorCode::GetTokenError,
+                "listing deliveries failed",
+            ))
+        })?;
+    Ok(Json(DeliveryList {
+        items: page.items.iter().map(item).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Validates the query of `GET /v1/webhooks/deliveries`.
+pub fn parse_delivery_query(params: HashMap<String, String>) -> Result<DeliveryQuery, ApiError> {
+    let mut query = DeliveryQuery::default();
+    for (name, value) in params {
+        match name.as_str() {
+            "status" => {
+                query.status = Some(DeliveryStatus::parse(&value).ok_or_else(|| {
+                    ApiError::invalid("status", "must be pending, delivered or failed")
+                })?);
+            }
+            "type" => {
+                query.kind = Some(
+                    EventType::parse(&value)
+                        .ok_or_else(|| ApiError::invalid("type", "is not an event type"))?,
+                );
+            }
+            "endpoint" => {
+                if value.is_empty() || value.chars().count() > 64 {
+                    return Err(ApiError::invalid("endpoint", "must be 1-64 characters"));
+                }
+                query.endpoint = Some(value);
+            }
+            "limit" => {
+                query.limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=tokenwarden::store::MAX_LIST_LIMIT).contains(n))
+                    .ok_or_else(|| ApiError::invalid("limit", "must be an integer 1-1000"))?;
+            }
+            "cursor" => {
+                if value.len() > MAX_CURSOR_LEN || decode_delivery_cursor(&value).is_err() {
+                    return Err(ApiError::invalid(
+                        "cursor",
+                        "is not a next_cursor from this server",
+                    ));
+                }
+                query.cursor = Some(value);
+            }
+            other => {
+                let shown: String = other.chars().filter(|c| !c.is_control()).take(64).collect();
+                return Err(ApiError::invalid(
+                    "query",
+                    format!("unknown parameter `{shown}` (status, type, endpoint, limit, cursor)"),
+                ));
+            }
+        }
+    }
+    Ok(query)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/deliveries/{id}/retry",
+    tag = "webhooks",
+    params(("id" = String, Path, description = "the delivery's id (`dlv_…`)")),
+    responses(
+        (status = 202, description = "queued: it is sent again now, with the same event id",
+            body = DeliveryItem),
+        (status = 400, description = "INVALID_REQUEST: the id is not UTF-8", body = ErrorBody),
+        (status = 404, description = "WEBHOOK_DELIVERY_NOT_FOUND", body = ErrorBody),
+        (status = 409, description = "WEBHOOK_DELIVERY_NOT_FAILED: only a failed delivery can \
+            be sent again", body = ErrorBody),
+        (status = 500, description = "GET_TOKEN_ERROR: the database failed", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+/// Sends a failed delivery again now.
+pub async fn retry_delivery(
+    State(app): State<App>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<DeliveryItem>), ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::invalid("id", redact_quoted(&e.body_text())))?;
+    let not_found = || {
+        ApiError::from(Error::new(
+            ErrorCode::WebhookDeliveryNotFound,
+            "no webhook delivery has this id",
+        ))
+    };
+    if !tokenwarden::webhooks::outbox::is_delivery_id(&id) {
+        return Err(not_found());
+    }
+    let store = app.warden().store();
+    let now = tokenwarden::clock::Clock::now(&tokenwarden::clock::SystemClock);
+    let view = store
+        .retry_delivery(&id, now)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "retrying a webhook delivery failed");
+            ApiError::from(Error::new(ErrorCode::GetTokenError, "retrying failed"))
+        })?
+        .ok_or_else(not_found)?;
+    if view.status != DeliveryStatus::Pending {
+        return Err(ApiError::from(Error::new(
+            ErrorCode::WebhookDeliveryNotFailed,
+            format!(
+                "delivery {id} is {}: only a failed delivery can be sent again",
+                view.status
+            ),
+        )));
+    }
+    app.webhooks().wake();
+    Ok((StatusCode::ACCEPTED, Json(item(&view))))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/endpoints/{name}/test",
+    tag = "webhooks",
+    params(("name" = String, Path, description = "a configured endpoint's name")),
+    responses(
+        (status = 202, description = "a `webhook.test` event is queued for this endpoint",
+            body = TestEventView),
+        (status = 400, description = "INVALID_REQUEST: the name is not UTF-8", body = ErrorBody),
+        (status = 404, description = "WEBHOOK_ENDPOINT_NOT_FOUND", body = ErrorBody),
+        (status = 500, description = "GET_TOKEN_ERROR: the database failed", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+/// Sends a `webhook.test` event to one endpoint.
+pub async fn test_endpoint(
+    State(app): State<App>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<(StatusCode, Json<TestEventView>), ApiError> {
+    let Path(name) = name.map_err(|e| ApiError::invalid("name", redact_quoted(&e.body_text())))?;
+    match app.webhooks().send_test(&name).await {
+        Ok(Some(event_id)) => Ok((StatusCode::ACCEPTED, Json(TestEventView { event_id }))),
+        Ok(None) => Err(ApiError::from(Error::new(
+            ErrorCode::WebhookEndpointNotFound,
+            "no webhook endpoint has this name",
+        ))),
+        Err(e) => {
+            tracing::error!(error = %e, "queueing a test event failed");
+            Err(ApiError::from(Error::new(
+                ErrorCode::GetTokenError,
+                "queueing the test event failed",
+            )))
+        }
+    }
+}
