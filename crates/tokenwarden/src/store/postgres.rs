@@ -84,6 +84,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "connect_sessions",
         include_str!("../../migrations/postgres/0004_connect_sessions.sql"),
     ),
+    (
+        5,
+        "webhook_outbox",
+        include_str!("../../migrations/postgres/0005_webhook_outbox.sql"),
+    ),
 ];
 
 const BAD_URL: &str = "database_url must be a postgres:// or postgresql:// URL";
