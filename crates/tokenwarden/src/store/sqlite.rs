@@ -14,6 +14,10 @@
 //! refreshes at once instead of waiting out the dead process's leases. Tools
 //! ([`Role::Tool`], the CLI) open the file beside the instance and keep their leases to
 //! themselves (see `migrations/sqlite/0003`).
+//!
+//! With the webhook outbox on (see `outbox`), the writes that raise events read the row as
+//! it was inside their `BEGIN IMMEDIATE` transaction and insert the events in it; with it
+//! off they are the statements they always were.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
