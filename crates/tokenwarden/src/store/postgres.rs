@@ -9,6 +9,12 @@
 //! its candidates with `FOR UPDATE SKIP LOCKED`, so instances claiming at once split the due
 //! work without overlap and without waiting on each other.
 //!
+//! The webhook outbox (see `outbox`) works the same way: with the outbox on, a connection
+//! write locks and reads the row as it was (`SELECT … FOR UPDATE`, or the row `DELETE …
+//! RETURNING` removed) and inserts its events in the same transaction; dispatchers and
+//! claimers lock events and deliveries with `FOR UPDATE SKIP LOCKED`. With the outbox off the
+//! writes are the single statements described above.
+//!
 //! A lease is tied to its owner's liveness (see `liveness`): every store that leases holds
 //! an advisory lock while its process lives, and a lease whose registered owner's lock is
 //! gone is free at once. Only a contested lease pays for that check: the uncontested
@@ -22,7 +28,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -35,10 +41,10 @@ use time::OffsetDateTime;
 use super::liveness::{LIVE_CTE, Liveness, owner_gone};
 use super::rows::{
     FinishValues, META_COLUMNS, RowValues, SESSION_COLUMNS, SessionValues, WRITE_COLUMNS,
-    claim_refused, claimed_from_row, corrupt, db_error, distinct_keys, flow_key_id, from_unix, get,
-    key_from_row, key_usage as key_usage_from, list_query, meta_from_row, open_refused,
-    open_tokens, page, push_after, seal_tokens, session_from_row, status_counts, unix,
-    written_meta,
+    claim_refused, claimed_from_row, corrupt, db_error, delivery_from_row, delivery_list_query,
+    distinct_keys, flow_key_id, from_unix, get, key_from_row, key_usage as key_usage_from,
+    list_query, meta_from_row, open_refused, open_tokens, page, push_after, seal_tokens,
+    session_from_row, status_counts, unix, webhook_stats, webhook_stats_sql, written_meta,
 };
 use super::{
     Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
@@ -50,8 +56,11 @@ use crate::crypto::KeyRing;
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
     ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
-    WebhookQueueStats,
+    WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor, delivery_page,
+    session_failed_event, unix_ms,
 };
+
+mod outbox;
 
 /// Connections per pool. Every instance has its own pool, plus one connection of its own
 /// that holds its lease liveness lock once it leases, so a deployment of N instances uses up
@@ -83,6 +92,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "connect_sessions",
         include_str!("../../migrations/postgres/0004_connect_sessions.sql"),
+    ),
+    (
+        5,
+        "webhook_outbox",
+        include_str!("../../migrations/postgres/0005_webhook_outbox.sql"),
     ),
 ];
 
@@ -224,6 +238,60 @@ impl PgStore {
             .transpose()
     }
 
+    /// [`Store::put`] with the outbox on: the same insert-then-replace, each round one
+    /// transaction that also reads (and locks) the row it replaces and inserts the events
+    /// of the write.
+    async fn put_with_events(
+        &self,
+        conn: &Connection,
+        values: RowValues,
+    ) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
+        let key = conn.key();
+        for _ in 0..PUT_ATTEMPTS {
+            let mut tx = self.pool.begin().await.map_err(db_error("put"))?;
+            let insert = bind_values(
+                values.clone(),
+                sqlx::query(AssertSqlSafe(INSERT_SQL.as_str())),
+            );
+            let row = bind_key(insert, key)
+                .bind(unix(conn.meta.created_at))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error("put"))?;
+            let (old, meta, outcome) = if let Some(row) = row {
+                let meta = written_meta(conn, get(&row, "created_at")?, get(&row, "version")?)?;
+                (None, meta, PutOutcome::Created)
+            } else {
+                // Deleted since the insert found it: insert again, in a new transaction.
+                let Some(old) = read_meta_for_update(&mut tx, key).await? else {
+                    continue;
+                };
+                let replace = bind_values(
+                    values.clone(),
+                    sqlx::query(AssertSqlSafe(REPLACE_SQL.as_str())),
+                );
+                let row = bind_key(replace, key)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error("put"))?;
+                let meta = written_meta(conn, get(&row, "created_at")?, get(&row, "version")?)?;
+                (Some(old), meta, PutOutcome::Replaced)
+            };
+            let events =
+                connection_change_events(old.as_ref(), Some(&meta), Write::Put, meta.updated_at);
+            outbox::insert_events(&mut tx, &events).await?;
+            tx.commit().await.map_err(db_error("put"))?;
+            return Ok((meta, outcome));
+        }
+        Err(StoreError::Database(
+            "put: the connection kept being deleted and re-created concurrently".to_owned(),
+        ))
+    }
+
+    fn outbox_on(&self) -> bool {
+        self.outbox_on.load(Ordering::Relaxed)
+    }
+
     /// The connection pool, for backend-specific tests and maintenance.
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -255,6 +323,9 @@ impl PgStore {
                 Err(e) => out[i] = Some(Err(e)),
             }
         }
+        if self.outbox_on() && !columns.idx.is_empty() {
+            return self.update_distinct_with_events(conns, columns, out).await;
+        }
         // Nothing to send when no row could be sealed.
         let rows = if columns.idx.is_empty() {
             Vec::new()
@@ -285,6 +356,65 @@ impl PgStore {
         Ok(results)
     }
 
+    /// The rest of [`PgStore::update_distinct`] with the outbox on, in one transaction:
+    /// lock and read the rows as they were (in key order, as the batch statement would lock
+    /// them), run the batch statement, insert the events of the rows it wrote. A row it did
+    /// not write is `NotFound` when the read did not find it, else `Conflict`.
+    async fn update_distinct_with_events(
+        &self,
+        conns: &[Connection],
+        columns: BatchColumns,
+        mut out: Vec<Option<Result<ConnectionMeta, StoreError>>>,
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error("update"))?;
+        let old_rows = sqlx::query(AssertSqlSafe(METAS_FOR_UPDATE_SQL.as_str()))
+            .bind(columns.user_id.clone())
+            .bind(columns.provider.clone())
+            .bind(columns.account_id.clone())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error("update"))?;
+        let mut old = std::collections::HashMap::with_capacity(old_rows.len());
+        for row in &old_rows {
+            let meta = meta_from_row(row)?;
+            old.insert(meta.key.clone(), meta);
+        }
+        let rows = columns
+            .bind(sqlx::query(UPDATE_BATCH_SQL))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error("update"))?;
+        let mut events = Vec::new();
+        for row in &rows {
+            let idx: i32 = get(row, "idx")?;
+            let i = usize::try_from(idx).map_err(|_| corrupt("batch index"))?;
+            let conn = conns.get(i).ok_or_else(|| corrupt("batch index"))?;
+            let meta = written_meta(conn, get(row, "created_at")?, get(row, "version")?)?;
+            events.extend(connection_change_events(
+                old.get(conn.key()),
+                Some(&meta),
+                Write::Update,
+                meta.updated_at,
+            ));
+            out[i] = Some(Ok(meta));
+        }
+        outbox::insert_events(&mut tx, &events).await?;
+        tx.commit().await.map_err(db_error("update"))?;
+        Ok(out
+            .into_iter()
+            .zip(conns)
+            .map(|(result, conn)| {
+                result.unwrap_or_else(|| {
+                    Err(if old.contains_key(conn.key()) {
+                        StoreError::Conflict
+                    } else {
+                        StoreError::NotFound
+                    })
+                })
+            })
+            .collect())
+    }
+
     /// [`Store::update_batch`] with a key written more than once: one transaction, one
     /// statement per row in the order given, so later writes see earlier ones.
     async fn update_in_order(
@@ -296,9 +426,11 @@ impl PgStore {
             .map(|c| RowValues::seal(&self.keys, c))
             .collect();
         let mut tx = self.pool.begin().await.map_err(db_error("update"))?;
+        let outbox = self.outbox_on();
         let mut out = Vec::with_capacity(conns.len());
         for (conn, values) in conns.iter().zip(values) {
             let result = match values {
+                Ok(v) if outbox => update_with_events(&mut tx, conn, v).await,
                 Ok(v) => update_row(&mut tx, conn, v).await,
                 Err(e) => Err(e),
             };
@@ -352,6 +484,58 @@ async fn update_row(
     match row {
         Some(row) => written_meta(conn, get(&row, "created_at")?, get(&row, "version")?),
         None => Err(missed_write(db, key, "update").await),
+    }
+}
+
+/// The connection's metadata, its row locked until the transaction `db` ends: the row as
+/// the write that follows will find it.
+async fn read_meta_for_update(
+    db: &mut PgConnection,
+    key: &ConnectionKey,
+) -> Result<Option<ConnectionMeta>, StoreError> {
+    let row = bind_key(
+        sqlx::query(AssertSqlSafe(META_FOR_UPDATE_SQL.as_str())),
+        key,
+    )
+    .fetch_optional(&mut *db)
+    .await
+    .map_err(db_error("read connection"))?;
+    row.as_ref().map(meta_from_row).transpose()
+}
+
+/// [`update_row`] with the outbox on, inside the transaction `db`: locks and reads the row
+/// as it was, writes, and inserts the events the write raises. A missing row is `NotFound`
+/// and a stale version `Conflict`, and then nothing is written.
+async fn update_with_events(
+    db: &mut PgConnection,
+    conn: &Connection,
+    values: RowValues,
+) -> Result<ConnectionMeta, StoreError> {
+    let old = read_meta_for_update(db, conn.key())
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    if old.version != conn.meta.version {
+        return Err(StoreError::Conflict);
+    }
+    let meta = update_row(db, conn, values).await?;
+    let events = connection_change_events(Some(&old), Some(&meta), Write::Update, meta.updated_at);
+    outbox::insert_events(db, &events).await?;
+    Ok(meta)
+}
+
+/// The events of deleting the row a `DELETE … RETURNING` gave back. A row whose metadata
+/// no longer reads (corrupt) is still deleted, without its event: refusing would leave the
+/// operator no way to remove it.
+fn deleted_events(key: &ConnectionKey, row: &sqlx::postgres::PgRow) -> Vec<NewEvent> {
+    match meta_from_row(row) {
+        Ok(old) => {
+            connection_change_events(Some(&old), None, Write::Delete, OffsetDateTime::now_utc())
+        }
+        Err(e) => {
+            tracing::warn!(provider = %key.provider, account_id = %key.account_id, error = %e,
+                "deleted a connection whose row did not read; no connection.deleted event");
+            Vec::new()
+        }
     }
 }
 
@@ -776,6 +960,35 @@ static GET_SQL: LazyLock<String> = LazyLock::new(|| {
 const EXISTS_SQL: &str =
     "SELECT 1 FROM connections WHERE user_id = $1 AND provider = $2 AND account_id = $3";
 
+/// One row's metadata, locked for the rest of the transaction.
+static META_FOR_UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {META_COLUMNS} FROM connections \
+         WHERE user_id = $1 AND provider = $2 AND account_id = $3 FOR UPDATE"
+    )
+});
+
+/// Several rows' metadata (keys as three arrays), locked in key order: the order
+/// [`UPDATE_BATCH_SQL`] locks them in, so two batches never wait on each other in a cycle.
+static METAS_FOR_UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {META_COLUMNS} FROM connections \
+         WHERE (user_id, provider, account_id) IN \
+               (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
+         ORDER BY user_id, provider, account_id FOR UPDATE"
+    )
+});
+
+/// A delete that returns the row as it was, for its event.
+static DELETE_RETURNING_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "DELETE FROM connections WHERE user_id = $1 AND provider = $2 AND account_id = $3 \
+         RETURNING {META_COLUMNS}"
+    )
+});
+
+static WEBHOOK_STATS_SQL: LazyLock<String> = LazyLock::new(|| webhook_stats_sql("$1"));
+
 /// Binds the values in [`WRITE_COLUMNS`] order.
 fn bind_values<'q>(values: RowValues, query: PgQuery<'q>) -> PgQuery<'q> {
     let s = values.sealed;
@@ -855,6 +1068,14 @@ const FINISH_SESSION_SQL: &str = "UPDATE connect_sessions SET state = $1, error_
      error_message = $3, connected_account_id = $4, finished_at = $5, flow = NULL, \
      flow_key_id = NULL WHERE id = $6 AND state IN ('pending', 'opened', 'exchanging')";
 
+/// [`FINISH_SESSION_SQL`] returning the session, for its event.
+static FINISH_SESSION_RETURNING_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{FINISH_SESSION_SQL} RETURNING {}",
+        SESSION_COLUMNS.join(", ")
+    )
+});
+
 /// Binds a session's values in [`SESSION_COLUMNS`] order.
 fn bind_session<'q>(values: SessionValues, query: PgQuery<'q>) -> PgQuery<'q> {
     query
@@ -900,6 +1121,9 @@ impl Store for PgStore {
     async fn put(&self, conn: &Connection) -> Result<(ConnectionMeta, PutOutcome), StoreError> {
         let key = conn.key();
         let values = RowValues::seal(&self.keys, conn)?;
+        if self.outbox_on() {
+            return self.put_with_events(conn, values).await;
+        }
         // Two single statements instead of a transaction: the insert does nothing if the key
         // exists (waiting for a concurrent insert of it to settle), then the replace bumps
         // the existing row's version. Only a delete landing between the two leaves both
@@ -944,17 +1168,40 @@ impl Store for PgStore {
         // `INSERT_SQL` does nothing when the key exists (waiting for a concurrent insert of
         // it to settle, so exactly one of several racing inserts returns a row).
         let insert = bind_values(values, sqlx::query(AssertSqlSafe(INSERT_SQL.as_str())));
-        let row = bind_key(insert, conn.key())
-            .bind(unix(conn.meta.created_at))
-            .fetch_optional(&self.pool)
+        let insert = bind_key(insert, conn.key()).bind(unix(conn.meta.created_at));
+        // An application token's row (what this is for) raises no event: no transaction.
+        if !self.outbox_on() || conn.key().is_app() {
+            let row = insert
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error("insert"))?;
+            return row
+                .map(|row| written_meta(conn, get(&row, "created_at")?, get(&row, "version")?))
+                .transpose();
+        }
+        let mut tx = self.pool.begin().await.map_err(db_error("insert"))?;
+        let Some(row) = insert
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(db_error("insert"))?;
-        row.map(|row| written_meta(conn, get(&row, "created_at")?, get(&row, "version")?))
-            .transpose()
+            .map_err(db_error("insert"))?
+        else {
+            return Ok(None);
+        };
+        let meta = written_meta(conn, get(&row, "created_at")?, get(&row, "version")?)?;
+        let events = connection_change_events(None, Some(&meta), Write::Put, meta.updated_at);
+        outbox::insert_events(&mut tx, &events).await?;
+        tx.commit().await.map_err(db_error("insert"))?;
+        Ok(Some(meta))
     }
 
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
         let values = RowValues::seal(&self.keys, conn)?;
+        if self.outbox_on() {
+            let mut tx = self.pool.begin().await.map_err(db_error("update"))?;
+            let meta = update_with_events(&mut tx, conn, values).await?;
+            tx.commit().await.map_err(db_error("update"))?;
+            return Ok(meta);
+        }
         // Autocommit: durable when it returns (synchronous_commit = on).
         let mut db = self.pool.acquire().await.map_err(db_error("update"))?;
         update_row(&mut db, conn, values).await
@@ -975,6 +1222,23 @@ impl Store for PgStore {
     }
 
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
+        if self.outbox_on() {
+            let mut tx = self.pool.begin().await.map_err(db_error("delete"))?;
+            let deleted = bind_key(
+                sqlx::query(AssertSqlSafe(DELETE_RETURNING_SQL.as_str())),
+                key,
+            )
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error("delete"))?;
+            let Some(row) = deleted else {
+                return Ok(false);
+            };
+            let events = deleted_events(key, &row);
+            outbox::insert_events(&mut tx, &events).await?;
+            tx.commit().await.map_err(db_error("delete"))?;
+            return Ok(true);
+        }
         let done = bind_key(
             sqlx::query(
                 "DELETE FROM connections WHERE user_id = $1 AND provider = $2 AND account_id = $3",
@@ -1248,6 +1512,40 @@ impl Store for PgStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let values = FinishValues::new(finish, now);
+        if self.outbox_on() && finish.error().is_some() {
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(db_error("finish connect session"))?;
+            let row = sqlx::query(AssertSqlSafe(FINISH_SESSION_RETURNING_SQL.as_str()))
+                .bind(values.state)
+                .bind(values.error_code)
+                .bind(values.error_message)
+                .bind(values.connected_account_id)
+                .bind(values.finished_at)
+                .bind(id.to_owned())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error("finish connect session"))?;
+            let Some(row) = row else {
+                return Ok(false);
+            };
+            let session = session_from_row(&row)?;
+            let event = session_failed_event(
+                &session.id,
+                &session.user_id,
+                &session.provider,
+                session.account_id.as_ref(),
+                finish,
+                now,
+            );
+            outbox::insert_events(&mut tx, event.as_slice()).await?;
+            tx.commit()
+                .await
+                .map_err(db_error("finish connect session"))?;
+            return Ok(true);
+        }
         let done = sqlx::query(FINISH_SESSION_SQL)
             .bind(values.state)
             .bind(values.error_code)
@@ -1379,70 +1677,119 @@ impl Store for PgStore {
     }
 
     fn set_outbox(&self, enabled: bool) {
-        self.outbox_on
-            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+        self.outbox_on.store(enabled, Ordering::Relaxed);
     }
 
-    async fn insert_events(&self, _events: &[NewEvent]) -> Result<(), StoreError> {
-        Err(not_yet())
+    async fn insert_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        let mut db = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("insert events"))?;
+        // One statement: atomic without a transaction.
+        outbox::insert_events(&mut db, events).await
     }
 
     async fn dispatch_events(
         &self,
-        _endpoints: &[(String, BTreeSet<EventType>)],
-        _now: OffsetDateTime,
-        _limit: u32,
+        endpoints: &[(String, BTreeSet<EventType>)],
+        now: OffsetDateTime,
+        limit: u32,
     ) -> Result<u64, StoreError> {
-        Err(not_yet())
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error("dispatch events"))?;
+        let dispatched = outbox::dispatch(&mut tx, endpoints, now, limit).await?;
+        tx.commit().await.map_err(db_error("dispatch events"))?;
+        Ok(dispatched)
     }
 
     async fn claim_deliveries(
         &self,
-        _now: OffsetDateTime,
-        _owner: &str,
-        _lease_until: OffsetDateTime,
-        _limit: u32,
-        _capacity: &[(String, u32)],
+        now: OffsetDateTime,
+        owner: &str,
+        lease_until: OffsetDateTime,
+        limit: u32,
+        capacity: &[(String, u32)],
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        Err(not_yet())
+        let mut db = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("claim deliveries"))?;
+        outbox::claim(&mut db, now, owner, lease_until, limit, capacity).await
     }
 
     async fn finish_delivery(
         &self,
-        _id: &str,
-        _owner: &str,
-        _outcome: &DeliveryOutcome,
-        _now: OffsetDateTime,
+        id: &str,
+        owner: &str,
+        outcome: &DeliveryOutcome,
+        now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        Err(not_yet())
+        let mut db = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("finish delivery"))?;
+        outbox::finish(&mut db, id, owner, outcome, now).await
     }
 
-    async fn list_deliveries(&self, _query: &DeliveryQuery) -> Result<DeliveryPage, StoreError> {
-        Err(not_yet())
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage, StoreError> {
+        let before = query
+            .cursor
+            .as_deref()
+            .map(decode_delivery_cursor)
+            .transpose()?;
+        let limit = query.effective_limit();
+        let rows = delivery_list_query::<Postgres>(query, before.as_deref(), limit)
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("list deliveries"))?;
+        let items = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(delivery_page(items, limit))
     }
 
     async fn retry_delivery(
         &self,
-        _id: &str,
-        _now: OffsetDateTime,
+        id: &str,
+        now: OffsetDateTime,
     ) -> Result<Option<DeliveryView>, StoreError> {
-        Err(not_yet())
+        let mut db = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("retry delivery"))?;
+        outbox::retry(&mut db, id, now).await
     }
 
-    async fn delivery(&self, _id: &str) -> Result<Option<DeliveryView>, StoreError> {
-        Err(not_yet())
+    async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+        let mut db = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("read delivery"))?;
+        outbox::delivery(&mut db, id).await
     }
 
     async fn webhook_queue_stats(
         &self,
-        _now: OffsetDateTime,
+        now: OffsetDateTime,
     ) -> Result<WebhookQueueStats, StoreError> {
-        Err(not_yet())
+        let counts: (i64, i64, i64, i64, i64) =
+            sqlx::query_as(AssertSqlSafe(WEBHOOK_STATS_SQL.as_str()))
+                .bind(unix_ms(now))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_error("webhook queue stats"))?;
+        webhook_stats(counts)
     }
-}
-
-fn not_yet() -> StoreError {
-    StoreError::Database("the webhook outbox is not stored by this backend yet".to_owned())
 }
 
 #[cfg(test)]

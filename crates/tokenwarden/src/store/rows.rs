@@ -1,8 +1,11 @@
 //! Row mapping shared by the SQL backends: sealing and opening a connection's secrets,
 //! converting its metadata to and from column values (times as unix seconds, scopes and
-//! metadata as JSON text), and the small result-shaping helpers. SQLite and PostgreSQL keep
+//! metadata as JSON text), the webhook outbox's rows (times as unix milliseconds), and the
+//! small result-shaping helpers. SQLite and PostgreSQL keep
 //! only their SQL and their binding code; everything here is backend-independent, so the two
 //! cannot drift apart in how they store a connection.
+
+use std::collections::BTreeSet;
 
 use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 use time::OffsetDateTime;
@@ -17,6 +20,11 @@ use crate::connection::{
 };
 use crate::crypto::{Field, KeyRing, envelope_key_id};
 use crate::secret::{AccessToken, RefreshToken};
+use crate::webhooks::EventType;
+use crate::webhooks::outbox::{
+    ClaimedDelivery, DeliveryOutcome, DeliveryQuery, DeliveryStatus, DeliveryView,
+    WebhookQueueStats, from_unix_ms, new_delivery_id, unix_ms,
+};
 
 /// Ciphertexts and their key ids, ready to bind.
 #[derive(Clone)]
@@ -493,6 +501,206 @@ where
 {
     row.try_get(column)
         .map_err(|_| StoreError::Database(format!("cannot decode column {column}")))
+}
+
+/// The columns of `webhook_deliveries` that make a [`DeliveryView`], for
+/// [`delivery_from_row`] (the same in both backends).
+pub(crate) const DELIVERY_COLUMNS: &str = "id, event_id, endpoint, type, status, attempts, \
+     next_attempt_at, last_status, last_error, created_at, updated_at, first_attempt_at";
+
+/// A delivery from a row that has the [`DELIVERY_COLUMNS`].
+pub(crate) fn delivery_from_row<R>(row: &R) -> Result<DeliveryView, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i32: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let status: String = get(row, "status")?;
+    let time = |column: &'static str| -> Result<Option<OffsetDateTime>, StoreError> {
+        get::<R, Option<i64>>(row, column)?
+            .map(from_unix_ms)
+            .transpose()
+    };
+    Ok(DeliveryView {
+        id: get(row, "id")?,
+        event_id: get(row, "event_id")?,
+        kind: event_type(&get::<R, String>(row, "type")?)?,
+        endpoint: get(row, "endpoint")?,
+        status: DeliveryStatus::parse(&status).ok_or_else(|| corrupt("delivery status"))?,
+        attempts: u32::try_from(get::<R, i32>(row, "attempts")?)
+            .map_err(|_| corrupt("attempts"))?,
+        last_status: get::<R, Option<i32>>(row, "last_status")?
+            .map(|s| u16::try_from(s).map_err(|_| corrupt("last_status")))
+            .transpose()?,
+        last_error: get(row, "last_error")?,
+        next_attempt_at: time("next_attempt_at")?,
+        created_at: from_unix_ms(get(row, "created_at")?)?,
+        updated_at: from_unix_ms(get(row, "updated_at")?)?,
+        first_attempt_at: time("first_attempt_at")?,
+    })
+}
+
+/// A claimed delivery from a row with `id, event_id, endpoint, type, attempts,
+/// first_attempt_at` and the event's `body`.
+pub(crate) fn claimed_delivery_from_row<R>(row: &R) -> Result<ClaimedDelivery, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i32: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(ClaimedDelivery {
+        id: get(row, "id")?,
+        event_id: get(row, "event_id")?,
+        endpoint: get(row, "endpoint")?,
+        kind: event_type(&get::<R, String>(row, "type")?)?,
+        body: get(row, "body")?,
+        attempts: u32::try_from(get::<R, i32>(row, "attempts")?)
+            .map_err(|_| corrupt("attempts"))?,
+        first_attempt_at: get::<R, Option<i64>>(row, "first_attempt_at")?
+            .map(from_unix_ms)
+            .transpose()?,
+    })
+}
+
+/// A stored event type.
+pub(crate) fn event_type(name: &str) -> Result<EventType, StoreError> {
+    EventType::parse(name).ok_or_else(|| corrupt("event type"))
+}
+
+/// What [`Store::finish_delivery`](super::Store::finish_delivery) writes: `status`,
+/// `next_attempt_at`, `last_status`, `last_error`, in that order.
+pub(crate) struct FinishDeliveryValues {
+    pub status: &'static str,
+    pub next_attempt_at: Option<i64>,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+}
+
+impl FinishDeliveryValues {
+    pub(crate) fn new(outcome: &DeliveryOutcome) -> Self {
+        let (status, next, last_status, error) = match outcome {
+            DeliveryOutcome::Delivered { status } => {
+                (DeliveryStatus::Delivered, None, Some(*status), None)
+            }
+            DeliveryOutcome::Retry { at, status, error } => {
+                (DeliveryStatus::Pending, Some(*at), *status, Some(error))
+            }
+            DeliveryOutcome::Failed { status, error } => {
+                (DeliveryStatus::Failed, None, *status, Some(error))
+            }
+        };
+        Self {
+            status: status.as_str(),
+            next_attempt_at: next.map(unix_ms),
+            last_status: last_status.map(i32::from),
+            last_error: error.map(|e| text(e)),
+        }
+    }
+}
+
+/// One delivery to create, as column values: `id, event_id, endpoint, type`; the rest are a
+/// new pending delivery's (due and created at the dispatch's `now`).
+pub(crate) struct NewDelivery {
+    pub id: String,
+    pub event_id: String,
+    pub endpoint: String,
+    pub kind: &'static str,
+}
+
+/// The deliveries dispatching an event makes: one per endpoint of `endpoints` subscribed to
+/// `kind`, or, when the event names `only_endpoint`, one for it if it is among `endpoints`.
+pub(crate) fn fan_out(
+    event_id: &str,
+    kind: EventType,
+    only_endpoint: Option<&str>,
+    endpoints: &[(String, BTreeSet<EventType>)],
+    into: &mut Vec<NewDelivery>,
+) {
+    let mut seen = BTreeSet::new();
+    for (name, events) in endpoints {
+        let takes = match only_endpoint {
+            Some(only) => name == only,
+            None => events.contains(&kind),
+        };
+        if takes && seen.insert(name.as_str()) {
+            into.push(NewDelivery {
+                id: new_delivery_id(),
+                event_id: event_id.to_owned(),
+                endpoint: name.clone(),
+                kind: kind.as_str(),
+            });
+        }
+    }
+}
+
+/// The list statement for deliveries: [`DELIVERY_COLUMNS`] of those matching the query's
+/// filters before the cursor's id, newest first, one row past the page.
+pub(crate) fn delivery_list_query<DB>(
+    query: &DeliveryQuery,
+    before: Option<&str>,
+    limit: u32,
+) -> QueryBuilder<DB>
+where
+    DB: Database,
+    <DB as Database>::Arguments: Default,
+    for<'t> String: Encode<'t, DB> + Type<DB>,
+    for<'t> &'static str: Encode<'t, DB> + Type<DB>,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+{
+    let mut qb =
+        QueryBuilder::<DB>::new(format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries"));
+    let mut sep = " WHERE ";
+    if let Some(status) = query.status {
+        qb.push(sep).push("status = ").push_bind(status.as_str());
+        sep = " AND ";
+    }
+    if let Some(kind) = query.kind {
+        qb.push(sep).push("type = ").push_bind(kind.as_str());
+        sep = " AND ";
+    }
+    if let Some(endpoint) = &query.endpoint {
+        qb.push(sep).push("endpoint = ").push_bind(endpoint.clone());
+        sep = " AND ";
+    }
+    if let Some(before) = before {
+        qb.push(sep).push("id < ").push_bind(before.to_owned());
+    }
+    qb.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(limit) + 1);
+    qb
+}
+
+/// [`Store::webhook_queue_stats`](super::Store::webhook_queue_stats)'s counts, in
+/// [`WebhookQueueStats`] field order, with `now` bound once as the backend's first parameter
+/// (`$1` or `?1`).
+pub(crate) fn webhook_stats_sql(now: &str) -> String {
+    format!(
+        "SELECT \
+           (SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending'), \
+           (SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'pending' \
+              AND next_attempt_at <= {now} AND (lease_owner IS NULL OR lease_until <= {now})), \
+           (SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'failed'), \
+           (SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'delivered'), \
+           (SELECT COUNT(*) FROM webhook_events WHERE dispatched_at IS NULL)"
+    )
+}
+
+/// The five counts of [`webhook_stats_sql`] as [`WebhookQueueStats`].
+pub(crate) fn webhook_stats(
+    counts: (i64, i64, i64, i64, i64),
+) -> Result<WebhookQueueStats, StoreError> {
+    let count = |n: i64| u64::try_from(n).map_err(|_| corrupt("count"));
+    Ok(WebhookQueueStats {
+        pending: count(counts.0)?,
+        due: count(counts.1)?,
+        failed: count(counts.2)?,
+        delivered: count(counts.3)?,
+        undispatched: count(counts.4)?,
+    })
 }
 
 /// Appends `(user_id, provider, account_id) > (after)`: keyset pagination in key order. The

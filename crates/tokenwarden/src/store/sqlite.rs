@@ -14,14 +14,18 @@
 //! refreshes at once instead of waiting out the dead process's leases. Tools
 //! ([`Role::Tool`], the CLI) open the file beside the instance and keep their leases to
 //! themselves (see `migrations/sqlite/0003`).
+//!
+//! With the webhook outbox on (see `outbox`), the writes that raise events read the row as
+//! it was inside their `BEGIN IMMEDIATE` transaction and insert the events in it; with it
+//! off they are the statements they always were.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -36,10 +40,10 @@ use time::OffsetDateTime;
 
 use super::rows::{
     FinishValues, META_COLUMNS, RowValues, SESSION_COLUMNS, SessionValues, WRITE_COLUMNS,
-    claim_refused, claimed_from_row, corrupt, db_error, distinct_keys, flow_key_id, from_unix, get,
-    key_from_row, key_usage as key_usage_from, list_query, meta_from_row, open_refused,
-    open_tokens, page, push_after, seal_tokens, session_from_row, status_counts, unix,
-    written_meta,
+    claim_refused, claimed_from_row, corrupt, db_error, delivery_from_row, delivery_list_query,
+    distinct_keys, flow_key_id, from_unix, get, key_from_row, key_usage as key_usage_from,
+    list_query, meta_from_row, open_refused, open_tokens, page, push_after, seal_tokens,
+    session_from_row, status_counts, unix, webhook_stats, webhook_stats_sql, written_meta,
 };
 use super::{
     Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Role, Store,
@@ -51,8 +55,11 @@ use crate::crypto::KeyRing;
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
     ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
-    WebhookQueueStats,
+    WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor, delivery_page,
+    session_failed_event, unix_ms,
 };
+
+mod outbox;
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,6 +89,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "connect_sessions",
         include_str!("../../migrations/sqlite/0004_connect_sessions.sql"),
+    ),
+    (
+        5,
+        "webhook_outbox",
+        include_str!("../../migrations/sqlite/0005_webhook_outbox.sql"),
     ),
 ];
 
@@ -245,6 +257,22 @@ impl SqliteStore {
         Ok(())
     }
 
+    fn outbox_on(&self) -> bool {
+        self.outbox_on.load(Ordering::Relaxed)
+    }
+
+    /// A write transaction (`BEGIN IMMEDIATE`: the write lock up front, so a read in it is
+    /// never made stale by another writer before this one writes). Take `self.write` first.
+    async fn begin_write(
+        &self,
+        op: &'static str,
+    ) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error(op))
+    }
+
     /// The connection pool, for backend-specific tests and maintenance (key rotation).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -278,6 +306,11 @@ impl SqliteStore {
             index.insert(conn.key().clone(), i);
         }
         qb.push(BATCH_SUFFIX.as_str());
+        if rows > 0 && self.outbox_on() {
+            return self
+                .update_distinct_with_events(conns, qb, index, out)
+                .await;
+        }
         if rows > 0 {
             let _write = self.write.lock().await;
             let returned = qb
@@ -306,6 +339,55 @@ impl SqliteStore {
         Ok(results)
     }
 
+    /// The rest of [`SqliteStore::update_distinct`] with the outbox on: in one transaction,
+    /// the rows as they were (one read), the batch statement, and the events of the rows it
+    /// wrote. A row it did not write is `NotFound` when the read did not find it, else
+    /// `Conflict`.
+    async fn update_distinct_with_events(
+        &self,
+        conns: &[Connection],
+        mut qb: QueryBuilder<Sqlite>,
+        index: std::collections::HashMap<ConnectionKey, usize>,
+        mut out: Vec<Option<Result<ConnectionMeta, StoreError>>>,
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        let _write = self.write.lock().await;
+        let mut tx = self.begin_write("update").await?;
+        let old = read_metas(&mut tx, index.keys()).await?;
+        let returned = qb
+            .build()
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error("update"))?;
+        let mut events = Vec::new();
+        for row in &returned {
+            let key = key_from_row(row)?;
+            let i = *index.get(&key).ok_or_else(|| corrupt("batch key"))?;
+            let meta = written_meta(&conns[i], get(row, "created_at")?, get(row, "version")?)?;
+            events.extend(connection_change_events(
+                old.get(&key),
+                Some(&meta),
+                Write::Update,
+                meta.updated_at,
+            ));
+            out[i] = Some(Ok(meta));
+        }
+        outbox::insert_events(&mut tx, &events).await?;
+        tx.commit().await.map_err(db_error("update"))?;
+        Ok(out
+            .into_iter()
+            .zip(conns)
+            .map(|(result, conn)| {
+                result.unwrap_or_else(|| {
+                    Err(if old.contains_key(conn.key()) {
+                        StoreError::Conflict
+                    } else {
+                        StoreError::NotFound
+                    })
+                })
+            })
+            .collect())
+    }
+
     /// [`Store::update_batch`] with a key written more than once: one transaction, one
     /// statement per row in the order given, so later writes see earlier ones.
     async fn update_in_order(
@@ -323,9 +405,11 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("update"))?;
+        let outbox = self.outbox_on();
         let mut out = Vec::with_capacity(conns.len());
         for (conn, values) in conns.iter().zip(values) {
             let result = match values {
+                Ok(values) if outbox => update_with_events(&mut tx, conn, values).await,
                 Ok(values) => update_row(&mut tx, conn, values).await,
                 Err(e) => Err(e),
             };
@@ -681,6 +765,109 @@ const FINISH_SESSION_SQL: &str = "UPDATE connect_sessions SET state = ?, error_c
      error_message = ?, connected_account_id = ?, finished_at = ?, flow = NULL, \
      flow_key_id = NULL WHERE id = ? AND state IN ('pending', 'opened', 'exchanging')";
 
+/// [`FINISH_SESSION_SQL`] returning the session, for its event.
+static FINISH_SESSION_RETURNING_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{FINISH_SESSION_SQL} RETURNING {}",
+        SESSION_COLUMNS.join(", ")
+    )
+});
+
+/// A delete that returns the row as it was, for its event.
+static DELETE_RETURNING_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("DELETE FROM connections WHERE {KEY_MATCH} RETURNING {META_COLUMNS}"));
+
+static META_BY_KEY_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {META_COLUMNS} FROM connections WHERE {KEY_MATCH}"));
+
+static WEBHOOK_STATS_SQL: LazyLock<String> = LazyLock::new(|| webhook_stats_sql("?1"));
+
+/// The connection's metadata as stored, read on `db` (inside a write transaction, the row
+/// as the write will find it).
+async fn read_meta(
+    db: &mut sqlx::SqliteConnection,
+    key: &ConnectionKey,
+) -> Result<Option<ConnectionMeta>, StoreError> {
+    let row = bind_key(sqlx::query(AssertSqlSafe(META_BY_KEY_SQL.as_str())), key)
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_error("read connection"))?;
+    row.as_ref().map(meta_from_row).transpose()
+}
+
+/// [`read_meta`] for several keys in one statement: the ones that exist.
+async fn read_metas(
+    db: &mut sqlx::SqliteConnection,
+    keys: impl Iterator<Item = &ConnectionKey>,
+) -> Result<HashMap<ConnectionKey, ConnectionMeta>, StoreError> {
+    let keys: Vec<&ConnectionKey> = keys.collect();
+    let mut found = HashMap::with_capacity(keys.len());
+    // Three bound variables a key, far under SQLite's 32766.
+    for chunk in keys.chunks(1000) {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {META_COLUMNS} FROM connections \
+             WHERE (user_id, provider, account_id) IN (VALUES "
+        ));
+        let mut rows = qb.separated(", ");
+        for key in chunk {
+            rows.push("(")
+                .push_bind_unseparated(key.user_id.as_str().to_owned())
+                .push_unseparated(", ")
+                .push_bind_unseparated(key.provider.as_str().to_owned())
+                .push_unseparated(", ")
+                .push_bind_unseparated(key.account_id.as_str().to_owned())
+                .push_unseparated(")");
+        }
+        qb.push(")");
+        let rows = qb
+            .build()
+            .fetch_all(&mut *db)
+            .await
+            .map_err(db_error("read connections"))?;
+        for row in &rows {
+            let meta = meta_from_row(row)?;
+            found.insert(meta.key.clone(), meta);
+        }
+    }
+    Ok(found)
+}
+
+/// [`update_row`] with the outbox on: reads the row as it was in the same transaction,
+/// writes, and inserts the events the write raises. A missing row is `NotFound` and a
+/// stale version `Conflict`, and then nothing is written.
+async fn update_with_events(
+    db: &mut sqlx::SqliteConnection,
+    conn: &Connection,
+    values: RowValues,
+) -> Result<ConnectionMeta, StoreError> {
+    let old = read_meta(db, conn.key())
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    if old.version != conn.meta.version {
+        return Err(StoreError::Conflict);
+    }
+    let meta = update_row(db, conn, values).await?;
+    let events = connection_change_events(Some(&old), Some(&meta), Write::Update, meta.updated_at);
+    outbox::insert_events(db, &events).await?;
+    Ok(meta)
+}
+
+/// The events of deleting the row a `DELETE … RETURNING` gave back. A row whose metadata
+/// no longer reads (corrupt) is still deleted, without its event: refusing would leave the
+/// operator no way to remove it.
+fn deleted_events(key: &ConnectionKey, row: &sqlx::sqlite::SqliteRow) -> Vec<NewEvent> {
+    match meta_from_row(row) {
+        Ok(old) => {
+            connection_change_events(Some(&old), None, Write::Delete, OffsetDateTime::now_utc())
+        }
+        Err(e) => {
+            tracing::warn!(provider = %key.provider, account_id = %key.account_id, error = %e,
+                "deleted a connection whose row did not read; no connection.deleted event");
+            Vec::new()
+        }
+    }
+}
+
 /// Binds a session's values in [`SESSION_COLUMNS`] order.
 fn bind_session<'q>(values: SessionValues, query: SqliteQuery<'q>) -> SqliteQuery<'q> {
     query
@@ -769,21 +956,27 @@ impl Store for SqliteStore {
         // then writes fails at once (SQLITE_BUSY, no busy wait) if another writer committed
         // in between, which would surface as spurious errors under concurrent imports.
         let _write = self.write.lock().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        let mut tx = self.begin_write("put").await?;
+        // With the outbox on, the whole row as it was (its events depend on it); otherwise
+        // only what the write needs.
+        let old = if self.outbox_on() {
+            Some(read_meta(&mut tx, key).await?)
+        } else {
+            None
+        };
+        let existing: Option<(i64, i64)> = match &old {
+            Some(old) => old.as_ref().map(|m| (m.version, unix(m.created_at))),
+            None => sqlx::query_as(
+                "SELECT version, created_at FROM connections \
+                 WHERE user_id = ? AND provider = ? AND account_id = ?",
+            )
+            .bind(key.user_id.as_str())
+            .bind(key.provider.as_str())
+            .bind(key.account_id.as_str())
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(db_error("put"))?;
-        let existing: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT version, created_at FROM connections \
-             WHERE user_id = ? AND provider = ? AND account_id = ?",
-        )
-        .bind(key.user_id.as_str())
-        .bind(key.provider.as_str())
-        .bind(key.account_id.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error("put"))?;
+            .map_err(db_error("put"))?,
+        };
 
         let (created_at, version, outcome) = match existing {
             Some((old_version, created_at)) => {
@@ -811,8 +1004,14 @@ impl Store for SqliteStore {
                 )
             }
         };
+        let meta = written_meta(conn, created_at, version)?;
+        if let Some(old) = old {
+            let events =
+                connection_change_events(old.as_ref(), Some(&meta), Write::Put, meta.updated_at);
+            outbox::insert_events(&mut tx, &events).await?;
+        }
         tx.commit().await.map_err(db_error("put"))?;
-        Ok((written_meta(conn, created_at, version)?, outcome))
+        Ok((meta, outcome))
     }
 
     async fn insert_if_absent(
@@ -825,18 +1024,41 @@ impl Store for SqliteStore {
             values,
             sqlx::query(AssertSqlSafe(INSERT_IF_ABSENT_SQL.as_str())),
         );
-        let row = bind_key(query, conn.key())
-            .bind(unix(conn.meta.created_at))
-            .fetch_optional(&self.pool)
+        let query = bind_key(query, conn.key()).bind(unix(conn.meta.created_at));
+        // An application token's row (what this is for) raises no event: no transaction.
+        if !self.outbox_on() || conn.key().is_app() {
+            let row = query
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error("insert"))?;
+            return row
+                .map(|row| written_meta(conn, get(&row, "created_at")?, get(&row, "version")?))
+                .transpose();
+        }
+        let mut tx = self.begin_write("insert").await?;
+        let row = query
+            .fetch_optional(&mut *tx)
             .await
             .map_err(db_error("insert"))?;
-        row.map(|row| written_meta(conn, get(&row, "created_at")?, get(&row, "version")?))
-            .transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let meta = written_meta(conn, get(&row, "created_at")?, get(&row, "version")?)?;
+        let events = connection_change_events(None, Some(&meta), Write::Put, meta.updated_at);
+        outbox::insert_events(&mut tx, &events).await?;
+        tx.commit().await.map_err(db_error("insert"))?;
+        Ok(Some(meta))
     }
 
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
         let values = RowValues::seal(&self.keys, conn)?;
         let _write = self.write.lock().await;
+        if self.outbox_on() {
+            let mut tx = self.begin_write("update").await?;
+            let meta = update_with_events(&mut tx, conn, values).await?;
+            tx.commit().await.map_err(db_error("update"))?;
+            return Ok(meta);
+        }
         let mut db = self.pool.acquire().await.map_err(db_error("update"))?;
         update_row(&mut db, conn, values).await
     }
@@ -857,6 +1079,23 @@ impl Store for SqliteStore {
 
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
         let _write = self.write.lock().await;
+        if self.outbox_on() {
+            let mut tx = self.begin_write("delete").await?;
+            let deleted = bind_key(
+                sqlx::query(AssertSqlSafe(DELETE_RETURNING_SQL.as_str())),
+                key,
+            )
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error("delete"))?;
+            let Some(row) = deleted else {
+                return Ok(false);
+            };
+            let events = deleted_events(key, &row);
+            outbox::insert_events(&mut tx, &events).await?;
+            tx.commit().await.map_err(db_error("delete"))?;
+            return Ok(true);
+        }
         let done = sqlx::query(
             "DELETE FROM connections WHERE user_id = ? AND provider = ? AND account_id = ?",
         )
@@ -1136,6 +1375,36 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let values = FinishValues::new(finish, now);
         let _write = self.write.lock().await;
+        if self.outbox_on() && finish.error().is_some() {
+            let mut tx = self.begin_write("finish connect session").await?;
+            let row = sqlx::query(AssertSqlSafe(FINISH_SESSION_RETURNING_SQL.as_str()))
+                .bind(values.state)
+                .bind(values.error_code)
+                .bind(values.error_message)
+                .bind(values.connected_account_id)
+                .bind(values.finished_at)
+                .bind(id.to_owned())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error("finish connect session"))?;
+            let Some(row) = row else {
+                return Ok(false);
+            };
+            let session = session_from_row(&row)?;
+            let event = session_failed_event(
+                &session.id,
+                &session.user_id,
+                &session.provider,
+                session.account_id.as_ref(),
+                finish,
+                now,
+            );
+            outbox::insert_events(&mut tx, event.as_slice()).await?;
+            tx.commit()
+                .await
+                .map_err(db_error("finish connect session"))?;
+            return Ok(true);
+        }
         let done = sqlx::query(FINISH_SESSION_SQL)
             .bind(values.state)
             .bind(values.error_code)
@@ -1251,70 +1520,117 @@ impl Store for SqliteStore {
     }
 
     fn set_outbox(&self, enabled: bool) {
-        self.outbox_on
-            .store(enabled, std::sync::atomic::Ordering::Relaxed);
+        self.outbox_on.store(enabled, Ordering::Relaxed);
     }
 
-    async fn insert_events(&self, _events: &[NewEvent]) -> Result<(), StoreError> {
-        Err(not_yet())
+    async fn insert_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let _write = self.write.lock().await;
+        let mut tx = self.begin_write("insert events").await?;
+        outbox::insert_events(&mut tx, events).await?;
+        tx.commit().await.map_err(db_error("insert events"))
     }
 
     async fn dispatch_events(
         &self,
-        _endpoints: &[(String, BTreeSet<EventType>)],
-        _now: OffsetDateTime,
-        _limit: u32,
+        endpoints: &[(String, BTreeSet<EventType>)],
+        now: OffsetDateTime,
+        limit: u32,
     ) -> Result<u64, StoreError> {
-        Err(not_yet())
+        let _write = self.write.lock().await;
+        let mut tx = self.begin_write("dispatch events").await?;
+        let dispatched = outbox::dispatch(&mut tx, endpoints, now, limit).await?;
+        tx.commit().await.map_err(db_error("dispatch events"))?;
+        Ok(dispatched)
     }
 
     async fn claim_deliveries(
         &self,
-        _now: OffsetDateTime,
-        _owner: &str,
-        _lease_until: OffsetDateTime,
-        _limit: u32,
-        _capacity: &[(String, u32)],
+        now: OffsetDateTime,
+        owner: &str,
+        lease_until: OffsetDateTime,
+        limit: u32,
+        capacity: &[(String, u32)],
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        Err(not_yet())
+        let _write = self.write.lock().await;
+        let mut tx = self.begin_write("claim deliveries").await?;
+        let claimed = outbox::claim(&mut tx, now, owner, lease_until, limit, capacity).await?;
+        tx.commit().await.map_err(db_error("claim deliveries"))?;
+        Ok(claimed)
     }
 
     async fn finish_delivery(
         &self,
-        _id: &str,
-        _owner: &str,
-        _outcome: &DeliveryOutcome,
-        _now: OffsetDateTime,
+        id: &str,
+        owner: &str,
+        outcome: &DeliveryOutcome,
+        now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        Err(not_yet())
+        let _write = self.write.lock().await;
+        let mut db = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("finish delivery"))?;
+        outbox::finish(&mut db, id, owner, outcome, now).await
     }
 
-    async fn list_deliveries(&self, _query: &DeliveryQuery) -> Result<DeliveryPage, StoreError> {
-        Err(not_yet())
+    async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage, StoreError> {
+        let before = query
+            .cursor
+            .as_deref()
+            .map(decode_delivery_cursor)
+            .transpose()?;
+        let limit = query.effective_limit();
+        let rows = delivery_list_query::<Sqlite>(query, before.as_deref(), limit)
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("list deliveries"))?;
+        let items = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(delivery_page(items, limit))
     }
 
     async fn retry_delivery(
         &self,
-        _id: &str,
-        _now: OffsetDateTime,
+        id: &str,
+        now: OffsetDateTime,
     ) -> Result<Option<DeliveryView>, StoreError> {
-        Err(not_yet())
+        let _write = self.write.lock().await;
+        let mut db = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("retry delivery"))?;
+        outbox::retry(&mut db, id, now).await
     }
 
-    async fn delivery(&self, _id: &str) -> Result<Option<DeliveryView>, StoreError> {
-        Err(not_yet())
+    async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+        let mut db = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("read delivery"))?;
+        outbox::delivery(&mut db, id).await
     }
 
     async fn webhook_queue_stats(
         &self,
-        _now: OffsetDateTime,
+        now: OffsetDateTime,
     ) -> Result<WebhookQueueStats, StoreError> {
-        Err(not_yet())
+        let counts: (i64, i64, i64, i64, i64) =
+            sqlx::query_as(AssertSqlSafe(WEBHOOK_STATS_SQL.as_str()))
+                .bind(unix_ms(now))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_error("webhook queue stats"))?;
+        webhook_stats(counts)
     }
-}
-
-fn not_yet() -> StoreError {
-    StoreError::Database("the webhook outbox is not stored by this backend yet".to_owned())
 }
 
 #[cfg(test)]

@@ -1,0 +1,60 @@
+-- The durable webhook outbox: the PostgreSQL twin of migrations/sqlite/0005. Same tables,
+-- columns, constraints and indexes; only the types are PostgreSQL's.
+--
+-- webhook_events holds each event once, inserted by the store in the same transaction as
+-- the change that raised it (a connection write, a failed connect session), so a crash
+-- between the change and its delivery loses nothing. `seq` is the dispatch order.
+-- Dispatching turns an event into one webhook_deliveries row per endpoint that receives it
+-- (UNIQUE (event_id, endpoint): never twice) and sets `dispatched_at`; dispatchers lock the
+-- events they take with FOR UPDATE SKIP LOCKED, so two instances never dispatch one event.
+-- A delivery is claimed under a lease (`lease_owner` until `lease_until`) by one instance,
+-- the same way, attempted, and finished: `delivered`, `failed`, or `pending` again with a
+-- later `next_attempt_at`.
+--
+-- Times here are BIGINT unix MILLISECONDS (UTC), unlike the connections' seconds: retry
+-- delays and leases are a few seconds long, and whole seconds would shift them by up to one.
+-- Bodies are TEXT (not JSONB) holding the exact JSON that is sent and signed. Ids and names
+-- are COLLATE "C", so deliveries list in byte order of their ids, as in SQLite.
+CREATE TABLE webhook_events (
+    seq           BIGSERIAL PRIMARY KEY,
+    id            TEXT COLLATE "C" NOT NULL UNIQUE,  -- evt_…, the webhook-id header
+    type          TEXT COLLATE "C" NOT NULL,         -- connection.created, …
+    body          TEXT   NOT NULL,                   -- the JSON body, byte for byte
+    only_endpoint TEXT COLLATE "C",                  -- the one endpoint (webhook.test)
+    created_at    BIGINT NOT NULL,
+    dispatched_at BIGINT                             -- NULL until dispatched
+);
+
+-- The dispatcher reads undispatched events in seq order; dispatched ones leave the index.
+CREATE INDEX webhook_events_undispatched ON webhook_events (seq)
+    WHERE dispatched_at IS NULL;
+
+CREATE TABLE webhook_deliveries (
+    id               TEXT COLLATE "C" PRIMARY KEY,   -- dlv_…, sorts by creation
+    event_id         TEXT COLLATE "C" NOT NULL
+                     REFERENCES webhook_events (id) ON DELETE CASCADE,
+    endpoint         TEXT COLLATE "C" NOT NULL,      -- the endpoint's name
+    type             TEXT COLLATE "C" NOT NULL,      -- the event's, for filtering
+    status           TEXT   NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts         INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    next_attempt_at  BIGINT,                         -- set exactly while pending
+    last_status      INTEGER,                        -- HTTP status of the last answer
+    last_error       TEXT,
+    lease_owner      TEXT COLLATE "C",
+    lease_until      BIGINT,
+    created_at       BIGINT NOT NULL,
+    updated_at       BIGINT NOT NULL,
+    first_attempt_at BIGINT,
+
+    UNIQUE (event_id, endpoint),
+    CHECK ((status = 'pending') = (next_attempt_at IS NOT NULL)),
+    CHECK ((lease_owner IS NULL) = (lease_until IS NULL))
+);
+
+-- Claiming (pending and due, earliest first) and the queue's counts per status.
+CREATE INDEX webhook_deliveries_claim ON webhook_deliveries (status, next_attempt_at);
+-- Listing, newest first, by each filter (the primary key serves the unfiltered list).
+CREATE INDEX webhook_deliveries_by_status ON webhook_deliveries (status, id);
+CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint, id);
+CREATE INDEX webhook_deliveries_by_type ON webhook_deliveries (type, id);

@@ -1,0 +1,276 @@
+//! The webhook outbox on PostgreSQL: inserting events inside a connection write's
+//! transaction, and the statements behind the store's delivery methods
+//! (`migrations/postgres/0005`).
+//!
+//! Several instances share the tables. Dispatching locks the events it takes with
+//! `FOR UPDATE SKIP LOCKED`, so two dispatchers never take one event and never wait on each
+//! other; claiming does the same to deliveries, re-checking the lease on the newest row of
+//! any it locks (a delivery another instance claimed since this statement's snapshot is not
+//! claimed again). Finishing is one conditional `UPDATE` on the lease holder. Row mapping is
+//! `rows`'.
+
+use std::collections::BTreeSet;
+
+use sqlx::AssertSqlSafe;
+use sqlx::postgres::PgConnection;
+use time::OffsetDateTime;
+
+use super::super::rows::{
+    DELIVERY_COLUMNS, FinishDeliveryValues, NewDelivery, claimed_delivery_from_row, db_error,
+    delivery_from_row, event_type, fan_out, get,
+};
+use crate::store::StoreError;
+use crate::webhooks::EventType;
+use crate::webhooks::outbox::{ClaimedDelivery, DeliveryOutcome, DeliveryView, NewEvent, unix_ms};
+
+/// Inserts `events` on `db` (the caller's transaction) in one statement, `seq` following
+/// their order. A duplicate id fails on its UNIQUE constraint.
+pub(super) async fn insert_events(
+    db: &mut PgConnection,
+    events: &[NewEvent],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(events.len());
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut bodies = Vec::with_capacity(events.len());
+    let mut only = Vec::with_capacity(events.len());
+    let mut created = Vec::with_capacity(events.len());
+    for event in events {
+        ids.push(event.id.clone());
+        kinds.push(event.kind.as_str());
+        bodies.push(event.body.clone());
+        only.push(event.only_endpoint.clone());
+        created.push(unix_ms(event.created_at));
+    }
+    sqlx::query(
+        "INSERT INTO webhook_events (id, type, body, only_endpoint, created_at) \
+         SELECT id, type, body, only_endpoint, created_at \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
+              WITH ORDINALITY AS e(id, type, body, only_endpoint, created_at, n) \
+         ORDER BY n",
+    )
+    .bind(ids)
+    .bind(kinds)
+    .bind(bodies)
+    .bind(only)
+    .bind(created)
+    .execute(&mut *db)
+    .await
+    .map_err(db_error("insert events"))?;
+    Ok(())
+}
+
+/// [`Store::dispatch_events`](crate::store::Store::dispatch_events) on `db` (a
+/// transaction): lock the oldest undispatched events nobody else holds, fan them out, mark
+/// them. A concurrent dispatcher skips what this one locked, and an event dispatched and
+/// committed since this statement's snapshot is re-checked on its newest row and left.
+pub(super) async fn dispatch(
+    db: &mut PgConnection,
+    endpoints: &[(String, BTreeSet<EventType>)],
+    now: OffsetDateTime,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    let events = sqlx::query(
+        "SELECT seq, id, type, only_endpoint FROM webhook_events \
+         WHERE dispatched_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(i64::from(limit.max(1)))
+    .fetch_all(&mut *db)
+    .await
+    .map_err(db_error("dispatch events"))?;
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let mut seqs = Vec::with_capacity(events.len());
+    let mut deliveries = Vec::new();
+    for row in &events {
+        seqs.push(get::<_, i64>(row, "seq")?);
+        let id: String = get(row, "id")?;
+        let kind = event_type(&get::<_, String>(row, "type")?)?;
+        let only: Option<String> = get(row, "only_endpoint")?;
+        fan_out(&id, kind, only.as_deref(), endpoints, &mut deliveries);
+    }
+    let now = unix_ms(now);
+    insert_deliveries(db, deliveries, now).await?;
+    sqlx::query("UPDATE webhook_events SET dispatched_at = $1 WHERE seq = ANY($2::int8[])")
+        .bind(now)
+        .bind(seqs)
+        .execute(&mut *db)
+        .await
+        .map_err(db_error("dispatch events"))?;
+    Ok(events.len() as u64)
+}
+
+/// Creates `deliveries`, pending and due at `now` (unix ms), in one statement; one that
+/// exists for its event and endpoint is left alone.
+async fn insert_deliveries(
+    db: &mut PgConnection,
+    deliveries: Vec<NewDelivery>,
+    now: i64,
+) -> Result<(), StoreError> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(deliveries.len());
+    let mut event_ids = Vec::with_capacity(deliveries.len());
+    let mut endpoints = Vec::with_capacity(deliveries.len());
+    let mut kinds = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        ids.push(d.id);
+        event_ids.push(d.event_id);
+        endpoints.push(d.endpoint);
+        kinds.push(d.kind);
+    }
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (id, event_id, endpoint, type, status, attempts, \
+             next_attempt_at, created_at, updated_at) \
+         SELECT id, event_id, endpoint, type, 'pending', 0, $5, $5, $5 \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
+              AS d(id, event_id, endpoint, type) \
+         ON CONFLICT (event_id, endpoint) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(event_ids)
+    .bind(endpoints)
+    .bind(kinds)
+    .bind(now)
+    .execute(&mut *db)
+    .await
+    .map_err(db_error("dispatch events"))?;
+    Ok(())
+}
+
+/// [`Store::claim_deliveries`](crate::store::Store::claim_deliveries)'s one statement.
+/// `caps` is each listed endpoint's capacity; `ranked` numbers the claimable deliveries of
+/// those endpoints within their endpoint, earliest first, for the cap; `due` locks the
+/// earliest of those under their cap, skipping rows another claimer holds. The lease
+/// condition is repeated in `due` on purpose: a row that is locked after waiting is
+/// re-checked against `due`'s own conditions on its newest version, never against
+/// `ranked`'s snapshot, so a delivery another instance claimed and committed meanwhile drops
+/// out. RETURNING has no order, hence the outer ORDER BY.
+const CLAIM_SQL: &str = "\
+    WITH caps AS ( \
+        SELECT * FROM UNNEST($5::text[], $6::bigint[]) AS c(endpoint, cap) \
+    ), ranked AS ( \
+        SELECT w.id, c.cap, \
+               row_number() OVER (PARTITION BY w.endpoint ORDER BY w.next_attempt_at, w.id) AS n \
+        FROM webhook_deliveries AS w JOIN caps AS c ON c.endpoint = w.endpoint \
+        WHERE w.status = 'pending' AND w.next_attempt_at <= $1 \
+          AND (w.lease_owner IS NULL OR w.lease_until <= $1) \
+    ), due AS ( \
+        SELECT d.id FROM webhook_deliveries AS d JOIN ranked AS r ON r.id = d.id \
+        WHERE r.n <= r.cap AND d.status = 'pending' AND d.next_attempt_at <= $1 \
+          AND (d.lease_owner IS NULL OR d.lease_until <= $1) \
+        ORDER BY d.next_attempt_at, d.id \
+        LIMIT $2 \
+        FOR UPDATE OF d SKIP LOCKED \
+    ), claimed AS ( \
+        UPDATE webhook_deliveries AS w SET lease_owner = $3, lease_until = $4 \
+        FROM due WHERE w.id = due.id \
+        RETURNING w.id, w.event_id, w.endpoint, w.type, w.attempts, w.first_attempt_at, \
+                  w.next_attempt_at \
+    ) \
+    SELECT c.id, c.event_id, c.endpoint, c.type, c.attempts, c.first_attempt_at, e.body \
+    FROM claimed AS c JOIN webhook_events AS e ON e.id = c.event_id \
+    ORDER BY c.next_attempt_at, c.id";
+
+/// [`Store::claim_deliveries`](crate::store::Store::claim_deliveries).
+pub(super) async fn claim(
+    db: &mut PgConnection,
+    now: OffsetDateTime,
+    owner: &str,
+    lease_until: OffsetDateTime,
+    limit: u32,
+    capacity: &[(String, u32)],
+) -> Result<Vec<ClaimedDelivery>, StoreError> {
+    let (endpoints, caps): (Vec<String>, Vec<i64>) = capacity
+        .iter()
+        .filter(|(_, cap)| *cap > 0)
+        .map(|(endpoint, cap)| (endpoint.clone(), i64::from(*cap)))
+        .unzip();
+    if endpoints.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(CLAIM_SQL)
+        .bind(unix_ms(now))
+        .bind(i64::from(limit.max(1)))
+        .bind(owner.to_owned())
+        .bind(unix_ms(lease_until))
+        .bind(endpoints)
+        .bind(caps)
+        .fetch_all(&mut *db)
+        .await
+        .map_err(db_error("claim deliveries"))?;
+    rows.iter().map(claimed_delivery_from_row).collect()
+}
+
+/// [`Store::finish_delivery`](crate::store::Store::finish_delivery): one conditional write.
+/// A claim by another instance that committed first makes it match nothing (PostgreSQL
+/// re-checks `lease_owner` on the newest row after waiting for the row lock).
+pub(super) async fn finish(
+    db: &mut PgConnection,
+    id: &str,
+    owner: &str,
+    outcome: &DeliveryOutcome,
+    now: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let values = FinishDeliveryValues::new(outcome);
+    let done = sqlx::query(
+        "UPDATE webhook_deliveries SET status = $1, next_attempt_at = $2, last_status = $3, \
+         last_error = $4, attempts = attempts + 1, \
+         first_attempt_at = COALESCE(first_attempt_at, $5), updated_at = $5, \
+         lease_owner = NULL, lease_until = NULL \
+         WHERE id = $6 AND status = 'pending' AND lease_owner = $7",
+    )
+    .bind(values.status)
+    .bind(values.next_attempt_at)
+    .bind(values.last_status)
+    .bind(values.last_error)
+    .bind(unix_ms(now))
+    .bind(id.to_owned())
+    .bind(owner.to_owned())
+    .execute(&mut *db)
+    .await
+    .map_err(db_error("finish delivery"))?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// [`Store::retry_delivery`](crate::store::Store::retry_delivery): a failed delivery is due
+/// again; either way the delivery as it now is.
+pub(super) async fn retry(
+    db: &mut PgConnection,
+    id: &str,
+    now: OffsetDateTime,
+) -> Result<Option<DeliveryView>, StoreError> {
+    let sql = format!(
+        "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $1, \
+         updated_at = $1, lease_owner = NULL, lease_until = NULL \
+         WHERE id = $2 AND status = 'failed' RETURNING {DELIVERY_COLUMNS}"
+    );
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(unix_ms(now))
+        .bind(id.to_owned())
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_error("retry delivery"))?;
+    match row {
+        Some(row) => delivery_from_row(&row).map(Some),
+        None => delivery(db, id).await,
+    }
+}
+
+/// One delivery by id.
+pub(super) async fn delivery(
+    db: &mut PgConnection,
+    id: &str,
+) -> Result<Option<DeliveryView>, StoreError> {
+    let sql = format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1");
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(id.to_owned())
+        .fetch_optional(&mut *db)
+        .await
+        .map_err(db_error("read delivery"))?;
+    row.as_ref().map(delivery_from_row).transpose()
+}
