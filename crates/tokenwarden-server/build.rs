@@ -6,7 +6,9 @@
 //! * `tw_browser`: the connect-flow browser tests can run: the browser harness
 //!   (`interop/browser/node_modules/playwright-core`) and the interop authorization server
 //!   (`interop/oidc-provider/node_modules/oidc-provider`) are installed by `npm ci`, and
-//!   Debian's `/usr/bin/chromium` is there (`scripts/test` and `.ci/run` see to all three).
+//!   Debian's `/usr/bin/chromium` is there (`scripts/test` and `.ci/run` see to all three);
+//! * `tw_webhooks_server`: the npm Standard Webhooks verifier is installed
+//!   (`interop/webhooks/node_modules/standardwebhooks`, from `npm ci` in `scripts/test`).
 //!
 //! Only files under `tests/` read these cfgs; the binary is the same either way. A test
 //! enabled here whose prerequisite is gone when it runs fails.
@@ -16,7 +18,7 @@ use std::path::Path;
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(tw_postgres, tw_browser)");
+    println!("cargo::rustc-check-cfg=cfg(tw_postgres, tw_browser, tw_webhooks_server)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=TOKENWARDEN_TEST_POSTGRES_URL");
     if std::env::var_os("TOKENWARDEN_TEST_POSTGRES_URL").is_some_and(|url| !url.is_empty()) {
@@ -27,6 +29,16 @@ fn main() {
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
     let interop = Path::new(&manifest_dir).join("../../interop");
     let browser = interop.join("browser");
+    let webhooks = interop.join("webhooks");
+    if webhooks.is_dir() {
+        println!("cargo::rerun-if-changed={}", webhooks.display());
+        if webhooks
+            .join("node_modules/standardwebhooks/package.json")
+            .is_file()
+        {
+            println!("cargo::rustc-cfg=tw_webhooks_server");
+        }
+    }
     let provider = interop.join("oidc-provider");
     for dir in [&browser, &provider] {
         // A directory is watched recursively, so installing or removing `node_modules`
