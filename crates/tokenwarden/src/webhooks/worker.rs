@@ -238,6 +238,8 @@ impl Webhooks {
             inner.tasks.spawn(async move {
                 this.deliver(delivery).await;
                 drop(permit);
+                // A slot is free: look for the next delivery now, not at the next poll.
+                this.inner.wake.notify_one();
                 if this
                     .inner
                     .in_flight
