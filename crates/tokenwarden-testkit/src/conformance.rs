@@ -2,7 +2,7 @@
 //!
 //! This module owns the checks that pin down the trait's semantics (round trips, replace,
 //! compare-and-swap, listing and paging, counts, key usage, decryption failures, key rotation,
-//! concurrent updates), so that backends cannot drift apart. It contains no backend; each
+//! concurrent updates; the webhook outbox's in `outbox`), so that backends cannot drift apart. It contains no backend; each
 //! backend's tests run it. It is test support code: checks panic on failure.
 //!
 //! # The factory
@@ -80,6 +80,14 @@ use tokenwarden::store::{
 
 use crate::fixtures::{at, sample_connection, test_keys};
 
+mod outbox;
+pub use outbox::{
+    concurrent_webhook_claims, concurrent_webhook_dispatch, outbox_connect_session_failed,
+    outbox_connection_events, outbox_failed_writes_raise_nothing, outbox_off_writes_nothing,
+    outbox_update_batch, webhook_claim_and_finish, webhook_claim_per_endpoint_limit,
+    webhook_dispatch, webhook_list_deliveries, webhook_queue_stats, webhook_retry_delivery,
+};
+
 /// Names one test database; see the module docs for what a factory must do with it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TestDb(String);
@@ -145,6 +153,19 @@ macro_rules! __for_each_check {
             reseal,
             connect_sessions,
             concurrent_connect_claims,
+            outbox_connection_events,
+            outbox_off_writes_nothing,
+            outbox_failed_writes_raise_nothing,
+            outbox_update_batch,
+            outbox_connect_session_failed,
+            webhook_dispatch,
+            webhook_claim_and_finish,
+            webhook_claim_per_endpoint_limit,
+            webhook_retry_delivery,
+            webhook_list_deliveries,
+            webhook_queue_stats,
+            concurrent_webhook_claims,
+            concurrent_webhook_dispatch,
         }
     };
 }
@@ -2075,12 +2096,14 @@ where
 mod tests {
     use std::collections::BTreeSet;
 
-    /// Every public `async fn` here is a check: one missing from the list would run on no
-    /// backend, so the list and the checks in this file must name the same set.
+    /// Every public `async fn` here (and in `outbox`) is a check: one missing from the list
+    /// would run on no backend, so the list and the checks in these files must name the same
+    /// set.
     #[test]
     fn the_list_names_every_public_check() {
         let defined: BTreeSet<&str> = include_str!("conformance.rs")
             .lines()
+            .chain(include_str!("conformance/outbox.rs").lines())
             .filter_map(|line| line.strip_prefix("pub async fn "))
             .map(|rest| rest.split(['<', '(']).next().unwrap_or(rest))
             .collect();

@@ -9,6 +9,11 @@
 //! under a lease by one instance ([`Store::claim_deliveries`]), attempted, and finished
 //! ([`Store::finish_delivery`]) as delivered, to be retried, or failed.
 //!
+//! An event's `timestamp` is when its change happened: the written row's `updated_at` for a
+//! put or an update (the library's clock, as the refresh recorded it), the `now` given to
+//! `finish_connect_session`, the store's wall clock for a delete (which carries no time),
+//! and what the caller gives for [`NewEvent`]s it writes itself.
+//!
 //! This module decides nothing about sending: no HTTP, no backoff, no signing (see `signing`).
 //! It reads no clock except for the time part of a delivery id.
 //!
