@@ -39,6 +39,14 @@ fn subscribed(events: &[EventType]) -> BTreeSet<EventType> {
     events.iter().copied().collect()
 }
 
+/// Every endpoint name these checks use, each with `n` free slots (a claim's capacity).
+fn caps(n: u32) -> Vec<(String, u32)> {
+    [ALL, "a", "b", "c", "dead", "live", "slow", "ep"]
+        .iter()
+        .map(|name| ((*name).to_owned(), n))
+        .collect()
+}
+
 /// Every event written since the last drain, as bodies, in the order written: dispatched to
 /// one endpoint subscribed to everything, claimed and finished as delivered. Checks that each
 /// body names its event's id and type, and holds none of the tokens the checks plant.
@@ -51,7 +59,7 @@ async fn drain<S: Store>(store: &S) -> Vec<Value> {
         > 0
     {}
     let claimed = store
-        .claim_deliveries(at(0), "drain", at(60), 1000, 1000)
+        .claim_deliveries(at(0), "drain", at(60), 1000, &caps(1000))
         .await
         .expect("claim");
     let mut bodies = Vec::new();
@@ -668,7 +676,7 @@ where
     }
     assert_eq!(store.delivery("dlv_unknown").await.expect("delivery"), None);
     let claimed = store
-        .claim_deliveries(at(40), "w", at(100), 10, 10)
+        .claim_deliveries(at(40), "w", at(100), 10, &caps(10))
         .await
         .expect("claim");
     for c in &claimed {
@@ -725,14 +733,14 @@ where
     let (d1, d2, d0) = (&all[0].id, &all[1].id, &all[2].id);
     assert!(
         store
-            .claim_deliveries(at(9), "a", at(100), 10, 10)
+            .claim_deliveries(at(9), "a", at(100), 10, &caps(10))
             .await
             .expect("claim")
             .is_empty(),
         "nothing due yet"
     );
     let claimed = store
-        .claim_deliveries(at(20), "a", at(50), 2, 10)
+        .claim_deliveries(at(20), "a", at(50), 2, &caps(10))
         .await
         .expect("claim");
     assert_eq!(
@@ -748,7 +756,7 @@ where
     assert_eq!(claimed[0].kind, EventType::ConnectionCreated);
     assert_eq!(
         ids(&store
-            .claim_deliveries(at(20), "b", at(55), 10, 10)
+            .claim_deliveries(at(20), "b", at(55), 10, &caps(10))
             .await
             .expect("claim")),
         [d2],
@@ -756,7 +764,7 @@ where
     );
     assert!(
         store
-            .claim_deliveries(at(20), "a", at(50), 10, 10)
+            .claim_deliveries(at(20), "a", at(50), 10, &caps(10))
             .await
             .expect("claim")
             .is_empty(),
@@ -819,7 +827,7 @@ where
     // d1's lease (a's, until 50) expires; b claims it and a can no longer finish it.
     assert!(
         store
-            .claim_deliveries(at(49), "b", at(200), 10, 10)
+            .claim_deliveries(at(49), "b", at(200), 10, &caps(10))
             .await
             .expect("claim")
             .is_empty(),
@@ -827,7 +835,7 @@ where
     );
     assert_eq!(
         ids(&store
-            .claim_deliveries(at(50), "b", at(200), 10, 10)
+            .claim_deliveries(at(50), "b", at(200), 10, &caps(10))
             .await
             .expect("claim")),
         [d1],
@@ -891,7 +899,7 @@ where
 
     // d0 is due again at 100; its second attempt keeps the first attempt's time.
     let claimed = store
-        .claim_deliveries(at(100), "a", at(130), 10, 10)
+        .claim_deliveries(at(100), "a", at(130), 10, &caps(10))
         .await
         .expect("claim");
     assert_eq!(
@@ -927,15 +935,16 @@ where
     );
     assert!(
         store
-            .claim_deliveries(at(10_000), "c", at(10_100), 10, 10)
+            .claim_deliveries(at(10_000), "c", at(10_100), 10, &caps(10))
             .await
             .expect("claim")
             .is_empty()
     );
 }
 
-/// `per_endpoint_limit` caps what one claim takes per endpoint: the backlog of a dead
-/// endpoint (due first) leaves room for the others.
+/// A claim takes at most each endpoint's capacity, and nothing of an endpoint it does not
+/// list (or lists with no free slot): the backlog of a dead endpoint (due first) leaves room
+/// for the others.
 pub async fn webhook_claim_per_endpoint_limit<F, Fut, S>(make: &F)
 where
     F: Fn(TestDb, Arc<KeyRing>) -> Fut,
@@ -952,34 +961,38 @@ where
         e
     };
     let first = store
-        .claim_deliveries(at(10), "a", at(100), 5, 2)
+        .claim_deliveries(at(10), "a", at(100), 5, &caps(2))
         .await
         .expect("claim");
     assert_eq!(endpoints(&first), ["dead", "dead", "live", "live", "slow"]);
     let second = store
-        .claim_deliveries(at(10), "b", at(100), 3, 2)
+        .claim_deliveries(at(10), "b", at(100), 3, &caps(2))
         .await
         .expect("claim");
     assert_eq!(endpoints(&second), ["dead", "dead", "live"]);
     let third = store
-        .claim_deliveries(at(10), "c", at(100), 100, 1)
+        .claim_deliveries(at(10), "c", at(100), 100, &caps(1))
         .await
         .expect("claim");
-    assert_eq!(
-        endpoints(&third),
-        ["dead"],
-        "at least one (a zero cap means one)"
+    assert_eq!(endpoints(&third), ["dead"]);
+    let none = store
+        .claim_deliveries(at(10), "d", at(100), 100, &caps(0))
+        .await
+        .expect("claim");
+    assert!(none.is_empty(), "no free slot, nothing claimed");
+    let unlisted = store
+        .claim_deliveries(at(10), "d", at(100), 100, &[("live".to_owned(), 10)])
+        .await
+        .expect("claim");
+    assert!(
+        unlisted.is_empty(),
+        "dead is not listed, live has nothing left"
     );
     let rest = store
-        .claim_deliveries(at(10), "d", at(100), 100, 0)
+        .claim_deliveries(at(10), "e", at(100), 100, &caps(100))
         .await
         .expect("claim");
-    assert_eq!(endpoints(&rest), ["dead"]);
-    let rest = store
-        .claim_deliveries(at(10), "e", at(100), 100, 100)
-        .await
-        .expect("claim");
-    assert_eq!(endpoints(&rest), ["dead"; 4]);
+    assert_eq!(endpoints(&rest), ["dead"; 5]);
 }
 
 /// `retry_delivery` makes a failed delivery pending and due at once, keeping its attempts
@@ -993,7 +1006,7 @@ where
     let store = make(TestDb::fresh("webhook_retry"), k1()).await;
     deliveries_for(&store, "ep", 3, 0).await;
     let claimed = store
-        .claim_deliveries(at(0), "a", at(60), 10, 10)
+        .claim_deliveries(at(0), "a", at(60), 10, &caps(10))
         .await
         .expect("claim");
     let (failed, delivered, pending) = (&claimed[0].id, &claimed[1].id, &claimed[2].id);
@@ -1046,7 +1059,7 @@ where
     // Due at 500, lease free: claimable again, its attempts carried on.
     assert!(
         store
-            .claim_deliveries(at(499), "b", at(900), 10, 10)
+            .claim_deliveries(at(499), "b", at(900), 10, &caps(10))
             .await
             .expect("claim")
             .iter()
@@ -1054,7 +1067,7 @@ where
         "not before it is due"
     );
     let again = store
-        .claim_deliveries(at(500), "b", at(900), 10, 10)
+        .claim_deliveries(at(500), "b", at(900), 10, &caps(10))
         .await
         .expect("claim");
     let again = again
@@ -1096,7 +1109,7 @@ where
     }
     // 7 deliveries: a ×5, b ×2. Fail the oldest of a's.
     let claimed = store
-        .claim_deliveries(at(0), "w", at(60), 1, 1)
+        .claim_deliveries(at(0), "w", at(60), 1, &caps(1))
         .await
         .expect("claim");
     let fail = DeliveryOutcome::Failed {
@@ -1233,7 +1246,7 @@ where
         .await
         .expect("insert");
     let claimed = store
-        .claim_deliveries(at(0), "w", at(30), 3, 10)
+        .claim_deliveries(at(0), "w", at(30), 3, &caps(10))
         .await
         .expect("claim");
     let finish = |i: usize, outcome: DeliveryOutcome| {
@@ -1281,7 +1294,7 @@ where
         }
     );
     let relaunched = store
-        .claim_deliveries(at(1), "x", at(30), 10, 10)
+        .claim_deliveries(at(1), "x", at(30), 10, &caps(10))
         .await
         .expect("claim");
     assert_eq!(relaunched.len(), 2);
@@ -1314,7 +1327,7 @@ where
                 let mut mine = Vec::new();
                 loop {
                     let batch = store
-                        .claim_deliveries(at(0), &owner, at(600), 7, 5)
+                        .claim_deliveries(at(0), &owner, at(600), 7, &caps(5))
                         .await
                         .expect("claim");
                     if batch.is_empty() {
@@ -1401,7 +1414,7 @@ where
     assert_eq!(seen.len(), 400);
     // The bodies are the events' own.
     let claimed = stores[1]
-        .claim_deliveries(at(0), "w", at(60), 1000, 1000)
+        .claim_deliveries(at(0), "w", at(60), 1000, &caps(1000))
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 400);
