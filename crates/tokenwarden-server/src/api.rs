@@ -748,6 +748,7 @@ pub async fn openapi_json(State(app): State<App>) -> Response {
                 url.to_string()
             })
             .collect(),
+        webhook_endpoints: app.webhooks().endpoint_names(),
     };
     // Built per request: a few hundred microseconds, and always what the server runs with.
     Json(openapi_for(&context)).into_response()
@@ -886,6 +887,7 @@ pub fn openapi_with_applications(
         connectable: Vec::new(),
         account_id_required: false,
         return_urls: Vec::new(),
+        webhook_endpoints: Vec::new(),
     })
 }
 
@@ -901,6 +903,8 @@ pub struct DocContext<'a> {
     pub account_id_required: bool,
     /// `[connect] return_urls`, without their query.
     pub return_urls: Vec<String>,
+    /// The configured webhook endpoints' names.
+    pub webhook_endpoints: Vec<String>,
 }
 
 /// The document for a server configured as `context` says.
@@ -908,7 +912,59 @@ pub fn openapi_for(context: &DocContext<'_>) -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     finish(&mut doc, context.providers, context.applications);
     finish_connect(&mut doc, context);
+    finish_webhooks(&mut doc, context);
     doc
+}
+
+/// The delivery log's filters as the server checks them, and the test route's endpoint names
+/// as an enum of the configured ones (any other name is WEBHOOK_ENDPOINT_NOT_FOUND).
+fn finish_webhooks(doc: &mut serde_json::Value, context: &DocContext<'_>) {
+    use serde_json::json;
+
+    let types: Vec<&str> = tokenwarden::webhooks::EventType::ALL
+        .iter()
+        .map(|t| t.as_str())
+        .chain(["webhook.test"])
+        .collect();
+    if let Some(parameters) = doc
+        .pointer_mut("/paths/~1v1~1webhooks~1deliveries/get/parameters")
+        .and_then(|p| p.as_array_mut())
+    {
+        for parameter in parameters {
+            let schema = match parameter["name"].as_str() {
+                Some("status") => {
+                    json!({"type": "string", "enum": ["pending", "delivered", "failed"]})
+                }
+                Some("type") => json!({"type": "string", "enum": types}),
+                Some("endpoint") => json!({"type": "string", "minLength": 1, "maxLength": 64}),
+                Some("limit") => serde_json::to_value(limit_schema()).unwrap_or_default(),
+                Some("cursor") => json!({
+                    "type": "string", "minLength": 1, "maxLength": 128,
+                    "pattern": "^[A-Za-z0-9_-]+$",
+                    "description": "`next_cursor` of the previous page; any other value is \
+                        INVALID_REQUEST",
+                }),
+                _ => continue,
+            };
+            parameter["schema"] = schema;
+        }
+    }
+    if !context.webhook_endpoints.is_empty()
+        && let Some(parameters) = doc
+            .pointer_mut("/paths/~1v1~1webhooks~1endpoints~1{name}~1test/post/parameters")
+            .and_then(|p| p.as_array_mut())
+    {
+        for parameter in parameters {
+            if parameter["name"] == "name" {
+                parameter["schema"] = json!({
+                    "type": "string",
+                    "enum": context.webhook_endpoints,
+                    "description": "a configured endpoint; any other name is \
+                        WEBHOOK_ENDPOINT_NOT_FOUND",
+                });
+            }
+        }
+    }
 }
 
 /// The connect session body says exactly what the server accepts: the connectable
