@@ -45,6 +45,14 @@ struct Setup {
 }
 
 fn setup(endpoints: Vec<EndpointConfig>, breaker_threshold: u32) -> Setup {
+    setup_with(endpoints, breaker_threshold, Duration::from_secs(60))
+}
+
+fn setup_with(
+    endpoints: Vec<EndpointConfig>,
+    breaker_threshold: u32,
+    breaker_open_for: Duration,
+) -> Setup {
     let store = memory_store();
     let clock = ManualClock::new(OffsetDateTime::now_utc());
     let webhooks = Webhooks::new(
@@ -69,7 +77,7 @@ fn setup(endpoints: Vec<EndpointConfig>, breaker_threshold: u32) -> Setup {
         })
         .breaker_config(BreakerConfig {
             failure_threshold: breaker_threshold,
-            open_for: Duration::from_secs(60),
+            open_for: breaker_open_for,
         })
         .circuit_changes(webhooks.circuit_changes())
         .build()
@@ -398,7 +406,12 @@ async fn provider_breaker_changes_are_announced() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&receiver)
         .await;
-    let s = setup(vec![endpoint("app", &receiver, Duration::from_secs(5))], 1);
+    // Open for a millisecond: the next refresh after it is the probe that closes it.
+    let s = setup_with(
+        vec![endpoint("app", &receiver, Duration::from_secs(5))],
+        1,
+        Duration::from_millis(1),
+    );
     let k = key("u1", "acct");
     s.warden
         .import(k.clone(), import("a", Some("r"), None))
@@ -409,6 +422,16 @@ async fn provider_breaker_changes_are_announced() {
         .refresh_token(&k, RefreshOptions::default())
         .await
         .expect_err("fails and opens the breaker");
+    s.provider.script([ok("a2", Some("r2"), 3600)]);
+    // Refused while open (at most a millisecond), then the probe succeeds and closes it.
+    while s
+        .warden
+        .refresh_token(&k, RefreshOptions::default())
+        .await
+        .is_err()
+    {
+        tokio::task::yield_now().await;
+    }
     round(&s.webhooks).await;
     let bodies = bodies(&receiver).await;
     let opened: Vec<&Value> = bodies
@@ -418,4 +441,10 @@ async fn provider_breaker_changes_are_announced() {
     assert_eq!(opened.len(), 1, "{bodies:?}");
     assert_eq!(opened[0]["data"]["provider"], "fake");
     assert_eq!(opened[0]["data"]["state"], "open");
+    let closed: Vec<&Value> = bodies
+        .iter()
+        .filter(|b| b["type"] == "provider.circuit_closed")
+        .collect();
+    assert_eq!(closed.len(), 1, "{bodies:?}");
+    assert_eq!(closed[0]["data"]["state"], "closed");
 }
