@@ -1,11 +1,12 @@
 //! Webhooks: the events tokenwarden announces, the endpoints that receive them, and the
 //! Standard Webhooks signature that lets an endpoint check a message came from us.
 //!
-//! What exists so far: event names ([`event`]), secrets, signing and verifying ([`signing`]),
-//! an endpoint's validated settings ([`EndpointConfig`]), and the durable outbox's rules and
-//! types ([`outbox`]: which change raises which event, the body, and what the store's delivery
-//! methods take and return; the tables themselves are the store's). The delivery worker
-//! (sending, backoff) is not built yet: nothing here sends a request.
+//! Event names ([`event`]); secrets, signing and verifying ([`signing`]); an endpoint's
+//! validated settings ([`EndpointConfig`]); the durable outbox's rules and types ([`outbox`]:
+//! which change raises which event, the body, and what the store's delivery methods take and
+//! return; the tables themselves are the store's, written in the same transaction as the
+//! change); one signed attempt and the retry schedule ([`delivery`]); and the delivery loop
+//! that fans events out, claims deliveries and records each answer ([`worker`]).
 
 pub mod delivery;
 pub mod event;
