@@ -4,7 +4,8 @@
 # on 2 cores after the release build; needs wrk (apt-get install wrk) for the HTTP figures.
 #
 #   bench/run.sh                 # everything
-#   bench/run.sh fast scheduler  # only some: fast http concurrency outage scheduler scale restart
+#   bench/run.sh fast scheduler  # only some: fast http concurrency outage scheduler webhooks scale
+#                                # restart
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tokenwarden-target}"
@@ -12,7 +13,7 @@ RUNS="${RUNS:-3}"
 BIN="$CARGO_TARGET_DIR/release"
 OUT="${BENCH_OUT:-$(mktemp -d /tmp/tokenwarden-bench.XXXXXX)}"
 mkdir -p "$OUT"
-WANT="${*:-fast http concurrency outage scheduler scale restart}"
+WANT="${*:-fast http concurrency outage scheduler webhooks scale restart}"
 want() { [[ " $WANT " == *" $1 "* ]]; }
 
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(date -u +%F)"
@@ -40,6 +41,18 @@ if want scheduler; then
     echo "## scheduler throughput vs durable single-row commits (PostgreSQL)"
     BENCH_ROUNDS="${RUNS}" "$BIN/examples/bench_scheduler" 2000 "$TOKENWARDEN_TEST_POSTGRES_URL" \
       | tee "$OUT/scheduler_pg.txt"
+  fi
+fi
+
+if want webhooks; then
+  # Outbox off vs on in alternating rounds of scheduled refreshes (successful, then failing
+  # with one event each), then one worker delivering 10,000 events to a local receiver.
+  echo "## webhooks: outbox cost on scheduled refreshes, delivery throughput (SQLite)"
+  BENCH_ROUNDS="${RUNS}" "$BIN/examples/bench_webhooks" 2000 | tee "$OUT/webhooks.txt"
+  if [[ -n "${TOKENWARDEN_TEST_POSTGRES_URL:-}" ]]; then
+    echo "## webhooks: outbox cost on scheduled refreshes, delivery throughput (PostgreSQL)"
+    BENCH_ROUNDS="${RUNS}" "$BIN/examples/bench_webhooks" 2000 "$TOKENWARDEN_TEST_POSTGRES_URL" \
+      | tee "$OUT/webhooks_pg.txt"
   fi
 fi
 
