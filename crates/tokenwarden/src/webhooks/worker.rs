@@ -33,6 +33,8 @@ const ENDPOINT_BREAKER_OPEN: Duration = Duration::from_secs(30);
 /// How often the loop looks for work when nothing wakes it: events written by other
 /// instances are seen within this (SPEC: out within 2 s).
 const POLL: Duration = Duration::from_millis(500);
+/// How often the queue gauge is recomputed.
+const GAUGE_EVERY: Duration = Duration::from_secs(1);
 /// Events fanned out per transaction.
 const DISPATCH_BATCH: u32 = 500;
 /// Deliveries claimed per round.
@@ -64,6 +66,9 @@ struct Inner {
     circuit_tx: mpsc::UnboundedSender<CircuitChange>,
     circuit_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<CircuitChange>>,
     tasks: TaskTracker,
+    /// When the queue gauge was last computed (it counts every delivery: at most once a
+    /// second, not once a round).
+    last_gauge: Mutex<Option<std::time::Instant>>,
     /// Attempts started and not yet recorded, and who waits for them to settle.
     in_flight: std::sync::atomic::AtomicUsize,
     settled: Notify,
@@ -125,6 +130,7 @@ impl Webhooks {
                 circuit_tx,
                 circuit_rx: tokio::sync::Mutex::new(circuit_rx),
                 tasks: TaskTracker::new(),
+                last_gauge: Mutex::new(None),
                 in_flight: std::sync::atomic::AtomicUsize::new(0),
                 settled: Notify::new(),
             }),
@@ -395,6 +401,13 @@ impl Webhooks {
     }
 
     async fn update_queue_gauge(&self, now: OffsetDateTime) {
+        {
+            let mut last = lock(&self.inner.last_gauge);
+            if last.is_some_and(|at| at.elapsed() < GAUGE_EVERY) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
         if let Ok(stats) = self.inner.store.webhook_queue_stats(now).await {
             for (state, value) in [
                 ("pending", stats.pending),
