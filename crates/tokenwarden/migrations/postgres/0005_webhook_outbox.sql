@@ -54,6 +54,10 @@ CREATE TABLE webhook_deliveries (
 
 -- Claiming (pending and due, earliest first) and the queue's counts per status.
 CREATE INDEX webhook_deliveries_claim ON webhook_deliveries (status, next_attempt_at);
+-- A claim reads each endpoint's earliest due deliveries, as many as it has free slots: an
+-- index walk of a few rows, however long the endpoint's backlog.
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint, next_attempt_at, id)
+    WHERE status = 'pending';
 -- Listing, newest first, by each filter (the primary key serves the unfiltered list).
 CREATE INDEX webhook_deliveries_by_status ON webhook_deliveries (status, id);
 CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint, id);

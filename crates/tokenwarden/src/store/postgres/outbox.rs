@@ -143,29 +143,28 @@ async fn insert_deliveries(
 }
 
 /// [`Store::claim_deliveries`](crate::store::Store::claim_deliveries)'s one statement.
-/// `caps` is each listed endpoint's capacity; `ranked` numbers the claimable deliveries of
-/// those endpoints within their endpoint, earliest first, for the cap; `due` locks the
-/// earliest of those under their cap, skipping rows another claimer holds. The lease
-/// condition is repeated in `due` on purpose: a row that is locked after waiting is
-/// re-checked against `due`'s own conditions on its newest version, never against
-/// `ranked`'s snapshot, so a delivery another instance claimed and committed meanwhile drops
-/// out. RETURNING has no order, hence the outer ORDER BY.
+/// `caps` is each listed endpoint's capacity; `due` takes, for each endpoint, its earliest
+/// due and claimable deliveries up to its cap (an index walk on `webhook_deliveries_due`,
+/// however long its backlog), locking them and skipping rows another claimer holds, then the
+/// earliest `$2` of all of those. A row locked after waiting is re-checked against the
+/// lateral query's own conditions on its newest version (READ COMMITTED re-evaluates a
+/// locking query's WHERE), so a delivery another instance claimed and committed meanwhile
+/// drops out. RETURNING has no order, hence the outer ORDER BY.
 const CLAIM_SQL: &str = "\
     WITH caps AS ( \
         SELECT * FROM UNNEST($5::text[], $6::bigint[]) AS c(endpoint, cap) \
-    ), ranked AS ( \
-        SELECT w.id, c.cap, \
-               row_number() OVER (PARTITION BY w.endpoint ORDER BY w.next_attempt_at, w.id) AS n \
-        FROM webhook_deliveries AS w JOIN caps AS c ON c.endpoint = w.endpoint \
-        WHERE w.status = 'pending' AND w.next_attempt_at <= $1 \
-          AND (w.lease_owner IS NULL OR w.lease_until <= $1) \
     ), due AS ( \
-        SELECT d.id FROM webhook_deliveries AS d JOIN ranked AS r ON r.id = d.id \
-        WHERE r.n <= r.cap AND d.status = 'pending' AND d.next_attempt_at <= $1 \
-          AND (d.lease_owner IS NULL OR d.lease_until <= $1) \
-        ORDER BY d.next_attempt_at, d.id \
+        SELECT p.id, p.next_attempt_at FROM caps AS c CROSS JOIN LATERAL ( \
+            SELECT w.id, w.next_attempt_at FROM webhook_deliveries AS w \
+            WHERE w.endpoint = c.endpoint AND w.status = 'pending' \
+              AND w.next_attempt_at <= $1 \
+              AND (w.lease_owner IS NULL OR w.lease_until <= $1) \
+            ORDER BY w.next_attempt_at, w.id \
+            LIMIT c.cap \
+            FOR UPDATE SKIP LOCKED \
+        ) AS p \
+        ORDER BY p.next_attempt_at, p.id \
         LIMIT $2 \
-        FOR UPDATE OF d SKIP LOCKED \
     ), claimed AS ( \
         UPDATE webhook_deliveries AS w SET lease_owner = $3, lease_until = $4 \
         FROM due WHERE w.id = due.id \

@@ -121,11 +121,11 @@ async fn insert_deliveries(
     Ok(())
 }
 
-/// [`Store::claim_deliveries`](crate::store::Store::claim_deliveries) on `db` (a
-/// transaction): choose, then lease what was chosen. The choice ranks the due, claimable
-/// deliveries within their endpoint, earliest first, and keeps at most the endpoint's
-/// capacity of each (endpoints not listed: none), with their events' bodies. The
-/// partition's order is the claim's, so the ones kept per endpoint are its earliest.
+/// [`Store::claim_deliveries`](crate::store::Store::claim_deliveries) on `db` (a write
+/// transaction, so nobody claims meanwhile): for each listed endpoint its earliest due,
+/// claimable deliveries, at most its capacity (an index walk: `webhook_deliveries_due`,
+/// however long its backlog), the earliest `limit` of all those, then their events' bodies;
+/// then lease what was chosen.
 pub(super) async fn claim(
     db: &mut SqliteConnection,
     now: OffsetDateTime,
@@ -134,46 +134,54 @@ pub(super) async fn claim(
     limit: u32,
     capacity: &[(String, u32)],
 ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-    let capacity: Vec<&(String, u32)> = capacity.iter().filter(|(_, cap)| *cap > 0).collect();
-    if capacity.is_empty() {
+    let mut chosen: Vec<(i64, String)> = Vec::new();
+    for (endpoint, cap) in capacity.iter().filter(|(_, cap)| *cap > 0) {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT next_attempt_at, id FROM webhook_deliveries \
+             WHERE endpoint = ?1 AND status = 'pending' AND next_attempt_at <= ?2 \
+               AND (lease_owner IS NULL OR lease_until <= ?2) \
+             ORDER BY next_attempt_at, id LIMIT ?3",
+        )
+        .bind(endpoint.clone())
+        .bind(unix_ms(now))
+        .bind(i64::from(*cap))
+        .fetch_all(&mut *db)
+        .await
+        .map_err(db_error("claim deliveries"))?;
+        chosen.extend(rows);
+    }
+    chosen.sort();
+    chosen.truncate(limit.max(1) as usize);
+    if chosen.is_empty() {
         return Ok(Vec::new());
     }
-    let mut qb = QueryBuilder::<Sqlite>::new("WITH caps (endpoint, cap) AS (VALUES ");
-    let mut caps = qb.separated(", ");
-    for (endpoint, cap) in &capacity {
-        caps.push("(")
-            .push_bind_unseparated(endpoint.clone())
-            .push_unseparated(", ")
-            .push_bind_unseparated(i64::from(*cap))
-            .push_unseparated(")");
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "SELECT d.id, d.event_id, d.endpoint, d.type, d.attempts, d.first_attempt_at, e.body \
+         FROM webhook_deliveries AS d JOIN webhook_events AS e ON e.id = d.event_id \
+         WHERE d.id IN (",
+    );
+    let mut ids = qb.separated(", ");
+    for (_, id) in &chosen {
+        ids.push_bind(id.clone());
     }
-    qb.push(
-        ") SELECT d.id, d.event_id, d.endpoint, d.type, d.attempts, d.first_attempt_at, e.body \
-         FROM ( \
-             SELECT id, endpoint, next_attempt_at, \
-                    row_number() OVER (PARTITION BY endpoint ORDER BY next_attempt_at, id) AS n \
-             FROM webhook_deliveries \
-             WHERE status = 'pending' AND next_attempt_at <= ",
-    )
-    .push_bind(unix_ms(now))
-    .push(" AND (lease_owner IS NULL OR lease_until <= ")
-    .push_bind(unix_ms(now))
-    .push(
-        ") \
-         ) AS r \
-         JOIN caps AS c ON c.endpoint = r.endpoint \
-         JOIN webhook_deliveries AS d ON d.id = r.id \
-         JOIN webhook_events AS e ON e.id = d.event_id \
-         WHERE r.n <= c.cap \
-         ORDER BY r.next_attempt_at, r.id \
-         LIMIT ",
-    )
-    .push_bind(i64::from(limit.max(1)));
-    let rows = qb
+    qb.push(")");
+    let mut rows = qb
         .build()
         .fetch_all(&mut *db)
         .await
         .map_err(db_error("claim deliveries"))?;
+    // In claim order: earliest due first, then by id.
+    let order: std::collections::HashMap<&str, usize> = chosen
+        .iter()
+        .enumerate()
+        .map(|(i, (_, id))| (id.as_str(), i))
+        .collect();
+    rows.sort_by_key(|row| {
+        sqlx::Row::try_get::<String, _>(row, "id")
+            .ok()
+            .and_then(|id| order.get(id.as_str()).copied())
+            .unwrap_or(usize::MAX)
+    });
     let claimed = rows
         .iter()
         .map(claimed_delivery_from_row)
