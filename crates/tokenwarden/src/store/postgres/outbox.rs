@@ -29,9 +29,19 @@ pub(super) async fn insert_events(
     db: &mut PgConnection,
     events: &[NewEvent],
 ) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
+    // Statements of a few events each: one large statement is sent in several TCP segments,
+    // and with Nagle on (sqlx sets no TCP_NODELAY) its last segment waits for the server's
+    // delayed ACK, about 40 ms (BENCHMARKS.md, "Webhooks").
+    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+        insert_event_chunk(db, chunk).await?;
     }
+    Ok(())
+}
+
+/// Events per INSERT statement (see [`insert_events`]).
+const EVENTS_PER_STATEMENT: usize = 8;
+
+async fn insert_event_chunk(db: &mut PgConnection, events: &[NewEvent]) -> Result<(), StoreError> {
     let mut ids = Vec::with_capacity(events.len());
     let mut kinds = Vec::with_capacity(events.len());
     let mut bodies = Vec::with_capacity(events.len());
