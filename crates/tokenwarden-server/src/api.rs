@@ -57,7 +57,7 @@ const EARLIEST_EXPIRY: OffsetDateTime = time::macros::datetime!(1970-01-01 00:00
 const LATEST_EXPIRY: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59 UTC);
 
 type ConnPath = Result<Path<(String, String, String)>, PathRejection>;
-type Body = Result<Bytes, BytesRejection>;
+pub(crate) type Body = Result<Bytes, BytesRejection>;
 
 /// Rejects requests without a configured API key.
 pub async fn require_api_key(State(app): State<App>, request: Request, next: Next) -> Response {
@@ -583,6 +583,22 @@ pub async fn list_connections(
     }))
 }
 
+/// A list's `limit`: an integer 1-1000 (the list routes share it).
+pub(crate) fn parse_limit(value: &str) -> Result<u32, ApiError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+        .ok_or_else(|| ApiError::invalid("limit", format!("must be an integer 1-{MAX_LIST_LIMIT}")))
+}
+
+/// A query parameter a route does not take, named (without control characters, at most 64
+/// of them: it is client input) with the ones it does take.
+pub(crate) fn unknown_parameter(name: &str, known: &str) -> ApiError {
+    let shown: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
+    ApiError::invalid("query", format!("unknown parameter `{shown}` ({known})"))
+}
+
 /// Validates the decoded query of `GET /v1/connections` into a [`ListQuery`];
 /// `is_configured` says which provider names exist. Public for the fuzz targets.
 pub fn parse_list_query(
@@ -606,15 +622,7 @@ pub fn parse_list_query(
                     ApiError::invalid("status", "must be active or needs_reconnect")
                 })?);
             }
-            "limit" => {
-                list.limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::invalid("limit", format!("must be an integer 1-{MAX_LIST_LIMIT}"))
-                    })?;
-            }
+            "limit" => list.limit = parse_limit(&value)?,
             "cursor" => {
                 if value.len() > MAX_CURSOR_LEN
                     || tokenwarden::store::decode_cursor(&value).is_err()
@@ -627,12 +635,9 @@ pub fn parse_list_query(
                 list.cursor = Some(value);
             }
             other => {
-                let shown: String = other.chars().filter(|c| !c.is_control()).take(64).collect();
-                return Err(ApiError::invalid(
-                    "query",
-                    format!(
-                        "unknown parameter `{shown}` (provider, user_id, status, limit, cursor)"
-                    ),
+                return Err(unknown_parameter(
+                    other,
+                    "provider, user_id, status, limit, cursor",
                 ));
             }
         }

@@ -307,7 +307,7 @@ pub async fn build_parts(config: &Config, role: Role) -> Result<(Warden, Webhook
             })?;
         providers.push(built);
     }
-    let instance_id = format!("tw-{:016x}", rand::random::<u64>());
+    let instance_id = tokenwarden::new_instance_id();
     let webhooks = Webhooks::new(
         Arc::clone(&store),
         WebhookConfig {

@@ -10,23 +10,22 @@
 //! URL's code), and pages load nothing from anywhere.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use tokenwarden::connect::{BrowserAnswer, CallbackParams, ConnectSession, NewSession};
+use tokenwarden::connect::{
+    BrowserAnswer, CallbackParams, ConnectSession, NewSession, PublicStatus,
+};
 use tokenwarden::{AccountId, Error, ErrorCode, ProviderName, UserId};
 use utoipa::ToSchema;
 
-use crate::api::{json_object_from_bytes, read_body};
+use crate::api::{Body, json_object_from_bytes, read_body};
 use crate::app::App;
 use crate::config::redact_quoted;
 use crate::error::{ApiError, ErrorBody, status_for};
 use crate::views::{ConnectionView, rfc3339};
-
-type Body = Result<Bytes, BytesRejection>;
 
 /// `POST /v1/connect/sessions`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -167,8 +166,8 @@ pub async fn get_session(
     let connector = app.connector();
     let session = connector.session(&id).await?;
     let status = session.public_status(connector.now());
-    let connection = match (&session.connected_account_id, status.as_str()) {
-        (Some(account), "completed") => {
+    let connection = match (&session.connected_account_id, status) {
+        (Some(account), PublicStatus::Completed) => {
             let key = tokenwarden::ConnectionKey::new(
                 session.user_id.clone(),
                 session.provider.clone(),
@@ -182,12 +181,12 @@ pub async fn get_session(
         }
         _ => None,
     };
-    Ok(Json(session_view(&session, status.as_str(), connection)))
+    Ok(Json(session_view(&session, status, connection)))
 }
 
 fn session_view(
     session: &ConnectSession,
-    status: &str,
+    status: PublicStatus,
     connection: Option<ConnectionView>,
 ) -> ConnectSessionView {
     let error = match (&session.error, status) {
@@ -195,7 +194,7 @@ fn session_view(
             code: e.code.clone(),
             message: e.message.clone(),
         }),
-        (None, "expired") => Some(SessionErrorView {
+        (None, PublicStatus::Expired) => Some(SessionErrorView {
             code: ErrorCode::ConnectSessionExpired.as_str().to_owned(),
             message: "the connect session expired before the user finished".to_owned(),
         }),
@@ -210,7 +209,7 @@ fn session_view(
             .as_ref()
             .or(session.connected_account_id.as_ref())
             .map(ToString::to_string),
-        status: status.to_owned(),
+        status: status.as_str().to_owned(),
         reconnect: session.reconnect,
         error,
         connection,
@@ -345,7 +344,9 @@ fn redirect(location: &str) -> Response {
 fn page(error: &Error) -> Response {
     let status = status_for(error);
     if status.is_server_error() {
-        tracing::error!(code = error.code().as_str(), error = %error, "connect page shows a failure");
+        let detail = std::error::Error::source(error).map(ToString::to_string);
+        tracing::error!(code = error.code().as_str(), error = %error, detail = ?detail,
+            "connect page shows a failure");
     }
     let code = error.code().as_str();
     let message = html_escape(error.message());

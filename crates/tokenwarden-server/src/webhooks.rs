@@ -17,6 +17,7 @@ use tokenwarden::webhooks::outbox::{
 use tokenwarden::{Error, ErrorCode};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::api::{parse_limit, unknown_parameter};
 use crate::app::App;
 use crate::config::redact_quoted;
 use crate::error::{ApiError, ErrorBody};
@@ -121,13 +122,7 @@ pub async fn list_deliveries(
         .store()
         .list_deliveries(&query)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "listing webhook deliveries failed");
-            ApiError::from(Error::new(
-                ErrorCode::GetTokenError,
-                "listing deliveries failed",
-            ))
-        })?;
+        .map_err(|e| store_failure("listing deliveries failed", &e))?;
     Ok(Json(DeliveryList {
         items: page.items.iter().map(item).collect(),
         next_cursor: page.next_cursor,
@@ -156,13 +151,7 @@ pub fn parse_delivery_query(params: HashMap<String, String>) -> Result<DeliveryQ
                 }
                 query.endpoint = Some(value);
             }
-            "limit" => {
-                query.limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=tokenwarden::store::MAX_LIST_LIMIT).contains(n))
-                    .ok_or_else(|| ApiError::invalid("limit", "must be an integer 1-1000"))?;
-            }
+            "limit" => query.limit = parse_limit(&value)?,
             "cursor" => {
                 if value.len() > MAX_CURSOR_LEN || decode_delivery_cursor(&value).is_err() {
                     return Err(ApiError::invalid(
@@ -173,10 +162,9 @@ pub fn parse_delivery_query(params: HashMap<String, String>) -> Result<DeliveryQ
                 query.cursor = Some(value);
             }
             other => {
-                let shown: String = other.chars().filter(|c| !c.is_control()).take(64).collect();
-                return Err(ApiError::invalid(
-                    "query",
-                    format!("unknown parameter `{shown}` (status, type, endpoint, limit, cursor)"),
+                return Err(unknown_parameter(
+                    other,
+                    "status, type, endpoint, limit, cursor",
                 ));
             }
         }
@@ -216,14 +204,11 @@ pub async fn retry_delivery(
         return Err(not_found());
     }
     let store = app.warden().store();
-    let now = tokenwarden::clock::Clock::now(&tokenwarden::clock::SystemClock);
+    let now = app.warden().now();
     let view = store
         .retry_delivery(&id, now)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "retrying a webhook delivery failed");
-            ApiError::from(Error::new(ErrorCode::GetTokenError, "retrying failed"))
-        })?
+        .map_err(|e| store_failure("retrying failed", &e))?
         .ok_or_else(not_found)?;
     if view.status != DeliveryStatus::Pending {
         return Err(ApiError::from(Error::new(
@@ -264,12 +249,15 @@ pub async fn test_endpoint(
             ErrorCode::WebhookEndpointNotFound,
             "no webhook endpoint has this name",
         ))),
-        Err(e) => {
-            tracing::error!(error = %e, "queueing a test event failed");
-            Err(ApiError::from(Error::new(
-                ErrorCode::GetTokenError,
-                "queueing the test event failed",
-            )))
-        }
+        Err(e) => Err(store_failure("queueing the test event failed", &e)),
     }
+}
+
+/// A database failure: logged with its detail, answered as a 500 with a generic message.
+fn store_failure(what: &str, error: &tokenwarden::store::StoreError) -> ApiError {
+    tracing::error!(error = %error, "{what} failed");
+    ApiError::from(Error::new(
+        ErrorCode::GetTokenError,
+        format!("{what} failed"),
+    ))
 }

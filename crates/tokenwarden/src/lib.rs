@@ -53,4 +53,4 @@ pub use error::{ConfigError, Error, ErrorCode, ErrorMeta, FailureClass};
 pub use refresh::{BreakerConfig, BreakerState, RefreshConfig, RefreshOptions};
 pub use scheduler::SchedulerConfig;
 pub use secret::{AccessToken, ClientSecret, RefreshToken};
-pub use warden::{AccessTokenGrant, ImportRequest, Warden, WardenBuilder};
+pub use warden::{AccessTokenGrant, ImportRequest, Warden, WardenBuilder, new_instance_id};

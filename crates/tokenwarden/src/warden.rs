@@ -87,6 +87,13 @@ pub struct ImportRequest {
     pub metadata: serde_json::Value,
 }
 
+/// A fresh instance id (`tw-` and 16 hex digits): what a warden built without
+/// [`WardenBuilder::instance_id`] names itself in leases. Make one first to give the same id
+/// to something that must exist before the warden (the webhook worker's leases).
+pub fn new_instance_id() -> String {
+    format!("tw-{:016x}", rand::random::<u64>())
+}
+
 /// Builds a [`Warden`].
 #[derive(Debug)]
 pub struct WardenBuilder {
@@ -211,9 +218,7 @@ impl WardenBuilder {
                 scheduler: self.scheduler,
                 clock: self.clock,
                 flights: Arc::new(Flights::with_tracker(tasks.clone())),
-                instance_id: self
-                    .instance_id
-                    .unwrap_or_else(|| format!("tw-{:016x}", rand::random::<u64>())),
+                instance_id: self.instance_id.unwrap_or_else(new_instance_id),
                 wakeup: Wakeup::default(),
                 scheduler_sleeps_until: AtomicI64::new(crate::scheduler::AWAKE),
                 changed: tokio::sync::Notify::new(),

@@ -2,12 +2,12 @@
 //! verifier), Instagram's short-to-long token exchange, and the user-info request that some
 //! providers need to say which account connected (Reddit's `/api/v1/me`).
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue, USER_AGENT};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::{Map, Value};
 use url::Url;
 
 use crate::provider::common::send_recorded;
-use crate::provider::oauth2::token_post;
+use crate::provider::oauth2::{provider_get, token_post};
 use crate::provider::response::parse_token_response;
 use crate::provider::{HttpClient, ProviderSettings, RefreshFailure, TokenResponse};
 use crate::secret::ClientSecret;
@@ -95,13 +95,7 @@ pub(crate) async fn instagram_long_lived(
         .append_pair("grant_type", "ig_exchange_token")
         .append_pair("client_secret", secret)
         .append_pair("access_token", short);
-    let mut request = http
-        .client()
-        .get(url)
-        .header(ACCEPT, HeaderValue::from_static("application/json"));
-    if let Some(ua) = &settings.user_agent {
-        request = request.header(USER_AGENT, ua.clone());
-    }
+    let request = provider_get(settings, http, url);
     let raw = send_recorded(http, &settings.name, "exchange", request).await?;
     parse_token_response(
         &settings.dialect,
@@ -122,14 +116,7 @@ pub(crate) async fn userinfo(
 ) -> Result<Map<String, Value>, String> {
     let bearer = HeaderValue::from_str(&format!("Bearer {access_token}"))
         .map_err(|_| "the access token cannot travel in a header".to_owned())?;
-    let mut request = http
-        .client()
-        .get(url.clone())
-        .header(ACCEPT, HeaderValue::from_static("application/json"))
-        .header(AUTHORIZATION, bearer);
-    if let Some(ua) = &settings.user_agent {
-        request = request.header(USER_AGENT, ua.clone());
-    }
+    let request = provider_get(settings, http, url.clone()).header(AUTHORIZATION, bearer);
     let raw = send_recorded(http, &settings.name, "userinfo", request)
         .await
         .map_err(|e| format!("the user-info request failed: {e}"))?;

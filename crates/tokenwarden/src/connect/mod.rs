@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::connection::{AccountId, ConnectionKey, ProviderName, UserId};
-use crate::error::{Error, ErrorCode, ErrorMeta};
+use crate::error::{Error, ErrorCode};
 use crate::provider::catalog::{AccountIdSource, Engine};
 use crate::provider::{Grant, HttpClient, ProviderSettings};
 use crate::secret::{AccessToken, RefreshToken};
@@ -240,7 +240,7 @@ impl Connector {
         let inner = &self.inner;
         let warden = &inner.warden;
         let Some(provider) = warden.provider(&request.provider) else {
-            return Err(invalid_at(
+            return Err(Error::new(
                 ErrorCode::UnknownProvider,
                 format!("provider: {} is not configured", request.provider),
             ));
@@ -616,18 +616,11 @@ impl Connector {
                 })?;
         let scopes = requested_scopes(settings, session);
         let now = inner.warden.now();
-        // An id_token is checked whenever one comes back to an OpenID request, and
-        // whenever the account id is read from it.
-        let claims_wanted = authorize::is_openid(&scopes)
-            || matches!(settings.account_id, Some(AccountIdSource::IdTokenClaim(_)));
-        let claims = match (&granted.id_token, claims_wanted) {
-            (Some(raw), true) => {
+        // An id_token is checked whenever one comes back to an OpenID request (which every
+        // provider whose account id is an ID token claim makes: see `requested_scopes`).
+        let claims = match &granted.id_token {
+            Some(raw) if authorize::is_openid(&scopes) => {
                 let nonce = flow.nonce.as_deref().unwrap_or_default();
-                let nonce = if authorize::is_openid(&scopes) {
-                    nonce
-                } else {
-                    ""
-                };
                 Some(
                     inner
                         .jwks
@@ -725,7 +718,15 @@ impl Connector {
         let metadata = match inner.warden.store().get(&key).await {
             Ok(Some(existing)) => existing.meta.metadata,
             Ok(None) | Err(StoreError::Decrypt) => serde_json::Value::Null,
-            Err(e) => return Err(session_error(ErrorCode::GetTokenError, e.to_string())),
+            Err(e) => {
+                // The session's error is shown to the application: the detail goes to the log.
+                tracing::error!(session_id = %session.id, error = %e,
+                    "reading the connection to reconnect failed");
+                return Err(session_error(
+                    ErrorCode::GetTokenError,
+                    "the connection store failed".to_owned(),
+                ));
+            }
         };
         let at = |d: Duration| time::Duration::try_from(d).ok().map(|d| now + d);
         let request = ImportRequest {
@@ -949,11 +950,7 @@ fn expired_error() -> SessionError {
 }
 
 fn invalid(message: String) -> Error {
-    invalid_at(ErrorCode::InvalidRequest, message)
-}
-
-fn invalid_at(code: ErrorCode, message: String) -> Error {
-    Error::new(code, message)
+    Error::new(ErrorCode::InvalidRequest, message)
 }
 
 fn not_found() -> Error {
@@ -971,12 +968,10 @@ fn state_invalid(message: &str) -> Error {
     Error::new(ErrorCode::ConnectStateInvalid, message)
 }
 
+/// A database failure, as the token routes report one: a generic message (it reaches
+/// pages and API answers), the detail kept as the source for the log.
 fn store_error(e: StoreError) -> Error {
-    Error::new(
-        ErrorCode::GetTokenError,
-        format!("connect session store: {e}"),
-    )
-    .with_meta(ErrorMeta::default())
+    Error::new(ErrorCode::GetTokenError, "the connect session store failed").with_source(e)
 }
 
 #[cfg(test)]

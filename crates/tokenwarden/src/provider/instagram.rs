@@ -9,12 +9,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, USER_AGENT};
+use reqwest::header::HeaderMap;
 use time::OffsetDateTime;
 use url::Url;
 
 use crate::connection::{Connection, ProviderName};
 use crate::provider::common::{config_error, display_url, send_recorded};
+use crate::provider::oauth2::provider_get;
 use crate::provider::response::{Dialect, parse_token_response};
 use crate::provider::{
     HttpClient, NotRefreshable, Provider, ProviderConfigError, ProviderInfo, ProviderSettings,
@@ -142,14 +143,7 @@ impl Provider for InstagramProvider {
         url.query_pairs_mut()
             .append_pair("grant_type", "ig_refresh_token")
             .append_pair("access_token", token);
-        let mut request = self
-            .http
-            .client()
-            .get(url)
-            .header(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some(ua) = &self.settings.user_agent {
-            request = request.header(USER_AGENT, ua.clone());
-        }
+        let request = provider_get(&self.settings, &self.http, url);
         let raw = send_recorded(&self.http, &self.settings.name, "refresh", request).await?;
         parse_token_response(
             &DIALECT,

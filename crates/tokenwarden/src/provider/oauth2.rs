@@ -101,6 +101,19 @@ fn form_encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
+/// A GET to `url` with the common headers (JSON accepted, the provider's User-Agent):
+/// Instagram's refresh and exchange, user-info requests.
+pub(crate) fn provider_get(s: &ProviderSettings, http: &HttpClient, url: Url) -> RequestBuilder {
+    let request = http
+        .client()
+        .get(url)
+        .header(ACCEPT, HeaderValue::from_static("application/json"));
+    match &s.user_agent {
+        Some(ua) => request.header(USER_AGENT, ua.clone()),
+        None => request,
+    }
+}
+
 /// A POST to `url` with the common headers (JSON accepted, the provider's User-Agent),
 /// client authentication as the settings say, and `params` in the configured encoding; the
 /// credentials join `params` when they travel in the body. Refreshes, revocations and the
