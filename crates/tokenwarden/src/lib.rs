@@ -37,6 +37,7 @@ pub mod crypto;
 pub mod error;
 pub mod metrics;
 pub mod provider;
+pub mod proxy;
 pub mod refresh;
 pub mod scheduler;
 pub mod secret;

@@ -122,6 +122,10 @@ pub struct CatalogEntry {
     pub userinfo_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_base_url: Option<String>,
+    /// The query parameter the API takes the access token in, when not the
+    /// `Authorization: Bearer` header (Instagram Graph: `access_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token_param: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -287,6 +291,17 @@ impl CatalogEntry {
         {
             return bad("client_id_param", "must not be empty");
         }
+        if let Some(param) = &self.api_token_param {
+            if self.api_base_url.is_none() {
+                return bad("api_token_param", "needs `api_base_url`");
+            }
+            if !is_query_name(param) {
+                return bad(
+                    "api_token_param",
+                    "must be a query parameter name (letters, digits, '_', '-', '.')",
+                );
+            }
+        }
         let facts = self.fact_keys();
         for key in &facts {
             match self.docs.get(*key) {
@@ -356,6 +371,7 @@ impl CatalogEntry {
             ("revoke_url", self.revoke_url.is_some()),
             ("userinfo_url", self.userinfo_url.is_some()),
             ("api_base_url", self.api_base_url.is_some()),
+            ("api_token_param", self.api_token_param.is_some()),
             ("issuer", self.issuer.is_some()),
             ("url_params", !self.url_params.is_empty()),
             ("auth_method", self.auth_method.is_some()),
@@ -406,6 +422,15 @@ impl CatalogEntry {
         keys.extend(set.into_iter().filter(|(_, on)| *on).map(|(k, _)| k));
         keys
     }
+}
+
+/// A query parameter name that needs no encoding: letters, digits, `_`, `-`, `.`.
+pub(crate) fn is_query_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
 /// Where a connection's account id comes from.

@@ -339,6 +339,10 @@ pub struct ProviderConfig {
     /// Base of the provider's API (the proxy).
     #[serde(default)]
     pub api_base_url: Option<String>,
+    /// The query parameter the API takes the token in; by default the catalog's, else none
+    /// (an `Authorization: Bearer` header).
+    #[serde(default)]
+    pub api_token_param: Option<String>,
     /// Values of the catalog URLs' `{placeholders}` (`tenant`, `subdomain`, `shop`, …).
     #[serde(default)]
     pub url_params: BTreeMap<String, String>,
@@ -448,6 +452,13 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// library that does not say how).
     fn connect_client(&self) -> Option<(&ProviderSettings, &HttpClient)> {
         None
+    }
+
+    /// Where this provider's API is and where it takes the token, for the proxy; `None`
+    /// without an `api_base_url`. By default, from the settings of [`Provider::connect_client`].
+    fn api(&self) -> Option<crate::proxy::ApiBase> {
+        self.connect_client()
+            .and_then(|(settings, _)| crate::proxy::ApiBase::of(settings))
     }
 
     /// Checks, without calling the provider, that `conn` can be refreshed at `now`. By

@@ -41,6 +41,9 @@ pub struct ProviderSettings {
     pub revoke_url: Option<Url>,
     pub userinfo_url: Option<Url>,
     pub api_base_url: Option<Url>,
+    /// The query parameter the API takes the access token in; `None`: an
+    /// `Authorization: Bearer` header.
+    pub api_token_param: Option<String>,
     pub issuer: Option<Url>,
     /// The OpenID issuer whose keys sign this provider's ID tokens: the configured `issuer`,
     /// else the catalog's (placeholders filled). The connect flow discovers its JWKS on
@@ -272,6 +275,16 @@ impl ProviderSettings {
             None,
             entry.and_then(|e| e.api_base_url.as_deref()),
         )?;
+        let api_token_param = match non_empty(config.api_token_param.as_deref()) {
+            Some(param) if !catalog::is_query_name(&param) => {
+                return Err(err(
+                    "api_token_param",
+                    "must be a query parameter name (letters, digits, '_', '-', '.')".to_owned(),
+                ));
+            }
+            Some(param) => Some(param),
+            None => entry.and_then(|e| e.api_token_param.clone()),
+        };
         let token_url = match (engine, token_url) {
             (_, Some(url)) => url,
             // Instagram's code exchange; it refreshes at `refresh_url`.
@@ -407,6 +420,7 @@ impl ProviderSettings {
             revoke_url,
             userinfo_url,
             api_base_url,
+            api_token_param,
             oidc_issuer,
             issuer,
             client_id,

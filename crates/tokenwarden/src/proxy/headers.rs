@@ -1,0 +1,161 @@
+//! Which headers cross the proxy.
+//!
+//! Upstream, the client's request headers go as they are, except: the hop-by-hop ones
+//! (RFC 9110 §7.6.1: `Connection` and every header it names, `Keep-Alive`, `TE`, `Trailer`,
+//! `Transfer-Encoding`, `Upgrade`, and `Proxy-*`), which belong to the client's connection to
+//! tokenwarden; `Host` (the upstream's is set from the URL); `Authorization` (the client's
+//! holds its tokenwarden API key, and the provider's token takes its place); `Cookie` (the
+//! client's cookies are tokenwarden's, not the provider's); `Tokenwarden-*` (ours);
+//! `Content-Length` (the body's own length is sent, so it cannot disagree with it); and
+//! `Expect` (tokenwarden answers `100-continue` itself when it reads the body).
+//!
+//! Back to the client, the upstream's response headers go as they are, except the hop-by-hop
+//! ones. Both filters work in place on the map they are given: no header is copied.
+
+use reqwest::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap, HeaderName,
+    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+
+/// The response header that says the call was sent again with a refreshed token.
+pub const REFRESHED: &str = "tokenwarden-refreshed";
+
+/// Hop-by-hop headers every hop removes, besides those `Connection` names and `Proxy-*`.
+const HOP_BY_HOP: [HeaderName; 5] = [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE];
+const KEEP_ALIVE: &str = "keep-alive";
+
+/// Removes from the client's `headers` every header that must not go upstream.
+pub fn strip_request(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    for name in [HOST, AUTHORIZATION, COOKIE, CONTENT_LENGTH, EXPECT] {
+        headers.remove(name);
+    }
+    remove_prefixed(headers, "tokenwarden-");
+}
+
+/// Removes from the upstream's `headers` every header that must not go back to the client.
+pub fn strip_response(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // The headers `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(KEEP_ALIVE);
+    remove_prefixed(headers, "proxy-");
+}
+
+/// Removes every header whose (lowercase) name starts with `prefix`.
+fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
+    if !headers.keys().any(|name| name.as_str().starts_with(prefix)) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(prefix))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        headers
+    }
+
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn forbidden_request_headers_are_removed_and_the_rest_kept() {
+        let mut headers = map(&[
+            ("host", "tokenwarden.local"),
+            ("authorization", "Bearer api-key"),
+            ("cookie", "session=1"),
+            ("connection", "keep-alive, X-Hop, x-other-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("x-other-hop", "2"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("tokenwarden-anything", "x"),
+            ("Tokenwarden-Refreshed", "1"),
+            ("content-length", "12"),
+            ("expect", "100-continue"),
+            ("accept", "application/json"),
+            ("content-type", "application/json"),
+            ("x-custom", "a"),
+            ("x-custom", "b"),
+            ("if-none-match", "\"v1\""),
+            ("user-agent", "app/1.0"),
+        ]);
+        strip_request(&mut headers);
+        assert_eq!(
+            names(&headers),
+            ["accept", "content-type", "if-none-match", "user-agent", "x-custom"]
+        );
+        let custom: Vec<_> = headers.get_all("x-custom").iter().collect();
+        assert_eq!(custom, ["a", "b"], "repeated headers keep every value");
+    }
+
+    #[test]
+    fn hop_by_hop_response_headers_are_removed_and_the_rest_kept() {
+        let mut headers = map(&[
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("trailer", "x-sum"),
+            ("proxy-authenticate", "Basic"),
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+            ("set-cookie", "a=1"),
+            ("x-ratelimit-remaining", "99"),
+            ("location", "https://example.com/next"),
+        ]);
+        strip_response(&mut headers);
+        assert_eq!(
+            names(&headers),
+            [
+                "content-length",
+                "content-type",
+                "location",
+                "set-cookie",
+                "x-ratelimit-remaining"
+            ]
+        );
+    }
+}
