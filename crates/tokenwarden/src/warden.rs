@@ -293,6 +293,9 @@ pub(crate) enum Trigger {
     Forced,
     /// The scheduler claimed it; skip if it is no longer due.
     Scheduled,
+    /// An API refused this token (HTTP 401); skip if the connection has another by now, or
+    /// it was refreshed moments ago (`refresh::rejected`).
+    Rejected(crate::refresh::rejected::TokenDigest),
 }
 
 impl Trigger {
@@ -301,6 +304,7 @@ impl Trigger {
             Self::OnDemand => "on_demand",
             Self::Forced => "forced",
             Self::Scheduled => "scheduled",
+            Self::Rejected(_) => "rejected",
         }
     }
 }
@@ -506,6 +510,31 @@ impl Warden {
             .join_refresh(key, Trigger::Forced, policy, None)
             .await
             .map(|conn| conn.meta.clone())
+            .map_err(counted)
+    }
+
+    /// Call this when a provider's API refused `rejected`, an access token of `key` (HTTP
+    /// 401): it returns a token to send the call again with, after refreshing only if no one
+    /// else did. Any number of concurrent callers refused with one token cause one refresh
+    /// (the single flight and the lease), including callers whose 401 arrives after that
+    /// refresh finished: they get the token it stored.
+    ///
+    /// `Ok(None)` when there is no other token to try: the refused one was refreshed less than
+    /// 10 s ago (an API refusing a token that new refuses it for another reason), so it is
+    /// not refreshed again.
+    ///
+    /// # Errors
+    /// As [`Warden::refresh_token`]'s: the refresh failed (`TOKEN_REFRESH_ERROR`, with
+    /// `reconnect` when the provider refused the grant for good; `TOKEN_EXPIRED` when the
+    /// token has expired too), the provider's breaker is open, the connection is gone.
+    pub async fn refresh_rejected(
+        &self,
+        key: &ConnectionKey,
+        rejected: &AccessToken,
+    ) -> Result<Option<AccessTokenGrant>, Error> {
+        self.inner
+            .refresh_rejected(key, rejected)
+            .await
             .map_err(counted)
     }
 

@@ -3,7 +3,8 @@
 //! (`breaker`), single flight (`flight`). The refresh itself, in the order a refresh runs
 //! through them: `run` (single-flight entry, then the refresh proper), `lease` (the
 //! cross-instance lease protocol), `retry` (the retry loop), `record` (committing the
-//! outcome), and `errors` (how outcomes become the library's errors).
+//! outcome), and `errors` (how outcomes become the library's errors). `rejected` starts a
+//! refresh because an API refused the token (HTTP 401).
 
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ pub mod flight;
 mod lease;
 pub mod policy;
 mod record;
+pub(crate) mod rejected;
 mod retry;
 mod run;
 

@@ -185,6 +185,10 @@ impl Inner {
                     || meta.next_refresh_at.is_none_or(|at| at > now)
             }
             Trigger::Forced => false,
+            Trigger::Rejected(digest) => {
+                !digest.matches(&conn.tokens.access_token)
+                    || crate::refresh::rejected::refreshed_recently(conn, now)
+            }
         }
     }
 }
