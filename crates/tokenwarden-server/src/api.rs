@@ -754,6 +754,7 @@ pub async fn openapi_json(State(app): State<App>) -> Response {
             })
             .collect(),
         webhook_endpoints: app.webhooks().endpoint_names(),
+        proxied: app.proxy().providers(),
     };
     // Built per request: a few hundred microseconds, and always what the server runs with.
     Json(openapi_for(&context)).into_response()
@@ -893,6 +894,7 @@ pub fn openapi_with_applications(
         account_id_required: false,
         return_urls: Vec::new(),
         webhook_endpoints: Vec::new(),
+        proxied: Vec::new(),
     })
 }
 
@@ -910,15 +912,120 @@ pub struct DocContext<'a> {
     pub return_urls: Vec<String>,
     /// The configured webhook endpoints' names.
     pub webhook_endpoints: Vec<String>,
+    /// The providers with an `api_base_url`, which the proxy reaches.
+    pub proxied: Vec<String>,
 }
 
 /// The document for a server configured as `context` says.
 pub fn openapi_for(context: &DocContext<'_>) -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    add_proxy(&mut doc);
     finish(&mut doc, context.providers, context.applications);
+    finish_proxy(&mut doc, context);
     finish_connect(&mut doc, context);
     finish_webhooks(&mut doc, context);
     doc
+}
+
+/// The proxy's operations (one per method), written here rather than derived: utoipa gives
+/// one operation id to every method of a handler, and the answers are mostly the
+/// provider's, which no schema describes. [`finish`] then adds what every `/v1` operation
+/// has (401, `X-Request-Id`, required path parameters), and [`finish_proxy`] the providers.
+fn add_proxy(doc: &mut serde_json::Value) {
+    use serde_json::json;
+
+    let error = |description: &str| {
+        json!({
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+        })
+    };
+    let with_retry_after = |description: &str| {
+        let mut response = error(description);
+        response["headers"] = json!({"Retry-After": {
+            "description": "seconds to wait; sent whenever `retry_after_s` is set",
+            "schema": {"type": "integer", "minimum": 0},
+        }});
+        response
+    };
+    let id = serde_json::to_value(id_schema()).unwrap_or_default();
+    let parameters = json!([
+        {"name": "user_id", "in": "path", "required": true, "schema": id},
+        {"name": "provider", "in": "path", "required": true,
+            "schema": serde_json::to_value(provider_schema()).unwrap_or_default()},
+        {"name": "account_id", "in": "path", "required": true, "schema": id},
+        {"name": "path", "in": "path", "required": true,
+            "description": "the API path under the provider's `api_base_url`, any number of                 segments, encoded as the API expects it (an encoded slash stays encoded); a                 path that would leave `api_base_url` (`.` or `..` segments in any encoding, a                 backslash, a control character, a scheme, a leading `/`, an `@` authority) is                 INVALID_REQUEST. The query string is forwarded as it is.",
+            "schema": {"type": "string", "minLength": 1}},
+    ]);
+    let mut item = serde_json::Map::new();
+    for method in ["get", "post", "put", "patch", "delete"] {
+        let mut operation = json!({
+            "tags": ["proxy"],
+            "operationId": format!("proxy_{method}"),
+            "summary": format!("{} a provider's API with the connection's token",
+                method.to_ascii_uppercase()),
+            "description": "Forwards the call to `{api_base_url}/{path}?{query}` with the                 connection's token where the provider takes it (`Authorization: Bearer` unless                 the catalog says otherwise). Request headers go on except hop-by-hop ones,                 `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's                 status, headers (less hop-by-hop ones) and body come back as the API sent them.                 Redirects are handed back, not followed. An upstream 401 refreshes the token                 (one refresh for any number of calls) and sends the call once more when its                 body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not                 apply.",
+            "parameters": parameters,
+            "responses": {
+                "default": {
+                    "description": "the provider API's answer, whatever its status",
+                    "headers": {"Tokenwarden-Refreshed": {
+                        "description": "`1` when the API refused the first attempt (401) and                             this is the answer to a second one with a refreshed token",
+                        "schema": {"type": "string", "enum": ["1"]},
+                    }},
+                    "content": {"*/*": {"schema": {}}},
+                },
+                "400": error("INVALID_REQUEST (a malformed id, a path that would leave the                     API's base URL, a provider without `api_base_url`; `details.field` names                     it) or UNKNOWN_PROVIDER; or the API's own 400"),
+                "404": error("ACCOUNT_NOT_FOUND; or the API's own 404"),
+                "409": with_retry_after("NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN                     (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or                     TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token                     route answers"),
+                "500": error("GET_TOKEN_ERROR: the database or decryption failed"),
+                "502": with_retry_after("TOKEN_REFRESH_ERROR (the refresh failed after every                     retry) or UPSTREAM_UNREACHABLE (the API could not be reached)"),
+                "503": with_retry_after("TOKEN_REFRESH_ERROR while the provider's circuit                     breaker is open"),
+                "504": error("UPSTREAM_TIMEOUT: the API did not answer within                     `upstream.request_timeout_ms`"),
+            },
+            "security": [{"api_key": []}],
+        });
+        if method != "get" && method != "delete" {
+            operation["requestBody"] = json!({
+                "required": false,
+                "description": "sent on as it is, streamed",
+                "content": {"application/json": {"schema": {}}},
+            });
+        }
+        item.insert(method.to_owned(), operation);
+    }
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        paths.insert(
+            "/v1/proxy/{user_id}/{provider}/{account_id}/{path}".to_owned(),
+            serde_json::Value::Object(item),
+        );
+    }
+}
+
+/// The proxy's `provider` is one with an `api_base_url` (any other is refused, with
+/// UNKNOWN_PROVIDER or INVALID_REQUEST), when the server knows which.
+fn finish_proxy(doc: &mut serde_json::Value, context: &DocContext<'_>) {
+    if context.proxied.is_empty() {
+        return;
+    }
+    let Some(item) = doc
+        .pointer_mut("/paths/~1v1~1proxy~1{user_id}~1{provider}~1{account_id}~1{path}")
+        .and_then(|p| p.as_object_mut())
+    else {
+        return;
+    };
+    for operation in item.values_mut() {
+        for parameter in operation["parameters"].as_array_mut().into_iter().flatten() {
+            if parameter["name"] == "provider" {
+                parameter["schema"] = serde_json::json!({
+                    "type": "string",
+                    "enum": context.proxied,
+                    "description": "a configured provider with an `api_base_url`",
+                });
+            }
+        }
+    }
 }
 
 /// The delivery log's filters as the server checks them, and the test route's endpoint names
@@ -1200,8 +1307,17 @@ mod tests {
             "/access-token",
             "/refresh",
             "/readyz",
+            "/v1/proxy/{user_id}/{provider}/{account_id}/{path}",
         ] {
             assert!(doc.contains(path), "{path}");
+        }
+        let doc = openapi(&["fake".to_owned()]);
+        let proxy = &doc["paths"]["/v1/proxy/{user_id}/{provider}/{account_id}/{path}"];
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let operation = &proxy[method];
+            assert_eq!(operation["operationId"], format!("proxy_{method}"));
+            assert!(operation["responses"]["401"].is_object(), "{method}: 401 added");
+            assert!(operation["responses"]["504"].is_object(), "{method}: 504");
         }
     }
 

@@ -59,6 +59,7 @@ struct Inner {
     connector: tokenwarden::connect::Connector,
     api_keys: ApiKeys,
     metrics: PrometheusHandle,
+    proxy: crate::proxy::Proxy,
     config: Config,
 }
 
@@ -82,6 +83,8 @@ impl App {
         if let Err(error) = warden.update_connection_gauges().await {
             tracing::warn!(error = %error, "could not compute the connections gauge");
         }
+        let proxy = crate::proxy::Proxy::new(&config, &warden)
+            .map_err(|e| StartError::Http(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 warden,
@@ -89,6 +92,7 @@ impl App {
                 connector,
                 api_keys,
                 metrics,
+                proxy,
                 config,
             }),
         })
@@ -118,6 +122,11 @@ impl App {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The proxy to providers' APIs.
+    pub fn proxy(&self) -> &crate::proxy::Proxy {
+        &self.inner.proxy
     }
 
     pub fn max_body_bytes(&self) -> usize {
@@ -191,6 +200,12 @@ impl App {
             .route(
                 "/v1/webhooks/endpoints/{name}/test",
                 axum::routing::post(crate::webhooks::test_endpoint),
+            )
+            // Every method reaches the handler, which answers 405 itself for those it does
+            // not forward. Its body is read raw: `server.max_body_bytes` does not apply.
+            .route(
+                "/v1/proxy/{user_id}/{provider}/{account_id}/{*path}",
+                axum::routing::any(crate::proxy::forward),
             )
             .route_layer(axum::middleware::from_fn_with_state(
                 self.clone(),

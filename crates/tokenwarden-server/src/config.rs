@@ -52,9 +52,12 @@ pub struct Config {
     /// Extension: limits of the HTTP server itself.
     #[serde(default)]
     pub server: ServerSection,
-    /// Extension: timeouts of calls to providers.
+    /// Extension: timeouts of calls to providers (token endpoints and the proxy).
     #[serde(default)]
     pub upstream: UpstreamSection,
+    /// The proxy to providers' APIs.
+    #[serde(default)]
+    pub proxy: ProxySection,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Where browsers reach tokenwarden (the connect flow). Default `http://` + `listen`.
@@ -78,6 +81,7 @@ impl std::fmt::Debug for Config {
             .field("scheduler", &self.scheduler)
             .field("server", &self.server)
             .field("upstream", &self.upstream)
+            .field("proxy", &self.proxy)
             .field("providers", &self.providers)
             .field("public_url", &self.public_url)
             .field("connect", &self.connect)
@@ -315,12 +319,34 @@ impl fmt::Debug for EndpointSection {
     }
 }
 
-/// `[upstream]` (extension): outbound calls to token endpoints.
+/// `[upstream]` (extension): outbound calls to token endpoints and through the proxy.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamSection {
+    /// Longest wait for a connection to a provider. Default 5,000 ms.
     pub connect_timeout_ms: u64,
+    /// A token-endpoint call, whole (default 15,000 ms). Through the proxy: the longest wait
+    /// for the response's headers, and then for each part of its body (a long download is
+    /// not cut off while data keeps coming).
     pub request_timeout_ms: u64,
+}
+
+/// `[proxy]`: calls to providers' APIs through `/v1/proxy/...`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySection {
+    /// Request bodies up to this size are kept so the call can be sent again after an
+    /// upstream 401 and a refresh; larger ones stream through once. Default 1 MiB (1,048,576);
+    /// 0 to 64 MiB.
+    pub max_replay_bytes: usize,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        Self {
+            max_replay_bytes: tokenwarden::proxy::DEFAULT_MAX_REPLAY_BYTES,
+        }
+    }
 }
 
 impl Default for UpstreamSection {
@@ -506,7 +532,7 @@ fn redact_scalars(message: &str) -> String {
 
 /// Top-level keys an environment variable may override. Other `TOKENWARDEN_*` variables
 /// (`TOKENWARDEN_CONFIG`, `TOKENWARDEN_DATA_DIR`, test variables) are not configuration keys.
-const TOP_LEVEL_KEYS: [&str; 13] = [
+const TOP_LEVEL_KEYS: [&str; 14] = [
     "listen",
     "public_url",
     "connect",
@@ -518,6 +544,7 @@ const TOP_LEVEL_KEYS: [&str; 13] = [
     "scheduler",
     "server",
     "upstream",
+    "proxy",
     "providers",
     "webhooks",
 ];
@@ -538,7 +565,7 @@ fn env_kind(path: &[String]) -> EnvKind {
         ["auth", "api_keys"] => EnvKind::List,
         ["scheduler", "enabled"] => EnvKind::Bool,
         [
-            "refresh" | "breaker" | "scheduler" | "server" | "upstream",
+            "refresh" | "breaker" | "scheduler" | "server" | "upstream" | "proxy",
             _,
         ] => EnvKind::Int,
         ["providers", _, "rate_limit_per_second"] => EnvKind::Int,
@@ -850,6 +877,8 @@ impl Config {
             1,
             600_000,
         )?;
+        let max_replay = u64::try_from(self.proxy.max_replay_bytes).unwrap_or(u64::MAX);
+        range("proxy.max_replay_bytes", max_replay, 0, 64 * 1024 * 1024)?;
 
         let url = self.database_url.as_str();
         if !["sqlite:", "postgres://", "postgresql://"]

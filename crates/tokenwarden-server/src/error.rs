@@ -13,6 +13,14 @@ use utoipa::ToSchema;
 
 /// The server-only code for authentication failures.
 pub const UNAUTHORIZED: &str = "UNAUTHORIZED";
+/// The proxy could not reach the provider's API (connection refused, DNS, TLS, reset): 502.
+pub const UPSTREAM_UNREACHABLE: &str = "UPSTREAM_UNREACHABLE";
+/// The provider's API did not answer within `upstream.request_timeout_ms` (or connect within
+/// `upstream.connect_timeout_ms`): 504.
+pub const UPSTREAM_TIMEOUT: &str = "UPSTREAM_TIMEOUT";
+
+/// The codes only the server answers with.
+pub const SERVER_CODES: [&str; 3] = [UNAUTHORIZED, UPSTREAM_UNREACHABLE, UPSTREAM_TIMEOUT];
 
 /// An error as the API returns it.
 #[derive(Debug, Clone)]
@@ -55,7 +63,7 @@ pub fn all_codes() -> impl Iterator<Item = &'static str> {
     ErrorCode::ALL
         .iter()
         .map(|code| code.as_str())
-        .chain([UNAUTHORIZED])
+        .chain(SERVER_CODES)
 }
 
 fn error_code_schema() -> utoipa::openapi::schema::Object {
@@ -141,6 +149,41 @@ impl ApiError {
             StatusCode::UNAUTHORIZED,
             UNAUTHORIZED,
             "missing or invalid API key (send `Authorization: Bearer <key>`)",
+        )
+    }
+
+    /// 502 UPSTREAM_UNREACHABLE: the proxy could not reach the provider's API. `why` must not
+    /// hold the URL (it may carry a token).
+    pub fn upstream_unreachable(provider: &str, why: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::BAD_GATEWAY,
+            UPSTREAM_UNREACHABLE,
+            format!("could not reach the API of provider {provider}: {why}"),
+        );
+        e.details.insert("provider".into(), provider.into());
+        e
+    }
+
+    /// 504 UPSTREAM_TIMEOUT: the provider's API did not answer in time.
+    pub fn upstream_timeout(provider: &str, waited: Duration) -> Self {
+        let mut e = Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            UPSTREAM_TIMEOUT,
+            format!(
+                "the API of provider {provider} did not answer within {} ms",
+                waited.as_millis()
+            ),
+        );
+        e.details.insert("provider".into(), provider.into());
+        e
+    }
+
+    /// 405 INVALID_REQUEST: a method a route does not take.
+    pub fn method_not_allowed(allowed: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::InvalidRequest.as_str(),
+            format!("method: must be one of {allowed}"),
         )
     }
 
@@ -347,7 +390,8 @@ mod tests {
     #[test]
     fn every_code_is_in_the_documented_list() {
         let codes: Vec<_> = all_codes().collect();
-        assert_eq!(codes.len(), ErrorCode::ALL.len() + 1);
+        assert_eq!(codes.len(), ErrorCode::ALL.len() + SERVER_CODES.len());
         assert!(codes.contains(&"REFRESH_TOO_EARLY") && codes.contains(&UNAUTHORIZED));
+        assert!(codes.contains(&UPSTREAM_UNREACHABLE) && codes.contains(&UPSTREAM_TIMEOUT));
     }
 }

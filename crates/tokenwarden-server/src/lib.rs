@@ -15,6 +15,7 @@ pub mod connect;
 pub mod error;
 pub mod fast_path;
 pub mod log_writer;
+pub mod proxy;
 pub mod telemetry;
 pub mod views;
 pub mod webhooks;

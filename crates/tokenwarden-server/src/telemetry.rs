@@ -28,7 +28,7 @@ use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::error::UNAUTHORIZED;
+use crate::error::SERVER_CODES;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -52,6 +52,15 @@ pub fn metrics_handle() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full(m::COMMIT_ROWS.to_owned()),
                         &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(m::PROXY_DURATION_SECONDS.to_owned()),
+                        &[
+                            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                            5.0, 10.0, 30.0,
+                        ],
                     )
                 });
             let builder = match builder {
@@ -108,6 +117,15 @@ fn describe() {
         m::UPSTREAM_REQUESTS_TOTAL,
         "Calls to provider token endpoints by provider and HTTP status"
     );
+    metrics::describe_counter!(
+        m::PROXY_REQUESTS_TOTAL,
+        "Calls through the proxy by provider and status class of the answer"
+    );
+    metrics::describe_histogram!(
+        m::PROXY_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from a proxied call's arrival to its answer's headers, retry included"
+    );
 }
 
 /// Registers, at zero, every series whose labels are known at start.
@@ -115,7 +133,9 @@ pub fn register_known_series<'a>(providers: impl IntoIterator<Item = &'a str>) {
     for code in ErrorCode::ALL {
         metrics::counter!(m::ERRORS_TOTAL, "code" => code.as_str()).increment(0);
     }
-    metrics::counter!(m::ERRORS_TOTAL, "code" => UNAUTHORIZED).increment(0);
+    for code in SERVER_CODES {
+        metrics::counter!(m::ERRORS_TOTAL, "code" => code).increment(0);
+    }
     for provider in providers {
         for trigger in ["on_demand", "scheduled"] {
             metrics::counter!(m::AUTO_REFRESH_TOTAL, "provider" => provider.to_owned(), "trigger" => trigger)

@@ -16,6 +16,13 @@ pub const REFRESH_QUEUE: &str = "tokenwarden_refresh_queue";
 /// idle; under load, how many refreshes one fsync covered.
 pub const COMMIT_ROWS: &str = "tokenwarden_commit_rows";
 
+/// Extension to SPEC.md: calls through the proxy, by `provider` and the `status_class` of
+/// the answer (`2xx` … `5xx`, tokenwarden's own error answers included).
+pub const PROXY_REQUESTS_TOTAL: &str = "tokenwarden_proxy_requests_total";
+/// Extension to SPEC.md: time from a proxied call's arrival to its answer's headers (a
+/// refresh and a second attempt included), by `provider`.
+pub const PROXY_DURATION_SECONDS: &str = "tokenwarden_proxy_duration_seconds";
+
 /// Every metric name SPEC.md lists.
 pub const ALL: [&str; 9] = [
     REFRESH_TOTAL,

@@ -1,0 +1,353 @@
+//! `GET|POST|PUT|PATCH|DELETE /v1/proxy/{user_id}/{provider}/{account_id}/{path…}`: an
+//! application's call to a provider's API, sent on with the connection's token (SPEC.md,
+//! "Proxy").
+//!
+//! The rules are the library's (`tokenwarden::proxy`): the target URL under the provider's
+//! `api_base_url`, the headers that cross, where the token goes, the replay buffer. This
+//! module sends the call with an HTTP client of its own (no redirects followed, the
+//! `[upstream]` timeouts, bodies streamed both ways) and answers:
+//!
+//! - with the upstream's answer: status, headers less the hop-by-hop ones, body as it comes;
+//! - after an upstream 401, with the answer to a second attempt made with the token
+//!   [`Warden::refresh_rejected`] returns (one refresh however many calls were refused), plus
+//!   `Tokenwarden-Refreshed: 1`, when the request body could be kept
+//!   (`proxy.max_replay_bytes`); otherwise with the upstream's 401 (the token has been
+//!   refreshed by then, so the application's own retry uses the new one);
+//! - with the access-token route's errors when no token can be had, and 502
+//!   `UPSTREAM_UNREACHABLE` / 504 `UPSTREAM_TIMEOUT` when the API cannot be reached.
+//!
+//! The upstream URL is never logged or put in an error: with Instagram it holds the token.
+//! `server.max_body_bytes` does not apply: the handler takes the raw body, which no limit
+//! wraps.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokenwarden::proxy::{ApiBase, Collected, collect_for_replay, headers};
+use tokenwarden::{AccessToken, AccountId, ConnectionKey, ProviderName, UserId, Warden};
+
+use crate::app::App;
+use crate::config::{Config, redact_quoted};
+use crate::error::ApiError;
+
+static REFRESHED: HeaderName = HeaderName::from_static(headers::REFRESHED);
+const ALLOWED: &str = "GET, POST, PUT, PATCH, DELETE";
+/// The methods the route forwards.
+const METHODS: [Method; 5] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
+
+/// The proxy's state: its client and, per provider with an `api_base_url`, that API.
+pub struct Proxy {
+    client: reqwest::Client,
+    apis: BTreeMap<ProviderName, Api>,
+    max_replay_bytes: usize,
+    response_timeout: Duration,
+}
+
+/// One provider's API, with its metric handles registered once.
+struct Api {
+    base: ApiBase,
+    /// `proxy_requests_total{provider, status_class}` for 1xx … 5xx.
+    answers: [metrics::Counter; 5],
+    duration: metrics::Histogram,
+}
+
+impl Proxy {
+    /// The proxy for `warden`'s providers, with `config`'s `[upstream]` timeouts and
+    /// `[proxy]` settings.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built (no TLS roots, say).
+    pub fn new(config: &Config, warden: &Warden) -> Result<Self, reqwest::Error> {
+        let response_timeout = Duration::from_millis(config.upstream.request_timeout_ms);
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.upstream.connect_timeout_ms))
+            // Between two reads of a body: a download that keeps coming is not cut off.
+            .read_timeout(response_timeout)
+            // A redirect is the application's to follow: it goes back as it came.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let mut apis = BTreeMap::new();
+        for info in warden.providers() {
+            let Ok(name) = ProviderName::parse(info.name.as_str()) else {
+                continue;
+            };
+            let Some(base) = warden.provider(&name).and_then(|p| p.api()) else {
+                continue;
+            };
+            let label = name.to_string();
+            let answers = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+                metrics::counter!(tokenwarden::metrics::PROXY_REQUESTS_TOTAL,
+                    "provider" => label.clone(), "status_class" => class)
+            });
+            let duration = metrics::histogram!(tokenwarden::metrics::PROXY_DURATION_SECONDS,
+                "provider" => label);
+            apis.insert(
+                name,
+                Api {
+                    base,
+                    answers,
+                    duration,
+                },
+            );
+        }
+        Ok(Self {
+            client,
+            apis,
+            max_replay_bytes: config.proxy.max_replay_bytes,
+            response_timeout,
+        })
+    }
+}
+
+impl Proxy {
+    /// The providers it reaches (those with an `api_base_url`), sorted.
+    pub fn providers(&self) -> Vec<String> {
+        self.apis.keys().map(ToString::to_string).collect()
+    }
+}
+
+impl Api {
+    fn count(&self, status: StatusCode, started: Instant) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.answers[class].increment(1);
+        self.duration.record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The ids of a proxied call, with the raw path after them.
+type ProxyPath = Result<Path<(String, String, String, String)>, PathRejection>;
+
+/// The proxy route's handler; `api::finish_proxy` documents it.
+pub async fn forward(State(app): State<App>, path: ProxyPath, request: Request) -> Response {
+    let started = Instant::now();
+    if !METHODS.contains(request.method()) {
+        let mut response = ApiError::method_not_allowed(ALLOWED).into_response();
+        response
+            .headers_mut()
+            .insert(axum::http::header::ALLOW, HeaderValue::from_static(ALLOWED));
+        return response;
+    }
+    let (answer, api) = forward_call(&app, path, request).await;
+    let response = answer.unwrap_or_else(IntoResponse::into_response);
+    if let Some(api) = api {
+        api.count(response.status(), started);
+    }
+    response
+}
+
+async fn forward_call<'a>(
+    app: &'a App,
+    path: ProxyPath,
+    request: Request,
+) -> (Result<Response, ApiError>, Option<&'a Api>) {
+    let proxy = app.proxy();
+    let key = match connection_key(app, path) {
+        Ok(key) => key,
+        Err(e) => return (Err(e), None),
+    };
+    let Some(api) = proxy.apis.get(&key.provider) else {
+        let e = ApiError::invalid(
+            "provider",
+            format!(
+                "{} has no api_base_url to proxy to (set providers.{}.api_base_url)",
+                key.provider, key.provider
+            ),
+        );
+        return (Err(e), None);
+    };
+    (send(app, proxy, api, &key, request).await, Some(api))
+}
+
+/// Validates the path's ids into a key of a configured provider.
+fn connection_key(app: &App, path: ProxyPath) -> Result<ConnectionKey, ApiError> {
+    let Path((user_id, provider, account_id, _)) =
+        path.map_err(|e| ApiError::invalid("path", redact_quoted(&e.body_text())))?;
+    let user_id = UserId::parse(user_id).map_err(|e| ApiError::invalid_message(e.to_string()))?;
+    let account_id =
+        AccountId::parse(account_id).map_err(|e| ApiError::invalid_message(e.to_string()))?;
+    let provider = ProviderName::parse(provider.as_str())
+        .ok()
+        .filter(|name| app.warden().provider(name).is_some())
+        .ok_or_else(|| ApiError::unknown_provider(&provider))?;
+    Ok(ConnectionKey::new(user_id, provider, account_id))
+}
+
+/// The part of the request's path after `/v1/proxy/{user_id}/{provider}/{account_id}/`, as
+/// the client encoded it (the router's `{*path}` is decoded, so it cannot be used).
+fn raw_rest(path: &str) -> &str {
+    // "", "v1", "proxy", user, provider, account: ids hold no raw '/'.
+    path.splitn(7, '/').nth(6).unwrap_or("")
+}
+
+async fn send(
+    app: &App,
+    proxy: &Proxy,
+    api: &Api,
+    key: &ConnectionKey,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    let target = api
+        .base
+        .target(raw_rest(parts.uri.path()), parts.uri.query())
+        .map_err(|e| ApiError::invalid("path", e))?;
+    let grant = app.warden().access_token(key).await?;
+    headers::strip_request(&mut parts.headers);
+    let body = collect_for_replay(body, proxy.max_replay_bytes)
+        .await
+        .map_err(|_| ApiError::invalid("body", "could not be read"))?;
+    let provider = key.provider.as_str();
+
+    let (replay, first_body) = match body {
+        Collected::Complete(bytes) => {
+            let replay = Some(bytes.clone());
+            (replay, outgoing_body(&parts.method, bytes))
+        }
+        Collected::Streaming(rest) => (None, Some(reqwest::Body::wrap(rest))),
+    };
+    let outgoing = Outgoing {
+        proxy,
+        api,
+        provider,
+        method: &parts.method,
+        target: &target,
+        headers: &parts.headers,
+    };
+    let first = outgoing
+        .send(&grant.access_token, first_body)
+        .await?;
+    if first.status() != reqwest::StatusCode::UNAUTHORIZED {
+        return Ok(into_response(first, false));
+    }
+    // The API refused the token: get another (one refresh for every call refused with it),
+    // and send the call again if its body was kept.
+    let Some(fresh) = app
+        .warden()
+        .refresh_rejected(key, &grant.access_token)
+        .await?
+    else {
+        return Ok(into_response(first, false));
+    };
+    let Some(bytes) = replay else {
+        tracing::info!(provider, account_id = %key.account_id,
+            "proxied call refused with 401; token refreshed, body too large to send again");
+        return Ok(into_response(first, false));
+    };
+    drop(first);
+    tracing::info!(provider, account_id = %key.account_id,
+        "proxied call refused with 401; sending it again with the refreshed token");
+    let second = outgoing
+        .send(&fresh.access_token, outgoing_body(&parts.method, bytes))
+        .await?;
+    Ok(into_response(second, true))
+}
+
+/// A kept body as sent: none for an empty `GET` or `DELETE` (no `Content-Length: 0` on a
+/// request that had no body), the bytes otherwise.
+fn outgoing_body(method: &Method, bytes: axum::body::Bytes) -> Option<reqwest::Body> {
+    if bytes.is_empty() && (method == Method::GET || method == Method::DELETE) {
+        None
+    } else {
+        Some(reqwest::Body::from(bytes))
+    }
+}
+
+/// One call as it goes upstream, but for its token and body.
+struct Outgoing<'a> {
+    proxy: &'a Proxy,
+    api: &'a Api,
+    provider: &'a str,
+    method: &'a Method,
+    target: &'a url::Url,
+    headers: &'a axum::http::HeaderMap,
+}
+
+impl Outgoing<'_> {
+    async fn send(
+        &self,
+        token: &AccessToken,
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, ApiError> {
+        let mut url = self.target.clone();
+        let mut headers = self.headers.clone();
+        self.api
+            .base
+            .place_token(token, &mut url, &mut headers)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut request = reqwest::Request::new(self.method.clone(), url);
+        *request.headers_mut() = headers;
+        *request.body_mut() = body;
+        let waited = self.proxy.response_timeout;
+        match tokio::time::timeout(waited, self.proxy.client.execute(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(self.failure(&error)),
+            Err(_) => {
+                tracing::warn!(provider = self.provider, waited_ms = waited.as_millis(),
+                    "proxied call: the provider's API did not answer in time");
+                Err(ApiError::upstream_timeout(self.provider, waited))
+            }
+        }
+    }
+
+    /// The answer for a call that got no response. Never with the URL: it may hold a token.
+    fn failure(&self, error: &reqwest::Error) -> ApiError {
+        if error.is_timeout() {
+            let waited = self.proxy.response_timeout;
+            tracing::warn!(provider = self.provider, "proxied call timed out");
+            return ApiError::upstream_timeout(self.provider, waited);
+        }
+        if error.is_body() || error.is_request() && !error.is_connect() {
+            // The client's own body failed while streaming (it went away, say).
+            tracing::info!(provider = self.provider, "proxied call: the request body failed");
+            return ApiError::invalid("body", "could not be read");
+        }
+        let why = if error.is_connect() {
+            "connection failed"
+        } else {
+            "no answer"
+        };
+        tracing::warn!(provider = self.provider, why, "proxied call: the provider's API could not be reached");
+        ApiError::upstream_unreachable(self.provider, why)
+    }
+}
+
+/// The upstream's answer as the client gets it: its status, its headers less the hop-by-hop
+/// ones, its body streamed as it comes.
+fn into_response(upstream: reqwest::Response, refreshed: bool) -> Response {
+    let upstream: axum::http::Response<reqwest::Body> = upstream.into();
+    let (mut parts, body) = upstream.into_parts();
+    headers::strip_response(&mut parts.headers);
+    if refreshed {
+        parts
+            .headers
+            .insert(REFRESHED.clone(), HeaderValue::from_static("1"));
+    }
+    Response::from_parts(parts, Body::new(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_raw_rest_keeps_its_encoding() {
+        assert_eq!(
+            raw_rest("/v1/proxy/u%2F1/gitlab/a/projects/group%2Fproject/issues"),
+            "projects/group%2Fproject/issues"
+        );
+        assert_eq!(raw_rest("/v1/proxy/u/p/a/%2e%2e/x"), "%2e%2e/x");
+        assert_eq!(raw_rest("/v1/proxy/u/p/a//evil"), "/evil");
+        assert_eq!(raw_rest("/v1/proxy/u/p/a/"), "");
+    }
+}

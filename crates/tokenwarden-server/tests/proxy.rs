@@ -1,0 +1,698 @@
+//! The proxy (`/v1/proxy/{user_id}/{provider}/{account_id}/{path…}`, SPEC.md "Proxy")
+//! against local fakes: a provider API (wiremock, which records every request it gets), the
+//! provider's token endpoint, and a second listener that nothing may reach.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use common::{API_KEY, CLIENT_SECRET, TestApp, error_of, spawn_with};
+use serde_json::{Value, json};
+use wiremock::matchers::{header, path, path_regex};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+const OLD_TOKEN: &str = "at-OLD-proxy-secret-0001";
+const NEW_TOKEN: &str = "at-NEW-proxy-secret-0002";
+const REFRESH_TOKEN: &str = "rt-proxy-secret-0003";
+const NEW_REFRESH_TOKEN: &str = "rt-NEW-proxy-secret-0004";
+const IG_TOKEN: &str = "IG-proxy-secret-0005";
+
+/// The app with provider `fake`'s API at `{api}/api`; `more` goes on inside
+/// `[providers.fake]` (start it with a section header to add sections).
+async fn spawn_proxy(api: &MockServer, more: &str) -> TestApp {
+    spawn_with(&format!("api_base_url = \"{}/api\"\n{more}", api.uri())).await
+}
+
+async fn import(app: &TestApp, user: &str, account: &str, token: &str) {
+    let response = app
+        .import(
+            user,
+            account,
+            json!({"access_token": token, "refresh_token": REFRESH_TOKEN, "expires_in": 3600}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+}
+
+fn proxied(app: &TestApp, user: &str, account: &str, rest: &str) -> String {
+    app.url(&format!("/v1/proxy/{user}/fake/{account}/{rest}"))
+}
+
+/// A client that hands redirects back instead of following them.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+fn header_of<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Requests the token endpoint got.
+async fn token_requests(app: &TestApp) -> usize {
+    app.provider
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.url.path() == "/token")
+        .count()
+}
+
+/// The API answers 200 to the new token and 401 to anything else.
+async fn api_accepting_only_the_new_token(api: &MockServer) {
+    Mock::given(header("authorization", format!("Bearer {NEW_TOKEN}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_string("accepted"))
+        .mount(api)
+        .await;
+    Mock::given(path_regex("^/api/"))
+        .respond_with(ResponseTemplate::new(401).set_body_string("token refused"))
+        .with_priority(10)
+        .mount(api)
+        .await;
+}
+
+#[tokio::test]
+async fn every_method_forwards_its_body_and_headers_and_not_the_forbidden_ones() {
+    let api = MockServer::start().await;
+    Mock::given(path("/api/items/42"))
+        .respond_with(
+            ResponseTemplate::new(201)
+                .set_body_string("created")
+                .insert_header("x-upstream", "yes")
+                .insert_header("connection", "x-upstream-hop")
+                .insert_header("x-upstream-hop", "1")
+                .insert_header("keep-alive", "timeout=5")
+                .insert_header("proxy-authenticate", "Basic"),
+        )
+        .mount(&api)
+        .await;
+    let app = spawn_proxy(&api, "").await;
+    import(&app, "u1", "a1", OLD_TOKEN).await;
+    let methods = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+    for name in methods {
+        let method = reqwest::Method::from_bytes(name.as_bytes()).expect("method");
+        let mut request = client()
+            .request(method, proxied(&app, "u1", "a1", "items/42?x=1&y=%2F"))
+            .bearer_auth(API_KEY)
+            .header("x-app", "kept")
+            .header("accept", "application/json")
+            .header("cookie", "tw-session=1")
+            .header("tokenwarden-debug", "1")
+            .header("connection", "x-client-hop")
+            .header("x-client-hop", "1")
+            .header("proxy-authorization", "Basic eA==");
+        if name != "GET" && name != "DELETE" {
+            request = request
+                .header("content-type", "text/plain")
+                .body(format!("payload of {name}"));
+        }
+        let response = request.send().await.expect("proxied");
+        assert_eq!(response.status(), 201, "{name}");
+        let headers = response.headers();
+        assert_eq!(headers["x-upstream"], "yes", "{name}");
+        for gone in ["x-upstream-hop", "keep-alive", "proxy-authenticate", "tokenwarden-refreshed"]
+        {
+            assert!(!headers.contains_key(gone), "{name}: {gone} came back");
+        }
+        assert_eq!(response.text().await.expect("body"), "created");
+    }
+    let received = api.received_requests().await.expect("recorded");
+    assert_eq!(received.len(), methods.len());
+    for (request, name) in received.iter().zip(methods) {
+        assert_eq!(request.method.as_str(), name);
+        assert_eq!(request.url.path(), "/api/items/42", "{name}");
+        assert_eq!(request.url.query(), Some("x=1&y=%2F"), "{name}");
+        assert_eq!(
+            header_of(request, "authorization"),
+            Some(format!("Bearer {OLD_TOKEN}").as_str()),
+            "{name}: the connection's token, not the API key"
+        );
+        assert_eq!(header_of(request, "x-app"), Some("kept"), "{name}");
+        assert_eq!(header_of(request, "accept"), Some("application/json"));
+        for gone in ["cookie", "tokenwarden-debug", "x-client-hop", "proxy-authorization"] {
+            assert!(header_of(request, gone).is_none(), "{name}: {gone} went upstream");
+        }
+        assert_ne!(
+            header_of(request, "host"),
+            Some(app.addr.to_string().as_str()),
+            "{name}: the upstream's own Host"
+        );
+        let expected_body = match name {
+            "GET" | "DELETE" => String::new(),
+            _ => format!("payload of {name}"),
+        };
+        assert_eq!(String::from_utf8_lossy(&request.body), expected_body, "{name}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_5_mb_body_streams_both_ways_past_server_max_body_bytes() {
+    const SIZE: usize = 5 * 1024 * 1024;
+    let upload: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let download: Vec<u8> = (0..SIZE).map(|i| (i % 241) as u8).collect();
+    let api = MockServer::start().await;
+    Mock::given(path("/api/files"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(download.clone()))
+        .mount(&api)
+        .await;
+    let app = spawn_proxy(&api, "").await;
+    import(&app, "u1", "a1", OLD_TOKEN).await;
+
+    // The same body on a route with the limit (server.max_body_bytes = 4096 in the tests).
+    let limited = client()
+        .put(app.conn("u1", "a1"))
+        .bearer_auth(API_KEY)
+        .body(upload.clone())
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(limited.status(), 413, "the body is over server.max_body_bytes");
+
+    let response = client()
+        .post(proxied(&app, "u1", "a1", "files"))
+        .bearer_auth(API_KEY)
+        .body(upload.clone())
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(response.status(), 200);
+    let body = response.bytes().await.expect("body");
+    assert_eq!(body.len(), SIZE);
+    assert!(body[..] == download[..], "the download arrived whole");
+    let received = api.received_requests().await.expect("recorded");
+    assert_eq!(received.len(), 1);
+    assert!(received[0].body == upload, "the upload arrived whole");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refreshed_once_and_the_call_sent_again() {
+    let api = MockServer::start().await;
+    api_accepting_only_the_new_token(&api).await;
+    let app = spawn_proxy(&api, "").await;
+    app.provider_ok(NEW_TOKEN, NEW_REFRESH_TOKEN).await;
+    // Revoked upstream, but far from expiry: only the API's 401 can tell.
+    import(&app, "u1", "a1", OLD_TOKEN).await;
+
+    let response = client()
+        .post(proxied(&app, "u1", "a1", "things"))
+        .bearer_auth(API_KEY)
+        .body("small body")
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["tokenwarden-refreshed"], "1");
+    assert_eq!(response.text().await.expect("body"), "accepted");
+    assert_eq!(token_requests(&app).await, 1);
+    let received = api.received_requests().await.expect("recorded");
+    assert_eq!(received.len(), 2, "the refused attempt and the second one");
+    assert_eq!(received[1].body, b"small body", "the body was sent again");
+
+    // The next call has the new token from the start.
+    let response = client()
+        .get(proxied(&app, "u1", "a1", "things"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(response.status(), 200);
+    assert!(!response.headers().contains_key("tokenwarden-refreshed"));
+    assert_eq!(token_requests(&app).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn twenty_concurrent_401s_cause_exactly_one_refresh() {
+    let api = MockServer::start().await;
+    api_accepting_only_the_new_token(&api).await;
+    let app = spawn_proxy(&api, "").await;
+    app.provider_ok(NEW_TOKEN, NEW_REFRESH_TOKEN).await;
+    import(&app, "u1", "a1", OLD_TOKEN).await;
+    // Every call takes its token first: all twenty go out with the old one.
+    let calls = (0..20).map(|i| {
+        let url = proxied(&app, "u1", "a1", &format!("things/{i}"));
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(API_KEY)
+                .body(format!("call {i}"))
+                .send()
+                .await
+                .expect("proxied")
+        }
+    });
+    let responses = futures_join_all(calls).await;
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["tokenwarden-refreshed"], "1");
+    }
+    assert_eq!(token_requests(&app).await, 1, "one refresh for twenty 401s");
+    let received = api.received_requests().await.expect("recorded");
+    let refused = received
+        .iter()
+        .filter(|r| header_of(r, "authorization") == Some(format!("Bearer {OLD_TOKEN}").as_str()))
+        .count();
+    assert_eq!(refused, 20, "every call was refused once");
+    assert_eq!(received.len(), 40);
+    app.stop().await;
+}
+
+/// `futures::future::join_all` without the dependency: tasks on the runtime.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.expect("task"));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_body_too_large_to_replay_gets_the_upstreams_401_back() {
+    let api = MockServer::start().await;
+    api_accepting_only_the_new_token(&api).await;
+    let app = spawn_proxy(&api, "\n[proxy]\nmax_replay_bytes = 1024\n").await;
+    app.provider_ok(NEW_TOKEN, NEW_REFRESH_TOKEN).await;
+    import(&app, "u1", "a1", OLD_TOKEN).await;
+    let response = client()
+        .post(proxied(&app, "u1", "a1", "upload"))
+        .bearer_auth(API_KEY)
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(response.status(), 401, "the API's own answer");
+    assert!(!response.headers().contains_key("tokenwarden-refreshed"));
+    assert_eq!(response.text().await.expect("body"), "token refused");
+    assert_eq!(api.received_requests().await.expect("recorded").len(), 1);
+    assert_eq!(token_requests(&app).await, 1, "refreshed for the next call");
+
+    // Within the limit, the same call is sent again.
+    let response = client()
+        .post(proxied(&app, "u1", "a1", "upload"))
+        .bearer_auth(API_KEY)
+        .body(vec![b'x'; 1024])
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(response.status(), 200);
+    app.stop().await;
+}
+
+/// Sends `GET {target}` as written (reqwest would resolve dot segments first) and returns
+/// the status and body.
+async fn raw_get(app: &TestApp, target: &str) -> (u16, String) {
+    let addr = app.addr;
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).expect("read");
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    })
+    .await
+    .expect("raw request")
+}
+
+#[tokio::test]
+async fn path_escapes_are_refused_before_anything_is_sent() {
+    let api = MockServer::start().await;
+    Mock::given(path_regex("^/api/"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&api)
+        .await;
+    let elsewhere = MockServer::start().await;
+    Mock::given(path_regex(".*"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&elsewhere)
+        .await;
+    let host = elsewhere.address().to_string();
+    let app = spawn_proxy(&api, "").await;
+    import(&app, "u1", "a1", OLD_TOKEN).await;
+    let escapes = [
+        "../steal".to_owned(),
+        "a/../../steal".to_owned(),
+        "./steal".to_owned(),
+        "%2e%2e/steal".to_owned(),
+        "%2E%2e/%2e%2E/steal".to_owned(),
+        ".%2e/steal".to_owned(),
+        "%2e./steal".to_owned(),
+        "%252e%252e/steal".to_owned(),
+        "a/..%2F..%2Fsteal".to_owned(),
+        "a/%2e%2e%2f%2e%2e%2fsteal".to_owned(),
+        "a%5c..%5c..%5csteal".to_owned(),
+        "a/%00/steal".to_owned(),
+        "a/%0d%0aHost:%20evil/steal".to_owned(),
+        format!("/{host}/steal"),
+        format!("%2F%2F{host}/steal"),
+        format!("http:%2F%2F{host}/steal"),
+        format!("http://{host}/steal"),
+        format!("user@{host}/steal"),
+        format!("user%40{host}/steal"),
+    ];
+    for escape in &escapes {
+        let (status, body) = raw_get(&app, &format!("/v1/proxy/u1/fake/a1/{escape}")).await;
+        assert_eq!(status, 400, "{escape}: {body}");
+        let error: Value = serde_json::from_str(&body).expect("json error");
+        assert_eq!(error["error"]["code"], "INVALID_REQUEST", "{escape}");
+        assert_eq!(error["error"]["details"]["field"], "path", "{escape}");
+    }
+    assert!(
+        elsewhere.received_requests().await.expect("recorded").is_empty(),
+        "nothing reached the other listener"
+    );
+    assert!(
+        api.received_requests().await.expect("recorded").is_empty(),
+        "nothing was sent at all"
+    );
+
+    // An encoded slash that stays inside goes as it was written.
+    let (status, _) = raw_get(&app, "/v1/proxy/u1/fake/a1/projects/group%2Fproject/issues").await;
+    assert_eq!(status, 200);
+    let received = api.received_requests().await.expect("recorded");
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].url.path(), "/api/projects/group%2Fproject/issues");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_redirect_is_handed_back_not_followed() {
+    let api = MockServer::start().await;
+    let elsewhere = MockServer::start().await;
+    Mock::given(path_regex(".*"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&elsewhere)
+        .await;
+    let location = format!("{}/steal", elsewhere.uri());
+    Mock::given(path("/api/moved"))
+        .respond_with(ResponseTemplate::new(302).insert_header("location", location.as_str()))
+        .mount(&api)
+        .await;
+    let app = spawn_proxy(&api, "").await;
+    import(&app, "u1", "a1", OLD_TOKEN).await;
+    let response = client()
+        .get(proxied(&app, "u1", "a1", "moved"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(response.status(), 302);
+    assert_eq!(response.headers()["location"], location.as_str());
+    assert!(elsewhere.received_requests().await.expect("recorded").is_empty());
+    app.stop().await;
+}
+
+fn instagram(api: &MockServer) -> String {
+    format!(
+        "\n[providers.ig]\nkind = \"instagram\"\napi_base_url = \"{}/graph\"\n\
+         refresh_url = \"{}/refresh_access_token\"\n",
+        api.uri(),
+        api.uri()
+    )
+}
+
+#[tokio::test]
+async fn instagram_takes_its_token_in_the_query() {
+    let api = MockServer::start().await;
+    Mock::given(path("/graph/me"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "1"})))
+        .mount(&api)
+        .await;
+    let app = spawn_proxy(&api, &instagram(&api)).await;
+    let imported = app
+        .client
+        .put(app.url("/v1/users/u1/connections/ig/ig-1"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"access_token": IG_TOKEN, "expires_in": 5_184_000}))
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(imported.status(), 201);
+    let response = client()
+        .get(app.url("/v1/proxy/u1/ig/ig-1/me?fields=id,username&access_token=not-mine"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(response.status(), 200);
+    let received = api.received_requests().await.expect("recorded");
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].url.query(),
+        Some(format!("fields=id,username&access_token={IG_TOKEN}").as_str()),
+        "the client's own access_token is replaced by the connection's"
+    );
+    assert!(header_of(&received[0], "authorization").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_slow_and_unproxied_apis_are_answered_with_their_codes() {
+    let slow = MockServer::start().await;
+    Mock::given(path_regex(".*"))
+        .respond_with(ResponseTemplate::new(200).set_delay(std::time::Duration::from_secs(5)))
+        .mount(&slow)
+        .await;
+    // A port nothing listens on: bound, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let more = format!(
+        "\n[providers.closed]\nkind = \"oauth2\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+         token_url = \"http://127.0.0.1:9/token\"\napi_base_url = \"http://{closed_addr}\"\n\
+         \n[providers.plain]\nkind = \"oauth2\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+         token_url = \"http://127.0.0.1:9/token\"\n\
+         \n[upstream]\nrequest_timeout_ms = 300\n"
+    );
+    let app = spawn_proxy(&slow, &more).await;
+    for provider in ["fake", "closed", "plain"] {
+        let imported = app
+            .client
+            .put(app.url(&format!("/v1/users/u1/connections/{provider}/a1")))
+            .bearer_auth(API_KEY)
+            .json(&json!({"access_token": OLD_TOKEN, "expires_in": 3600}))
+            .send()
+            .await
+            .expect("import");
+        assert_eq!(imported.status(), 201);
+    }
+    let call = |provider: &str| {
+        client()
+            .get(app.url(&format!("/v1/proxy/u1/{provider}/a1/x")))
+            .bearer_auth(API_KEY)
+            .send()
+    };
+    let error = error_of(call("fake").await.expect("slow"), 504).await;
+    assert_eq!(error["code"], "UPSTREAM_TIMEOUT");
+    let error = error_of(call("closed").await.expect("closed"), 502).await;
+    assert_eq!(error["code"], "UPSTREAM_UNREACHABLE");
+    let error = error_of(call("plain").await.expect("plain"), 400).await;
+    assert_eq!(error["code"], "INVALID_REQUEST");
+    assert_eq!(error["details"]["field"], "provider");
+    assert!(error["message"].as_str().expect("message").contains("api_base_url"));
+    let error = error_of(call("nope").await.expect("unknown"), 400).await;
+    assert_eq!(error["code"], "UNKNOWN_PROVIDER");
+    let error = error_of(
+        client()
+            .get(app.url("/v1/proxy/u1/fake/missing/x"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("missing"),
+        404,
+    )
+    .await;
+    assert_eq!(error["code"], "ACCOUNT_NOT_FOUND");
+    let head = client()
+        .head(app.url("/v1/proxy/u1/fake/a1/x"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(head.status(), 405);
+    assert_eq!(head.headers()["allow"], "GET, POST, PUT, PATCH, DELETE");
+    let unauthenticated = client()
+        .get(app.url("/v1/proxy/u1/fake/a1/x"))
+        .send()
+        .await
+        .expect("no key");
+    assert_eq!(unauthenticated.status(), 401);
+
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("tokenwarden_proxy_requests_total")
+            && l.contains("provider=\"closed\"")
+            && l.contains("status_class=\"5xx\"")),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_that_cannot_be_had_is_answered_as_the_token_route_answers() {
+    let api = MockServer::start().await;
+    let app = spawn_proxy(&api, "").await;
+    app.provider_error(400, "invalid_grant").await;
+    let imported = app.import("u1", "a1", common::expired_import()).await;
+    assert_eq!(imported.status(), 201);
+    let error = error_of(
+        client()
+            .get(proxied(&app, "u1", "a1", "x"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("proxied"),
+        409,
+    )
+    .await;
+    assert_eq!(error["code"], "TOKEN_EXPIRED");
+    assert_eq!(error["reconnect"], true);
+    assert!(api.received_requests().await.expect("recorded").is_empty());
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// No token in any log line
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every log line of this process from now on, at TRACE, in the server's JSON format
+/// (`log` records too). Wiremock's own lines are left out: it prints the requests it gets,
+/// which carry the tokens on purpose.
+fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let sink = Capture(buffer.clone());
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(tokenwarden_server::telemetry::JsonFields)
+            .event_format(tokenwarden_server::telemetry::JsonLines)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("trace,wiremock=off"))
+            .with_writer(move || sink.clone())
+            .try_init()
+            .expect("the only subscriber of this test process");
+        buffer
+    })
+    .clone()
+}
+
+#[tokio::test]
+async fn no_token_reaches_a_log_line_or_an_answer() {
+    let logs = capture_logs();
+    let api = MockServer::start().await;
+    api_accepting_only_the_new_token(&api).await;
+    Mock::given(path("/graph/me"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&api)
+        .await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let more = format!(
+        "{}\n[providers.closed]\nkind = \"instagram\"\napi_base_url = \"http://{closed_addr}\"\n",
+        instagram(&api)
+    );
+    let app = spawn_proxy(&api, &more).await;
+    app.provider_ok(NEW_TOKEN, NEW_REFRESH_TOKEN).await;
+    import(&app, "u1", "a1", OLD_TOKEN).await;
+    for provider in ["ig", "closed"] {
+        let imported = app
+            .client
+            .put(app.url(&format!("/v1/users/u1/connections/{provider}/ig-1")))
+            .bearer_auth(API_KEY)
+            .json(&json!({"access_token": IG_TOKEN, "expires_in": 5_184_000}))
+            .send()
+            .await
+            .expect("import");
+        assert_eq!(imported.status(), 201);
+    }
+    let mut answers = Vec::new();
+    for url in [
+        proxied(&app, "u1", "a1", "things?q=1"),
+        app.url("/v1/proxy/u1/ig/ig-1/me?fields=id"),
+        app.url("/v1/proxy/u1/closed/ig-1/me?fields=id"),
+    ] {
+        let response = client()
+            .post(url)
+            .bearer_auth(API_KEY)
+            .body("body")
+            .send()
+            .await
+            .expect("proxied");
+        let status = response.status().as_u16();
+        let headers = format!("{:?}", response.headers());
+        let body = response.text().await.expect("body");
+        answers.push(format!("{status} {headers} {body}"));
+    }
+    assert!(answers[0].starts_with("200"), "{answers:?}");
+    assert!(answers[1].starts_with("503"), "{answers:?}");
+    assert!(answers[2].starts_with("502"), "{answers:?}");
+    app.stop().await;
+
+    let logs = String::from_utf8(logs.lock().expect("lock").clone()).expect("utf-8 logs");
+    assert!(
+        logs.contains("sending it again with the refreshed token"),
+        "the capture works: the proxy's own lines are in it"
+    );
+    assert!(logs.contains("\"level\":\"TRACE\""), "TRACE lines are captured");
+    for secret in [
+        OLD_TOKEN,
+        NEW_TOKEN,
+        REFRESH_TOKEN,
+        NEW_REFRESH_TOKEN,
+        IG_TOKEN,
+        API_KEY,
+        CLIENT_SECRET,
+    ] {
+        for line in logs.lines() {
+            assert!(!line.contains(secret), "a log line has {secret}: {line}");
+        }
+        for answer in &answers {
+            assert!(!answer.contains(secret), "an answer has {secret}: {answer}");
+        }
+    }
+}
