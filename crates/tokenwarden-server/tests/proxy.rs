@@ -230,29 +230,59 @@ async fn a_revoked_token_is_refreshed_once_and_the_call_sent_again() {
 #[tokio::test]
 async fn twenty_concurrent_401s_cause_exactly_one_refresh() {
     let api = MockServer::start().await;
-    api_accepting_only_the_new_token(&api).await;
+    // Ten calls whose 401 comes back late: after the refresh the other ten caused has
+    // finished. The API answers the new token at once.
+    Mock::given(header("authorization", format!("Bearer {NEW_TOKEN}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_string("accepted"))
+        .mount(&api)
+        .await;
+    Mock::given(path_regex("^/api/late/"))
+        .respond_with(
+            ResponseTemplate::new(401).set_delay(std::time::Duration::from_millis(1500)),
+        )
+        .with_priority(9)
+        .mount(&api)
+        .await;
+    Mock::given(path_regex("^/api/"))
+        .respond_with(ResponseTemplate::new(401))
+        .with_priority(10)
+        .mount(&api)
+        .await;
     let app = spawn_proxy(&api, "").await;
     app.provider_ok(NEW_TOKEN, NEW_REFRESH_TOKEN).await;
     import(&app, "u1", "a1", OLD_TOKEN).await;
-    // Every call takes its token first: all twenty go out with the old one.
-    let calls = (0..20).map(|i| {
-        let url = proxied(&app, "u1", "a1", &format!("things/{i}"));
+    let call = |rest: String| {
+        let url = proxied(&app, "u1", "a1", &rest);
         async move {
             client()
                 .post(url)
                 .bearer_auth(API_KEY)
-                .body(format!("call {i}"))
+                .body(rest)
                 .send()
                 .await
                 .expect("proxied")
         }
-    });
-    let responses = futures_join_all(calls).await;
-    for response in responses {
+    };
+    let late = spawn_all((0..10).map(|i| call(format!("late/{i}"))));
+    // Wait until the API holds all ten late calls (each went out with the old token).
+    while api.received_requests().await.unwrap_or_default().len() < 10 {
+        tokio::task::yield_now().await;
+    }
+    let early = spawn_all((0..10).map(|i| call(format!("early/{i}"))));
+    for response in join_all(early).await {
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["tokenwarden-refreshed"], "1");
     }
-    assert_eq!(token_requests(&app).await, 1, "one refresh for twenty 401s");
+    assert_eq!(token_requests(&app).await, 1, "the early ten shared one refresh");
+    for response in join_all(late).await {
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["tokenwarden-refreshed"], "1");
+    }
+    assert_eq!(
+        token_requests(&app).await,
+        1,
+        "401s that arrived after the refresh took the token it stored"
+    );
     let received = api.received_requests().await.expect("recorded");
     let refused = received
         .iter()
@@ -263,13 +293,16 @@ async fn twenty_concurrent_401s_cause_exactly_one_refresh() {
     app.stop().await;
 }
 
-/// `futures::future::join_all` without the dependency: tasks on the runtime.
-async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+/// Runs each future as a task of its own.
+fn spawn_all<F>(futures: impl Iterator<Item = F>) -> Vec<tokio::task::JoinHandle<F::Output>>
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    futures.map(tokio::spawn).collect()
+}
+
+async fn join_all<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::with_capacity(handles.len());
     for handle in handles {
         out.push(handle.await.expect("task"));
