@@ -5,7 +5,7 @@
 #
 #   bench/run.sh                 # everything
 #   bench/run.sh fast scheduler  # only some: fast http concurrency outage scheduler webhooks scale
-#                                # restart
+#                                # restart proxy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tokenwarden-target}"
@@ -13,7 +13,7 @@ RUNS="${RUNS:-3}"
 BIN="$CARGO_TARGET_DIR/release"
 OUT="${BENCH_OUT:-$(mktemp -d /tmp/tokenwarden-bench.XXXXXX)}"
 mkdir -p "$OUT"
-WANT="${*:-fast http concurrency outage scheduler webhooks scale restart}"
+WANT="${*:-fast http concurrency outage scheduler webhooks scale restart proxy}"
 want() { [[ " $WANT " == *" $1 "* ]]; }
 
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(date -u +%F)"
@@ -87,6 +87,7 @@ kind = "oauth2"
 client_id = "bench"
 client_secret = "bench-secret"
 token_url = "http://127.0.0.1:9/token"
+${API_BASE_URL:+api_base_url = \"$API_BASE_URL\"}
 TOML
   local t0; t0=$(date +%s.%N)
   RUST_LOG="${SERVER_LOG:-warn}" "$BIN/tokenwarden" serve --config "$OUT/config.toml" > "$OUT/serve.log" 2>&1 &
@@ -100,7 +101,7 @@ wrk_run() {
     | grep -E "Requests/sec|  99%|  50%"
 }
 
-if want http || want scale; then
+if want http || want scale || want proxy; then
   command -v wrk > /dev/null || { echo "wrk missing: apt-get install -y wrk"; exit 1; }
   KEY=$("$BIN/tokenwarden" keys generate | tail -n1)
 fi
@@ -123,6 +124,44 @@ if want http; then
     done | tee "$OUT/http-$level.txt"
     kill "$SERVER_PID" "$BASE_PID"; wait "$SERVER_PID" "$BASE_PID" 2> /dev/null || true
   done
+fi
+
+if want proxy; then
+  # The bare axum server is the provider's API: called straight, and through tokenwarden's
+  # proxy (a cached token, a header added, the call forwarded, the answer streamed back).
+  echo "## proxy: bare axum API direct vs through /v1/proxy, wrk -t2 -c64 -d10s, RUST_LOG=warn"
+  rm -f "$OUT/proxy.db"*
+  TOKENWARDEN_BENCH_KEY="$KEY" "$BIN/examples/bench_generate" "sqlite://$OUT/proxy.db" 1000 bench > /dev/null
+  "$BIN/examples/baseline_http" 127.0.0.1:8435 > /dev/null &
+  BASE_PID=$!
+  until curl -s -o /dev/null "http://127.0.0.1:8435/api/items"; do sleep 0.02; done
+  API_BASE_URL="http://127.0.0.1:8435/api" start_server "$OUT/proxy.db" 8434 "$KEY"
+  PROXIED="http://127.0.0.1:8434/v1/proxy/user-0000500/bench/acct/items"
+  [[ "$(curl -s -H "Authorization: Bearer bench-api-key-0123456789" "$PROXIED")" == *'"items"'* ]] \
+    || { echo "the proxy does not answer $PROXIED"; exit 1; }
+  for i in $(seq "$RUNS"); do
+    echo "-- run $i: direct"; wrk_run "http://127.0.0.1:8435/api/items"
+    echo "-- run $i: proxy"; wrk_run "$PROXIED"
+  done | tee "$OUT/proxy.txt"
+  kill "$SERVER_PID" "$BASE_PID"; wait "$SERVER_PID" "$BASE_PID" 2> /dev/null || true
+  # Per run: added p50 (ms) and throughput ratio; then their medians.
+  awk '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; return v * 1000 }
+    /^-- run/ { side = $4 }
+    /  50%/ { p50[side] = ms($2) }
+    /Requests\/sec/ {
+      rps[side] = $2
+      if (side == "proxy") {
+        n++; added[n] = p50["proxy"] - p50["direct"]; ratio[n] = rps["proxy"] / rps["direct"]
+        printf "run %d: added p50 %.3f ms, throughput %.0f/%.0f = %.2f\n", n, added[n], rps["proxy"], rps["direct"], ratio[n]
+      }
+    }
+    function median(a, k,   i, j, t) {
+      for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
+    }
+    END { printf "median of %d runs: added p50 %.3f ms (target <= 1), throughput ratio %.2f (target >= 0.50)\n", n, median(added, n), median(ratio, n) }
+  ' "$OUT/proxy.txt" | tee -a "$OUT/proxy.txt"
 fi
 
 if want scale; then

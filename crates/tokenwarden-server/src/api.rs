@@ -1316,7 +1316,10 @@ mod tests {
         for method in ["get", "post", "put", "patch", "delete"] {
             let operation = &proxy[method];
             assert_eq!(operation["operationId"], format!("proxy_{method}"));
-            assert!(operation["responses"]["401"].is_object(), "{method}: 401 added");
+            assert!(
+                operation["responses"]["401"].is_object(),
+                "{method}: 401 added"
+            );
             assert!(operation["responses"]["504"].is_object(), "{method}: 504");
         }
     }

@@ -224,9 +224,7 @@ async fn send(
         target: &target,
         headers: &parts.headers,
     };
-    let first = outgoing
-        .send(&grant.access_token, first_body)
-        .await?;
+    let first = outgoing.send(&grant.access_token, first_body).await?;
     if first.status() != reqwest::StatusCode::UNAUTHORIZED {
         return Ok(into_response(first, false));
     }
@@ -293,8 +291,11 @@ impl Outgoing<'_> {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(self.failure(&error)),
             Err(_) => {
-                tracing::warn!(provider = self.provider, waited_ms = waited.as_millis(),
-                    "proxied call: the provider's API did not answer in time");
+                tracing::warn!(
+                    provider = self.provider,
+                    waited_ms = waited.as_millis(),
+                    "proxied call: the provider's API did not answer in time"
+                );
                 Err(ApiError::upstream_timeout(self.provider, waited))
             }
         }
@@ -309,7 +310,10 @@ impl Outgoing<'_> {
         }
         if error.is_body() || error.is_request() && !error.is_connect() {
             // The client's own body failed while streaming (it went away, say).
-            tracing::info!(provider = self.provider, "proxied call: the request body failed");
+            tracing::info!(
+                provider = self.provider,
+                "proxied call: the request body failed"
+            );
             return ApiError::invalid("body", "could not be read");
         }
         let why = if error.is_connect() {
@@ -317,7 +321,11 @@ impl Outgoing<'_> {
         } else {
             "no answer"
         };
-        tracing::warn!(provider = self.provider, why, "proxied call: the provider's API could not be reached");
+        tracing::warn!(
+            provider = self.provider,
+            why,
+            "proxied call: the provider's API could not be reached"
+        );
         ApiError::upstream_unreachable(self.provider, why)
     }
 }

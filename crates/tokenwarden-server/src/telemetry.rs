@@ -58,8 +58,8 @@ pub fn metrics_handle() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full(m::PROXY_DURATION_SECONDS.to_owned()),
                         &[
-                            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                            5.0, 10.0, 30.0,
+                            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                            10.0, 30.0,
                         ],
                     )
                 });

@@ -64,10 +64,13 @@ async fn token_requests(app: &TestApp) -> usize {
 
 /// The API answers 200 to the new token and 401 to anything else.
 async fn api_accepting_only_the_new_token(api: &MockServer) {
-    Mock::given(header("authorization", format!("Bearer {NEW_TOKEN}").as_str()))
-        .respond_with(ResponseTemplate::new(200).set_body_string("accepted"))
-        .mount(api)
-        .await;
+    Mock::given(header(
+        "authorization",
+        format!("Bearer {NEW_TOKEN}").as_str(),
+    ))
+    .respond_with(ResponseTemplate::new(200).set_body_string("accepted"))
+    .mount(api)
+    .await;
     Mock::given(path_regex("^/api/"))
         .respond_with(ResponseTemplate::new(401).set_body_string("token refused"))
         .with_priority(10)
@@ -114,8 +117,12 @@ async fn every_method_forwards_its_body_and_headers_and_not_the_forbidden_ones()
         assert_eq!(response.status(), 201, "{name}");
         let headers = response.headers();
         assert_eq!(headers["x-upstream"], "yes", "{name}");
-        for gone in ["x-upstream-hop", "keep-alive", "proxy-authenticate", "tokenwarden-refreshed"]
-        {
+        for gone in [
+            "x-upstream-hop",
+            "keep-alive",
+            "proxy-authenticate",
+            "tokenwarden-refreshed",
+        ] {
             assert!(!headers.contains_key(gone), "{name}: {gone} came back");
         }
         assert_eq!(response.text().await.expect("body"), "created");
@@ -133,8 +140,16 @@ async fn every_method_forwards_its_body_and_headers_and_not_the_forbidden_ones()
         );
         assert_eq!(header_of(request, "x-app"), Some("kept"), "{name}");
         assert_eq!(header_of(request, "accept"), Some("application/json"));
-        for gone in ["cookie", "tokenwarden-debug", "x-client-hop", "proxy-authorization"] {
-            assert!(header_of(request, gone).is_none(), "{name}: {gone} went upstream");
+        for gone in [
+            "cookie",
+            "tokenwarden-debug",
+            "x-client-hop",
+            "proxy-authorization",
+        ] {
+            assert!(
+                header_of(request, gone).is_none(),
+                "{name}: {gone} went upstream"
+            );
         }
         assert_ne!(
             header_of(request, "host"),
@@ -145,7 +160,11 @@ async fn every_method_forwards_its_body_and_headers_and_not_the_forbidden_ones()
             "GET" | "DELETE" => String::new(),
             _ => format!("payload of {name}"),
         };
-        assert_eq!(String::from_utf8_lossy(&request.body), expected_body, "{name}");
+        assert_eq!(
+            String::from_utf8_lossy(&request.body),
+            expected_body,
+            "{name}"
+        );
     }
     app.stop().await;
 }
@@ -171,7 +190,11 @@ async fn a_5_mb_body_streams_both_ways_past_server_max_body_bytes() {
         .send()
         .await
         .expect("import");
-    assert_eq!(limited.status(), 413, "the body is over server.max_body_bytes");
+    assert_eq!(
+        limited.status(),
+        413,
+        "the body is over server.max_body_bytes"
+    );
 
     let response = client()
         .post(proxied(&app, "u1", "a1", "files"))
@@ -232,14 +255,15 @@ async fn twenty_concurrent_401s_cause_exactly_one_refresh() {
     let api = MockServer::start().await;
     // Ten calls whose 401 comes back late: after the refresh the other ten caused has
     // finished. The API answers the new token at once.
-    Mock::given(header("authorization", format!("Bearer {NEW_TOKEN}").as_str()))
-        .respond_with(ResponseTemplate::new(200).set_body_string("accepted"))
-        .mount(&api)
-        .await;
+    Mock::given(header(
+        "authorization",
+        format!("Bearer {NEW_TOKEN}").as_str(),
+    ))
+    .respond_with(ResponseTemplate::new(200).set_body_string("accepted"))
+    .mount(&api)
+    .await;
     Mock::given(path_regex("^/api/late/"))
-        .respond_with(
-            ResponseTemplate::new(401).set_delay(std::time::Duration::from_millis(1500)),
-        )
+        .respond_with(ResponseTemplate::new(401).set_delay(std::time::Duration::from_millis(1500)))
         .with_priority(9)
         .mount(&api)
         .await;
@@ -273,7 +297,11 @@ async fn twenty_concurrent_401s_cause_exactly_one_refresh() {
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["tokenwarden-refreshed"], "1");
     }
-    assert_eq!(token_requests(&app).await, 1, "the early ten shared one refresh");
+    assert_eq!(
+        token_requests(&app).await,
+        1,
+        "the early ten shared one refresh"
+    );
     for response in join_all(late).await {
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["tokenwarden-refreshed"], "1");
@@ -415,7 +443,11 @@ async fn path_escapes_are_refused_before_anything_is_sent() {
         assert_eq!(error["error"]["details"]["field"], "path", "{escape}");
     }
     assert!(
-        elsewhere.received_requests().await.expect("recorded").is_empty(),
+        elsewhere
+            .received_requests()
+            .await
+            .expect("recorded")
+            .is_empty(),
         "nothing reached the other listener"
     );
     assert!(
@@ -428,7 +460,10 @@ async fn path_escapes_are_refused_before_anything_is_sent() {
     assert_eq!(status, 200);
     let received = api.received_requests().await.expect("recorded");
     assert_eq!(received.len(), 1);
-    assert_eq!(received[0].url.path(), "/api/projects/group%2Fproject/issues");
+    assert_eq!(
+        received[0].url.path(),
+        "/api/projects/group%2Fproject/issues"
+    );
     app.stop().await;
 }
 
@@ -455,7 +490,13 @@ async fn a_redirect_is_handed_back_not_followed() {
         .expect("proxied");
     assert_eq!(response.status(), 302);
     assert_eq!(response.headers()["location"], location.as_str());
-    assert!(elsewhere.received_requests().await.expect("recorded").is_empty());
+    assert!(
+        elsewhere
+            .received_requests()
+            .await
+            .expect("recorded")
+            .is_empty()
+    );
     app.stop().await;
 }
 
@@ -546,7 +587,12 @@ async fn unreachable_slow_and_unproxied_apis_are_answered_with_their_codes() {
     let error = error_of(call("plain").await.expect("plain"), 400).await;
     assert_eq!(error["code"], "INVALID_REQUEST");
     assert_eq!(error["details"]["field"], "provider");
-    assert!(error["message"].as_str().expect("message").contains("api_base_url"));
+    assert!(
+        error["message"]
+            .as_str()
+            .expect("message")
+            .contains("api_base_url")
+    );
     let error = error_of(call("nope").await.expect("unknown"), 400).await;
     assert_eq!(error["code"], "UNKNOWN_PROVIDER");
     let error = error_of(
@@ -585,9 +631,11 @@ async fn unreachable_slow_and_unproxied_apis_are_answered_with_their_codes() {
         .await
         .expect("text");
     assert!(
-        metrics.lines().any(|l| l.starts_with("tokenwarden_proxy_requests_total")
-            && l.contains("provider=\"closed\"")
-            && l.contains("status_class=\"5xx\"")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tokenwarden_proxy_requests_total")
+                && l.contains("provider=\"closed\"")
+                && l.contains("status_class=\"5xx\"")),
         "{metrics}"
     );
     app.stop().await;
@@ -711,7 +759,10 @@ async fn no_token_reaches_a_log_line_or_an_answer() {
         logs.contains("sending it again with the refreshed token"),
         "the capture works: the proxy's own lines are in it"
     );
-    assert!(logs.contains("\"level\":\"TRACE\""), "TRACE lines are captured");
+    assert!(
+        logs.contains("\"level\":\"TRACE\""),
+        "TRACE lines are captured"
+    );
     for secret in [
         OLD_TOKEN,
         NEW_TOKEN,

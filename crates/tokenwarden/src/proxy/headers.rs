@@ -13,8 +13,8 @@
 //! ones. Both filters work in place on the map they are given: no header is copied.
 
 use reqwest::header::{
-    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap, HeaderName,
-    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap, HeaderName, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
 /// The response header that says the call was sent again with a refreshed token.
@@ -124,7 +124,13 @@ mod tests {
         strip_request(&mut headers);
         assert_eq!(
             names(&headers),
-            ["accept", "content-type", "if-none-match", "user-agent", "x-custom"]
+            [
+                "accept",
+                "content-type",
+                "if-none-match",
+                "user-agent",
+                "x-custom"
+            ]
         );
         let custom: Vec<_> = headers.get_all("x-custom").iter().collect();
         assert_eq!(custom, ["a", "b"], "repeated headers keep every value");

@@ -193,8 +193,7 @@ mod tests {
         B::Error: std::fmt::Debug,
     {
         let mut out = Vec::new();
-        while let Some(frame) =
-            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
         {
             if let Ok(data) = frame.expect("frame").into_data() {
                 out.extend_from_slice(&data);
@@ -210,7 +209,10 @@ mod tests {
             Collected::Complete(bytes) => assert_eq!(&bytes[..], b"hello world"),
             Collected::Streaming(_) => panic!("11 bytes fit a limit of 11"),
         }
-        match collect_for_replay(Chunks::new(&[], Some(0)), 0).await.expect("reads") {
+        match collect_for_replay(Chunks::new(&[], Some(0)), 0)
+            .await
+            .expect("reads")
+        {
             Collected::Complete(bytes) => assert!(bytes.is_empty()),
             Collected::Streaming(_) => panic!("an empty body fits any limit"),
         }
@@ -223,7 +225,11 @@ mod tests {
         else {
             panic!("15 bytes do not fit 8");
         };
-        assert_eq!(prefixed.buffered(), 10, "reading stopped at the chunk that went over");
+        assert_eq!(
+            prefixed.buffered(),
+            10,
+            "reading stopped at the chunk that went over"
+        );
         assert_eq!(drain(prefixed).await, b"hello big world");
     }
 
@@ -235,8 +241,16 @@ mod tests {
             panic!("a declared 10 bytes do not fit 9");
         };
         assert_eq!(prefixed.buffered(), 0);
-        assert_eq!(prefixed.rest.lock().expect("lock").polled, 0, "nothing was read");
-        assert_eq!(prefixed.size_hint().exact(), Some(10), "its length is still known");
+        assert_eq!(
+            prefixed.rest.lock().expect("lock").polled,
+            0,
+            "nothing was read"
+        );
+        assert_eq!(
+            prefixed.size_hint().exact(),
+            Some(10),
+            "its length is still known"
+        );
         assert_eq!(drain(prefixed).await, b"0123456789");
     }
 

@@ -53,8 +53,10 @@ impl fmt::Display for TargetError {
             Self::Backslash => "must not contain a backslash, in any encoding",
             Self::ControlCharacter => "must not contain a control character, in any encoding",
             Self::LeadingSlash => "must not start with `/` (an authority after `//`)",
-            Self::Scheme => "must not start with a scheme (`https:`): it is relative to the \
-                provider's api_base_url",
+            Self::Scheme => {
+                "must not start with a scheme (`https:`): it is relative to the \
+                provider's api_base_url"
+            }
             Self::Authority => "must not start with an authority (`user@host`)",
             Self::TooDeeplyEncoded => "is percent-encoded too many times over",
             Self::Malformed => "is not a URL path",
@@ -111,10 +113,7 @@ fn check_path(raw_path: &str) -> Result<(), TargetError> {
     }
     for (i, segment) in raw_path.split('/').enumerate() {
         let decoded = decode_fully(segment)?;
-        if decoded
-            .iter()
-            .any(|&b| b < 0x20 || b == 0x7f)
-        {
+        if decoded.iter().any(|&b| b < 0x20 || b == 0x7f) {
             return Err(TargetError::ControlCharacter);
         }
         if decoded.contains(&b'\\') {
@@ -251,10 +250,7 @@ mod tests {
             resolve(&root, "me", None).map(String::from),
             Ok("https://graph.example.com/me".to_owned())
         );
-        assert_eq!(
-            target("").as_deref(),
-            Ok("https://api.example.com/api/v4/")
-        );
+        assert_eq!(target("").as_deref(), Ok("https://api.example.com/api/v4/"));
     }
 
     #[test]
