@@ -146,11 +146,11 @@ pub async fn forward(State(app): State<App>, path: ProxyPath, request: Request) 
     response
 }
 
-async fn forward_call<'a>(
-    app: &'a App,
+async fn forward_call(
+    app: &App,
     path: ProxyPath,
     request: Request,
-) -> (Result<Response, ApiError>, Option<&'a Api>) {
+) -> (Result<Response, ApiError>, Option<&Api>) {
     let proxy = app.proxy();
     let key = match connection_key(app, path) {
         Ok(key) => key,
