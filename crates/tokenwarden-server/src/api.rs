@@ -992,6 +992,11 @@ fn add_proxy(doc: &mut serde_json::Value) {
                 "description": "sent on as it is, streamed",
                 "content": {"application/json": {"schema": {}}},
             });
+            // Listed because every operation with a body lists it; tokenwarden itself sets
+            // no size limit on proxied bodies.
+            operation["responses"]["413"] = error(
+                "only the API's own: `server.max_body_bytes` does not apply to proxied bodies",
+            );
         }
         item.insert(method.to_owned(), operation);
     }
