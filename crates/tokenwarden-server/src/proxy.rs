@@ -128,7 +128,7 @@ impl Api {
 /// The ids of a proxied call, with the raw path after them.
 type ProxyPath = Result<Path<(String, String, String, String)>, PathRejection>;
 
-/// The proxy route's handler; `api::finish_proxy` documents it.
+/// The proxy route's handler; `api::add_proxy` documents it.
 pub async fn forward(State(app): State<App>, path: ProxyPath, request: Request) -> Response {
     let started = Instant::now();
     if !METHODS.contains(request.method()) {
