@@ -178,6 +178,21 @@ impl ApiError {
         e
     }
 
+    /// 409 NO_ACCESS_TOKEN: the stored access token cannot go where the provider's API takes
+    /// it (a character no HTTP header may hold); only a new token (a reconnect, or an import)
+    /// fixes that.
+    pub fn unusable_token(account_id: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::CONFLICT,
+            ErrorCode::NoAccessToken.as_str(),
+            "the stored access token cannot be sent in an HTTP header; import or connect the \
+             account again",
+        );
+        e.reconnect = true;
+        e.details.insert("account_id".into(), account_id.into());
+        e
+    }
+
     /// 405 INVALID_REQUEST: a method a route does not take.
     pub fn method_not_allowed(allowed: &str) -> Self {
         Self::new(

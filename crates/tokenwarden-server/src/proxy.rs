@@ -220,6 +220,7 @@ async fn send(
         proxy,
         api,
         provider,
+        account_id: key.account_id.as_str(),
         method: &parts.method,
         target: &target,
         headers: &parts.headers,
@@ -266,6 +267,7 @@ struct Outgoing<'a> {
     proxy: &'a Proxy,
     api: &'a Api,
     provider: &'a str,
+    account_id: &'a str,
     method: &'a Method,
     target: &'a url::Url,
     headers: &'a axum::http::HeaderMap,
@@ -282,7 +284,7 @@ impl Outgoing<'_> {
         self.api
             .base
             .place_token(token, &mut url, &mut headers)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|_| ApiError::unusable_token(self.account_id))?;
         let mut request = reqwest::Request::new(self.method.clone(), url);
         *request.headers_mut() = headers;
         *request.body_mut() = body;

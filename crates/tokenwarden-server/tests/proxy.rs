@@ -660,6 +660,28 @@ async fn a_token_that_cannot_be_had_is_answered_as_the_token_route_answers() {
     .await;
     assert_eq!(error["code"], "TOKEN_EXPIRED");
     assert_eq!(error["reconnect"], true);
+
+    // An imported token no header can hold: the application's data, not a server failure.
+    let imported = app
+        .import(
+            "u1",
+            "a2",
+            json!({"access_token": "bad\u{1}token", "expires_in": 3600}),
+        )
+        .await;
+    assert_eq!(imported.status(), 201);
+    let error = error_of(
+        client()
+            .get(proxied(&app, "u1", "a2", "x"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("proxied"),
+        409,
+    )
+    .await;
+    assert_eq!(error["code"], "NO_ACCESS_TOKEN");
+    assert_eq!(error["reconnect"], true);
     assert!(api.received_requests().await.expect("recorded").is_empty());
     app.stop().await;
 }

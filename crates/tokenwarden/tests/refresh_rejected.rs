@@ -45,7 +45,11 @@ async fn a_refused_token_is_refreshed_once_and_later_refusals_get_the_stored_one
         tokio::spawn(async move { w.refresh_rejected(&k, &token("at-1")).await })
     });
     for call in calls.collect::<Vec<_>>() {
-        let grant = call.await.expect("task").expect("refreshed").expect("a token");
+        let grant = call
+            .await
+            .expect("task")
+            .expect("refreshed")
+            .expect("a token");
         assert_eq!(grant.access_token.expose_secret(), "at-2");
     }
     assert_eq!(provider.calls(), 1);
@@ -89,7 +93,10 @@ async fn a_token_refreshed_moments_ago_is_not_refreshed_again() {
 
     // The API refuses the new token too, 3 s later: it refuses it for another reason.
     tokio::time::advance(Duration::from_secs(3)).await;
-    let again = w.refresh_rejected(&k, &token("at-2")).await.expect("answered");
+    let again = w
+        .refresh_rejected(&k, &token("at-2"))
+        .await
+        .expect("answered");
     assert!(again.is_none(), "no other token to try");
     assert_eq!(provider.calls(), 1, "no second refresh");
 
@@ -123,7 +130,11 @@ async fn a_grant_refused_for_good_asks_for_a_reconnect() {
     assert!(error.reconnect());
     assert_eq!(error.meta().failure, Some(FailureClass::Permanent));
     let stored = w.store().get(&k).await.expect("get").expect("kept");
-    assert_eq!(stored.tokens.access_token.expose_secret(), "at-1", "nothing blanked");
+    assert_eq!(
+        stored.tokens.access_token.expose_secret(),
+        "at-1",
+        "nothing blanked"
+    );
 
     // Refused again: the connection already needs a reconnect; the provider is not called.
     let error = w
