@@ -356,10 +356,11 @@ impl PgStore {
         Ok(results)
     }
 
-    /// The rest of [`PgStore::update_distinct`] with the outbox on, in one transaction:
-    /// lock and read the rows as they were (in key order, as the batch statement would lock
-    /// them), run the batch statement, insert the events of the rows it wrote. A row it did
-    /// not write is `NotFound` when the read did not find it, else `Conflict`.
+    /// The rest of [`PgStore::update_distinct`] with the outbox on, in one transaction: the
+    /// batch statement, which also locks the rows first (in key order, as the plain batch
+    /// statement would) and returns what each written row's status and failure count were
+    /// (the only fields the event rules read), then the events of the rows it wrote. A row it
+    /// did not write is `NotFound` or `Conflict`, asked on the same transaction.
     async fn update_distinct_with_events(
         &self,
         conns: &[Connection],
@@ -367,20 +368,10 @@ impl PgStore {
         mut out: Vec<Option<Result<ConnectionMeta, StoreError>>>,
     ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error("update"))?;
-        let old_rows = sqlx::query(AssertSqlSafe(METAS_FOR_UPDATE_SQL.as_str()))
-            .bind(columns.user_id.clone())
-            .bind(columns.provider.clone())
-            .bind(columns.account_id.clone())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error("update"))?;
-        let mut old = std::collections::HashMap::with_capacity(old_rows.len());
-        for row in &old_rows {
-            let meta = meta_from_row(row)?;
-            old.insert(meta.key.clone(), meta);
-        }
         let rows = columns
-            .bind(sqlx::query(UPDATE_BATCH_SQL))
+            .bind(sqlx::query(AssertSqlSafe(
+                UPDATE_BATCH_RETURNING_OLD_SQL.as_str(),
+            )))
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error("update"))?;
@@ -390,8 +381,15 @@ impl PgStore {
             let i = usize::try_from(idx).map_err(|_| corrupt("batch index"))?;
             let conn = conns.get(i).ok_or_else(|| corrupt("batch index"))?;
             let meta = written_meta(conn, get(row, "created_at")?, get(row, "version")?)?;
+            let old_status: String = get(row, "old_status")?;
+            let old_failures: i64 = get(row, "old_failures")?;
+            let mut was = meta.clone();
+            was.status =
+                ConnectionStatus::parse(&old_status).ok_or_else(|| corrupt("connection status"))?;
+            was.consecutive_failures =
+                u32::try_from(old_failures).map_err(|_| corrupt("consecutive failures"))?;
             events.extend(connection_change_events(
-                old.get(conn.key()),
+                Some(&was),
                 Some(&meta),
                 Write::Update,
                 meta.updated_at,
@@ -399,20 +397,15 @@ impl PgStore {
             out[i] = Some(Ok(meta));
         }
         outbox::insert_events(&mut tx, &events).await?;
+        let mut results = Vec::with_capacity(conns.len());
+        for (result, conn) in out.into_iter().zip(conns) {
+            results.push(match result {
+                Some(result) => result,
+                None => Err(missed_write(&mut tx, conn.key(), "update").await),
+            });
+        }
         tx.commit().await.map_err(db_error("update"))?;
-        Ok(out
-            .into_iter()
-            .zip(conns)
-            .map(|(result, conn)| {
-                result.unwrap_or_else(|| {
-                    Err(if old.contains_key(conn.key()) {
-                        StoreError::Conflict
-                    } else {
-                        StoreError::NotFound
-                    })
-                })
-            })
-            .collect())
+        Ok(results)
     }
 
     /// [`Store::update_batch`] with a key written more than once: one transaction, one
@@ -760,6 +753,30 @@ const UPDATE_BATCH_SQL: &str = "\
       AND c.account_id = v.account_id AND c.version = v.expected_version \
     RETURNING v.idx, c.created_at, c.version";
 
+/// [`UPDATE_BATCH_SQL`] for the outbox: the rows are first locked in key order by a
+/// sub-select, which also hands back their status and failure count as they were, so the
+/// events need no separate read (one round trip fewer per batch).
+static UPDATE_BATCH_RETURNING_OLD_SQL: LazyLock<String> = LazyLock::new(|| {
+    let (head, tail) = UPDATE_BATCH_SQL
+        .split_once(" WHERE c.user_id")
+        .expect("UPDATE_BATCH_SQL has a WHERE clause");
+    let tail = tail
+        .strip_suffix(" RETURNING v.idx, c.created_at, c.version")
+        .expect("UPDATE_BATCH_SQL ends with its RETURNING clause");
+    format!(
+        "{head}, \
+         (SELECT user_id, provider, account_id, status, consecutive_failures \
+          FROM connections WHERE (user_id, provider, account_id) IN \
+               (SELECT * FROM UNNEST($19::text[], $20::text[], $21::text[])) \
+          ORDER BY user_id, provider, account_id FOR UPDATE) AS o \
+         WHERE c.user_id{tail} \
+           AND o.user_id = c.user_id AND o.provider = c.provider \
+           AND o.account_id = c.account_id \
+         RETURNING v.idx, c.created_at, c.version, o.status AS old_status, \
+                   o.consecutive_failures AS old_failures"
+    )
+});
+
 /// Rows for [`UPDATE_BATCH_SQL`], one array per column.
 #[derive(Default)]
 struct BatchColumns {
@@ -965,17 +982,6 @@ static META_FOR_UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {META_COLUMNS} FROM connections \
          WHERE user_id = $1 AND provider = $2 AND account_id = $3 FOR UPDATE"
-    )
-});
-
-/// Several rows' metadata (keys as three arrays), locked in key order: the order
-/// [`UPDATE_BATCH_SQL`] locks them in, so two batches never wait on each other in a cycle.
-static METAS_FOR_UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {META_COLUMNS} FROM connections \
-         WHERE (user_id, provider, account_id) IN \
-               (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
-         ORDER BY user_id, provider, account_id FOR UPDATE"
     )
 });
 

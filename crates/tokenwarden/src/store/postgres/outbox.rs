@@ -29,17 +29,38 @@ pub(super) async fn insert_events(
     db: &mut PgConnection,
     events: &[NewEvent],
 ) -> Result<(), StoreError> {
-    // Statements of a few events each: one large statement is sent in several TCP segments,
-    // and with Nagle on (sqlx sets no TCP_NODELAY) its last segment waits for the server's
-    // delayed ACK, about 40 ms (BENCHMARKS.md, "Webhooks").
-    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-        insert_event_chunk(db, chunk).await?;
+    // Statements of at most EVENT_BYTES_PER_STATEMENT each: a larger message does not fit the
+    // socket's initial send buffer (Linux: 16 KiB), its tail is written later and, with Nagle
+    // on (sqlx sets no TCP_NODELAY), waits for the server's delayed ACK, about 40 ms
+    // (BENCHMARKS.md, "Webhooks").
+    let mut start = 0;
+    while start < events.len() {
+        let mut end = start + 1;
+        let mut bytes = event_bytes(&events[start]);
+        while end < events.len() && bytes + event_bytes(&events[end]) <= EVENT_BYTES_PER_STATEMENT {
+            bytes += event_bytes(&events[end]);
+            end += 1;
+        }
+        insert_event_chunk(db, &events[start..end]).await?;
+        start = end;
     }
     Ok(())
 }
 
-/// Events per INSERT statement (see [`insert_events`]).
-const EVENTS_PER_STATEMENT: usize = 8;
+/// Parameter bytes per event INSERT (see [`insert_events`]): well under 16 KiB with the
+/// protocol's own framing.
+const EVENT_BYTES_PER_STATEMENT: usize = 12 * 1024;
+
+/// About what one event adds to an INSERT's message: its text columns, the timestamp and
+/// each array element's length word.
+fn event_bytes(event: &NewEvent) -> usize {
+    event.id.len()
+        + event.kind.as_str().len()
+        + event.body.len()
+        + event.only_endpoint.as_ref().map_or(0, String::len)
+        + 8
+        + 5 * 4
+}
 
 async fn insert_event_chunk(db: &mut PgConnection, events: &[NewEvent]) -> Result<(), StoreError> {
     let mut ids = Vec::with_capacity(events.len());
