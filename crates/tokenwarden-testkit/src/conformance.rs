@@ -291,6 +291,7 @@ where
     full.meta.last_error = Some(LastError {
         code: "TOKEN_REFRESH_ERROR".into(),
         message: "temporarily_unavailable — «retry»".into(),
+        provider_error: Some("temporarily_unavailable ü".into()),
         at: at(-60),
     });
     let (meta, outcome) = store.put(&full).await.expect("put");
@@ -377,6 +378,7 @@ where
     replacement.meta.last_error = Some(LastError {
         code: "TOKEN_EXPIRED".into(),
         message: "invalid_grant".into(),
+        provider_error: None,
         at: at(900),
     });
     replacement.meta.token_type = "mac".into();
@@ -422,6 +424,7 @@ where
     next.meta.last_error = Some(LastError {
         code: "TOKEN_EXPIRED".into(),
         message: "invalid_grant".into(),
+        provider_error: Some("invalid_grant".into()),
         at: at(60),
     });
     next.meta.expires_at = Some(at(7200));

@@ -192,6 +192,10 @@ async fn each_change_is_announced_once_failing_per_episode_and_one_recovered() {
     assert_eq!(bodies[1]["data"]["status"], "active");
     assert_eq!(bodies[1]["data"]["error"]["code"], "TOKEN_REFRESH_ERROR");
     assert_eq!(bodies[3]["data"]["status"], "needs_reconnect");
+    assert_eq!(
+        bodies[3]["data"]["error"]["provider_error"],
+        "invalid_grant"
+    );
     for body in &bodies {
         assert_eq!(body["data"]["user_id"], "u1");
         let text = body.to_string();

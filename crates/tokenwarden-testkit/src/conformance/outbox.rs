@@ -114,6 +114,7 @@ fn outcome(
     next.meta.last_error = (failures > 0).then(|| LastError {
         code: "TOKEN_REFRESH_ERROR".into(),
         message: format!("temporarily_unavailable #{failures}"),
+        provider_error: Some("temporarily_unavailable".into()),
         at: at(10),
     });
     next.meta.updated_at = at(10);
@@ -176,7 +177,8 @@ where
             assert_eq!(bodies[0]["data"]["version"], json!(stored.version));
             assert_eq!(
                 bodies[0]["data"]["error"],
-                json!({"code": "TOKEN_REFRESH_ERROR", "message": "temporarily_unavailable #1"})
+                json!({"code": "TOKEN_REFRESH_ERROR", "message": "temporarily_unavailable #1",
+                       "provider_error": "temporarily_unavailable"})
             );
         } else {
             assert_eq!(types(&bodies), Vec::<&str>::new(), "failure {failures}");

@@ -98,6 +98,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhook_outbox",
         include_str!("../../migrations/postgres/0005_webhook_outbox.sql"),
     ),
+    (
+        6,
+        "last_error_provider",
+        include_str!("../../migrations/postgres/0006_last_error_provider.sql"),
+    ),
 ];
 
 const BAD_URL: &str = "database_url must be a postgres:// or postgresql:// URL";
@@ -702,7 +707,7 @@ fn is_duplicate(e: &sqlx::Error) -> bool {
         .is_some_and(|code| code == "23505" || code == "42P06")
 }
 
-/// `user_id = $19 AND …`: the key as bound after the written columns.
+/// `user_id = $20 AND …`: the key as bound after the written columns.
 static WRITE_KEY_MATCH: LazyLock<String> = LazyLock::new(|| {
     let n = WRITE_COLUMNS.len();
     format!(
@@ -713,8 +718,8 @@ static WRITE_KEY_MATCH: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The written columns bound as `$1..=$18` (by [`bind_values`]); `created_at` and `version`
-/// are each statement's own business, and the key follows as `$19..=$21`.
+/// The written columns bound as `$1..=$19` (by [`bind_values`]); `created_at` and `version`
+/// are each statement's own business, and the key follows as `$20..=$22`.
 static WRITE_SET: LazyLock<String> = LazyLock::new(|| {
     WRITE_COLUMNS
         .iter()
@@ -738,16 +743,18 @@ const UPDATE_BATCH_SQL: &str = "\
         consecutive_failures = v.consecutive_failures, \
         last_error_code = v.last_error_code, last_error_message = v.last_error_message, \
         last_error_at = v.last_error_at, updated_at = v.updated_at, \
-        next_refresh_at = v.next_refresh_at, \
+        next_refresh_at = v.next_refresh_at, last_error_provider = v.last_error_provider, \
         version = c.version + 1, lease_owner = NULL, lease_until = NULL \
     FROM UNNEST($1::bytea[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::int8[], \
                 $7::int8[], $8::int8[], $9::text[], $10::text[], $11::text[], $12::int8[], \
                 $13::int8[], $14::text[], $15::text[], $16::int8[], $17::int8[], $18::int8[], \
-                $19::text[], $20::text[], $21::text[], $22::int8[], $23::int4[]) \
+                $19::text[], $20::text[], $21::text[], $22::text[], $23::int8[], \
+                $24::int4[]) \
       AS v(access_token, access_key_id, refresh_token, refresh_key_id, token_type, \
            expires_at, refresh_expires_at, issued_at, scopes, metadata, status, \
            last_refreshed_at, consecutive_failures, last_error_code, last_error_message, \
-           last_error_at, updated_at, next_refresh_at, user_id, provider, account_id, \
+           last_error_at, updated_at, next_refresh_at, last_error_provider, user_id, \
+           provider, account_id, \
            expected_version, idx) \
     WHERE c.user_id = v.user_id AND c.provider = v.provider \
       AND c.account_id = v.account_id AND c.version = v.expected_version \
@@ -767,7 +774,7 @@ static UPDATE_BATCH_RETURNING_OLD_SQL: LazyLock<String> = LazyLock::new(|| {
         "{head}, \
          (SELECT user_id, provider, account_id, status, consecutive_failures \
           FROM connections WHERE (user_id, provider, account_id) IN \
-               (SELECT * FROM UNNEST($19::text[], $20::text[], $21::text[])) \
+               (SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[])) \
           ORDER BY user_id, provider, account_id FOR UPDATE) AS o \
          WHERE c.user_id{tail} \
            AND o.user_id = c.user_id AND o.provider = c.provider \
@@ -798,6 +805,7 @@ struct BatchColumns {
     last_error_at: Vec<Option<i64>>,
     updated_at: Vec<i64>,
     next_refresh_at: Vec<Option<i64>>,
+    last_error_provider: Vec<Option<String>>,
     user_id: Vec<String>,
     provider: Vec<String>,
     account_id: Vec<String>,
@@ -826,6 +834,7 @@ impl BatchColumns {
         self.last_error_at.push(values.last_error_at);
         self.updated_at.push(values.updated_at);
         self.next_refresh_at.push(values.next_refresh_at);
+        self.last_error_provider.push(values.last_error_provider);
         let key = conn.key();
         self.user_id.push(key.user_id.as_str().to_owned());
         self.provider.push(key.provider.as_str().to_owned());
@@ -855,6 +864,7 @@ impl BatchColumns {
             .bind(self.last_error_at)
             .bind(self.updated_at)
             .bind(self.next_refresh_at)
+            .bind(self.last_error_provider)
             .bind(self.user_id)
             .bind(self.provider)
             .bind(self.account_id)
@@ -1017,6 +1027,7 @@ fn bind_values<'q>(values: RowValues, query: PgQuery<'q>) -> PgQuery<'q> {
         .bind(values.last_error_at)
         .bind(values.updated_at)
         .bind(values.next_refresh_at)
+        .bind(values.last_error_provider)
 }
 
 /// Creates a connect session: its [`SESSION_COLUMNS`] as `$1..=$15` (bound by
@@ -1853,13 +1864,13 @@ mod tests {
 
     #[test]
     fn statements_number_their_parameters_in_order() {
-        assert!(INSERT_SQL.contains("$22, (SELECT max_deleted_version"));
+        assert!(INSERT_SQL.contains("$23, (SELECT max_deleted_version"));
         assert!(REPLACE_SQL.ends_with(
-            "WHERE user_id = $19 AND provider = $20 AND account_id = $21 \
+            "WHERE user_id = $20 AND provider = $21 AND account_id = $22 \
              RETURNING created_at, version"
         ));
-        assert!(UPDATE_SQL.contains("AND version = $22 RETURNING"));
-        assert!(WRITE_SET.starts_with("access_token = $1, ") && WRITE_SET.ends_with("= $18"));
+        assert!(UPDATE_SQL.contains("AND version = $23 RETURNING"));
+        assert!(WRITE_SET.starts_with("access_token = $1, ") && WRITE_SET.ends_with("= $19"));
     }
 
     #[test]

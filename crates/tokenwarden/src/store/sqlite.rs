@@ -95,6 +95,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhook_outbox",
         include_str!("../../migrations/sqlite/0005_webhook_outbox.sql"),
     ),
+    (
+        6,
+        "last_error_provider",
+        include_str!("../../migrations/sqlite/0006_last_error_provider.sql"),
+    ),
 ];
 
 const BAD_URL: &str = "database_url must be sqlite://RELATIVE_PATH, sqlite:///ABSOLUTE_PATH \
@@ -593,7 +598,7 @@ const WRITE_SET: &str = "access_token = ?, access_key_id = ?, refresh_token = ?,
      refresh_key_id = ?, token_type = ?, expires_at = ?, refresh_expires_at = ?, issued_at = ?, \
      scopes = ?, metadata = ?, status = ?, last_refreshed_at = ?, consecutive_failures = ?, \
      last_error_code = ?, last_error_message = ?, last_error_at = ?, updated_at = ?, \
-     next_refresh_at = ?";
+     next_refresh_at = ?, last_error_provider = ?";
 
 /// Creates a row. Its version starts above every deleted version (see `store_state` in the
 /// migration), so an update prepared against a deleted incarnation of this key can never
@@ -601,9 +606,9 @@ const WRITE_SET: &str = "access_token = ?, access_key_id = ?, refresh_token = ?,
 const INSERT_SQL: &str = "INSERT INTO connections (access_token, access_key_id, refresh_token, \
      refresh_key_id, token_type, expires_at, refresh_expires_at, issued_at, scopes, metadata, \
      status, last_refreshed_at, consecutive_failures, last_error_code, last_error_message, \
-     last_error_at, updated_at, next_refresh_at, user_id, provider, account_id, created_at, \
-     version) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
+     last_error_at, updated_at, next_refresh_at, last_error_provider, user_id, provider, \
+     account_id, created_at, version) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
      (SELECT max_deleted_version + 1 FROM store_state WHERE id = 1)) \
      RETURNING created_at, version";
 
@@ -639,6 +644,7 @@ fn bind_values<'q>(values: RowValues, query: SqliteQuery<'q>) -> SqliteQuery<'q>
         .bind(values.last_error_at)
         .bind(values.updated_at)
         .bind(values.next_refresh_at)
+        .bind(values.last_error_provider)
 }
 
 /// [`SqliteStore::update_distinct`]'s statement up to its rows: a `VALUES` list named `v`
@@ -708,6 +714,7 @@ fn push_batch_row(qb: &mut QueryBuilder<Sqlite>, values: RowValues, conn: &Conne
         .push_bind(values.last_error_at)
         .push_bind(values.updated_at)
         .push_bind(values.next_refresh_at)
+        .push_bind(values.last_error_provider)
         .push_bind(key.user_id.as_str().to_owned())
         .push_bind(key.provider.as_str().to_owned())
         .push_bind(key.account_id.as_str().to_owned())

@@ -114,7 +114,8 @@ pub fn event_body(id: &str, kind: EventType, timestamp: OffsetDateTime, data: Va
 }
 
 /// A connection event's `data`: `{"user_id", "provider", "account_id", "status", "version",
-/// "error"?: {"code", "message"}}`, from the row as written (for a delete, as it was last).
+/// "error"?: {"code", "message", "provider_error"}}`, from the row as written (for a delete, as
+/// it was last). `provider_error` is the provider's OAuth `error` value, or null.
 /// `error` is the last refresh error, present while the connection needs a reconnect or has
 /// failures. Never a token: `ConnectionMeta` has none.
 pub fn connection_data(meta: &ConnectionMeta) -> Value {
@@ -127,7 +128,11 @@ pub fn connection_data(meta: &ConnectionMeta) -> Value {
     });
     let failing = meta.status == ConnectionStatus::NeedsReconnect || meta.consecutive_failures > 0;
     if failing && let Some(error) = &meta.last_error {
-        data["error"] = json!({"code": error.code, "message": error.message});
+        data["error"] = json!({
+            "code": error.code,
+            "message": error.message,
+            "provider_error": error.provider_error,
+        });
     }
     data
 }
@@ -476,6 +481,7 @@ mod tests {
             meta.last_error = Some(LastError {
                 code: "TOKEN_REFRESH_ERROR".into(),
                 message: "temporarily_unavailable".into(),
+                provider_error: None,
                 at: at(10),
             });
         }
@@ -636,6 +642,7 @@ mod tests {
         m.last_error = Some(LastError {
             code: "TOKEN_EXPIRED".into(),
             message: "invalid_grant".into(),
+            provider_error: Some("invalid_grant".into()),
             at: at(5),
         });
         let body = event_body(
@@ -653,7 +660,8 @@ mod tests {
                 "data": {
                     "user_id": "u", "provider": "tiktok", "account_id": "a",
                     "status": "needs_reconnect", "version": 12,
-                    "error": {"code": "TOKEN_EXPIRED", "message": "invalid_grant"}
+                    "error": {"code": "TOKEN_EXPIRED", "message": "invalid_grant",
+                              "provider_error": "invalid_grant"}
                 }
             })
         );
