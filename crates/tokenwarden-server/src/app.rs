@@ -313,6 +313,7 @@ pub async fn build_parts(config: &Config, role: Role) -> Result<(Warden, Webhook
         WebhookConfig {
             endpoints: config.webhook_endpoints()?,
             schedule: config.webhook_schedule(),
+            keep: Duration::from_secs(config.webhooks.keep_seconds),
         },
         Arc::new(tokenwarden::clock::SystemClock),
         instance_id.clone(),

@@ -310,4 +310,11 @@ impl<S: Store> Store for FailingWrites<S> {
     ) -> Result<WebhookQueueStats, StoreError> {
         self.inner.webhook_queue_stats(now).await
     }
+    async fn purge_webhook_events(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.inner.purge_webhook_events(before, limit).await
+    }
 }

@@ -515,6 +515,15 @@ fn event(kind: EventType, n: i64) -> NewEvent {
     NewEvent::new(kind, at(n), json!({"n": n}))
 }
 
+/// Every delivery's id, oldest first.
+async fn delivery_ids<S: Store>(store: &S) -> Vec<String> {
+    all_deliveries(store)
+        .await
+        .into_iter()
+        .map(|d| d.id)
+        .collect()
+}
+
 /// Every delivery, oldest first.
 async fn all_deliveries<S: Store>(store: &S) -> Vec<DeliveryView> {
     let mut all = Vec::new();
@@ -716,6 +725,123 @@ async fn must_delivery<S: Store>(store: &S, id: &str) -> DeliveryView {
         .await
         .expect("delivery")
         .unwrap_or_else(|| panic!("delivery {id} is missing"))
+}
+
+/// `purge_webhook_events` deletes, oldest first and up to its limit, the dispatched events
+/// written before the cut-off whose deliveries all finished before it, and those deliveries;
+/// an undispatched event, an event with a pending delivery, and one whose failed delivery
+/// was retried by hand after the cut-off stay, and what stays can still be delivered.
+pub async fn webhook_purge<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("webhook_purge"), k1()).await;
+    deliveries_for(&store, "ep", 5, 10).await;
+    let claimed = store
+        .claim_deliveries(at(10), "a", at(60), 10, &caps(10))
+        .await
+        .expect("claim");
+    let d: Vec<String> = claimed.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(d.len(), 5);
+    let ok = DeliveryOutcome::Delivered { status: 200 };
+    let fail = DeliveryOutcome::Failed {
+        status: Some(500),
+        error: "HTTP 500".into(),
+    };
+    let later = DeliveryOutcome::Retry {
+        at: at(1_000),
+        status: Some(503),
+        error: "HTTP 503".into(),
+    };
+    for (id, outcome) in [(&d[0], &ok), (&d[1], &ok), (&d[2], &fail), (&d[3], &fail)] {
+        assert!(
+            store
+                .finish_delivery(id, "a", outcome, at(20))
+                .await
+                .expect("finish")
+        );
+    }
+    assert!(
+        store
+            .finish_delivery(&d[4], "a", &later, at(20))
+            .await
+            .expect("finish")
+    );
+    // d3 is sent again by hand at 200 and fails again at 210.
+    store
+        .retry_delivery(&d[3], at(200))
+        .await
+        .expect("retry")
+        .expect("known");
+    let again = store
+        .claim_deliveries(at(200), "a", at(260), 10, &caps(10))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&again), [d[3].as_str()]);
+    assert!(
+        store
+            .finish_delivery(&d[3], "a", &fail, at(210))
+            .await
+            .expect("finish")
+    );
+    // Written before the cut-off but never dispatched.
+    store
+        .insert_events(&[event(EventType::ConnectionDeleted, 10)])
+        .await
+        .expect("insert");
+
+    assert_eq!(
+        store.purge_webhook_events(at(100), 2).await.expect("purge"),
+        2,
+        "the limit"
+    );
+    assert_eq!(
+        delivery_ids(&store).await,
+        [d[2].clone(), d[3].clone(), d[4].clone()],
+        "oldest first"
+    );
+    assert_eq!(
+        store
+            .purge_webhook_events(at(100), 10)
+            .await
+            .expect("purge"),
+        1
+    );
+    assert_eq!(
+        delivery_ids(&store).await,
+        [d[3].clone(), d[4].clone()],
+        "a failed delivery goes once it is older than the cut-off"
+    );
+    assert_eq!(
+        store
+            .purge_webhook_events(at(100), 10)
+            .await
+            .expect("purge"),
+        0,
+        "retried after the cut-off, pending, undispatched: all stay"
+    );
+    assert_eq!(
+        store
+            .purge_webhook_events(at(300), 10)
+            .await
+            .expect("purge"),
+        1
+    );
+    assert_eq!(
+        delivery_ids(&store).await,
+        [d[4].clone()],
+        "a pending delivery stays"
+    );
+    let stats = store.webhook_queue_stats(at(1_000)).await.expect("stats");
+    assert_eq!((stats.pending, stats.undispatched), (1, 1));
+    let due = store
+        .claim_deliveries(at(1_000), "a", at(1_060), 10, &caps(10))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&due), [d[4].as_str()]);
+    assert!(!due[0].body.is_empty(), "its event is still there");
 }
 
 /// Claiming takes due, pending, unleased (or expired) deliveries earliest first, up to the

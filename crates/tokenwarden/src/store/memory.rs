@@ -78,6 +78,7 @@ struct EventRow {
     kind: EventType,
     body: String,
     only_endpoint: Option<String>,
+    created_at: OffsetDateTime,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +102,7 @@ impl Outbox {
                     kind: event.kind,
                     body: event.body,
                     only_endpoint: event.only_endpoint,
+                    created_at: truncate_ms(event.created_at),
                 },
             );
         }
@@ -109,6 +111,37 @@ impl Outbox {
     fn body(&self, event_id: &str) -> Option<&str> {
         let seq = self.event_seqs.get(event_id)?;
         self.events.get(seq).map(|e| e.body.as_str())
+    }
+
+    /// [`Store::purge_webhook_events`].
+    fn purge(&mut self, before: OffsetDateTime, limit: u32) -> u64 {
+        let busy: HashSet<&str> = self
+            .deliveries
+            .values()
+            .filter(|d| d.view.status == DeliveryStatus::Pending || d.view.updated_at >= before)
+            .map(|d| d.view.event_id.as_str())
+            .collect();
+        let done: Vec<(u64, String)> = self
+            .events
+            .iter()
+            .filter(|(seq, e)| {
+                !self.undispatched.contains(seq)
+                    && e.created_at < before
+                    && !busy.contains(e.id.as_str())
+            })
+            .take(limit as usize)
+            .map(|(seq, e)| (*seq, e.id.clone()))
+            .collect();
+        let ids: HashSet<&str> = done.iter().map(|(_, id)| id.as_str()).collect();
+        self.deliveries
+            .retain(|_, d| !ids.contains(d.view.event_id.as_str()));
+        self.delivered_to
+            .retain(|(event_id, _)| !ids.contains(event_id.as_str()));
+        for (seq, id) in &done {
+            self.events.remove(seq);
+            self.event_seqs.remove(id);
+        }
+        done.len() as u64
     }
 }
 
@@ -964,6 +997,13 @@ impl Store for MemoryStore {
             }
         }
         Ok(stats)
+    }
+    async fn purge_webhook_events(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        Ok(self.outbox().purge(truncate_ms(before), limit))
     }
 }
 

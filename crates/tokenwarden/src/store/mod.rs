@@ -457,6 +457,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         now: OffsetDateTime,
     ) -> Result<WebhookQueueStats, StoreError>;
+
+    /// Deletes up to `limit` events that are done with, oldest first, with their
+    /// deliveries: dispatched, written before `before`, and with no delivery still pending
+    /// or changed at or after `before` (a failed delivery retried by hand lately stays).
+    /// Returns how many events it deleted (fewer than `limit`: nothing more is old enough).
+    async fn purge_webhook_events(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 }
 
 /// A change to stored connections, from [`Store::changes`].

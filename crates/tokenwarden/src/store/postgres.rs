@@ -1807,6 +1807,19 @@ impl Store for PgStore {
                 .map_err(db_error("webhook queue stats"))?;
         webhook_stats(counts)
     }
+
+    async fn purge_webhook_events(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let mut db = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("purge webhook events"))?;
+        outbox::purge(&mut db, before, limit).await
+    }
 }
 
 #[cfg(test)]

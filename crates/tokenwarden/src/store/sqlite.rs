@@ -1638,6 +1638,20 @@ impl Store for SqliteStore {
                 .map_err(db_error("webhook queue stats"))?;
         webhook_stats(counts)
     }
+
+    async fn purge_webhook_events(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let _write = self.write.lock().await;
+        let mut tx = self.begin_write("purge webhook events").await?;
+        let deleted = outbox::purge(&mut tx, before, limit).await?;
+        tx.commit()
+            .await
+            .map_err(db_error("purge webhook events"))?;
+        Ok(deleted)
+    }
 }
 
 #[cfg(test)]

@@ -258,6 +258,30 @@ pub(super) async fn retry(
     }
 }
 
+/// [`Store::purge_webhook_events`](crate::store::Store::purge_webhook_events) on `db` (a
+/// write transaction). Deliveries go with their event (ON DELETE CASCADE).
+pub(super) async fn purge(
+    db: &mut SqliteConnection,
+    before: OffsetDateTime,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM webhook_events WHERE seq IN ( \
+             SELECT seq FROM webhook_events AS e \
+             WHERE e.dispatched_at IS NOT NULL AND e.created_at < ?1 \
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d \
+                               WHERE d.event_id = e.id \
+                                 AND (d.status = 'pending' OR d.updated_at >= ?1)) \
+             ORDER BY seq LIMIT ?2)",
+    )
+    .bind(unix_ms(before))
+    .bind(i64::from(limit))
+    .execute(&mut *db)
+    .await
+    .map_err(db_error("purge webhook events"))?;
+    Ok(done.rows_affected())
+}
+
 /// One delivery by id.
 pub(super) async fn delivery(
     db: &mut SqliteConnection,
