@@ -167,6 +167,10 @@ impl App {
                 axum::routing::post(api::refresh_connection),
             )
             .route(
+                "/v1/users/{user_id}/connections/{provider}/{account_id}/events",
+                get(crate::webhooks::connection_events),
+            )
+            .route(
                 "/v1/apps/{provider}/access-token",
                 get(api::get_app_access_token),
             )
