@@ -211,6 +211,11 @@ impl App {
             // state and the flow cookie are its credentials).
             .route("/connect/callback", get(crate::connect::callback))
             .route("/connect/{token}", get(crate::connect::open_link))
+            // The dashboard's files: no API key (they hold no data; the page asks for a key
+            // and sends it to the /v1 routes above).
+            .route("/ui", get(crate::ui::redirect))
+            .route("/ui/", get(crate::ui::index))
+            .route("/ui/{*file}", get(crate::ui::asset))
             .fallback(api::fallback)
             .with_state(self.clone());
 
