@@ -39,7 +39,7 @@ use crate::connect::session::{Finish, SessionError};
 use crate::connection::{
     AccountId, ConnectionKey, ConnectionMeta, ConnectionStatus, ProviderName, UserId,
 };
-use crate::store::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, StoreError};
+use crate::store::StoreError;
 use crate::webhooks::EventType;
 
 /// The kind of write a connection change is, for [`connection_events`]: a put (an import or
@@ -418,12 +418,9 @@ pub struct DeliveryQuery {
 
 impl DeliveryQuery {
     /// The page size stores use: `limit` clamped to 1..=1000, where 0 means
-    /// [`DEFAULT_LIST_LIMIT`] (as for connections).
+    /// [`DEFAULT_LIST_LIMIT`](crate::store::DEFAULT_LIST_LIMIT) (as for connections).
     pub fn effective_limit(&self) -> u32 {
-        match self.limit {
-            0 => DEFAULT_LIST_LIMIT,
-            n => n.min(MAX_LIST_LIMIT),
-        }
+        crate::store::effective_limit(self.limit)
     }
 }
 
