@@ -43,7 +43,7 @@ use crate::views::{
 
 /// Default page size of `GET /v1/connections`.
 const DEFAULT_LIST_LIMIT: u32 = 100;
-const MAX_LIST_LIMIT: u32 = 1000;
+pub(crate) const MAX_LIST_LIMIT: u32 = 1000;
 /// Longest `cursor` accepted before decoding it.
 const MAX_CURSOR_LEN: usize = 1024;
 /// Ids: what [`tokenwarden::UserId::parse`] accepts, as far as a regular expression can say
@@ -56,7 +56,7 @@ const PROVIDER_PATTERN: &str = "^[a-z0-9_-]{1,64}$";
 const EARLIEST_EXPIRY: OffsetDateTime = time::macros::datetime!(1970-01-01 00:00 UTC);
 const LATEST_EXPIRY: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59 UTC);
 
-type ConnPath = Result<Path<(String, String, String)>, PathRejection>;
+pub(crate) type ConnPath = Result<Path<(String, String, String)>, PathRejection>;
 pub(crate) type Body = Result<Bytes, BytesRejection>;
 
 /// Rejects requests without a configured API key.
@@ -78,7 +78,7 @@ pub async fn require_api_key(State(app): State<App>, request: Request, next: Nex
 }
 
 /// Validates the path into a key of a configured provider.
-fn connection_key(app: &App, path: ConnPath) -> Result<ConnectionKey, ApiError> {
+pub(crate) fn connection_key(app: &App, path: ConnPath) -> Result<ConnectionKey, ApiError> {
     let Path((user_id, provider, account_id)) =
         path.map_err(|e| ApiError::invalid("path", redact_quoted(&e.body_text())))?;
     let user_id = UserId::parse(user_id).map_err(|e| ApiError::invalid_message(e.to_string()))?;
@@ -776,7 +776,7 @@ pub async fn fallback(request: Request) -> Response {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)]
-struct ConnectionPath {
+pub(crate) struct ConnectionPath {
     #[param(schema_with = id_schema)]
     user_id: String,
     #[param(schema_with = provider_schema)]
@@ -1123,7 +1123,7 @@ fn finish(doc: &mut serde_json::Value, providers: &[String], applications: &[Str
         get_app_access_token, list_connections, list_providers, healthz, readyz, metrics, openapi_json,
         crate::connect::create_session, crate::connect::get_session,
         crate::webhooks::list_deliveries, crate::webhooks::retry_delivery,
-        crate::webhooks::test_endpoint
+        crate::webhooks::test_endpoint, crate::webhooks::connection_events
     ),
     components(schemas(
         ConnectionView, crate::views::LastErrorView, ConnectionList, AccessTokenView, ImportBody,
@@ -1131,7 +1131,8 @@ fn finish(doc: &mut serde_json::Value, providers: &[String], applications: &[Str
         crate::error::ErrorObject, crate::connect::CreateSessionBody,
         crate::connect::CreatedSessionView, crate::connect::ConnectSessionView,
         crate::connect::SessionErrorView, crate::webhooks::DeliveryItem,
-        crate::webhooks::DeliveryList, crate::webhooks::TestEventView
+        crate::webhooks::DeliveryList, crate::webhooks::TestEventView,
+        crate::webhooks::ConnectionEventView, crate::webhooks::ConnectionEventList
     )),
     modifiers(&SecurityAddon)
 )]
@@ -1200,6 +1201,7 @@ mod tests {
             "/access-token",
             "/refresh",
             "/readyz",
+            "/{account_id}/events",
         ] {
             assert!(doc.contains(path), "{path}");
         }

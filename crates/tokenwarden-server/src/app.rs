@@ -167,6 +167,10 @@ impl App {
                 axum::routing::post(api::refresh_connection),
             )
             .route(
+                "/v1/users/{user_id}/connections/{provider}/{account_id}/events",
+                get(crate::webhooks::connection_events),
+            )
+            .route(
                 "/v1/apps/{provider}/access-token",
                 get(api::get_app_access_token),
             )
@@ -207,6 +211,11 @@ impl App {
             // state and the flow cookie are its credentials).
             .route("/connect/callback", get(crate::connect::callback))
             .route("/connect/{token}", get(crate::connect::open_link))
+            // The dashboard's files: no API key (they hold no data; the page asks for a key
+            // and sends it to the /v1 routes above).
+            .route("/ui", get(crate::ui::redirect))
+            .route("/ui/", get(crate::ui::index))
+            .route("/ui/{*file}", get(crate::ui::asset))
             .fallback(api::fallback)
             .with_state(self.clone());
 

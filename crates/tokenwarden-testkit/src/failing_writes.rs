@@ -18,7 +18,7 @@ use crate::store::{
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
     ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
-    WebhookQueueStats,
+    StoredEvent, WebhookQueueStats,
 };
 
 /// A store wrapper for tests of what happens around a store's compare-and-swap writes
@@ -303,6 +303,13 @@ impl<S: Store> Store for FailingWrites<S> {
     }
     async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
         self.inner.delivery(id).await
+    }
+    async fn recent_connection_events(
+        &self,
+        key: &ConnectionKey,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.recent_connection_events(key, limit).await
     }
     async fn webhook_queue_stats(
         &self,

@@ -510,6 +510,160 @@ where
     );
 }
 
+/// One connection's recent events: every `connection.*` event it raised and the failure of
+/// a reconnect session that named it, newest first (in the order written), each with its id,
+/// type, time and exact body; never another connection's (keys differing in one part
+/// each), a provider event, a test event or a session that named no account. `limit`
+/// takes the newest, 0 means the default; delivering changes nothing; writes with the
+/// outbox off add nothing; a connection deleted and created again lists both lives.
+pub async fn outbox_recent_connection_events<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("outbox_history"), k1()).await;
+    store.set_outbox(true);
+    let conn = sample_connection("connect user ü", "reddit", "acct 9");
+    let (stored, _) = store.put(&conn).await.expect("put");
+    let stored = update(&store, &conn, &stored, 1, ConnectionStatus::Active).await;
+    update(&store, &conn, &stored, 2, ConnectionStatus::NeedsReconnect).await;
+    // Neighbours: another account, user and provider, each differing in one part only.
+    for (user, provider, account) in [
+        ("connect user ü", "reddit", "acct 8"),
+        ("connect user", "reddit", "acct 9"),
+        ("connect user ü", "tiktok", "acct 9"),
+    ] {
+        store
+            .put(&sample_connection(user, provider, account))
+            .await
+            .expect("put neighbour");
+    }
+    // A reconnect session for it fails; a session naming no account fails too.
+    let mut reconnect = sample_session("history-reconnect", 600);
+    reconnect.account_id = Some(AccountId::parse("acct 9").expect("account"));
+    let plain = sample_session("history-plain", 600);
+    for session in [&reconnect, &plain] {
+        insert_session(&store, session).await;
+        let failed = Finish::Failed(SessionError {
+            code: "PROVIDER_ERROR".into(),
+            message: "access_denied".into(),
+        });
+        assert!(
+            store
+                .finish_connect_session(&session.id, &failed, at(20))
+                .await
+                .expect("finish")
+        );
+    }
+    store
+        .insert_events(&[
+            event(EventType::ProviderCircuitOpened, 21),
+            event(EventType::WebhookTest, 22).only_to("a"),
+        ])
+        .await
+        .expect("insert");
+
+    let history = store
+        .recent_connection_events(conn.key(), 10)
+        .await
+        .expect("history");
+    let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "connect_session.failed",
+            "connection.needs_reconnect",
+            "connection.refresh_failing",
+            "connection.created",
+        ],
+        "newest first"
+    );
+    for event in &history {
+        let body: Value = serde_json::from_str(&event.body).expect("a JSON body");
+        assert_eq!(body["id"], json!(event.id), "the body's id");
+        assert_eq!(body["type"], json!(event.kind.as_str()));
+        assert_eq!(body["data"]["account_id"], json!("acct 9"));
+        assert_eq!(body["data"]["user_id"], json!("connect user ü"));
+        let timestamp = body["timestamp"].as_str().expect("timestamp");
+        let parsed =
+            time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339)
+                .expect("RFC 3339");
+        assert_eq!(
+            event.created_at, parsed,
+            "created_at is the body's timestamp"
+        );
+    }
+    assert_eq!(history[0].created_at, at(20), "the session's finish");
+
+    let newest = store
+        .recent_connection_events(conn.key(), 2)
+        .await
+        .expect("limit");
+    assert_eq!(newest, history[..2], "a limit keeps the newest");
+    assert_eq!(
+        store
+            .recent_connection_events(conn.key(), 0)
+            .await
+            .expect("default"),
+        history,
+        "0 is the default page"
+    );
+    let neighbour = ConnectionKey::parse("connect user ü", "reddit", "acct 8").expect("key");
+    let theirs = store
+        .recent_connection_events(&neighbour, 10)
+        .await
+        .expect("neighbour");
+    assert_eq!(
+        theirs.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["connection.created"]
+    );
+    let nobody = ConnectionKey::parse("nobody", "reddit", "acct 9").expect("key");
+    assert!(
+        store
+            .recent_connection_events(&nobody, 10)
+            .await
+            .expect("nobody")
+            .is_empty()
+    );
+
+    // Delivering them changes nothing.
+    assert_eq!(drain(&store).await.len(), 9, "every event once");
+    assert_eq!(
+        store
+            .recent_connection_events(conn.key(), 10)
+            .await
+            .expect("after delivery"),
+        history
+    );
+
+    // With the outbox off, nothing is added; deleted and created again, both lives show.
+    store.set_outbox(false);
+    store.put(&conn).await.expect("put while off");
+    assert_eq!(
+        store
+            .recent_connection_events(conn.key(), 10)
+            .await
+            .expect("off"),
+        history
+    );
+    store.set_outbox(true);
+    assert!(store.delete(conn.key()).await.expect("delete"));
+    store.put(&conn).await.expect("create again");
+    let lives = store
+        .recent_connection_events(conn.key(), 3)
+        .await
+        .expect("lives");
+    assert_eq!(
+        lives.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        [
+            "connection.created",
+            "connection.deleted",
+            "connect_session.failed"
+        ]
+    );
+}
+
 /// An event for `insert_events`, with its own `data`.
 fn event(kind: EventType, n: i64) -> NewEvent {
     NewEvent::new(kind, at(n), json!({"n": n}))

@@ -23,8 +23,8 @@ use crate::store::{
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
     ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryStatus, DeliveryView,
-    NewEvent, WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor,
-    delivery_page, new_delivery_id, session_failed_event, truncate_ms,
+    NewEvent, StoredEvent, WebhookQueueStats, Write, connection_change_events,
+    decode_delivery_cursor, delivery_page, new_delivery_id, session_failed_event, truncate_ms,
 };
 use time::OffsetDateTime;
 
@@ -79,6 +79,7 @@ struct EventRow {
     body: String,
     only_endpoint: Option<String>,
     created_at: OffsetDateTime,
+    connection: Option<ConnectionKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +104,7 @@ impl Outbox {
                     body: event.body,
                     only_endpoint: event.only_endpoint,
                     created_at: truncate_ms(event.created_at),
+                    connection: event.connection,
                 },
             );
         }
@@ -968,6 +970,27 @@ impl Store for MemoryStore {
             row.lease = None;
         }
         Ok(Some(row.view.clone()))
+    }
+
+    async fn recent_connection_events(
+        &self,
+        key: &ConnectionKey,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let outbox = self.outbox();
+        Ok(outbox
+            .events
+            .values()
+            .rev()
+            .filter(|event| event.connection.as_ref() == Some(key))
+            .take(crate::store::effective_limit(limit) as usize)
+            .map(|event| StoredEvent {
+                id: event.id.clone(),
+                kind: event.kind,
+                created_at: event.created_at,
+                body: event.body.clone(),
+            })
+            .collect())
     }
 
     async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {

@@ -56,8 +56,8 @@ use crate::crypto::KeyRing;
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
     ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
-    WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor, delivery_page,
-    session_failed_event, unix_ms,
+    StoredEvent, WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor,
+    delivery_page, session_failed_event, unix_ms,
 };
 
 mod outbox;
@@ -102,6 +102,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "last_error_provider",
         include_str!("../../migrations/postgres/0006_last_error_provider.sql"),
+    ),
+    (
+        7,
+        "event_connections",
+        include_str!("../../migrations/postgres/0007_event_connections.sql"),
     ),
 ];
 
@@ -1793,6 +1798,19 @@ impl Store for PgStore {
             .await
             .map_err(db_error("read delivery"))?;
         outbox::delivery(&mut db, id).await
+    }
+
+    async fn recent_connection_events(
+        &self,
+        key: &ConnectionKey,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut db = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("read connection events"))?;
+        outbox::connection_events(&mut db, key, limit).await
     }
 
     async fn webhook_queue_stats(

@@ -22,7 +22,7 @@ use crate::crypto::{Field, KeyRing, envelope_key_id};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
-    ClaimedDelivery, DeliveryOutcome, DeliveryQuery, DeliveryStatus, DeliveryView,
+    ClaimedDelivery, DeliveryOutcome, DeliveryQuery, DeliveryStatus, DeliveryView, StoredEvent,
     WebhookQueueStats, from_unix_ms, new_delivery_id, unix_ms,
 };
 
@@ -574,6 +574,26 @@ where
         first_attempt_at: get::<R, Option<i64>>(row, "first_attempt_at")?
             .map(from_unix_ms)
             .transpose()?,
+    })
+}
+
+/// The columns of `webhook_events` that make a [`StoredEvent`], for
+/// [`stored_event_from_row`] (the same in both backends).
+pub(crate) const EVENT_COLUMNS: &str = "id, type, created_at, body";
+
+/// An event from a row that has the [`EVENT_COLUMNS`].
+pub(crate) fn stored_event_from_row<R>(row: &R) -> Result<StoredEvent, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(StoredEvent {
+        id: get(row, "id")?,
+        kind: event_type(&get::<R, String>(row, "type")?)?,
+        created_at: from_unix_ms(get(row, "created_at")?)?,
+        body: get(row, "body")?,
     })
 }
 

@@ -55,8 +55,8 @@ use crate::crypto::KeyRing;
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
     ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
-    WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor, delivery_page,
-    session_failed_event, unix_ms,
+    StoredEvent, WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor,
+    delivery_page, session_failed_event, unix_ms,
 };
 
 mod outbox;
@@ -99,6 +99,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "last_error_provider",
         include_str!("../../migrations/sqlite/0006_last_error_provider.sql"),
+    ),
+    (
+        7,
+        "event_connections",
+        include_str!("../../migrations/sqlite/0007_event_connections.sql"),
     ),
 ];
 
@@ -1626,6 +1631,19 @@ impl Store for SqliteStore {
         outbox::delivery(&mut db, id).await
     }
 
+    async fn recent_connection_events(
+        &self,
+        key: &ConnectionKey,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut db = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("read connection events"))?;
+        outbox::connection_events(&mut db, key, limit).await
+    }
+
     async fn webhook_queue_stats(
         &self,
         now: OffsetDateTime,
@@ -1705,6 +1723,77 @@ mod tests {
         assert_eq!(
             instance_lock_path(Path::new("/var/lib/tw/tokenwarden.db")),
             PathBuf::from("/var/lib/tw/tokenwarden.db-instance.lock")
+        );
+    }
+
+    /// Events written before migration 7 get their connection from their bodies: the
+    /// connection's events and a reconnect session's failure are listed, the rest are not.
+    #[tokio::test]
+    async fn migration_7_finds_the_connection_of_older_events() {
+        use crate::connection::ConnectionKey;
+        use crate::store::fixtures::{at, test_keys};
+        use crate::webhooks::EventType;
+        use serde_json::json;
+
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("pool");
+        let before_7 = Migrator::with_migrations(
+            migrator()
+                .iter()
+                .filter(|m| m.version < 7)
+                .cloned()
+                .collect(),
+        );
+        before_7.run(&pool).await.expect("migrations 1-6");
+        let ids = json!({"user_id": "u ü", "provider": "reddit", "account_id": "a 1"});
+        let mut other = ids.clone();
+        other["account_id"] = json!("a 2");
+        let events = [
+            NewEvent::new(EventType::ConnectionCreated, at(1), ids.clone()),
+            NewEvent::new(EventType::ConnectionCreated, at(2), other),
+            NewEvent::new(
+                EventType::ProviderCircuitOpened,
+                at(3),
+                json!({"provider": "reddit"}),
+            ),
+            NewEvent::new(
+                EventType::ConnectSessionFailed,
+                at(4),
+                json!({"session_id": "cs_1", "user_id": "u ü", "provider": "reddit"}),
+            ),
+            NewEvent::new(EventType::ConnectSessionFailed, at(5), ids.clone()),
+            NewEvent::new(EventType::ConnectionNeedsReconnect, at(6), ids),
+        ];
+        for event in &events {
+            sqlx::query(
+                "INSERT INTO webhook_events (id, type, body, created_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&event.id)
+            .bind(event.kind.as_str())
+            .bind(&event.body)
+            .bind(unix_ms(event.created_at))
+            .execute(&pool)
+            .await
+            .expect("insert as before migration 7");
+        }
+        let store = SqliteStore::from_pool(pool, test_keys("k1", &["k1"]))
+            .await
+            .expect("migration 7");
+        let key = ConnectionKey::parse("u ü", "reddit", "a 1").expect("key");
+        let listed: Vec<String> = store
+            .recent_connection_events(&key, 10)
+            .await
+            .expect("events")
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(
+            listed,
+            [&events[5].id, &events[4].id, &events[0].id].map(String::clone),
+            "newest first, the others left out"
         );
     }
 
