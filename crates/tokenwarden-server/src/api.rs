@@ -912,6 +912,40 @@ pub struct DocContext<'a> {
     pub webhook_endpoints: Vec<String>,
 }
 
+/// The document for any configuration (`tokenwarden openapi`): what the server accepts
+/// whatever is configured, so clients generated from it work with every server. Where the
+/// served document lists the configured names (providers, return URLs, webhook endpoints),
+/// this one gives the shape every such name has; each server's `GET /openapi.json` is this
+/// document narrowed to its configuration.
+pub fn openapi_any_configuration() -> serde_json::Value {
+    use serde_json::json;
+
+    let mut doc = openapi_for(&DocContext {
+        providers: &[],
+        applications: &[],
+        connectable: Vec::new(),
+        account_id_required: false,
+        return_urls: Vec::new(),
+        webhook_endpoints: Vec::new(),
+    });
+    // With nothing configured the served document accepts no provider and no return URL
+    // (`not: {}`); for any configuration they are a provider name and a URL.
+    if let Some(properties) = doc.pointer_mut("/components/schemas/CreateSessionBody/properties") {
+        properties["provider"] = serde_json::to_value(provider_schema()).unwrap_or_default();
+        properties["provider"]["description"] = json!(
+            "a configured provider with the authorization-code grant, an authorization_url and \
+             a client_id; any other name is UNKNOWN_PROVIDER or INVALID_REQUEST"
+        );
+        properties["return_url"] = json!({
+            "type": "string",
+            "format": "uri",
+            "description": "one of `[connect] return_urls`, with any query of the \
+                application's own",
+        });
+    }
+    doc
+}
+
 /// The document for a server configured as `context` says.
 pub fn openapi_for(context: &DocContext<'_>) -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();

@@ -37,10 +37,12 @@ pub struct DeliveryItem {
     /// The event's id: the `webhook-id` header of every attempt.
     pub event_id: String,
     #[serde(rename = "type")]
+    #[schema(schema_with = event_type_schema)]
     pub kind: String,
     /// The endpoint's name.
     pub endpoint: String,
     /// `pending`, `delivered` or `failed`.
+    #[schema(schema_with = delivery_status_schema)]
     pub status: String,
     pub attempts: u32,
     /// The last attempt's HTTP status, when it got an answer.
@@ -50,6 +52,28 @@ pub struct DeliveryItem {
     /// RFC 3339; set while pending.
     pub next_attempt_at: Option<String>,
     pub created_at: String,
+}
+
+fn event_type_schema() -> utoipa::openapi::schema::Object {
+    crate::views::string_enum(
+        EventType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .chain(["webhook.test"]),
+        "the event's type",
+    )
+}
+
+fn delivery_status_schema() -> utoipa::openapi::schema::Object {
+    crate::views::string_enum(
+        [
+            DeliveryStatus::Pending,
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Failed,
+        ]
+        .map(DeliveryStatus::as_str),
+        "`pending` (due at `next_attempt_at`), `delivered`, or `failed` (given up)",
+    )
 }
 
 /// One page of deliveries, newest first.
@@ -271,7 +295,8 @@ pub struct ConnectionEventView {
     #[schema(format = DateTime)]
     pub timestamp: String,
     /// The body's `data`: `user_id`, `provider`, `account_id`, `status`, `version` and, while
-    /// failing, `error` (`code`, `message`); a session failure's `session_id` and `error`.
+    /// failing, `error` (`code`, `message`, `provider_error`); a session failure's
+    /// `session_id` and `error`.
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }
