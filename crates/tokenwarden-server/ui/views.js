@@ -171,7 +171,11 @@ async function connection(root, { parts }) {
     h('dt', {}, 'Last refresh'), h('dd', {}, when(view.last_refreshed_at)),
     h('dt', {}, 'Failures in a row'), h('dd', {}, String(view.consecutive_failures)),
     h('dt', {}, 'Last error'), h('dd', {}, view.last_error
-      ? [h('span', { class: 'mono' }, view.last_error.code), ': ', view.last_error.message, ' (', when(view.last_error.at), ')']
+      ? [h('span', { class: 'mono' }, view.last_error.code), ': ', view.last_error.message,
+        view.last_error.provider_error
+          ? [' — provider said ', h('span', { class: 'mono' }, view.last_error.provider_error)]
+          : '',
+        ' (', when(view.last_error.at), ')']
       : '—'),
     h('dt', {}, 'Scopes'), h('dd', {}, view.scopes?.length ? view.scopes.join(' ') : '—'),
     h('dt', {}, 'Created'), h('dd', {}, when(view.created_at)),
