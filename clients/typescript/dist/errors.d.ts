@@ -52,5 +52,5 @@ export declare class TokenwardenError extends Error {
  * unknown. `cause` holds what `fetch` threw.
  */
 export declare class TokenwardenNetworkError extends TokenwardenError {
-    constructor(message: string, cause: unknown);
+    constructor(message: string, cause?: unknown);
 }

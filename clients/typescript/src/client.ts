@@ -91,6 +91,13 @@ export class Tokenwarden {
     if (typeof options.apiKey !== "string" || options.apiKey.length === 0) {
       throw new TypeError("apiKey: must be a non-empty string");
     }
+    // Visible ASCII only: fetch refuses a header value with a line break or NUL and quotes
+    // the whole value (the key) in its error. Refused here, without quoting it.
+    if (!/^[\x21-\x7E]+$/.test(options.apiKey)) {
+      throw new TypeError(
+        "apiKey: must be printable ASCII without spaces (check for a trailing newline)",
+      );
+    }
     this.#apiKey = options.apiKey;
     if (options.fetch !== undefined && typeof options.fetch !== "function") {
       throw new TypeError("fetch: must be a function");
@@ -334,9 +341,13 @@ export class Tokenwarden {
     } catch (error) {
       // The caller's own abort is theirs to handle, as with fetch.
       if (call.signal?.aborted) throw error;
+      // What fetch says is kept with the key taken out of it; the original error is
+      // attached only when neither it nor its cause quotes the key (a header error would).
+      const said = describe(error).split(this.#apiKey).join("[redacted]");
+      const quotes = mentions(error, this.#apiKey) || mentions(causeOf(error), this.#apiKey);
       throw new TokenwardenNetworkError(
-        `${call.method} ${call.path}: no answer from tokenwarden at ${this.#base}: ${describe(error)}`,
-        error,
+        `${call.method} ${call.path}: no answer from tokenwarden at ${this.#base}: ${said}`,
+        quotes ? undefined : error,
       );
     }
     const requestId = response.headers.get("x-request-id");
@@ -434,6 +445,17 @@ function accessToken(answer: Answer): AccessToken {
 }
 
 /** What went wrong in `fetch`, with the system error's code (`ECONNREFUSED`, …) when there. */
+function causeOf(error: unknown): unknown {
+  return error instanceof Error ? (error as { cause?: unknown }).cause : undefined;
+}
+
+/** Whether `value` (an error or anything else) quotes `secret` in its message or string form. */
+function mentions(value: unknown, secret: string): boolean {
+  if (value === undefined || value === null) return false;
+  const text = value instanceof Error ? `${value.message} ${value.stack ?? ""}` : String(value);
+  return text.includes(secret);
+}
+
 function describe(error: unknown): string {
   if (!(error instanceof Error)) return String(error);
   const cause = (error as { cause?: unknown }).cause;

@@ -67,7 +67,7 @@ export class TokenwardenError extends Error {
  * unknown. `cause` holds what `fetch` threw.
  */
 export class TokenwardenNetworkError extends TokenwardenError {
-  constructor(message: string, cause: unknown) {
+  constructor(message: string, cause?: unknown) {
     super({ status: 0, code: "NETWORK_ERROR", message, cause });
     this.name = "TokenwardenNetworkError";
   }

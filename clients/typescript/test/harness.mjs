@@ -204,7 +204,8 @@ ${sections}
   const env = Object.fromEntries(
     Object.entries(process.env).filter(([name]) => !name.startsWith("TOKENWARDEN_")),
   );
-  env.RUST_LOG = "info";
+  // Everything the server can log, so the no-secret checks see the levels most likely to leak.
+  env.RUST_LOG = "trace";
   const child = spawn(binaryPath(), ["serve", "--config", config], {
     env,
     stdio: ["ignore", "pipe", "pipe"],

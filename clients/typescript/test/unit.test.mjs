@@ -28,6 +28,35 @@ const errorBody = (fields) =>
   });
 
 describe("the client on its own", () => {
+  it("refuses a key with a line break or space, and never quotes a key fetch complains about", async () => {
+    for (const apiKey of ["k\ny", "key\r", "a b", "nul\u0000"]) {
+      assert.throws(
+        () => new Tokenwarden({ baseUrl: "http://tokenwarden.test", apiKey }),
+        (error) => {
+          assert.ok(error instanceof TypeError);
+          assert.match(error.message, /^apiKey: /);
+          assert.ok(!error.message.includes(apiKey), error.message);
+          return true;
+        },
+      );
+    }
+    // A fetch that fails quoting the header, as Node's does for a bad header value.
+    const client = new Tokenwarden({
+      baseUrl: "http://tokenwarden.test",
+      apiKey: KEY,
+      fetch: async (_url, init) => {
+        throw new TypeError(`Headers.append: "${init.headers.authorization}" is an invalid header value.`);
+      },
+    });
+    await assert.rejects(client.providers(), (error) => {
+      assert.equal(error.code, "NETWORK_ERROR");
+      assert.ok(!error.message.includes(KEY), error.message);
+      assert.ok(!String(error.stack).includes(KEY));
+      assert.equal(error.cause, undefined, "the quoting error is not attached");
+      return true;
+    });
+  });
+
   it("sends the key as a bearer token, JSON bodies, and encoded queries under the base path", async () => {
     const { client, requests } = clientAnswering(
       () => new Response(JSON.stringify({ items: [], next_cursor: null }), { status: 200 }),
