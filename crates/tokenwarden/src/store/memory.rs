@@ -123,7 +123,7 @@ impl Outbox {
             .filter(|d| d.view.status == DeliveryStatus::Pending || d.view.updated_at >= before)
             .map(|d| d.view.event_id.as_str())
             .collect();
-        let done: Vec<(u64, String)> = self
+        let mut old: Vec<(OffsetDateTime, u64, String)> = self
             .events
             .iter()
             .filter(|(seq, e)| {
@@ -131,9 +131,12 @@ impl Outbox {
                     && e.created_at < before
                     && !busy.contains(e.id.as_str())
             })
-            .take(limit as usize)
-            .map(|(seq, e)| (*seq, e.id.clone()))
+            .map(|(seq, e)| (e.created_at, *seq, e.id.clone()))
             .collect();
+        // Oldest first, as the SQL backends' index walks them.
+        old.sort_unstable();
+        old.truncate(limit as usize);
+        let done: Vec<(u64, String)> = old.into_iter().map(|(_, seq, id)| (seq, id)).collect();
         let ids: HashSet<&str> = done.iter().map(|(_, id)| id.as_str()).collect();
         self.deliveries
             .retain(|_, d| !ids.contains(d.view.event_id.as_str()));

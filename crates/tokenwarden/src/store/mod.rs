@@ -470,7 +470,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         now: OffsetDateTime,
     ) -> Result<WebhookQueueStats, StoreError>;
 
-    /// Deletes up to `limit` events that are done with, oldest first, with their
+    /// Deletes up to `limit` events that are done with, oldest first (by time written, then order), with their
     /// deliveries: dispatched, written before `before`, and with no delivery still pending
     /// or changed at or after `before` (a failed delivery retried by hand lately stays).
     /// Returns how many events it deleted (fewer than `limit`: nothing more is old enough).

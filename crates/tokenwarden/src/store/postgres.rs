@@ -108,6 +108,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "event_connections",
         include_str!("../../migrations/postgres/0007_event_connections.sql"),
     ),
+    (
+        8,
+        "webhook_events_by_age",
+        include_str!("../../migrations/postgres/0008_webhook_events_by_age.sql"),
+    ),
 ];
 
 const BAD_URL: &str = "database_url must be a postgres:// or postgresql:// URL";
@@ -775,11 +780,14 @@ static UPDATE_BATCH_RETURNING_OLD_SQL: LazyLock<String> = LazyLock::new(|| {
     let tail = tail
         .strip_suffix(" RETURNING v.idx, c.created_at, c.version")
         .expect("UPDATE_BATCH_SQL ends with its RETURNING clause");
+    // The key's arrays follow the written columns' (see `batch_statements_agree`).
+    let n = WRITE_COLUMNS.len();
+    let (u, p, a) = (n + 1, n + 2, n + 3);
     format!(
         "{head}, \
          (SELECT user_id, provider, account_id, status, consecutive_failures \
           FROM connections WHERE (user_id, provider, account_id) IN \
-               (SELECT * FROM UNNEST($20::text[], $21::text[], $22::text[])) \
+               (SELECT * FROM UNNEST(${u}::text[], ${p}::text[], ${a}::text[])) \
           ORDER BY user_id, provider, account_id FOR UPDATE) AS o \
          WHERE c.user_id{tail} \
            AND o.user_id = c.user_id AND o.provider = c.provider \
@@ -1831,12 +1839,19 @@ impl Store for PgStore {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let mut db = self
+        // REPEATABLE READ: a delivery retried by hand after this statement's snapshot, when
+        // the purge's cascade reaches it, fails the purge with a serialization error (retried
+        // at the next look) instead of deleting the delivery the retry just queued.
+        let mut tx = self
             .pool
-            .acquire()
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
             .await
             .map_err(db_error("purge webhook events"))?;
-        outbox::purge(&mut db, before, limit).await
+        let deleted = outbox::purge(&mut tx, before, limit).await?;
+        tx.commit()
+            .await
+            .map_err(db_error("purge webhook events"))?;
+        Ok(deleted)
     }
 }
 
@@ -1891,6 +1906,33 @@ mod tests {
             .await
             .expect_err("bad schema");
         assert_eq!(err.to_string(), format!("database error: {BAD_SCHEMA}"));
+    }
+
+    /// The batch statement binds one array per written column, then the key's three, and
+    /// the outbox's variant reads the key's arrays where they are.
+    #[test]
+    fn batch_statements_agree() {
+        let n = WRITE_COLUMNS.len();
+        let (_, names) = UPDATE_BATCH_SQL.split_once(" AS v(").expect("names");
+        let names: Vec<&str> = names
+            .split_once(')')
+            .expect("closed")
+            .0
+            .split(',')
+            .map(str::trim)
+            .collect();
+        assert_eq!(names[..n], WRITE_COLUMNS);
+        assert_eq!(names[n..n + 3], ["user_id", "provider", "account_id"]);
+        for i in n + 1..=n + 3 {
+            assert!(UPDATE_BATCH_SQL.contains(&format!("${i}::text[]")));
+        }
+        assert!(UPDATE_BATCH_RETURNING_OLD_SQL.contains(&format!(
+            "UNNEST(${}::text[], ${}::text[], ${}::text[])) ORDER BY user_id, provider, \
+             account_id FOR UPDATE) AS o",
+            n + 1,
+            n + 2,
+            n + 3
+        )));
     }
 
     #[test]

@@ -105,6 +105,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "event_connections",
         include_str!("../../migrations/sqlite/0007_event_connections.sql"),
     ),
+    (
+        8,
+        "webhook_events_by_age",
+        include_str!("../../migrations/sqlite/0008_webhook_events_by_age.sql"),
+    ),
 ];
 
 const BAD_URL: &str = "database_url must be sqlite://RELATIVE_PATH, sqlite:///ABSOLUTE_PATH \

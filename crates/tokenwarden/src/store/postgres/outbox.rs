@@ -325,7 +325,7 @@ pub(super) async fn purge(
                AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d \
                                WHERE d.event_id = e.id \
                                  AND (d.status = 'pending' OR d.updated_at >= $1)) \
-             ORDER BY seq LIMIT $2)",
+             ORDER BY e.created_at, e.seq LIMIT $2)",
     )
     .bind(unix_ms(before))
     .bind(i64::from(limit))
