@@ -180,7 +180,12 @@ const walk = async () => {
   // Still signed in after a reload (same tab); signed out, the key is gone.
   await page.reload({ waitUntil: 'load' });
   await shown(/^#\/providers/);
-  steps.reload = { nav_visible: await page.getByRole('navigation', { name: 'Dashboard' }).isVisible() };
+  steps.reload = {
+    nav_visible: await page.getByRole('navigation', { name: 'Dashboard' }).isVisible(),
+    // Signed in: the key may be in sessionStorage only, never in localStorage or a cookie.
+    local_storage: await page.evaluate(() => localStorage.length),
+    cookies: await page.evaluate(() => document.cookie),
+  };
   await page.getByRole('button', { name: 'Sign out' }).click();
   await keyInput.waitFor();
   steps.sign_out = {

@@ -370,12 +370,19 @@ pub async fn connection_events(
     let items = events
         .into_iter()
         .map(|event| {
-            let mut body: serde_json::Value = serde_json::from_str(&event.body)
-                .map_err(|e| ApiError::internal(format!("a stored event is not JSON: {e}")))?;
+            let mut body: serde_json::Value = serde_json::from_str(&event.body).map_err(|e| {
+                tracing::error!(event_id = %event.id, error = %e, "a stored event is not JSON");
+                ApiError::internal("a stored event could not be read")
+            })?;
+            // The body's own timestamp, as the webhook carried it (the row's is in ms).
+            let timestamp = match body["timestamp"].take() {
+                serde_json::Value::String(at) => at,
+                _ => rfc3339(event.created_at),
+            };
             Ok(ConnectionEventView {
                 id: event.id,
                 kind: event.kind.as_str().to_owned(),
-                timestamp: rfc3339(event.created_at),
+                timestamp,
                 data: body["data"].take(),
             })
         })

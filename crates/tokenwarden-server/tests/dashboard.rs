@@ -12,12 +12,18 @@ use serde_json::{Value, json};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-const CSP_PARTS: [&str; 5] = [
+const CSP_PARTS: [&str; 9] = [
     "default-src 'self'",
     "script-src 'self'",
     "style-src 'self'",
     "connect-src 'self'",
     "frame-ancestors 'none'",
+    "base-uri 'none'",
+    "object-src 'none'",
+    // Forms never submit natively: a key can never end up in a URL.
+    "form-action 'none'",
+    // The browser itself refuses HTML sinks (innerHTML and the like) with strings.
+    "require-trusted-types-for 'script'",
 ];
 
 fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {

@@ -336,6 +336,12 @@ async fn an_operator_finds_and_handles_what_needs_attention_in_a_real_browser() 
         println!("screenshot: {}", shot.as_str().unwrap_or_default());
     }
     assert!(run["error"].is_null(), "the browser walk failed: {run:#}");
+    assert!(
+        output.status.success(),
+        "dashboard.mjs exited with {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     let steps = &run["steps"];
 
     // A wrong key is refused; nothing opens and nothing is kept.
@@ -443,6 +449,8 @@ async fn an_operator_finds_and_handles_what_needs_attention_in_a_real_browser() 
 
     // A reload keeps the session; signing out forgets the key.
     assert_eq!(steps["reload"]["nav_visible"], true);
+    assert_eq!(steps["reload"]["local_storage"], 0);
+    assert_eq!(steps["reload"]["cookies"], "");
     assert_eq!(steps["sign_out"]["stored_keys"], Value::Null);
     assert_eq!(steps["sign_out"]["nav_visible"], false);
 

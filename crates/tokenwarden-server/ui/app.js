@@ -96,7 +96,7 @@ function showLogin(message, kind) {
   signOutButton.hidden = true;
   shownView = null;
   const input = h('input', {
-    id: 'api-key', name: 'api-key', type: 'password', autocomplete: 'off',
+    id: 'api-key', type: 'password', autocomplete: 'off',
     spellcheck: 'false', required: true,
   });
   const button = h('button', { type: 'submit' }, 'Sign in');
