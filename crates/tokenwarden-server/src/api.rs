@@ -837,6 +837,11 @@ const PROVIDER_DESCRIPTION: &str =
     "a configured provider (`GET /v1/providers`); any other name is UNKNOWN_PROVIDER";
 
 fn limit_schema() -> Object {
+    list_limit_schema(DEFAULT_LIST_LIMIT, "page size")
+}
+
+/// A list's `limit` parameter: 1 to [`MAX_LIST_LIMIT`], `default` when left out.
+pub(crate) fn list_limit_schema(default: u32, description: &str) -> Object {
     ObjectBuilder::new()
         .schema_type(Type::Integer)
         .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
@@ -844,8 +849,8 @@ fn limit_schema() -> Object {
         )))
         .minimum(Some(1))
         .maximum(Some(MAX_LIST_LIMIT))
-        .default(Some(DEFAULT_LIST_LIMIT.into()))
-        .description(Some("page size"))
+        .default(Some(default.into()))
+        .description(Some(description))
         .build()
 }
 
@@ -960,21 +965,17 @@ pub fn openapi_for(context: &DocContext<'_>) -> serde_json::Value {
 fn finish_webhooks(doc: &mut serde_json::Value, context: &DocContext<'_>) {
     use serde_json::json;
 
-    let types: Vec<&str> = tokenwarden::webhooks::EventType::ALL
-        .iter()
-        .map(|t| t.as_str())
-        .chain(["webhook.test"])
-        .collect();
     if let Some(parameters) = doc
         .pointer_mut("/paths/~1v1~1webhooks~1deliveries/get/parameters")
         .and_then(|p| p.as_array_mut())
     {
         for parameter in parameters {
             let schema = match parameter["name"].as_str() {
-                Some("status") => {
-                    json!({"type": "string", "enum": ["pending", "delivered", "failed"]})
+                Some("status") => serde_json::to_value(crate::webhooks::delivery_status_schema())
+                    .unwrap_or_default(),
+                Some("type") => {
+                    serde_json::to_value(crate::webhooks::event_type_schema()).unwrap_or_default()
                 }
-                Some("type") => json!({"type": "string", "enum": types}),
                 Some("endpoint") => json!({"type": "string", "minLength": 1, "maxLength": 64}),
                 Some("limit") => serde_json::to_value(limit_schema()).unwrap_or_default(),
                 Some("cursor") => json!({

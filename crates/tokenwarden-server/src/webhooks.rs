@@ -54,7 +54,7 @@ pub struct DeliveryItem {
     pub created_at: String,
 }
 
-fn event_type_schema() -> utoipa::openapi::schema::Object {
+pub(crate) fn event_type_schema() -> utoipa::openapi::schema::Object {
     crate::views::string_enum(
         EventType::ALL
             .iter()
@@ -64,7 +64,7 @@ fn event_type_schema() -> utoipa::openapi::schema::Object {
     )
 }
 
-fn delivery_status_schema() -> utoipa::openapi::schema::Object {
+pub(crate) fn delivery_status_schema() -> utoipa::openapi::schema::Object {
     crate::views::string_enum(
         [
             DeliveryStatus::Pending,
@@ -320,16 +320,7 @@ struct EventParams {
 }
 
 fn events_limit_schema() -> utoipa::openapi::schema::Object {
-    use utoipa::openapi::schema::{ObjectBuilder, Type};
-    use utoipa::openapi::{KnownFormat, SchemaFormat};
-    ObjectBuilder::new()
-        .schema_type(Type::Integer)
-        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
-        .minimum(Some(1))
-        .maximum(Some(crate::api::MAX_LIST_LIMIT))
-        .default(Some(DEFAULT_EVENTS_LIMIT.into()))
-        .description(Some("how many of the newest events"))
-        .build()
+    crate::api::list_limit_schema(DEFAULT_EVENTS_LIMIT, "how many of the newest events")
 }
 
 #[utoipa::path(
