@@ -3,10 +3,12 @@
 //! (the library's `build.rs` does the same for its own tests):
 //!
 //! * `tw_postgres`: `TOKENWARDEN_TEST_POSTGRES_URL` is set (PostgreSQL tests);
-//! * `tw_browser`: the connect-flow browser tests can run: the browser harness
-//!   (`interop/browser/node_modules/playwright-core`) and the interop authorization server
-//!   (`interop/oidc-provider/node_modules/oidc-provider`) are installed by `npm ci`, and
-//!   Debian's `/usr/bin/chromium` is there (`scripts/test` and `.ci/run` see to all three);
+//! * `tw_chromium`: the dashboard's browser test can run: the browser harness
+//!   (`interop/browser/node_modules/playwright-core`, from `npm ci`) and Debian's
+//!   `/usr/bin/chromium` are there (`scripts/test` and `.ci/run` see to both);
+//! * `tw_browser`: the connect-flow browser tests can run: `tw_chromium`, and the interop
+//!   authorization server (`interop/oidc-provider/node_modules/oidc-provider`) is installed by
+//!   `npm ci` too;
 //! * `tw_webhooks_server`: the npm Standard Webhooks verifier is installed
 //!   (`interop/webhooks/node_modules/standardwebhooks`, from `npm ci` in `scripts/test`).
 //!
@@ -18,7 +20,9 @@ use std::path::Path;
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(tw_postgres, tw_browser, tw_webhooks_server)");
+    println!(
+        "cargo::rustc-check-cfg=cfg(tw_postgres, tw_chromium, tw_browser, tw_webhooks_server)"
+    );
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=TOKENWARDEN_TEST_POSTGRES_URL");
     if std::env::var_os("TOKENWARDEN_TEST_POSTGRES_URL").is_some_and(|url| !url.is_empty()) {
@@ -52,13 +56,17 @@ fn main() {
     if Path::new(CHROMIUM).exists() {
         println!("cargo::rerun-if-changed={CHROMIUM}");
     }
-    if browser
+    let chromium = browser
         .join("node_modules/playwright-core/package.json")
         .is_file()
+        && Path::new(CHROMIUM).is_file();
+    if chromium {
+        println!("cargo::rustc-cfg=tw_chromium");
+    }
+    if chromium
         && provider
             .join("node_modules/oidc-provider/package.json")
             .is_file()
-        && Path::new(CHROMIUM).is_file()
     {
         println!("cargo::rustc-cfg=tw_browser");
     }

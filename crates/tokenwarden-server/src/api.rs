@@ -43,7 +43,7 @@ use crate::views::{
 
 /// Default page size of `GET /v1/connections`.
 const DEFAULT_LIST_LIMIT: u32 = 100;
-const MAX_LIST_LIMIT: u32 = 1000;
+pub(crate) const MAX_LIST_LIMIT: u32 = 1000;
 /// Longest `cursor` accepted before decoding it.
 const MAX_CURSOR_LEN: usize = 1024;
 /// Ids: what [`tokenwarden::UserId::parse`] accepts, as far as a regular expression can say
@@ -56,7 +56,7 @@ const PROVIDER_PATTERN: &str = "^[a-z0-9_-]{1,64}$";
 const EARLIEST_EXPIRY: OffsetDateTime = time::macros::datetime!(1970-01-01 00:00 UTC);
 const LATEST_EXPIRY: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59 UTC);
 
-type ConnPath = Result<Path<(String, String, String)>, PathRejection>;
+pub(crate) type ConnPath = Result<Path<(String, String, String)>, PathRejection>;
 pub(crate) type Body = Result<Bytes, BytesRejection>;
 
 /// Rejects requests without a configured API key.
@@ -78,7 +78,7 @@ pub async fn require_api_key(State(app): State<App>, request: Request, next: Nex
 }
 
 /// Validates the path into a key of a configured provider.
-fn connection_key(app: &App, path: ConnPath) -> Result<ConnectionKey, ApiError> {
+pub(crate) fn connection_key(app: &App, path: ConnPath) -> Result<ConnectionKey, ApiError> {
     let Path((user_id, provider, account_id)) =
         path.map_err(|e| ApiError::invalid("path", redact_quoted(&e.body_text())))?;
     let user_id = UserId::parse(user_id).map_err(|e| ApiError::invalid_message(e.to_string()))?;
@@ -777,7 +777,7 @@ pub async fn fallback(request: Request) -> Response {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)]
-struct ConnectionPath {
+pub(crate) struct ConnectionPath {
     #[param(schema_with = id_schema)]
     user_id: String,
     #[param(schema_with = provider_schema)]
@@ -838,6 +838,11 @@ const PROVIDER_DESCRIPTION: &str =
     "a configured provider (`GET /v1/providers`); any other name is UNKNOWN_PROVIDER";
 
 fn limit_schema() -> Object {
+    list_limit_schema(DEFAULT_LIST_LIMIT, "page size")
+}
+
+/// A list's `limit` parameter: 1 to [`MAX_LIST_LIMIT`], `default` when left out.
+pub(crate) fn list_limit_schema(default: u32, description: &str) -> Object {
     ObjectBuilder::new()
         .schema_type(Type::Integer)
         .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
@@ -845,8 +850,8 @@ fn limit_schema() -> Object {
         )))
         .minimum(Some(1))
         .maximum(Some(MAX_LIST_LIMIT))
-        .default(Some(DEFAULT_LIST_LIMIT.into()))
-        .description(Some("page size"))
+        .default(Some(default.into()))
+        .description(Some(description))
         .build()
 }
 
@@ -914,6 +919,41 @@ pub struct DocContext<'a> {
     pub webhook_endpoints: Vec<String>,
     /// The providers with an `api_base_url`, which the proxy reaches.
     pub proxied: Vec<String>,
+}
+
+/// The document for any configuration (`tokenwarden openapi`): what the server accepts
+/// whatever is configured, so clients generated from it work with every server. Where the
+/// served document lists the configured names (providers, return URLs, webhook endpoints),
+/// this one gives the shape every such name has; each server's `GET /openapi.json` is this
+/// document narrowed to its configuration.
+pub fn openapi_any_configuration() -> serde_json::Value {
+    use serde_json::json;
+
+    let mut doc = openapi_for(&DocContext {
+        providers: &[],
+        applications: &[],
+        connectable: Vec::new(),
+        account_id_required: false,
+        return_urls: Vec::new(),
+        webhook_endpoints: Vec::new(),
+        proxied: Vec::new(),
+    });
+    // With nothing configured the served document accepts no provider and no return URL
+    // (`not: {}`); for any configuration they are a provider name and a URL.
+    if let Some(properties) = doc.pointer_mut("/components/schemas/CreateSessionBody/properties") {
+        properties["provider"] = serde_json::to_value(provider_schema()).unwrap_or_default();
+        properties["provider"]["description"] = json!(
+            "a configured provider with the authorization-code grant, an authorization_url and \
+             a client_id; any other name is UNKNOWN_PROVIDER or INVALID_REQUEST"
+        );
+        properties["return_url"] = json!({
+            "type": "string",
+            "format": "uri",
+            "description": "one of `[connect] return_urls`, with any query of the \
+                application's own",
+        });
+    }
+    doc
 }
 
 /// The document for a server configured as `context` says.
@@ -1038,21 +1078,17 @@ fn finish_proxy(doc: &mut serde_json::Value, context: &DocContext<'_>) {
 fn finish_webhooks(doc: &mut serde_json::Value, context: &DocContext<'_>) {
     use serde_json::json;
 
-    let types: Vec<&str> = tokenwarden::webhooks::EventType::ALL
-        .iter()
-        .map(|t| t.as_str())
-        .chain(["webhook.test"])
-        .collect();
     if let Some(parameters) = doc
         .pointer_mut("/paths/~1v1~1webhooks~1deliveries/get/parameters")
         .and_then(|p| p.as_array_mut())
     {
         for parameter in parameters {
             let schema = match parameter["name"].as_str() {
-                Some("status") => {
-                    json!({"type": "string", "enum": ["pending", "delivered", "failed"]})
+                Some("status") => serde_json::to_value(crate::webhooks::delivery_status_schema())
+                    .unwrap_or_default(),
+                Some("type") => {
+                    serde_json::to_value(crate::webhooks::event_type_schema()).unwrap_or_default()
                 }
-                Some("type") => json!({"type": "string", "enum": types}),
                 Some("endpoint") => json!({"type": "string", "minLength": 1, "maxLength": 64}),
                 Some("limit") => serde_json::to_value(limit_schema()).unwrap_or_default(),
                 Some("cursor") => json!({
@@ -1235,7 +1271,7 @@ fn finish(doc: &mut serde_json::Value, providers: &[String], applications: &[Str
         get_app_access_token, list_connections, list_providers, healthz, readyz, metrics, openapi_json,
         crate::connect::create_session, crate::connect::get_session,
         crate::webhooks::list_deliveries, crate::webhooks::retry_delivery,
-        crate::webhooks::test_endpoint
+        crate::webhooks::test_endpoint, crate::webhooks::connection_events
     ),
     components(schemas(
         ConnectionView, crate::views::LastErrorView, ConnectionList, AccessTokenView, ImportBody,
@@ -1243,7 +1279,8 @@ fn finish(doc: &mut serde_json::Value, providers: &[String], applications: &[Str
         crate::error::ErrorObject, crate::connect::CreateSessionBody,
         crate::connect::CreatedSessionView, crate::connect::ConnectSessionView,
         crate::connect::SessionErrorView, crate::webhooks::DeliveryItem,
-        crate::webhooks::DeliveryList, crate::webhooks::TestEventView
+        crate::webhooks::DeliveryList, crate::webhooks::TestEventView,
+        crate::webhooks::ConnectionEventView, crate::webhooks::ConnectionEventList
     )),
     modifiers(&SecurityAddon)
 )]
@@ -1312,6 +1349,7 @@ mod tests {
             "/access-token",
             "/refresh",
             "/readyz",
+            "/{account_id}/events",
             "/v1/proxy/{user_id}/{provider}/{account_id}/{path}",
         ] {
             assert!(doc.contains(path), "{path}");

@@ -176,6 +176,10 @@ impl App {
                 axum::routing::post(api::refresh_connection),
             )
             .route(
+                "/v1/users/{user_id}/connections/{provider}/{account_id}/events",
+                get(crate::webhooks::connection_events),
+            )
+            .route(
                 "/v1/apps/{provider}/access-token",
                 get(api::get_app_access_token),
             )
@@ -222,6 +226,11 @@ impl App {
             // state and the flow cookie are its credentials).
             .route("/connect/callback", get(crate::connect::callback))
             .route("/connect/{token}", get(crate::connect::open_link))
+            // The dashboard's files: no API key (they hold no data; the page asks for a key
+            // and sends it to the /v1 routes above).
+            .route("/ui", get(crate::ui::redirect))
+            .route("/ui/", get(crate::ui::index))
+            .route("/ui/{*file}", get(crate::ui::asset))
             .fallback(api::fallback)
             .with_state(self.clone());
 
@@ -328,6 +337,7 @@ pub async fn build_parts(config: &Config, role: Role) -> Result<(Warden, Webhook
         WebhookConfig {
             endpoints: config.webhook_endpoints()?,
             schedule: config.webhook_schedule(),
+            keep: Duration::from_secs(config.webhooks.keep_seconds),
         },
         Arc::new(tokenwarden::clock::SystemClock),
         instance_id.clone(),

@@ -1,7 +1,7 @@
 //! The command line: `serve`, and operator commands that work on the database directly
 //! through the library (`connections`, `providers`, `keys`), built from the same
 //! configuration as the server so both see the same data the same way; `keys generate` and
-//! `webhooks secret` only print a new secret.
+//! `webhooks secret` only print a new secret, and `openapi` the API's document.
 //!
 //! Tokens are never required on the command line (shell history keeps them): `connections
 //! import` reads a JSON document from a file or stdin, with flags only as a convenience.
@@ -52,6 +52,9 @@ pub enum Command {
     /// Webhook endpoints.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Prints the HTTP API's OpenAPI document for any configuration (the one clients are
+    /// generated from; a server's `GET /openapi.json` narrows it to its configured names).
+    Openapi,
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +206,8 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
         }
         // The catalog is compiled in: no configuration or database needed.
         Command::Providers(ProvidersCommand::Catalog { json }) => catalog(json),
+        // Neither does the document for any configuration.
+        Command::Openapi => print_json(&crate::api::openapi_any_configuration()),
         command => {
             let resolved = bootstrap::resolve(cli.config.as_deref(), &cli.data_dir, env(), false)?;
             let warden = build_warden(&resolved.config).await?;
@@ -216,6 +221,7 @@ pub async fn execute(cli: Cli) -> Result<(), CliError> {
                 Command::Serve(_)
                 | Command::Keys(KeysCommand::Generate)
                 | Command::Webhooks(WebhooksCommand::Secret)
+                | Command::Openapi
                 | Command::Providers(ProvidersCommand::Catalog { .. }) => Ok(()),
             }
         }

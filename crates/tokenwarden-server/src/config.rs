@@ -257,8 +257,7 @@ impl Default for ConnectSection {
     }
 }
 
-/// `[webhooks]`: the events tokenwarden POSTs to your endpoints (signing and configuration
-/// exist; delivery does not yet).
+/// `[webhooks]`: the events tokenwarden POSTs to your endpoints.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksSection {
@@ -267,6 +266,9 @@ pub struct WebhooksSection {
     pub retry_for_seconds: u64,
     /// Ceiling on an endpoint's `Retry-After`. Default 600 s; 1 s to one day.
     pub max_retry_after_seconds: u64,
+    /// How long an event and its deliveries are kept once none is pending (listed and
+    /// retried by hand meanwhile), then deleted. Default 604,800 s (7 days); 1 h to 366 days.
+    pub keep_seconds: u64,
     /// `[webhooks.endpoints.NAME]`, by name. Default: none.
     pub endpoints: BTreeMap<String, EndpointSection>,
 }
@@ -276,6 +278,7 @@ impl Default for WebhooksSection {
         Self {
             retry_for_seconds: 86_400,
             max_retry_after_seconds: 600,
+            keep_seconds: 604_800,
             endpoints: BTreeMap::new(),
         }
     }
@@ -572,7 +575,10 @@ fn env_kind(path: &[String]) -> EnvKind {
         ["providers", _, "scopes"] => EnvKind::List,
         ["connect", "session_ttl_seconds"] => EnvKind::Int,
         ["connect", "return_urls"] => EnvKind::List,
-        ["webhooks", "retry_for_seconds" | "max_retry_after_seconds"] => EnvKind::Int,
+        [
+            "webhooks",
+            "retry_for_seconds" | "max_retry_after_seconds" | "keep_seconds",
+        ] => EnvKind::Int,
         ["webhooks", "endpoints", _, "timeout_ms"] => EnvKind::Int,
         ["webhooks", "endpoints", _, "secrets" | "events"] => EnvKind::List,
         _ => EnvKind::Str,
@@ -896,6 +902,12 @@ impl Config {
             self.webhooks.retry_for_seconds,
             60,
             30 * 86_400,
+        )?;
+        range(
+            "webhooks.keep_seconds",
+            self.webhooks.keep_seconds,
+            3_600,
+            366 * 86_400,
         )?;
         range(
             "webhooks.max_retry_after_seconds",
@@ -1283,6 +1295,7 @@ mod tests {
         let c = valid("", &[]).expect("valid");
         assert_eq!(c.webhooks.retry_for_seconds, 86_400);
         assert_eq!(c.webhooks.max_retry_after_seconds, 600);
+        assert_eq!(c.webhooks.keep_seconds, 604_800);
         assert!(c.webhook_endpoints().expect("none").is_empty());
     }
 
@@ -1295,6 +1308,7 @@ mod tests {
                 [webhooks]
                 retry_for_seconds = 3600
                 max_retry_after_seconds = 30
+                keep_seconds = 86400
                 [webhooks.endpoints.ops]
                 url = "https://hooks.example.com/tw?token=abc"
                 secret = "{a}"
@@ -1310,6 +1324,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.webhooks.retry_for_seconds, 3600);
         assert_eq!(c.webhooks.max_retry_after_seconds, 30);
+        assert_eq!(c.webhooks.keep_seconds, 86_400);
         let endpoints = c.webhook_endpoints().expect("valid endpoints");
         let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["local-dev", "ops"]);
@@ -1511,6 +1526,11 @@ mod tests {
                 "[webhooks]\nretry_for_seconds = 2592001\n".to_owned(),
                 "webhooks.retry_for_seconds: ",
                 "≤ 2592000",
+            ),
+            (
+                "[webhooks]\nkeep_seconds = 3599\n".to_owned(),
+                "webhooks.keep_seconds: ",
+                "≥ 3600",
             ),
             (
                 "[webhooks]\nmax_retry_after_seconds = 0\n".to_owned(),

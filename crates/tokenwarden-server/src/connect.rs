@@ -74,6 +74,7 @@ pub struct ConnectSessionView {
     /// The account named at creation, else (once completed) the one that signed in.
     pub account_id: Option<String>,
     /// `pending`, `completed`, `failed` or `expired`.
+    #[schema(schema_with = session_status_schema)]
     pub status: String,
     pub reconnect: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,6 +84,20 @@ pub struct ConnectSessionView {
     pub connection: Option<ConnectionView>,
     pub created_at: String,
     pub expires_at: String,
+}
+
+fn session_status_schema() -> utoipa::openapi::schema::Object {
+    crate::views::string_enum(
+        [
+            PublicStatus::Pending,
+            PublicStatus::Completed,
+            PublicStatus::Failed,
+            PublicStatus::Expired,
+        ]
+        .map(PublicStatus::as_str),
+        "`pending` until the user finishes, then `completed` or `failed`; `expired` when the \
+         session ran out first",
+    )
 }
 
 #[utoipa::path(

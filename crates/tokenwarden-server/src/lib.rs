@@ -3,7 +3,7 @@
 //!
 //! This crate is glue: it owns no refresh logic and no storage. `main.rs` only parses the
 //! command line and calls [`cli::execute`]; integration tests build an [`App`] and serve it
-//! with [`run`] on `127.0.0.1:0`.
+//! with [`run`] on `127.0.0.1:0`. The dashboard's files (`ui/`) are embedded by [`ui`].
 
 pub mod api;
 pub mod app;
@@ -17,6 +17,7 @@ pub mod fast_path;
 pub mod log_writer;
 pub mod proxy;
 pub mod telemetry;
+pub mod ui;
 pub mod views;
 pub mod webhooks;
 

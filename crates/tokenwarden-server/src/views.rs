@@ -64,6 +64,8 @@ pub struct ConnectionView {
 pub struct LastErrorView {
     pub code: String,
     pub message: String,
+    /// The provider's own OAuth `error` value (`invalid_grant`, …), when it gave one.
+    pub provider_error: Option<String>,
     #[schema(format = DateTime)]
     pub at: String,
 }
@@ -84,6 +86,7 @@ impl From<&ConnectionMeta> for ConnectionView {
             last_error: m.last_error.as_ref().map(|e| LastErrorView {
                 code: e.code.clone(),
                 message: e.message.clone(),
+                provider_error: e.provider_error.clone(),
                 at: rfc3339(e.at),
             }),
             scopes: m.scopes.clone(),

@@ -1,7 +1,8 @@
 //! The webhooks' HTTP API: the delivery log (`GET /v1/webhooks/deliveries`), sending a failed
-//! delivery again (`POST /v1/webhooks/deliveries/{id}/retry`) and a test event for one
-//! endpoint (`POST /v1/webhooks/endpoints/{name}/test`). Delivery itself is the library's
-//! `tokenwarden::webhooks::worker`, run by `app::run`.
+//! delivery again (`POST /v1/webhooks/deliveries/{id}/retry`), a test event for one
+//! endpoint (`POST /v1/webhooks/endpoints/{name}/test`), and one connection's recent events
+//! as the outbox keeps them (`GET /v1/users/{user_id}/connections/{provider}/{account_id}/events`).
+//! Delivery itself is the library's `tokenwarden::webhooks::worker`, run by `app::run`.
 
 use std::collections::HashMap;
 
@@ -17,7 +18,7 @@ use tokenwarden::webhooks::outbox::{
 use tokenwarden::{Error, ErrorCode};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::api::{parse_limit, unknown_parameter};
+use crate::api::{ConnPath, ConnectionPath, connection_key, parse_limit, unknown_parameter};
 use crate::app::App;
 use crate::config::redact_quoted;
 use crate::error::{ApiError, ErrorBody};
@@ -25,6 +26,8 @@ use crate::views::rfc3339;
 
 /// Longest cursor accepted (a delivery id, base64url).
 const MAX_CURSOR_LEN: usize = 128;
+/// Events listed for one connection when the query gives no `limit`.
+const DEFAULT_EVENTS_LIMIT: u32 = 50;
 
 /// A delivery: one event to one endpoint. Never the body.
 #[derive(Debug, Serialize, ToSchema)]
@@ -34,10 +37,12 @@ pub struct DeliveryItem {
     /// The event's id: the `webhook-id` header of every attempt.
     pub event_id: String,
     #[serde(rename = "type")]
+    #[schema(schema_with = event_type_schema)]
     pub kind: String,
     /// The endpoint's name.
     pub endpoint: String,
     /// `pending`, `delivered` or `failed`.
+    #[schema(schema_with = delivery_status_schema)]
     pub status: String,
     pub attempts: u32,
     /// The last attempt's HTTP status, when it got an answer.
@@ -47,6 +52,28 @@ pub struct DeliveryItem {
     /// RFC 3339; set while pending.
     pub next_attempt_at: Option<String>,
     pub created_at: String,
+}
+
+pub(crate) fn event_type_schema() -> utoipa::openapi::schema::Object {
+    crate::views::string_enum(
+        EventType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .chain(["webhook.test"]),
+        "the event's type",
+    )
+}
+
+pub(crate) fn delivery_status_schema() -> utoipa::openapi::schema::Object {
+    crate::views::string_enum(
+        [
+            DeliveryStatus::Pending,
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Failed,
+        ]
+        .map(DeliveryStatus::as_str),
+        "`pending` (due at `next_attempt_at`), `delivered`, or `failed` (given up)",
+    )
 }
 
 /// One page of deliveries, newest first.
@@ -251,6 +278,122 @@ pub async fn test_endpoint(
         ))),
         Err(e) => Err(store_failure("queueing the test event failed", &e)),
     }
+}
+
+/// One event about a connection, as its webhook body says it. Never a token: bodies carry
+/// none.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionEventView {
+    /// `evt_…`: the `webhook-id` of its deliveries.
+    pub id: String,
+    /// `connection.created`, `connection.refresh_failing`, `connection.needs_reconnect`,
+    /// `connection.recovered`, `connection.reconnected`, `connection.deleted`, or
+    /// `connect_session.failed` (a reconnect session for this connection failed).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// RFC 3339: when the change happened.
+    #[schema(format = DateTime)]
+    pub timestamp: String,
+    /// The body's `data`: `user_id`, `provider`, `account_id`, `status`, `version` and, while
+    /// failing, `error` (`code`, `message`, `provider_error`); a session failure's
+    /// `session_id` and `error`.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+/// A connection's recent events, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionEventList {
+    pub items: Vec<ConnectionEventView>,
+    /// Whether this server records events now: only with webhook endpoints configured.
+    /// While false, changes leave no event, and `items` holds only those recorded before.
+    pub recording: bool,
+}
+
+/// The query of the events route. Only describes it for the document.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct EventParams {
+    #[param(schema_with = events_limit_schema)]
+    limit: Option<u32>,
+}
+
+fn events_limit_schema() -> utoipa::openapi::schema::Object {
+    crate::api::list_limit_schema(DEFAULT_EVENTS_LIMIT, "how many of the newest events")
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user_id}/connections/{provider}/{account_id}/events",
+    tag = "connections",
+    params(ConnectionPath, EventParams),
+    responses(
+        (status = 200, description = "the connection's newest events (webhook events, kept \
+            when webhook endpoints are configured), newest first", body = ConnectionEventList),
+        (status = 400, description = "INVALID_REQUEST (a malformed id, or a malformed or \
+            unknown parameter; the message and `details.field` name it) or UNKNOWN_PROVIDER",
+            body = ErrorBody),
+        (status = 404, description = "ACCOUNT_NOT_FOUND", body = ErrorBody),
+        (status = 500, description = "GET_TOKEN_ERROR: the database failed (the detail is in \
+            the server log)", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
+/// A connection's recent events (the webhook events it raised), newest first.
+pub async fn connection_events(
+    State(app): State<App>,
+    path: ConnPath,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Json<ConnectionEventList>, ApiError> {
+    let key = connection_key(&app, path)?;
+    let Query(params) =
+        query.map_err(|e| ApiError::invalid("query", redact_quoted(&e.body_text())))?;
+    let limit = parse_events_query(params)?;
+    // A connection that does not exist is a 404, even where events of a deleted one remain.
+    app.warden().connection(&key).await?;
+    let events = app
+        .warden()
+        .store()
+        .recent_connection_events(&key, limit)
+        .await
+        .map_err(|e| store_failure("reading connection events", &e))?;
+    let items = events
+        .into_iter()
+        .map(|event| {
+            let mut body: serde_json::Value = serde_json::from_str(&event.body).map_err(|e| {
+                tracing::error!(event_id = %event.id, error = %e, "a stored event is not JSON");
+                ApiError::internal("a stored event could not be read")
+            })?;
+            // The body's own timestamp, as the webhook carried it (the row's is in ms).
+            let timestamp = match body["timestamp"].take() {
+                serde_json::Value::String(at) => at,
+                _ => rfc3339(event.created_at),
+            };
+            Ok(ConnectionEventView {
+                id: event.id,
+                kind: event.kind.as_str().to_owned(),
+                timestamp,
+                data: body["data"].take(),
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(Json(ConnectionEventList {
+        items,
+        recording: !app.webhooks().endpoint_names().is_empty(),
+    }))
+}
+
+/// Validates the query of the events route: `limit` only.
+pub fn parse_events_query(params: HashMap<String, String>) -> Result<u32, ApiError> {
+    let mut limit = DEFAULT_EVENTS_LIMIT;
+    for (name, value) in params {
+        match name.as_str() {
+            "limit" => limit = parse_limit(&value)?,
+            other => return Err(unknown_parameter(other, "limit")),
+        }
+    }
+    Ok(limit)
 }
 
 /// A database failure: logged with its detail, answered as a 500 with a generic message.

@@ -125,6 +125,42 @@ fn webhooks_secret_prints_a_new_secret_the_config_accepts() {
     assert!(!dir.path().join("tokenwarden-data").exists() && !missing.exists());
 }
 
+/// `openapi` needs no configuration or database, and prints the document for any
+/// configuration: the one committed in `clients/typescript`, whose types the TypeScript
+/// client is generated from. A route or schema changed without regenerating them fails here.
+#[test]
+fn openapi_prints_the_document_the_typescript_client_is_generated_from() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-config.toml");
+    let out = tokenwarden(&missing, &["openapi"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8(out.stdout).expect("UTF-8");
+    let doc: serde_json::Value = serde_json::from_str(&printed).expect("JSON");
+    assert!(doc["paths"]["/v1/connect/sessions"]["post"].is_object());
+    // Any configuration: nothing that accepts no value, and no list of configured names.
+    let session = &doc["components"]["schemas"]["CreateSessionBody"]["properties"];
+    assert_eq!(session["provider"]["type"], "string", "{session}");
+    assert_eq!(session["return_url"]["type"], "string", "{session}");
+    assert!(
+        !printed.contains("\"not\""),
+        "a schema that accepts nothing"
+    );
+    let provider = &doc["paths"]["/v1/users/{user_id}/connections/{provider}/{account_id}"]["get"]
+        ["parameters"][1];
+    assert_eq!(provider["name"], "provider");
+    assert!(provider["schema"]["pattern"].is_string() && provider["schema"]["enum"].is_null());
+    assert!(!dir.path().join("tokenwarden-data").exists() && !missing.exists());
+
+    let committed_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../clients/typescript/openapi.json");
+    let committed = std::fs::read_to_string(&committed_path).expect("the committed document");
+    assert!(
+        committed == printed,
+        "clients/typescript/openapi.json is not what `tokenwarden openapi` prints: run \
+         `npm run generate` in clients/typescript and commit openapi.json and src/schema.ts"
+    );
+}
+
 #[test]
 fn connections_providers_and_keys_commands() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -74,7 +74,8 @@ async fn invalid_grant_on_expired_token_is_token_expired_409_and_needs_reconnect
         .await
         .expect("j");
     assert_eq!(view["status"], "needs_reconnect");
-    assert!(view["last_error"]["code"].is_string());
+    assert_eq!(view["last_error"]["code"], "TOKEN_EXPIRED");
+    assert_eq!(view["last_error"]["provider_error"], "invalid_grant");
     app.stop().await;
 }
 

@@ -84,8 +84,9 @@ mod outbox;
 pub use outbox::{
     concurrent_webhook_claims, concurrent_webhook_dispatch, outbox_connect_session_failed,
     outbox_connection_events, outbox_failed_writes_raise_nothing, outbox_off_writes_nothing,
-    outbox_update_batch, webhook_claim_and_finish, webhook_claim_per_endpoint_limit,
-    webhook_dispatch, webhook_list_deliveries, webhook_queue_stats, webhook_retry_delivery,
+    outbox_recent_connection_events, outbox_update_batch, webhook_claim_and_finish,
+    webhook_claim_per_endpoint_limit, webhook_dispatch, webhook_list_deliveries, webhook_purge,
+    webhook_queue_stats, webhook_retry_delivery,
 };
 
 /// Names one test database; see the module docs for what a factory must do with it.
@@ -158,12 +159,14 @@ macro_rules! __for_each_check {
             outbox_failed_writes_raise_nothing,
             outbox_update_batch,
             outbox_connect_session_failed,
+            outbox_recent_connection_events,
             webhook_dispatch,
             webhook_claim_and_finish,
             webhook_claim_per_endpoint_limit,
             webhook_retry_delivery,
             webhook_list_deliveries,
             webhook_queue_stats,
+            webhook_purge,
             concurrent_webhook_claims,
             concurrent_webhook_dispatch,
         }
@@ -291,6 +294,7 @@ where
     full.meta.last_error = Some(LastError {
         code: "TOKEN_REFRESH_ERROR".into(),
         message: "temporarily_unavailable — «retry»".into(),
+        provider_error: Some("temporarily_unavailable ü".into()),
         at: at(-60),
     });
     let (meta, outcome) = store.put(&full).await.expect("put");
@@ -377,6 +381,7 @@ where
     replacement.meta.last_error = Some(LastError {
         code: "TOKEN_EXPIRED".into(),
         message: "invalid_grant".into(),
+        provider_error: None,
         at: at(900),
     });
     replacement.meta.token_type = "mac".into();
@@ -422,6 +427,7 @@ where
     next.meta.last_error = Some(LastError {
         code: "TOKEN_EXPIRED".into(),
         message: "invalid_grant".into(),
+        provider_error: Some("invalid_grant".into()),
         at: at(60),
     });
     next.meta.expires_at = Some(at(7200));

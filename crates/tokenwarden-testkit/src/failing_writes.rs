@@ -18,7 +18,7 @@ use crate::store::{
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
     ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
-    WebhookQueueStats,
+    StoredEvent, WebhookQueueStats,
 };
 
 /// A store wrapper for tests of what happens around a store's compare-and-swap writes
@@ -304,10 +304,24 @@ impl<S: Store> Store for FailingWrites<S> {
     async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
         self.inner.delivery(id).await
     }
+    async fn recent_connection_events(
+        &self,
+        key: &ConnectionKey,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.recent_connection_events(key, limit).await
+    }
     async fn webhook_queue_stats(
         &self,
         now: OffsetDateTime,
     ) -> Result<WebhookQueueStats, StoreError> {
         self.inner.webhook_queue_stats(now).await
+    }
+    async fn purge_webhook_events(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.inner.purge_webhook_events(before, limit).await
     }
 }

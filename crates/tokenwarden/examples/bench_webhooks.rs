@@ -182,6 +182,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let webhooks_config = WebhookConfig {
         endpoints: vec![endpoint],
         schedule: RetrySchedule::default(),
+        keep: tokenwarden::webhooks::worker::DEFAULT_KEEP,
     };
     let webhooks = Webhooks::new(
         store.clone(),

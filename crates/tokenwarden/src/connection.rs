@@ -219,6 +219,9 @@ pub struct LastError {
     pub code: String,
     /// A sanitized description, e.g. the provider's OAuth `error` value.
     pub message: String,
+    /// The provider's own OAuth `error` value (`invalid_grant`, …), when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_error: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }

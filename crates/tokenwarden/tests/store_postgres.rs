@@ -82,6 +82,80 @@ async fn store_in(url: &str, db: &TestDb) -> PgStore {
         .expect("connect")
 }
 
+/// Events written before migration 7 get their connection from their bodies when it runs:
+/// the schema is taken back to before it, events are written as they were then, and a new
+/// pool migrates again.
+#[tokio::test]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
+async fn migration_7_finds_the_connection_of_older_events() {
+    use serde_json::json;
+    use tokenwarden::webhooks::EventType;
+    use tokenwarden::webhooks::outbox::NewEvent;
+
+    let url = postgres_url();
+    let db = TestDb::fresh("migration_7");
+    let store = store_in(&url, &db).await;
+    for sql in [
+        "DROP INDEX webhook_events_by_connection",
+        "ALTER TABLE webhook_events DROP COLUMN user_id, DROP COLUMN provider, \
+         DROP COLUMN account_id",
+        "DELETE FROM _sqlx_migrations WHERE version = 7",
+    ] {
+        sqlx::query(sql)
+            .execute(store.pool())
+            .await
+            .expect("back to before migration 7");
+    }
+    let ids = json!({"user_id": "u ü", "provider": "reddit", "account_id": "a 1"});
+    let mut other = ids.clone();
+    other["account_id"] = json!("a 2");
+    let events = [
+        NewEvent::new(EventType::ConnectionCreated, at(1), ids.clone()),
+        NewEvent::new(EventType::ConnectionCreated, at(2), other),
+        NewEvent::new(
+            EventType::ProviderCircuitOpened,
+            at(3),
+            json!({"provider": "reddit"}),
+        ),
+        NewEvent::new(
+            EventType::ConnectSessionFailed,
+            at(4),
+            json!({"session_id": "cs_1", "user_id": "u ü", "provider": "reddit"}),
+        ),
+        NewEvent::new(EventType::ConnectSessionFailed, at(5), ids.clone()),
+        NewEvent::new(EventType::ConnectionNeedsReconnect, at(6), ids),
+    ];
+    for (n, event) in events.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO webhook_events (id, type, body, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&event.id)
+        .bind(event.kind.as_str())
+        .bind(&event.body)
+        .bind(i64::try_from(n).expect("n") * 1000)
+        .execute(store.pool())
+        .await
+        .expect("insert as before migration 7");
+    }
+    store.close().await;
+    let store = store_in(&url, &db).await;
+    let key = ConnectionKey::parse("u ü", "reddit", "a 1").expect("key");
+    let listed: Vec<String> = store
+        .recent_connection_events(&key, 10)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        listed,
+        [&events[5].id, &events[4].id, &events[0].id].map(String::clone),
+        "newest first, the others left out"
+    );
+    store.close().await;
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}
+
 #[tokio::test]
 #[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn a_committed_write_is_read_by_a_new_pool() {

@@ -60,6 +60,7 @@ fn setup_with(
         WebhookConfig {
             endpoints,
             schedule: RetrySchedule::default(),
+            keep: tokenwarden::webhooks::worker::DEFAULT_KEEP,
         },
         Arc::new(clock.clone()),
         "instance-1",
@@ -192,6 +193,10 @@ async fn each_change_is_announced_once_failing_per_episode_and_one_recovered() {
     assert_eq!(bodies[1]["data"]["status"], "active");
     assert_eq!(bodies[1]["data"]["error"]["code"], "TOKEN_REFRESH_ERROR");
     assert_eq!(bodies[3]["data"]["status"], "needs_reconnect");
+    assert_eq!(
+        bodies[3]["data"]["error"]["provider_error"],
+        "invalid_grant"
+    );
     for body in &bodies {
         assert_eq!(body["data"]["user_id"], "u1");
         let text = body.to_string();
@@ -447,4 +452,50 @@ async fn provider_breaker_changes_are_announced() {
         .collect();
     assert_eq!(closed.len(), 1, "{bodies:?}");
     assert_eq!(closed[0]["data"]["state"], "closed");
+}
+
+/// Delivered events are kept for `keep` (7 days by default), then a round deletes them with
+/// their deliveries.
+#[tokio::test]
+async fn delivered_events_are_deleted_once_older_than_keep() {
+    let receiver = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&receiver)
+        .await;
+    let s = setup(
+        vec![endpoint("app", &receiver, Duration::from_secs(5))],
+        100,
+    );
+    s.warden
+        .import(key("u1", "acct"), import("access-secret-1", None, None))
+        .await
+        .expect("import");
+    round(&s.webhooks).await;
+    let listed = || async {
+        s.store
+            .list_deliveries(&DeliveryQuery::default())
+            .await
+            .expect("list")
+            .items
+    };
+    let delivered = listed().await;
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].status, DeliveryStatus::Delivered);
+
+    let keep = tokenwarden::webhooks::worker::DEFAULT_KEEP;
+    s.clock.advance(keep - Duration::from_secs(60));
+    round(&s.webhooks).await;
+    assert_eq!(listed().await.len(), 1, "kept until `keep` has passed");
+    s.clock.advance(Duration::from_secs(11 * 60));
+    round(&s.webhooks).await;
+    assert!(listed().await.is_empty(), "deleted after `keep`");
+    assert_eq!(
+        s.store
+            .webhook_queue_stats(s.clock.now())
+            .await
+            .expect("stats")
+            .delivered,
+        0
+    );
 }

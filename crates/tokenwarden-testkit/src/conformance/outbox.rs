@@ -114,6 +114,7 @@ fn outcome(
     next.meta.last_error = (failures > 0).then(|| LastError {
         code: "TOKEN_REFRESH_ERROR".into(),
         message: format!("temporarily_unavailable #{failures}"),
+        provider_error: Some("temporarily_unavailable".into()),
         at: at(10),
     });
     next.meta.updated_at = at(10);
@@ -176,7 +177,8 @@ where
             assert_eq!(bodies[0]["data"]["version"], json!(stored.version));
             assert_eq!(
                 bodies[0]["data"]["error"],
-                json!({"code": "TOKEN_REFRESH_ERROR", "message": "temporarily_unavailable #1"})
+                json!({"code": "TOKEN_REFRESH_ERROR", "message": "temporarily_unavailable #1",
+                       "provider_error": "temporarily_unavailable"})
             );
         } else {
             assert_eq!(types(&bodies), Vec::<&str>::new(), "failure {failures}");
@@ -508,9 +510,172 @@ where
     );
 }
 
+/// One connection's recent events: every `connection.*` event it raised and the failure of
+/// a reconnect session that named it, newest first (in the order written), each with its id,
+/// type, time and exact body; never another connection's (keys differing in one part
+/// each), a provider event, a test event or a session that named no account. `limit`
+/// takes the newest, 0 means the default; delivering changes nothing; writes with the
+/// outbox off add nothing; a connection deleted and created again lists both lives.
+pub async fn outbox_recent_connection_events<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("outbox_history"), k1()).await;
+    store.set_outbox(true);
+    let conn = sample_connection("connect user ü", "reddit", "acct 9");
+    let (stored, _) = store.put(&conn).await.expect("put");
+    let stored = update(&store, &conn, &stored, 1, ConnectionStatus::Active).await;
+    update(&store, &conn, &stored, 2, ConnectionStatus::NeedsReconnect).await;
+    // Neighbours: another account, user and provider, each differing in one part only.
+    for (user, provider, account) in [
+        ("connect user ü", "reddit", "acct 8"),
+        ("connect user", "reddit", "acct 9"),
+        ("connect user ü", "tiktok", "acct 9"),
+    ] {
+        store
+            .put(&sample_connection(user, provider, account))
+            .await
+            .expect("put neighbour");
+    }
+    // A reconnect session for it fails; a session naming no account fails too.
+    let mut reconnect = sample_session("history-reconnect", 600);
+    reconnect.account_id = Some(AccountId::parse("acct 9").expect("account"));
+    let plain = sample_session("history-plain", 600);
+    for session in [&reconnect, &plain] {
+        insert_session(&store, session).await;
+        let failed = Finish::Failed(SessionError {
+            code: "PROVIDER_ERROR".into(),
+            message: "access_denied".into(),
+        });
+        assert!(
+            store
+                .finish_connect_session(&session.id, &failed, at(20))
+                .await
+                .expect("finish")
+        );
+    }
+    store
+        .insert_events(&[
+            event(EventType::ProviderCircuitOpened, 21),
+            event(EventType::WebhookTest, 22).only_to("a"),
+        ])
+        .await
+        .expect("insert");
+
+    let history = store
+        .recent_connection_events(conn.key(), 10)
+        .await
+        .expect("history");
+    let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "connect_session.failed",
+            "connection.needs_reconnect",
+            "connection.refresh_failing",
+            "connection.created",
+        ],
+        "newest first"
+    );
+    for event in &history {
+        let body: Value = serde_json::from_str(&event.body).expect("a JSON body");
+        assert_eq!(body["id"], json!(event.id), "the body's id");
+        assert_eq!(body["type"], json!(event.kind.as_str()));
+        assert_eq!(body["data"]["account_id"], json!("acct 9"));
+        assert_eq!(body["data"]["user_id"], json!("connect user ü"));
+        let timestamp = body["timestamp"].as_str().expect("timestamp");
+        let parsed =
+            time::OffsetDateTime::parse(timestamp, &time::format_description::well_known::Rfc3339)
+                .expect("RFC 3339");
+        assert_eq!(
+            event.created_at, parsed,
+            "created_at is the body's timestamp"
+        );
+    }
+    assert_eq!(history[0].created_at, at(20), "the session's finish");
+
+    let newest = store
+        .recent_connection_events(conn.key(), 2)
+        .await
+        .expect("limit");
+    assert_eq!(newest, history[..2], "a limit keeps the newest");
+    assert_eq!(
+        store
+            .recent_connection_events(conn.key(), 0)
+            .await
+            .expect("default"),
+        history,
+        "0 is the default page"
+    );
+    let neighbour = ConnectionKey::parse("connect user ü", "reddit", "acct 8").expect("key");
+    let theirs = store
+        .recent_connection_events(&neighbour, 10)
+        .await
+        .expect("neighbour");
+    assert_eq!(
+        theirs.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["connection.created"]
+    );
+    let nobody = ConnectionKey::parse("nobody", "reddit", "acct 9").expect("key");
+    assert!(
+        store
+            .recent_connection_events(&nobody, 10)
+            .await
+            .expect("nobody")
+            .is_empty()
+    );
+
+    // Delivering them changes nothing.
+    assert_eq!(drain(&store).await.len(), 9, "every event once");
+    assert_eq!(
+        store
+            .recent_connection_events(conn.key(), 10)
+            .await
+            .expect("after delivery"),
+        history
+    );
+
+    // With the outbox off, nothing is added; deleted and created again, both lives show.
+    store.set_outbox(false);
+    store.put(&conn).await.expect("put while off");
+    assert_eq!(
+        store
+            .recent_connection_events(conn.key(), 10)
+            .await
+            .expect("off"),
+        history
+    );
+    store.set_outbox(true);
+    assert!(store.delete(conn.key()).await.expect("delete"));
+    store.put(&conn).await.expect("create again");
+    let lives = store
+        .recent_connection_events(conn.key(), 3)
+        .await
+        .expect("lives");
+    assert_eq!(
+        lives.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        [
+            "connection.created",
+            "connection.deleted",
+            "connect_session.failed"
+        ]
+    );
+}
+
 /// An event for `insert_events`, with its own `data`.
 fn event(kind: EventType, n: i64) -> NewEvent {
     NewEvent::new(kind, at(n), json!({"n": n}))
+}
+
+/// Every delivery's id, oldest first.
+async fn delivery_ids<S: Store>(store: &S) -> Vec<String> {
+    all_deliveries(store)
+        .await
+        .into_iter()
+        .map(|d| d.id)
+        .collect()
 }
 
 /// Every delivery, oldest first.
@@ -714,6 +879,123 @@ async fn must_delivery<S: Store>(store: &S, id: &str) -> DeliveryView {
         .await
         .expect("delivery")
         .unwrap_or_else(|| panic!("delivery {id} is missing"))
+}
+
+/// `purge_webhook_events` deletes, oldest first and up to its limit, the dispatched events
+/// written before the cut-off whose deliveries all finished before it, and those deliveries;
+/// an undispatched event, an event with a pending delivery, and one whose failed delivery
+/// was retried by hand after the cut-off stay, and what stays can still be delivered.
+pub async fn webhook_purge<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    let store = make(TestDb::fresh("webhook_purge"), k1()).await;
+    deliveries_for(&store, "ep", 5, 10).await;
+    let claimed = store
+        .claim_deliveries(at(10), "a", at(60), 10, &caps(10))
+        .await
+        .expect("claim");
+    let d: Vec<String> = claimed.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(d.len(), 5);
+    let ok = DeliveryOutcome::Delivered { status: 200 };
+    let fail = DeliveryOutcome::Failed {
+        status: Some(500),
+        error: "HTTP 500".into(),
+    };
+    let later = DeliveryOutcome::Retry {
+        at: at(1_000),
+        status: Some(503),
+        error: "HTTP 503".into(),
+    };
+    for (id, outcome) in [(&d[0], &ok), (&d[1], &ok), (&d[2], &fail), (&d[3], &fail)] {
+        assert!(
+            store
+                .finish_delivery(id, "a", outcome, at(20))
+                .await
+                .expect("finish")
+        );
+    }
+    assert!(
+        store
+            .finish_delivery(&d[4], "a", &later, at(20))
+            .await
+            .expect("finish")
+    );
+    // d3 is sent again by hand at 200 and fails again at 210.
+    store
+        .retry_delivery(&d[3], at(200))
+        .await
+        .expect("retry")
+        .expect("known");
+    let again = store
+        .claim_deliveries(at(200), "a", at(260), 10, &caps(10))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&again), [d[3].as_str()]);
+    assert!(
+        store
+            .finish_delivery(&d[3], "a", &fail, at(210))
+            .await
+            .expect("finish")
+    );
+    // Written before the cut-off but never dispatched.
+    store
+        .insert_events(&[event(EventType::ConnectionDeleted, 10)])
+        .await
+        .expect("insert");
+
+    assert_eq!(
+        store.purge_webhook_events(at(100), 2).await.expect("purge"),
+        2,
+        "the limit"
+    );
+    assert_eq!(
+        delivery_ids(&store).await,
+        [d[2].clone(), d[3].clone(), d[4].clone()],
+        "oldest first"
+    );
+    assert_eq!(
+        store
+            .purge_webhook_events(at(100), 10)
+            .await
+            .expect("purge"),
+        1
+    );
+    assert_eq!(
+        delivery_ids(&store).await,
+        [d[3].clone(), d[4].clone()],
+        "a failed delivery goes once it is older than the cut-off"
+    );
+    assert_eq!(
+        store
+            .purge_webhook_events(at(100), 10)
+            .await
+            .expect("purge"),
+        0,
+        "retried after the cut-off, pending, undispatched: all stay"
+    );
+    assert_eq!(
+        store
+            .purge_webhook_events(at(300), 10)
+            .await
+            .expect("purge"),
+        1
+    );
+    assert_eq!(
+        delivery_ids(&store).await,
+        [d[4].clone()],
+        "a pending delivery stays"
+    );
+    let stats = store.webhook_queue_stats(at(1_000)).await.expect("stats");
+    assert_eq!((stats.pending, stats.undispatched), (1, 1));
+    let due = store
+        .claim_deliveries(at(1_000), "a", at(1_060), 10, &caps(10))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&due), [d[4].as_str()]);
+    assert!(!due[0].body.is_empty(), "its event is still there");
 }
 
 /// Claiming takes due, pending, unleased (or expired) deliveries earliest first, up to the

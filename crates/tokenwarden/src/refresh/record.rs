@@ -136,6 +136,7 @@ impl Inner {
         conn.meta.last_error = Some(LastError {
             code: error.code().as_str().to_owned(),
             message: error.message().to_owned(),
+            provider_error: error.meta().provider_error.clone(),
             at: now,
         });
         conn.meta.updated_at = now;

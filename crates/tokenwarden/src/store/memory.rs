@@ -23,8 +23,8 @@ use crate::store::{
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
     ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryStatus, DeliveryView,
-    NewEvent, WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor,
-    delivery_page, new_delivery_id, session_failed_event, truncate_ms,
+    NewEvent, StoredEvent, WebhookQueueStats, Write, connection_change_events,
+    decode_delivery_cursor, delivery_page, new_delivery_id, session_failed_event, truncate_ms,
 };
 use time::OffsetDateTime;
 
@@ -78,6 +78,8 @@ struct EventRow {
     kind: EventType,
     body: String,
     only_endpoint: Option<String>,
+    created_at: OffsetDateTime,
+    connection: Option<ConnectionKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +103,8 @@ impl Outbox {
                     kind: event.kind,
                     body: event.body,
                     only_endpoint: event.only_endpoint,
+                    created_at: truncate_ms(event.created_at),
+                    connection: event.connection,
                 },
             );
         }
@@ -109,6 +113,40 @@ impl Outbox {
     fn body(&self, event_id: &str) -> Option<&str> {
         let seq = self.event_seqs.get(event_id)?;
         self.events.get(seq).map(|e| e.body.as_str())
+    }
+
+    /// [`Store::purge_webhook_events`].
+    fn purge(&mut self, before: OffsetDateTime, limit: u32) -> u64 {
+        let busy: HashSet<&str> = self
+            .deliveries
+            .values()
+            .filter(|d| d.view.status == DeliveryStatus::Pending || d.view.updated_at >= before)
+            .map(|d| d.view.event_id.as_str())
+            .collect();
+        let mut old: Vec<(OffsetDateTime, u64, String)> = self
+            .events
+            .iter()
+            .filter(|(seq, e)| {
+                !self.undispatched.contains(seq)
+                    && e.created_at < before
+                    && !busy.contains(e.id.as_str())
+            })
+            .map(|(seq, e)| (e.created_at, *seq, e.id.clone()))
+            .collect();
+        // Oldest first, as the SQL backends' index walks them.
+        old.sort_unstable();
+        old.truncate(limit as usize);
+        let done: Vec<(u64, String)> = old.into_iter().map(|(_, seq, id)| (seq, id)).collect();
+        let ids: HashSet<&str> = done.iter().map(|(_, id)| id.as_str()).collect();
+        self.deliveries
+            .retain(|_, d| !ids.contains(d.view.event_id.as_str()));
+        self.delivered_to
+            .retain(|(event_id, _)| !ids.contains(event_id.as_str()));
+        for (seq, id) in &done {
+            self.events.remove(seq);
+            self.event_seqs.remove(id);
+        }
+        done.len() as u64
     }
 }
 
@@ -937,6 +975,27 @@ impl Store for MemoryStore {
         Ok(Some(row.view.clone()))
     }
 
+    async fn recent_connection_events(
+        &self,
+        key: &ConnectionKey,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let outbox = self.outbox();
+        Ok(outbox
+            .events
+            .values()
+            .rev()
+            .filter(|event| event.connection.as_ref() == Some(key))
+            .take(crate::store::effective_limit(limit) as usize)
+            .map(|event| StoredEvent {
+                id: event.id.clone(),
+                kind: event.kind,
+                created_at: event.created_at,
+                body: event.body.clone(),
+            })
+            .collect())
+    }
+
     async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
         Ok(self.outbox().deliveries.get(id).map(|d| d.view.clone()))
     }
@@ -964,6 +1023,13 @@ impl Store for MemoryStore {
             }
         }
         Ok(stats)
+    }
+    async fn purge_webhook_events(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        Ok(self.outbox().purge(truncate_ms(before), limit))
     }
 }
 

@@ -38,7 +38,7 @@ use crate::crypto::KeyRing;
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
     ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
-    WebhookQueueStats,
+    StoredEvent, WebhookQueueStats,
 };
 
 // The test kit's fixtures and fault-injecting store, compiled into the library's own unit
@@ -452,11 +452,33 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// One delivery by id.
     async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError>;
 
+    /// The newest events about the user's connection `key` (those written with
+    /// [`NewEvent::connection`] set to it), newest first in the order they were written, at
+    /// most `limit` of them (clamped to 1..=[`MAX_LIST_LIMIT`]; 0 means
+    /// [`DEFAULT_LIST_LIMIT`]). Only events written while the outbox was on exist; a
+    /// connection deleted and created again lists the events of both. Dispatch and delivery
+    /// change nothing here.
+    async fn recent_connection_events(
+        &self,
+        key: &ConnectionKey,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
     /// Sizes of the webhook queue at `now`, for metrics.
     async fn webhook_queue_stats(
         &self,
         now: OffsetDateTime,
     ) -> Result<WebhookQueueStats, StoreError>;
+
+    /// Deletes up to `limit` events that are done with, oldest first (by time written, then order), with their
+    /// deliveries: dispatched, written before `before`, and with no delivery still pending
+    /// or changed at or after `before` (a failed delivery retried by hand lately stays).
+    /// Returns how many events it deleted (fewer than `limit`: nothing more is old enough).
+    async fn purge_webhook_events(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 }
 
 /// A change to stored connections, from [`Store::changes`].
@@ -570,6 +592,15 @@ pub(crate) fn open_flow(
 
 /// Page size used when [`ListQuery::limit`] is 0.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
+
+/// A list's page size as stores use it: `limit` clamped to 1..=[`MAX_LIST_LIMIT`], where 0
+/// means [`DEFAULT_LIST_LIMIT`].
+pub(crate) fn effective_limit(limit: u32) -> u32 {
+    match limit {
+        0 => DEFAULT_LIST_LIMIT,
+        n => n.min(MAX_LIST_LIMIT),
+    }
+}
 /// Largest page size a store returns.
 pub const MAX_LIST_LIMIT: u32 = 1000;
 
@@ -577,10 +608,7 @@ impl ListQuery {
     /// The page size stores use: `limit` clamped to 1..=1000, where 0 means
     /// [`DEFAULT_LIST_LIMIT`].
     pub fn effective_limit(&self) -> u32 {
-        match self.limit {
-            0 => DEFAULT_LIST_LIMIT,
-            n => n.min(MAX_LIST_LIMIT),
-        }
+        effective_limit(self.limit)
     }
 }
 

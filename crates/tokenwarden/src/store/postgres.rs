@@ -56,8 +56,8 @@ use crate::crypto::KeyRing;
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
     ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
-    WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor, delivery_page,
-    session_failed_event, unix_ms,
+    StoredEvent, WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor,
+    delivery_page, session_failed_event, unix_ms,
 };
 
 mod outbox;
@@ -97,6 +97,21 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "webhook_outbox",
         include_str!("../../migrations/postgres/0005_webhook_outbox.sql"),
+    ),
+    (
+        6,
+        "last_error_provider",
+        include_str!("../../migrations/postgres/0006_last_error_provider.sql"),
+    ),
+    (
+        7,
+        "event_connections",
+        include_str!("../../migrations/postgres/0007_event_connections.sql"),
+    ),
+    (
+        8,
+        "webhook_events_by_age",
+        include_str!("../../migrations/postgres/0008_webhook_events_by_age.sql"),
     ),
 ];
 
@@ -356,10 +371,11 @@ impl PgStore {
         Ok(results)
     }
 
-    /// The rest of [`PgStore::update_distinct`] with the outbox on, in one transaction:
-    /// lock and read the rows as they were (in key order, as the batch statement would lock
-    /// them), run the batch statement, insert the events of the rows it wrote. A row it did
-    /// not write is `NotFound` when the read did not find it, else `Conflict`.
+    /// The rest of [`PgStore::update_distinct`] with the outbox on, in one transaction: the
+    /// batch statement, which also locks the rows first (in key order, as the plain batch
+    /// statement would) and returns what each written row's status and failure count were
+    /// (the only fields the event rules read), then the events of the rows it wrote. A row it
+    /// did not write is `NotFound` or `Conflict`, asked on the same transaction.
     async fn update_distinct_with_events(
         &self,
         conns: &[Connection],
@@ -367,20 +383,10 @@ impl PgStore {
         mut out: Vec<Option<Result<ConnectionMeta, StoreError>>>,
     ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error("update"))?;
-        let old_rows = sqlx::query(AssertSqlSafe(METAS_FOR_UPDATE_SQL.as_str()))
-            .bind(columns.user_id.clone())
-            .bind(columns.provider.clone())
-            .bind(columns.account_id.clone())
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error("update"))?;
-        let mut old = std::collections::HashMap::with_capacity(old_rows.len());
-        for row in &old_rows {
-            let meta = meta_from_row(row)?;
-            old.insert(meta.key.clone(), meta);
-        }
         let rows = columns
-            .bind(sqlx::query(UPDATE_BATCH_SQL))
+            .bind(sqlx::query(AssertSqlSafe(
+                UPDATE_BATCH_RETURNING_OLD_SQL.as_str(),
+            )))
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error("update"))?;
@@ -390,8 +396,15 @@ impl PgStore {
             let i = usize::try_from(idx).map_err(|_| corrupt("batch index"))?;
             let conn = conns.get(i).ok_or_else(|| corrupt("batch index"))?;
             let meta = written_meta(conn, get(row, "created_at")?, get(row, "version")?)?;
+            let old_status: String = get(row, "old_status")?;
+            let old_failures: i64 = get(row, "old_failures")?;
+            let mut was = meta.clone();
+            was.status =
+                ConnectionStatus::parse(&old_status).ok_or_else(|| corrupt("connection status"))?;
+            was.consecutive_failures =
+                u32::try_from(old_failures).map_err(|_| corrupt("consecutive failures"))?;
             events.extend(connection_change_events(
-                old.get(conn.key()),
+                Some(&was),
                 Some(&meta),
                 Write::Update,
                 meta.updated_at,
@@ -399,20 +412,15 @@ impl PgStore {
             out[i] = Some(Ok(meta));
         }
         outbox::insert_events(&mut tx, &events).await?;
+        let mut results = Vec::with_capacity(conns.len());
+        for (result, conn) in out.into_iter().zip(conns) {
+            results.push(match result {
+                Some(result) => result,
+                None => Err(missed_write(&mut tx, conn.key(), "update").await),
+            });
+        }
         tx.commit().await.map_err(db_error("update"))?;
-        Ok(out
-            .into_iter()
-            .zip(conns)
-            .map(|(result, conn)| {
-                result.unwrap_or_else(|| {
-                    Err(if old.contains_key(conn.key()) {
-                        StoreError::Conflict
-                    } else {
-                        StoreError::NotFound
-                    })
-                })
-            })
-            .collect())
+        Ok(results)
     }
 
     /// [`Store::update_batch`] with a key written more than once: one transaction, one
@@ -709,7 +717,7 @@ fn is_duplicate(e: &sqlx::Error) -> bool {
         .is_some_and(|code| code == "23505" || code == "42P06")
 }
 
-/// `user_id = $19 AND …`: the key as bound after the written columns.
+/// `user_id = $20 AND …`: the key as bound after the written columns.
 static WRITE_KEY_MATCH: LazyLock<String> = LazyLock::new(|| {
     let n = WRITE_COLUMNS.len();
     format!(
@@ -720,8 +728,8 @@ static WRITE_KEY_MATCH: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The written columns bound as `$1..=$18` (by [`bind_values`]); `created_at` and `version`
-/// are each statement's own business, and the key follows as `$19..=$21`.
+/// The written columns bound as `$1..=$19` (by [`bind_values`]); `created_at` and `version`
+/// are each statement's own business, and the key follows as `$20..=$22`.
 static WRITE_SET: LazyLock<String> = LazyLock::new(|| {
     WRITE_COLUMNS
         .iter()
@@ -745,20 +753,49 @@ const UPDATE_BATCH_SQL: &str = "\
         consecutive_failures = v.consecutive_failures, \
         last_error_code = v.last_error_code, last_error_message = v.last_error_message, \
         last_error_at = v.last_error_at, updated_at = v.updated_at, \
-        next_refresh_at = v.next_refresh_at, \
+        next_refresh_at = v.next_refresh_at, last_error_provider = v.last_error_provider, \
         version = c.version + 1, lease_owner = NULL, lease_until = NULL \
     FROM UNNEST($1::bytea[], $2::text[], $3::bytea[], $4::text[], $5::text[], $6::int8[], \
                 $7::int8[], $8::int8[], $9::text[], $10::text[], $11::text[], $12::int8[], \
                 $13::int8[], $14::text[], $15::text[], $16::int8[], $17::int8[], $18::int8[], \
-                $19::text[], $20::text[], $21::text[], $22::int8[], $23::int4[]) \
+                $19::text[], $20::text[], $21::text[], $22::text[], $23::int8[], \
+                $24::int4[]) \
       AS v(access_token, access_key_id, refresh_token, refresh_key_id, token_type, \
            expires_at, refresh_expires_at, issued_at, scopes, metadata, status, \
            last_refreshed_at, consecutive_failures, last_error_code, last_error_message, \
-           last_error_at, updated_at, next_refresh_at, user_id, provider, account_id, \
+           last_error_at, updated_at, next_refresh_at, last_error_provider, user_id, \
+           provider, account_id, \
            expected_version, idx) \
     WHERE c.user_id = v.user_id AND c.provider = v.provider \
       AND c.account_id = v.account_id AND c.version = v.expected_version \
     RETURNING v.idx, c.created_at, c.version";
+
+/// [`UPDATE_BATCH_SQL`] for the outbox: the rows are first locked in key order by a
+/// sub-select, which also hands back their status and failure count as they were, so the
+/// events need no separate read (one round trip fewer per batch).
+static UPDATE_BATCH_RETURNING_OLD_SQL: LazyLock<String> = LazyLock::new(|| {
+    let (head, tail) = UPDATE_BATCH_SQL
+        .split_once(" WHERE c.user_id")
+        .expect("UPDATE_BATCH_SQL has a WHERE clause");
+    let tail = tail
+        .strip_suffix(" RETURNING v.idx, c.created_at, c.version")
+        .expect("UPDATE_BATCH_SQL ends with its RETURNING clause");
+    // The key's arrays follow the written columns' (see `batch_statements_agree`).
+    let n = WRITE_COLUMNS.len();
+    let (u, p, a) = (n + 1, n + 2, n + 3);
+    format!(
+        "{head}, \
+         (SELECT user_id, provider, account_id, status, consecutive_failures \
+          FROM connections WHERE (user_id, provider, account_id) IN \
+               (SELECT * FROM UNNEST(${u}::text[], ${p}::text[], ${a}::text[])) \
+          ORDER BY user_id, provider, account_id FOR UPDATE) AS o \
+         WHERE c.user_id{tail} \
+           AND o.user_id = c.user_id AND o.provider = c.provider \
+           AND o.account_id = c.account_id \
+         RETURNING v.idx, c.created_at, c.version, o.status AS old_status, \
+                   o.consecutive_failures AS old_failures"
+    )
+});
 
 /// Rows for [`UPDATE_BATCH_SQL`], one array per column.
 #[derive(Default)]
@@ -781,6 +818,7 @@ struct BatchColumns {
     last_error_at: Vec<Option<i64>>,
     updated_at: Vec<i64>,
     next_refresh_at: Vec<Option<i64>>,
+    last_error_provider: Vec<Option<String>>,
     user_id: Vec<String>,
     provider: Vec<String>,
     account_id: Vec<String>,
@@ -809,6 +847,7 @@ impl BatchColumns {
         self.last_error_at.push(values.last_error_at);
         self.updated_at.push(values.updated_at);
         self.next_refresh_at.push(values.next_refresh_at);
+        self.last_error_provider.push(values.last_error_provider);
         let key = conn.key();
         self.user_id.push(key.user_id.as_str().to_owned());
         self.provider.push(key.provider.as_str().to_owned());
@@ -838,6 +877,7 @@ impl BatchColumns {
             .bind(self.last_error_at)
             .bind(self.updated_at)
             .bind(self.next_refresh_at)
+            .bind(self.last_error_provider)
             .bind(self.user_id)
             .bind(self.provider)
             .bind(self.account_id)
@@ -968,17 +1008,6 @@ static META_FOR_UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Several rows' metadata (keys as three arrays), locked in key order: the order
-/// [`UPDATE_BATCH_SQL`] locks them in, so two batches never wait on each other in a cycle.
-static METAS_FOR_UPDATE_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {META_COLUMNS} FROM connections \
-         WHERE (user_id, provider, account_id) IN \
-               (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) \
-         ORDER BY user_id, provider, account_id FOR UPDATE"
-    )
-});
-
 /// A delete that returns the row as it was, for its event.
 static DELETE_RETURNING_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
@@ -1011,6 +1040,7 @@ fn bind_values<'q>(values: RowValues, query: PgQuery<'q>) -> PgQuery<'q> {
         .bind(values.last_error_at)
         .bind(values.updated_at)
         .bind(values.next_refresh_at)
+        .bind(values.last_error_provider)
 }
 
 /// Creates a connect session: its [`SESSION_COLUMNS`] as `$1..=$15` (bound by
@@ -1778,6 +1808,19 @@ impl Store for PgStore {
         outbox::delivery(&mut db, id).await
     }
 
+    async fn recent_connection_events(
+        &self,
+        key: &ConnectionKey,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut db = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("read connection events"))?;
+        outbox::connection_events(&mut db, key, limit).await
+    }
+
     async fn webhook_queue_stats(
         &self,
         now: OffsetDateTime,
@@ -1789,6 +1832,26 @@ impl Store for PgStore {
                 .await
                 .map_err(db_error("webhook queue stats"))?;
         webhook_stats(counts)
+    }
+
+    async fn purge_webhook_events(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        // REPEATABLE READ: a delivery retried by hand after this statement's snapshot, when
+        // the purge's cascade reaches it, fails the purge with a serialization error (retried
+        // at the next look) instead of deleting the delivery the retry just queued.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(db_error("purge webhook events"))?;
+        let deleted = outbox::purge(&mut tx, before, limit).await?;
+        tx.commit()
+            .await
+            .map_err(db_error("purge webhook events"))?;
+        Ok(deleted)
     }
 }
 
@@ -1845,15 +1908,42 @@ mod tests {
         assert_eq!(err.to_string(), format!("database error: {BAD_SCHEMA}"));
     }
 
+    /// The batch statement binds one array per written column, then the key's three, and
+    /// the outbox's variant reads the key's arrays where they are.
+    #[test]
+    fn batch_statements_agree() {
+        let n = WRITE_COLUMNS.len();
+        let (_, names) = UPDATE_BATCH_SQL.split_once(" AS v(").expect("names");
+        let names: Vec<&str> = names
+            .split_once(')')
+            .expect("closed")
+            .0
+            .split(',')
+            .map(str::trim)
+            .collect();
+        assert_eq!(names[..n], WRITE_COLUMNS);
+        assert_eq!(names[n..n + 3], ["user_id", "provider", "account_id"]);
+        for i in n + 1..=n + 3 {
+            assert!(UPDATE_BATCH_SQL.contains(&format!("${i}::text[]")));
+        }
+        assert!(UPDATE_BATCH_RETURNING_OLD_SQL.contains(&format!(
+            "UNNEST(${}::text[], ${}::text[], ${}::text[])) ORDER BY user_id, provider, \
+             account_id FOR UPDATE) AS o",
+            n + 1,
+            n + 2,
+            n + 3
+        )));
+    }
+
     #[test]
     fn statements_number_their_parameters_in_order() {
-        assert!(INSERT_SQL.contains("$22, (SELECT max_deleted_version"));
+        assert!(INSERT_SQL.contains("$23, (SELECT max_deleted_version"));
         assert!(REPLACE_SQL.ends_with(
-            "WHERE user_id = $19 AND provider = $20 AND account_id = $21 \
+            "WHERE user_id = $20 AND provider = $21 AND account_id = $22 \
              RETURNING created_at, version"
         ));
-        assert!(UPDATE_SQL.contains("AND version = $22 RETURNING"));
-        assert!(WRITE_SET.starts_with("access_token = $1, ") && WRITE_SET.ends_with("= $18"));
+        assert!(UPDATE_SQL.contains("AND version = $23 RETURNING"));
+        assert!(WRITE_SET.starts_with("access_token = $1, ") && WRITE_SET.ends_with("= $19"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::crypto::{Field, KeyRing, envelope_key_id};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
-    ClaimedDelivery, DeliveryOutcome, DeliveryQuery, DeliveryStatus, DeliveryView,
+    ClaimedDelivery, DeliveryOutcome, DeliveryQuery, DeliveryStatus, DeliveryView, StoredEvent,
     WebhookQueueStats, from_unix_ms, new_delivery_id, unix_ms,
 };
 
@@ -96,10 +96,11 @@ where
 pub(crate) const META_COLUMNS: &str = "user_id, provider, account_id, token_type, \
      refresh_token IS NOT NULL AS has_refresh_token, expires_at, refresh_expires_at, issued_at, \
      scopes, metadata, status, last_refreshed_at, consecutive_failures, last_error_code, \
-     last_error_message, last_error_at, created_at, updated_at, next_refresh_at, version";
+     last_error_message, last_error_at, created_at, updated_at, next_refresh_at, version, \
+     last_error_provider";
 
 /// The columns a put or update writes, in [`RowValues`]' order (each backend binds them so).
-pub(crate) const WRITE_COLUMNS: [&str; 18] = [
+pub(crate) const WRITE_COLUMNS: [&str; 19] = [
     "access_token",
     "access_key_id",
     "refresh_token",
@@ -118,6 +119,7 @@ pub(crate) const WRITE_COLUMNS: [&str; 18] = [
     "last_error_at",
     "updated_at",
     "next_refresh_at",
+    "last_error_provider",
 ];
 
 /// Everything one write binds, converted to column types before the statement is built.
@@ -139,6 +141,7 @@ pub(crate) struct RowValues {
     pub last_error_at: Option<i64>,
     pub updated_at: i64,
     pub next_refresh_at: Option<i64>,
+    pub last_error_provider: Option<String>,
 }
 
 impl RowValues {
@@ -167,6 +170,11 @@ impl RowValues {
             last_error_at: meta.last_error.as_ref().map(|e| unix(e.at)),
             updated_at: unix(meta.updated_at),
             next_refresh_at: meta.next_refresh_at.map(unix),
+            last_error_provider: meta
+                .last_error
+                .as_ref()
+                .and_then(|e| e.provider_error.as_deref())
+                .map(text),
         })
     }
 }
@@ -205,6 +213,7 @@ pub(crate) fn written_meta(
         e.at = truncate(e.at)?;
         e.code = text(&e.code);
         e.message = text(&e.message);
+        e.provider_error = e.provider_error.as_deref().map(text);
     }
     Ok(meta)
 }
@@ -268,10 +277,12 @@ where
     let last_error_code: Option<String> = get(row, "last_error_code")?;
     let last_error_message: Option<String> = get(row, "last_error_message")?;
     let last_error_at: Option<i64> = get(row, "last_error_at")?;
+    let last_error_provider: Option<String> = get(row, "last_error_provider")?;
     let last_error = match (last_error_code, last_error_at) {
         (Some(code), Some(at)) => Some(LastError {
             code,
             message: last_error_message.unwrap_or_default(),
+            provider_error: last_error_provider,
             at: from_unix(at)?,
         }),
         _ => None,
@@ -563,6 +574,26 @@ where
         first_attempt_at: get::<R, Option<i64>>(row, "first_attempt_at")?
             .map(from_unix_ms)
             .transpose()?,
+    })
+}
+
+/// The columns of `webhook_events` that make a [`StoredEvent`], for
+/// [`stored_event_from_row`] (the same in both backends).
+pub(crate) const EVENT_COLUMNS: &str = "id, type, created_at, body";
+
+/// An event from a row that has the [`EVENT_COLUMNS`].
+pub(crate) fn stored_event_from_row<R>(row: &R) -> Result<StoredEvent, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(StoredEvent {
+        id: get(row, "id")?,
+        kind: event_type(&get::<R, String>(row, "type")?)?,
+        created_at: from_unix_ms(get(row, "created_at")?)?,
+        body: get(row, "body")?,
     })
 }
 

@@ -55,8 +55,8 @@ use crate::crypto::KeyRing;
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
     ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
-    WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor, delivery_page,
-    session_failed_event, unix_ms,
+    StoredEvent, WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor,
+    delivery_page, session_failed_event, unix_ms,
 };
 
 mod outbox;
@@ -94,6 +94,21 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "webhook_outbox",
         include_str!("../../migrations/sqlite/0005_webhook_outbox.sql"),
+    ),
+    (
+        6,
+        "last_error_provider",
+        include_str!("../../migrations/sqlite/0006_last_error_provider.sql"),
+    ),
+    (
+        7,
+        "event_connections",
+        include_str!("../../migrations/sqlite/0007_event_connections.sql"),
+    ),
+    (
+        8,
+        "webhook_events_by_age",
+        include_str!("../../migrations/sqlite/0008_webhook_events_by_age.sql"),
     ),
 ];
 
@@ -593,7 +608,7 @@ const WRITE_SET: &str = "access_token = ?, access_key_id = ?, refresh_token = ?,
      refresh_key_id = ?, token_type = ?, expires_at = ?, refresh_expires_at = ?, issued_at = ?, \
      scopes = ?, metadata = ?, status = ?, last_refreshed_at = ?, consecutive_failures = ?, \
      last_error_code = ?, last_error_message = ?, last_error_at = ?, updated_at = ?, \
-     next_refresh_at = ?";
+     next_refresh_at = ?, last_error_provider = ?";
 
 /// Creates a row. Its version starts above every deleted version (see `store_state` in the
 /// migration), so an update prepared against a deleted incarnation of this key can never
@@ -601,9 +616,9 @@ const WRITE_SET: &str = "access_token = ?, access_key_id = ?, refresh_token = ?,
 const INSERT_SQL: &str = "INSERT INTO connections (access_token, access_key_id, refresh_token, \
      refresh_key_id, token_type, expires_at, refresh_expires_at, issued_at, scopes, metadata, \
      status, last_refreshed_at, consecutive_failures, last_error_code, last_error_message, \
-     last_error_at, updated_at, next_refresh_at, user_id, provider, account_id, created_at, \
-     version) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
+     last_error_at, updated_at, next_refresh_at, last_error_provider, user_id, provider, \
+     account_id, created_at, version) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
      (SELECT max_deleted_version + 1 FROM store_state WHERE id = 1)) \
      RETURNING created_at, version";
 
@@ -639,6 +654,7 @@ fn bind_values<'q>(values: RowValues, query: SqliteQuery<'q>) -> SqliteQuery<'q>
         .bind(values.last_error_at)
         .bind(values.updated_at)
         .bind(values.next_refresh_at)
+        .bind(values.last_error_provider)
 }
 
 /// [`SqliteStore::update_distinct`]'s statement up to its rows: a `VALUES` list named `v`
@@ -708,6 +724,7 @@ fn push_batch_row(qb: &mut QueryBuilder<Sqlite>, values: RowValues, conn: &Conne
         .push_bind(values.last_error_at)
         .push_bind(values.updated_at)
         .push_bind(values.next_refresh_at)
+        .push_bind(values.last_error_provider)
         .push_bind(key.user_id.as_str().to_owned())
         .push_bind(key.provider.as_str().to_owned())
         .push_bind(key.account_id.as_str().to_owned())
@@ -1619,6 +1636,19 @@ impl Store for SqliteStore {
         outbox::delivery(&mut db, id).await
     }
 
+    async fn recent_connection_events(
+        &self,
+        key: &ConnectionKey,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut db = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("read connection events"))?;
+        outbox::connection_events(&mut db, key, limit).await
+    }
+
     async fn webhook_queue_stats(
         &self,
         now: OffsetDateTime,
@@ -1630,6 +1660,20 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db_error("webhook queue stats"))?;
         webhook_stats(counts)
+    }
+
+    async fn purge_webhook_events(
+        &self,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let _write = self.write.lock().await;
+        let mut tx = self.begin_write("purge webhook events").await?;
+        let deleted = outbox::purge(&mut tx, before, limit).await?;
+        tx.commit()
+            .await
+            .map_err(db_error("purge webhook events"))?;
+        Ok(deleted)
     }
 }
 
@@ -1684,6 +1728,77 @@ mod tests {
         assert_eq!(
             instance_lock_path(Path::new("/var/lib/tw/tokenwarden.db")),
             PathBuf::from("/var/lib/tw/tokenwarden.db-instance.lock")
+        );
+    }
+
+    /// Events written before migration 7 get their connection from their bodies: the
+    /// connection's events and a reconnect session's failure are listed, the rest are not.
+    #[tokio::test]
+    async fn migration_7_finds_the_connection_of_older_events() {
+        use crate::connection::ConnectionKey;
+        use crate::store::fixtures::{at, test_keys};
+        use crate::webhooks::EventType;
+        use serde_json::json;
+
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .expect("pool");
+        let before_7 = Migrator::with_migrations(
+            migrator()
+                .iter()
+                .filter(|m| m.version < 7)
+                .cloned()
+                .collect(),
+        );
+        before_7.run(&pool).await.expect("migrations 1-6");
+        let ids = json!({"user_id": "u ü", "provider": "reddit", "account_id": "a 1"});
+        let mut other = ids.clone();
+        other["account_id"] = json!("a 2");
+        let events = [
+            NewEvent::new(EventType::ConnectionCreated, at(1), ids.clone()),
+            NewEvent::new(EventType::ConnectionCreated, at(2), other),
+            NewEvent::new(
+                EventType::ProviderCircuitOpened,
+                at(3),
+                json!({"provider": "reddit"}),
+            ),
+            NewEvent::new(
+                EventType::ConnectSessionFailed,
+                at(4),
+                json!({"session_id": "cs_1", "user_id": "u ü", "provider": "reddit"}),
+            ),
+            NewEvent::new(EventType::ConnectSessionFailed, at(5), ids.clone()),
+            NewEvent::new(EventType::ConnectionNeedsReconnect, at(6), ids),
+        ];
+        for event in &events {
+            sqlx::query(
+                "INSERT INTO webhook_events (id, type, body, created_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&event.id)
+            .bind(event.kind.as_str())
+            .bind(&event.body)
+            .bind(unix_ms(event.created_at))
+            .execute(&pool)
+            .await
+            .expect("insert as before migration 7");
+        }
+        let store = SqliteStore::from_pool(pool, test_keys("k1", &["k1"]))
+            .await
+            .expect("migration 7");
+        let key = ConnectionKey::parse("u ü", "reddit", "a 1").expect("key");
+        let listed: Vec<String> = store
+            .recent_connection_events(&key, 10)
+            .await
+            .expect("events")
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(
+            listed,
+            [&events[5].id, &events[4].id, &events[0].id].map(String::clone),
+            "newest first, the others left out"
         );
     }
 

@@ -14,12 +14,17 @@
 //! `finish_connect_session`, the store's wall clock for a delete (which carries no time),
 //! and what the caller gives for [`NewEvent`]s it writes itself.
 //!
+//! Each event also keeps the user's connection it is about ([`NewEvent::connection`]), so a
+//! connection's recent events can be listed from the same table
+//! ([`Store::recent_connection_events`]), whether or not they were delivered.
+//!
 //! This module decides nothing about sending: no HTTP, no backoff, no signing (see `signing`).
 //! It reads no clock except for the time part of a delivery id.
 //!
 //! [`Store::dispatch_events`]: crate::store::Store::dispatch_events
 //! [`Store::claim_deliveries`]: crate::store::Store::claim_deliveries
 //! [`Store::finish_delivery`]: crate::store::Store::finish_delivery
+//! [`Store::recent_connection_events`]: crate::store::Store::recent_connection_events
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -31,8 +36,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::connect::session::{Finish, SessionError};
-use crate::connection::{AccountId, ConnectionMeta, ConnectionStatus, ProviderName, UserId};
-use crate::store::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, StoreError};
+use crate::connection::{
+    AccountId, ConnectionKey, ConnectionMeta, ConnectionStatus, ProviderName, UserId,
+};
+use crate::store::StoreError;
 use crate::webhooks::EventType;
 
 /// The kind of write a connection change is, for [`connection_events`]: a put (an import or
@@ -114,7 +121,8 @@ pub fn event_body(id: &str, kind: EventType, timestamp: OffsetDateTime, data: Va
 }
 
 /// A connection event's `data`: `{"user_id", "provider", "account_id", "status", "version",
-/// "error"?: {"code", "message"}}`, from the row as written (for a delete, as it was last).
+/// "error"?: {"code", "message", "provider_error"}}`, from the row as written (for a delete, as
+/// it was last). `provider_error` is the provider's OAuth `error` value, or null.
 /// `error` is the last refresh error, present while the connection needs a reconnect or has
 /// failures. Never a token: `ConnectionMeta` has none.
 pub fn connection_data(meta: &ConnectionMeta) -> Value {
@@ -127,7 +135,11 @@ pub fn connection_data(meta: &ConnectionMeta) -> Value {
     });
     let failing = meta.status == ConnectionStatus::NeedsReconnect || meta.consecutive_failures > 0;
     if failing && let Some(error) = &meta.last_error {
-        data["error"] = json!({"code": error.code, "message": error.message});
+        data["error"] = json!({
+            "code": error.code,
+            "message": error.message,
+            "provider_error": error.provider_error,
+        });
     }
     data
 }
@@ -199,6 +211,12 @@ pub struct NewEvent {
     /// Deliver only to this endpoint (by name), whatever it subscribes to: the endpoint test
     /// route's `webhook.test`. `None`: every endpoint subscribed to `kind`.
     pub only_endpoint: Option<String>,
+    /// The user's connection the event is about, kept beside it so that connection's
+    /// events can be listed ([`Store::recent_connection_events`]): set for every
+    /// `connection.*` event and for a `connect_session.failed` that names its account.
+    ///
+    /// [`Store::recent_connection_events`]: crate::store::Store::recent_connection_events
+    pub connection: Option<ConnectionKey>,
 }
 
 impl NewEvent {
@@ -212,7 +230,15 @@ impl NewEvent {
             created_at: timestamp,
             body,
             only_endpoint: None,
+            connection: None,
         }
+    }
+
+    /// The same event, listed among `key`'s events.
+    #[must_use]
+    pub fn about(mut self, key: ConnectionKey) -> Self {
+        self.connection = Some(key);
+        self
     }
 
     /// The same event for the endpoint named `endpoint` alone.
@@ -242,7 +268,7 @@ pub(crate) fn connection_change_events(
     let data = connection_data(meta);
     kinds
         .into_iter()
-        .map(|kind| NewEvent::new(kind, at, data.clone()))
+        .map(|kind| NewEvent::new(kind, at, data.clone()).about(meta.key.clone()))
         .collect()
 }
 
@@ -258,7 +284,30 @@ pub(crate) fn session_failed_event(
 ) -> Option<NewEvent> {
     let error = finish.error()?;
     let data = connect_session_failed_data(session_id, user_id, provider, account_id, error);
-    Some(NewEvent::new(EventType::ConnectSessionFailed, now, data))
+    let event = NewEvent::new(EventType::ConnectSessionFailed, now, data);
+    // A session that named its account was a reconnect of that connection: the failure is
+    // part of the connection's story.
+    Some(match account_id {
+        Some(account_id) => event.about(ConnectionKey::new(
+            user_id.clone(),
+            provider.clone(),
+            account_id.clone(),
+        )),
+        None => event,
+    })
+}
+
+/// An event as kept in the outbox, read back by
+/// [`Store::recent_connection_events`](crate::store::Store::recent_connection_events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// `evt_…`
+    pub id: String,
+    pub kind: EventType,
+    /// When it happened (its body's `timestamp`), to the millisecond.
+    pub created_at: OffsetDateTime,
+    /// The body as sent (JSON). Never a token: bodies carry none.
+    pub body: String,
 }
 
 /// A delivery's state.
@@ -374,12 +423,9 @@ pub struct DeliveryQuery {
 
 impl DeliveryQuery {
     /// The page size stores use: `limit` clamped to 1..=1000, where 0 means
-    /// [`DEFAULT_LIST_LIMIT`] (as for connections).
+    /// [`DEFAULT_LIST_LIMIT`](crate::store::DEFAULT_LIST_LIMIT) (as for connections).
     pub fn effective_limit(&self) -> u32 {
-        match self.limit {
-            0 => DEFAULT_LIST_LIMIT,
-            n => n.min(MAX_LIST_LIMIT),
-        }
+        crate::store::effective_limit(self.limit)
     }
 }
 
@@ -476,6 +522,7 @@ mod tests {
             meta.last_error = Some(LastError {
                 code: "TOKEN_REFRESH_ERROR".into(),
                 message: "temporarily_unavailable".into(),
+                provider_error: None,
                 at: at(10),
             });
         }
@@ -636,6 +683,7 @@ mod tests {
         m.last_error = Some(LastError {
             code: "TOKEN_EXPIRED".into(),
             message: "invalid_grant".into(),
+            provider_error: Some("invalid_grant".into()),
             at: at(5),
         });
         let body = event_body(
@@ -653,7 +701,8 @@ mod tests {
                 "data": {
                     "user_id": "u", "provider": "tiktok", "account_id": "a",
                     "status": "needs_reconnect", "version": 12,
-                    "error": {"code": "TOKEN_EXPIRED", "message": "invalid_grant"}
+                    "error": {"code": "TOKEN_EXPIRED", "message": "invalid_grant",
+                              "provider_error": "invalid_grant"}
                 }
             })
         );
@@ -693,6 +742,11 @@ mod tests {
         assert_eq!(body["type"], json!("connection.refresh_failing"));
         assert_eq!(body["data"]["version"], json!(8));
         assert_eq!(events[0].created_at, at(1));
+        assert_eq!(
+            events[0].connection.as_ref(),
+            Some(&new.key),
+            "listed as its event"
+        );
         let deleted = connection_change_events(Some(&new), None, Write::Delete, at(2));
         let body: Value = serde_json::from_str(&deleted[0].body).expect("json");
         assert_eq!(body["data"]["version"], json!(8), "the last version");

@@ -39,13 +39,24 @@ const GAUGE_EVERY: Duration = Duration::from_secs(1);
 const DISPATCH_BATCH: u32 = 500;
 /// Deliveries claimed per round.
 const CLAIM_BATCH: u32 = 64;
+/// How often old events are looked for (by the worker's clock), how many go per statement,
+/// and at most how many statements one look makes (the rest waits for the next look).
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+const PURGE_BATCH: u32 = 1_000;
+const PURGE_STATEMENTS: u32 = 20;
 
 /// The webhooks' settings.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
     pub endpoints: Vec<EndpointConfig>,
     pub schedule: RetrySchedule,
+    /// How long an event and its deliveries are kept once nothing is pending (listed,
+    /// retried by hand). Default 7 days.
+    pub keep: Duration,
 }
+
+/// The default of [`WebhookConfig::keep`].
+pub const DEFAULT_KEEP: Duration = Duration::from_secs(7 * 86_400);
 
 /// Delivers webhook events. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -69,6 +80,9 @@ struct Inner {
     /// When the queue gauge was last computed (it counts every delivery: at most once a
     /// second, not once a round).
     last_gauge: Mutex<Option<std::time::Instant>>,
+    keep: Duration,
+    /// When old events were last looked for (the worker's clock).
+    last_purge: Mutex<Option<OffsetDateTime>>,
     /// Attempts started and not yet recorded, and who waits for them to settle.
     in_flight: std::sync::atomic::AtomicUsize,
     settled: Notify,
@@ -123,6 +137,8 @@ impl Webhooks {
                 endpoints,
                 routes,
                 schedule: config.schedule,
+                keep: config.keep,
+                last_purge: Mutex::new(None),
                 clock,
                 client: delivery::client()?,
                 owner: owner.into(),
@@ -210,6 +226,7 @@ impl Webhooks {
             .await?
             == u64::from(DISPATCH_BATCH)
         {}
+        self.purge_old_events(now).await;
         let capacity = self.capacity(now);
         if capacity.is_empty() {
             self.update_queue_gauge(now).await;
@@ -398,6 +415,42 @@ impl Webhooks {
             })
             .collect();
         inner.store.insert_events(&events).await
+    }
+
+    /// Deletes events older than `keep` that nothing waits on, at most every
+    /// [`PURGE_EVERY`]; a failure is logged and tried again at the next look.
+    async fn purge_old_events(&self, now: OffsetDateTime) {
+        {
+            let mut last = lock(&self.inner.last_purge);
+            if last.is_some_and(|at| now - at < PURGE_EVERY) {
+                return;
+            }
+            *last = Some(now);
+        }
+        let before = now - self.inner.keep;
+        let mut deleted = 0;
+        for _ in 0..PURGE_STATEMENTS {
+            match self
+                .inner
+                .store
+                .purge_webhook_events(before, PURGE_BATCH)
+                .await
+            {
+                Ok(n) => {
+                    deleted += n;
+                    if n < u64::from(PURGE_BATCH) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "old webhook events could not be deleted");
+                    break;
+                }
+            }
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "old webhook events deleted with their deliveries");
+        }
     }
 
     async fn update_queue_gauge(&self, now: OffsetDateTime) {

@@ -16,12 +16,15 @@ use sqlx::postgres::PgConnection;
 use time::OffsetDateTime;
 
 use super::super::rows::{
-    DELIVERY_COLUMNS, FinishDeliveryValues, NewDelivery, claimed_delivery_from_row, db_error,
-    delivery_from_row, event_type, fan_out, get,
+    DELIVERY_COLUMNS, EVENT_COLUMNS, FinishDeliveryValues, NewDelivery, claimed_delivery_from_row,
+    db_error, delivery_from_row, event_type, fan_out, get, stored_event_from_row,
 };
-use crate::store::StoreError;
+use crate::connection::ConnectionKey;
+use crate::store::{StoreError, effective_limit};
 use crate::webhooks::EventType;
-use crate::webhooks::outbox::{ClaimedDelivery, DeliveryOutcome, DeliveryView, NewEvent, unix_ms};
+use crate::webhooks::outbox::{
+    ClaimedDelivery, DeliveryOutcome, DeliveryView, NewEvent, StoredEvent, unix_ms,
+};
 
 /// Inserts `events` on `db` (the caller's transaction) in one statement, `seq` following
 /// their order. A duplicate id fails on its UNIQUE constraint.
@@ -29,17 +32,41 @@ pub(super) async fn insert_events(
     db: &mut PgConnection,
     events: &[NewEvent],
 ) -> Result<(), StoreError> {
-    // Statements of a few events each: one large statement is sent in several TCP segments,
-    // and with Nagle on (sqlx sets no TCP_NODELAY) its last segment waits for the server's
-    // delayed ACK, about 40 ms (BENCHMARKS.md, "Webhooks").
-    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
-        insert_event_chunk(db, chunk).await?;
+    // Statements of at most EVENT_BYTES_PER_STATEMENT each: a larger message does not fit the
+    // socket's initial send buffer (Linux: 16 KiB), its tail is written later and, with Nagle
+    // on (sqlx sets no TCP_NODELAY), waits for the server's delayed ACK, about 40 ms
+    // (BENCHMARKS.md, "Webhooks").
+    let mut start = 0;
+    while start < events.len() {
+        let mut end = start + 1;
+        let mut bytes = event_bytes(&events[start]);
+        while end < events.len() && bytes + event_bytes(&events[end]) <= EVENT_BYTES_PER_STATEMENT {
+            bytes += event_bytes(&events[end]);
+            end += 1;
+        }
+        insert_event_chunk(db, &events[start..end]).await?;
+        start = end;
     }
     Ok(())
 }
 
-/// Events per INSERT statement (see [`insert_events`]).
-const EVENTS_PER_STATEMENT: usize = 8;
+/// Parameter bytes per event INSERT (see [`insert_events`]): well under 16 KiB with the
+/// protocol's own framing.
+const EVENT_BYTES_PER_STATEMENT: usize = 12 * 1024;
+
+/// About what one event adds to an INSERT's message: its text columns, the timestamp and
+/// each array element's length word.
+fn event_bytes(event: &NewEvent) -> usize {
+    event.id.len()
+        + event.kind.as_str().len()
+        + event.body.len()
+        + event.only_endpoint.as_ref().map_or(0, String::len)
+        + event.connection.as_ref().map_or(0, |k| {
+            k.user_id.as_str().len() + k.provider.as_str().len() + k.account_id.as_str().len()
+        })
+        + 8
+        + 8 * 4
+}
 
 async fn insert_event_chunk(db: &mut PgConnection, events: &[NewEvent]) -> Result<(), StoreError> {
     let mut ids = Vec::with_capacity(events.len());
@@ -47,18 +74,28 @@ async fn insert_event_chunk(db: &mut PgConnection, events: &[NewEvent]) -> Resul
     let mut bodies = Vec::with_capacity(events.len());
     let mut only = Vec::with_capacity(events.len());
     let mut created = Vec::with_capacity(events.len());
+    let mut users = Vec::with_capacity(events.len());
+    let mut providers = Vec::with_capacity(events.len());
+    let mut accounts = Vec::with_capacity(events.len());
     for event in events {
         ids.push(event.id.clone());
         kinds.push(event.kind.as_str());
         bodies.push(event.body.clone());
         only.push(event.only_endpoint.clone());
         created.push(unix_ms(event.created_at));
+        let key = event.connection.as_ref();
+        users.push(key.map(|k| k.user_id.as_str()));
+        providers.push(key.map(|k| k.provider.as_str()));
+        accounts.push(key.map(|k| k.account_id.as_str()));
     }
     sqlx::query(
-        "INSERT INTO webhook_events (id, type, body, only_endpoint, created_at) \
-         SELECT id, type, body, only_endpoint, created_at \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
-              WITH ORDINALITY AS e(id, type, body, only_endpoint, created_at, n) \
+        "INSERT INTO webhook_events (id, type, body, only_endpoint, created_at, user_id, \
+         provider, account_id) \
+         SELECT id, type, body, only_endpoint, created_at, user_id, provider, account_id \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], \
+                     $7::text[], $8::text[]) \
+              WITH ORDINALITY AS e(id, type, body, only_endpoint, created_at, user_id, \
+                                   provider, account_id, n) \
          ORDER BY n",
     )
     .bind(ids)
@@ -66,6 +103,9 @@ async fn insert_event_chunk(db: &mut PgConnection, events: &[NewEvent]) -> Resul
     .bind(bodies)
     .bind(only)
     .bind(created)
+    .bind(users)
+    .bind(providers)
+    .bind(accounts)
     .execute(&mut *db)
     .await
     .map_err(db_error("insert events"))?;
@@ -270,6 +310,31 @@ pub(super) async fn retry(
     }
 }
 
+/// [`Store::purge_webhook_events`](crate::store::Store::purge_webhook_events) in one
+/// statement. Deliveries go with their event (ON DELETE CASCADE). Undispatched events, the
+/// only ones dispatchers lock, are never taken.
+pub(super) async fn purge(
+    db: &mut PgConnection,
+    before: OffsetDateTime,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM webhook_events WHERE seq IN ( \
+             SELECT seq FROM webhook_events AS e \
+             WHERE e.dispatched_at IS NOT NULL AND e.created_at < $1 \
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d \
+                               WHERE d.event_id = e.id \
+                                 AND (d.status = 'pending' OR d.updated_at >= $1)) \
+             ORDER BY e.created_at, e.seq LIMIT $2)",
+    )
+    .bind(unix_ms(before))
+    .bind(i64::from(limit))
+    .execute(&mut *db)
+    .await
+    .map_err(db_error("purge webhook events"))?;
+    Ok(done.rows_affected())
+}
+
 /// One delivery by id.
 pub(super) async fn delivery(
     db: &mut PgConnection,
@@ -282,4 +347,26 @@ pub(super) async fn delivery(
         .await
         .map_err(db_error("read delivery"))?;
     row.as_ref().map(delivery_from_row).transpose()
+}
+
+/// [`Store::recent_connection_events`](crate::store::Store::recent_connection_events): the
+/// newest first, down the `webhook_events_by_connection` index.
+pub(super) async fn connection_events(
+    db: &mut PgConnection,
+    key: &ConnectionKey,
+    limit: u32,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM webhook_events \
+         WHERE user_id = $1 AND provider = $2 AND account_id = $3 ORDER BY seq DESC LIMIT $4"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(key.user_id.as_str())
+        .bind(key.provider.as_str())
+        .bind(key.account_id.as_str())
+        .bind(i64::from(effective_limit(limit)))
+        .fetch_all(&mut *db)
+        .await
+        .map_err(db_error("read connection events"))?;
+    rows.iter().map(stored_event_from_row).collect()
 }

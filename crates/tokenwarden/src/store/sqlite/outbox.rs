@@ -12,14 +12,17 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 
 use super::super::rows::{
-    DELIVERY_COLUMNS, FinishDeliveryValues, NewDelivery, claimed_delivery_from_row, db_error,
-    delivery_from_row, event_type, fan_out,
+    DELIVERY_COLUMNS, EVENT_COLUMNS, FinishDeliveryValues, NewDelivery, claimed_delivery_from_row,
+    db_error, delivery_from_row, event_type, fan_out, stored_event_from_row,
 };
-use crate::store::StoreError;
+use crate::connection::ConnectionKey;
+use crate::store::{StoreError, effective_limit};
 use crate::webhooks::EventType;
-use crate::webhooks::outbox::{ClaimedDelivery, DeliveryOutcome, DeliveryView, NewEvent, unix_ms};
+use crate::webhooks::outbox::{
+    ClaimedDelivery, DeliveryOutcome, DeliveryView, NewEvent, StoredEvent, unix_ms,
+};
 
-/// Rows per multi-row `INSERT`: well under SQLite's 32766 bound variables.
+/// Rows per multi-row `INSERT` (8 variables each): well under SQLite's 32766 bound variables.
 const INSERT_CHUNK: usize = 1000;
 
 /// Inserts `events` on `db` (the caller's transaction), in order. A duplicate id fails on
@@ -30,14 +33,19 @@ pub(super) async fn insert_events(
 ) -> Result<(), StoreError> {
     for chunk in events.chunks(INSERT_CHUNK) {
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO webhook_events (id, type, body, only_endpoint, created_at) ",
+            "INSERT INTO webhook_events (id, type, body, only_endpoint, created_at, user_id, \
+             provider, account_id) ",
         );
         qb.push_values(chunk, |mut row, event| {
+            let key = event.connection.as_ref();
             row.push_bind(event.id.clone())
                 .push_bind(event.kind.as_str())
                 .push_bind(event.body.clone())
                 .push_bind(event.only_endpoint.clone())
-                .push_bind(unix_ms(event.created_at));
+                .push_bind(unix_ms(event.created_at))
+                .push_bind(key.map(|k| k.user_id.as_str().to_owned()))
+                .push_bind(key.map(|k| k.provider.as_str().to_owned()))
+                .push_bind(key.map(|k| k.account_id.as_str().to_owned()));
         });
         qb.build()
             .execute(&mut *db)
@@ -258,6 +266,30 @@ pub(super) async fn retry(
     }
 }
 
+/// [`Store::purge_webhook_events`](crate::store::Store::purge_webhook_events) on `db` (a
+/// write transaction). Deliveries go with their event (ON DELETE CASCADE).
+pub(super) async fn purge(
+    db: &mut SqliteConnection,
+    before: OffsetDateTime,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM webhook_events WHERE seq IN ( \
+             SELECT seq FROM webhook_events AS e \
+             WHERE e.dispatched_at IS NOT NULL AND e.created_at < ?1 \
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d \
+                               WHERE d.event_id = e.id \
+                                 AND (d.status = 'pending' OR d.updated_at >= ?1)) \
+             ORDER BY e.created_at, e.seq LIMIT ?2)",
+    )
+    .bind(unix_ms(before))
+    .bind(i64::from(limit))
+    .execute(&mut *db)
+    .await
+    .map_err(db_error("purge webhook events"))?;
+    Ok(done.rows_affected())
+}
+
 /// One delivery by id.
 pub(super) async fn delivery(
     db: &mut SqliteConnection,
@@ -270,4 +302,26 @@ pub(super) async fn delivery(
         .await
         .map_err(db_error("read delivery"))?;
     row.as_ref().map(delivery_from_row).transpose()
+}
+
+/// [`Store::recent_connection_events`](crate::store::Store::recent_connection_events): the
+/// newest first, down the `webhook_events_by_connection` index.
+pub(super) async fn connection_events(
+    db: &mut SqliteConnection,
+    key: &ConnectionKey,
+    limit: u32,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM webhook_events \
+         WHERE user_id = ? AND provider = ? AND account_id = ? ORDER BY seq DESC LIMIT ?"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(key.user_id.as_str())
+        .bind(key.provider.as_str())
+        .bind(key.account_id.as_str())
+        .bind(i64::from(effective_limit(limit)))
+        .fetch_all(&mut *db)
+        .await
+        .map_err(db_error("read connection events"))?;
+    rows.iter().map(stored_event_from_row).collect()
 }
