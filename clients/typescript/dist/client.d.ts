@@ -18,6 +18,14 @@ export interface RequestOptions {
     /** Aborts the call; the abort reason is thrown as it is (not as a TokenwardenError). */
     signal?: AbortSignal;
 }
+/** A call through the proxy: as `fetch`'s init, with the methods the proxy forwards. */
+export interface ProxyInit {
+    method?: "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
+    /** The API's headers (tokenwarden drops `Authorization`, `Cookie`, `Host`, hop-by-hop ones). */
+    headers?: HeadersInit;
+    body?: BodyInit | null;
+    signal?: AbortSignal;
+}
 /** What an import did. */
 export interface ImportResult {
     /** The stored connection (no secrets). */
@@ -113,4 +121,18 @@ export declare class Tokenwarden {
     retryDelivery(id: string, options?: RequestOptions): Promise<Delivery>;
     /** Sends a `webhook.test` event to one configured endpoint; answers its event id. */
     testWebhookEndpoint(name: string, options?: RequestOptions): Promise<TestEvent>;
+    /**
+     * Calls the provider's API through tokenwarden
+     * (`/v1/proxy/{user_id}/{provider}/{account_id}/{path}`): the server puts the connection's
+     * token on the call and, on a 401, refreshes it and sends the call once more
+     * (`Tokenwarden-Refreshed: 1` on that answer). `path` is the API's path below its base URL,
+     * with its query, encoded as the API expects it (`"projects/group%2Fproject?state=opened"`):
+     * it is sent as it is.
+     *
+     * Resolves with the API's own answer, whatever its status, to read as with `fetch`.
+     * tokenwarden's own refusals (no token to be had, a path that would leave the API, an API
+     * that cannot be reached or timed out), marked by their `Tokenwarden-Error` header, reject
+     * with a {@link TokenwardenError} instead.
+     */
+    proxy(ref: ConnectionRef, path: string, init?: ProxyInit): Promise<Response>;
 }

@@ -209,6 +209,58 @@ export class Tokenwarden {
         });
         return answer.body;
     }
+    /**
+     * Calls the provider's API through tokenwarden
+     * (`/v1/proxy/{user_id}/{provider}/{account_id}/{path}`): the server puts the connection's
+     * token on the call and, on a 401, refreshes it and sends the call once more
+     * (`Tokenwarden-Refreshed: 1` on that answer). `path` is the API's path below its base URL,
+     * with its query, encoded as the API expects it (`"projects/group%2Fproject?state=opened"`):
+     * it is sent as it is.
+     *
+     * Resolves with the API's own answer, whatever its status, to read as with `fetch`.
+     * tokenwarden's own refusals (no token to be had, a path that would leave the API, an API
+     * that cannot be reached or timed out), marked by their `Tokenwarden-Error` header, reject
+     * with a {@link TokenwardenError} instead.
+     */
+    async proxy(ref, path, init = {}) {
+        if (typeof path !== "string")
+            throw new TypeError("path: must be a string");
+        // fetch resolves dot segments (also %2e-encoded) before sending, which would reach
+        // another route of tokenwarden's: refused here (the server refuses every other escape).
+        const relative = path.replace(/^\/+/, "");
+        const pathOnly = relative.split(/[?#]/, 1)[0] ?? "";
+        if (pathOnly.split("/").some((s) => /^(\.|%2e){1,2}$/i.test(s))) {
+            throw new TypeError("path: must not have . or .. segments");
+        }
+        const method = init.method ?? "GET";
+        const call = {
+            method,
+            path: `/v1/proxy/${connectionIds(ref)}/${relative}`,
+            signal: init.signal,
+        };
+        const headers = new Headers(init.headers);
+        headers.set("authorization", `Bearer ${this.#apiKey}`);
+        const request = { method, headers, redirect: "manual" };
+        if (init.body !== undefined && init.body !== null) {
+            request.body = init.body;
+            // A stream body must say it is sent half-duplex (fetch's rule).
+            request.duplex = "half";
+        }
+        if (init.signal)
+            request.signal = init.signal;
+        const response = await this.#send(call, this.#base + call.path, request);
+        if (!response.headers.has("tokenwarden-error"))
+            return response;
+        const requestId = response.headers.get("x-request-id");
+        let body;
+        try {
+            body = JSON.parse(await response.text());
+        }
+        catch {
+            body = undefined;
+        }
+        throw errorFrom(call, response, body, requestId);
+    }
     async #call(call) {
         let url = this.#base + call.path;
         const query = new URLSearchParams();
@@ -230,20 +282,7 @@ export class Tokenwarden {
         }
         if (call.signal)
             init.signal = call.signal;
-        let response;
-        try {
-            response = await this.#fetch(url, init);
-        }
-        catch (error) {
-            // The caller's own abort is theirs to handle, as with fetch.
-            if (call.signal?.aborted)
-                throw error;
-            // What fetch says is kept with the key taken out of it; the original error is
-            // attached only when neither it nor its cause quotes the key (a header error would).
-            const said = describe(error).split(this.#apiKey).join("[redacted]");
-            const quotes = mentions(error, this.#apiKey) || mentions(causeOf(error), this.#apiKey);
-            throw new TokenwardenNetworkError(`${call.method} ${call.path}: no answer from tokenwarden at ${this.#base}: ${said}`, quotes ? undefined : error);
-        }
+        const response = await this.#send(call, url, init);
         const requestId = response.headers.get("x-request-id");
         const text = await response.text();
         let body = undefined;
@@ -262,24 +301,44 @@ export class Tokenwarden {
             }
             return { status: response.status, body };
         }
-        const error = parsed ? errorObject(body) : null;
-        if (!error) {
-            throw invalidResponse(call, response.status, requestId, "no tokenwarden error body");
-        }
-        throw new TokenwardenError({
-            status: response.status,
-            code: error.code,
-            message: error.message,
-            reconnect: error.reconnect === true,
-            retryAfter: typeof error.retry_after_s === "number"
-                ? error.retry_after_s
-                : retryAfterHeader(response.headers.get("retry-after")),
-            details: error.details && typeof error.details === "object" && !Array.isArray(error.details)
-                ? error.details
-                : {},
-            requestId,
-        });
+        throw errorFrom(call, response, parsed ? body : undefined, requestId);
     }
+    /** `fetch`, with a failure to get any answer as a {@link TokenwardenNetworkError}. */
+    async #send(call, url, init) {
+        try {
+            return await this.#fetch(url, init);
+        }
+        catch (error) {
+            // The caller's own abort is theirs to handle, as with fetch.
+            if (call.signal?.aborted)
+                throw error;
+            // What fetch says is kept with the key taken out of it; the original error is
+            // attached only when neither it nor its cause quotes the key (a header error would).
+            const said = describe(error).split(this.#apiKey).join("[redacted]");
+            const quotes = mentions(error, this.#apiKey) || mentions(causeOf(error), this.#apiKey);
+            throw new TokenwardenNetworkError(`${call.method} ${call.path}: no answer from tokenwarden at ${this.#base}: ${said}`, quotes ? undefined : error);
+        }
+    }
+}
+/** The {@link TokenwardenError} an error answer of tokenwarden's carries (`body` parsed). */
+function errorFrom(call, response, body, requestId) {
+    const error = errorObject(body);
+    if (!error) {
+        return invalidResponse(call, response.status, requestId, "no tokenwarden error body");
+    }
+    return new TokenwardenError({
+        status: response.status,
+        code: error.code,
+        message: error.message,
+        reconnect: error.reconnect === true,
+        retryAfter: typeof error.retry_after_s === "number"
+            ? error.retry_after_s
+            : retryAfterHeader(response.headers.get("retry-after")),
+        details: error.details && typeof error.details === "object" && !Array.isArray(error.details)
+            ? error.details
+            : {},
+        requestId,
+    });
 }
 /** The `error` object of tokenwarden's error body, or `null` when `body` is not one. */
 function errorObject(body) {
@@ -377,6 +436,17 @@ function segment(field, value) {
         throw new TypeError(`${field}: "${value}" cannot be sent in a URL path`);
     }
     return encodeURIComponent(value);
+}
+/** `{user_id}/{provider}/{account_id}`, encoded: the proxy route's ids. */
+function connectionIds(ref) {
+    if (ref === null || typeof ref !== "object") {
+        throw new TypeError("ref: must be an object { user_id, provider, account_id }");
+    }
+    return [
+        segment("user_id", ref.user_id),
+        segment("provider", ref.provider),
+        segment("account_id", ref.account_id),
+    ].join("/");
 }
 function connectionPath(ref) {
     if (ref === null || typeof ref !== "object") {

@@ -1,5 +1,5 @@
 export { Tokenwarden } from "./client.js";
-export type { ConnectionFilters, DeliveryFilters, ImportResult, RequestOptions, TokenwardenOptions, } from "./client.js";
+export type { ConnectionFilters, DeliveryFilters, ImportResult, ProxyInit, RequestOptions, TokenwardenOptions, } from "./client.js";
 export { TokenwardenError, TokenwardenNetworkError } from "./errors.js";
 export type { ClientErrorCode, ErrorCode, TokenwardenErrorInit } from "./errors.js";
 export { AccessToken } from "./token.js";

@@ -5,6 +5,7 @@ export type {
   ConnectionFilters,
   DeliveryFilters,
   ImportResult,
+  ProxyInit,
   RequestOptions,
   TokenwardenOptions,
 } from "./client.js";

@@ -51,6 +51,7 @@ client_id = "client-id-1"
 client_secret = "client-secret-1"
 token_url = "${provider.url}/token"
 authorization_url = "${provider.url}/authorize"
+api_base_url = "${provider.url}/api"
 
 [providers.flaky]
 kind = "oauth2"
@@ -395,6 +396,41 @@ token_url = "${provider.url}/token"
     await rejectsWith(tw.getConnectSession("cs_unknown"), {
       status: 404,
       code: "CONNECT_SESSION_NOT_FOUND",
+    });
+  });
+
+  it("proxy: the API's answers as they are, tokenwarden's own refusals as errors", async () => {
+    const ref = { user_id: "u-proxy", provider: "fake", account_id: "acct-p" };
+    await tw.importConnection(ref, { access_token: "at-proxy-1", expires_in: 3600 });
+    const echoed = await tw.proxy(ref, "/echo/a%2Fb?x=1", {
+      method: "POST",
+      headers: { "content-type": "text/plain", "x-app": "1" },
+      body: "hello",
+    });
+    assert.equal(echoed.status, 200);
+    assert.deepEqual(await echoed.json(), {
+      method: "POST",
+      url: "/api/echo/a%2Fb?x=1",
+      authorization: "Bearer at-proxy-1",
+      body: "hello",
+    });
+    // An API error, even one shaped like tokenwarden's, is the API's answer: not thrown.
+    const teapot = await tw.proxy(ref, "teapot");
+    assert.equal(teapot.status, 418);
+    assert.equal((await teapot.json()).error.code, "TEAPOT");
+    // Dot segments are refused before anything is sent (fetch would resolve them away) …
+    for (const escape of ["a/../../token", "%2e%2E/x", "./x"]) {
+      await assert.rejects(tw.proxy(ref, escape), TypeError);
+    }
+    // … and every other escape by tokenwarden, as its own answer.
+    const refused = await rejectsWith(tw.proxy(ref, "%252e%252e/token"), {
+      status: 400,
+      code: "INVALID_REQUEST",
+    });
+    assert.equal(refused.details.field, "path");
+    await rejectsWith(tw.proxy({ ...ref, account_id: "missing" }, "echo"), {
+      status: 404,
+      code: "ACCOUNT_NOT_FOUND",
     });
   });
 

@@ -65,12 +65,26 @@ function json(response, status, body) {
  * - `grant_type=client_credentials`: `app-token-N`;
  * - `grant_type=authorization_code`: `at-connected-N` with refresh token `rt-connected`.
  * `POST /down/token` always answers 503 (a provider that is down).
+ * Its API, under `/api/` (for the proxy): `/api/teapot` answers 418 with a body shaped like
+ * tokenwarden's errors; any other path echoes `{ method, url, authorization, body }`.
  * `calls` records every request: `{ path, grant_type, refresh_token }`.
  */
 export async function startFakeProvider() {
   const calls = [];
   let issued = 0;
   const server = createServer(async (request, response) => {
+    if (request.url.startsWith("/api/")) {
+      const body = (await readBody(request)).toString("utf8");
+      if (request.url === "/api/teapot") {
+        return json(response, 418, { error: { code: "TEAPOT", message: "the API's own" } });
+      }
+      return json(response, 200, {
+        method: request.method,
+        url: request.url,
+        authorization: request.headers.authorization ?? null,
+        body,
+      });
+    }
     const form = new URLSearchParams((await readBody(request)).toString("utf8"));
     const call = {
       path: request.url,

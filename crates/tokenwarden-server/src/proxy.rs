@@ -132,19 +132,31 @@ type ProxyPath = Result<Path<(String, String, String, String)>, PathRejection>;
 pub async fn forward(State(app): State<App>, path: ProxyPath, request: Request) -> Response {
     let started = Instant::now();
     if !METHODS.contains(request.method()) {
-        let mut response = ApiError::method_not_allowed(ALLOWED).into_response();
+        let mut response = own_answer(ApiError::method_not_allowed(ALLOWED));
         response
             .headers_mut()
             .insert(axum::http::header::ALLOW, HeaderValue::from_static(ALLOWED));
         return response;
     }
     let (answer, api) = forward_call(&app, path, request).await;
-    let response = answer.unwrap_or_else(IntoResponse::into_response);
+    let response = answer.unwrap_or_else(own_answer);
     if let Some(api) = api {
         api.count(response.status(), started);
     }
     response
 }
+
+/// An answer of tokenwarden's own on the proxy route, marked `Tokenwarden-Error: CODE` so an
+/// application tells it from the API's answers (which can have any status and body).
+fn own_answer(error: ApiError) -> Response {
+    let code = HeaderValue::from_static(error.code());
+    let mut response = error.into_response();
+    response.headers_mut().insert(TOKENWARDEN_ERROR, code);
+    response
+}
+
+/// The header that marks [`own_answer`]s.
+pub const TOKENWARDEN_ERROR: &str = "tokenwarden-error";
 
 async fn forward_call(
     app: &App,

@@ -89,7 +89,9 @@ async fn every_method_forwards_its_body_and_headers_and_not_the_forbidden_ones()
                 .insert_header("connection", "x-upstream-hop")
                 .insert_header("x-upstream-hop", "1")
                 .insert_header("keep-alive", "timeout=5")
-                .insert_header("proxy-authenticate", "Basic"),
+                .insert_header("proxy-authenticate", "Basic")
+                // An API cannot pass its answer off as tokenwarden's own.
+                .insert_header("tokenwarden-error", "TOKEN_EXPIRED"),
         )
         .mount(&api)
         .await;
@@ -122,6 +124,7 @@ async fn every_method_forwards_its_body_and_headers_and_not_the_forbidden_ones()
             "keep-alive",
             "proxy-authenticate",
             "tokenwarden-refreshed",
+            "tokenwarden-error",
         ] {
             assert!(!headers.contains_key(gone), "{name}: {gone} came back");
         }
@@ -648,16 +651,15 @@ async fn a_token_that_cannot_be_had_is_answered_as_the_token_route_answers() {
     app.provider_error(400, "invalid_grant").await;
     let imported = app.import("u1", "a1", common::expired_import()).await;
     assert_eq!(imported.status(), 201);
-    let error = error_of(
-        client()
-            .get(proxied(&app, "u1", "a1", "x"))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .expect("proxied"),
-        409,
-    )
-    .await;
+    let answer = client()
+        .get(proxied(&app, "u1", "a1", "x"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("proxied");
+    // Marked as tokenwarden's own answer, not the API's.
+    assert_eq!(answer.headers()["tokenwarden-error"], "TOKEN_EXPIRED");
+    let error = error_of(answer, 409).await;
     assert_eq!(error["code"], "TOKEN_EXPIRED");
     assert_eq!(error["reconnect"], true);
 

@@ -10,7 +10,9 @@
 //! `Expect` (tokenwarden answers `100-continue` itself when it reads the body).
 //!
 //! Back to the client, the upstream's response headers go as they are, except the hop-by-hop
-//! ones. Both filters work in place on the map they are given: no header is copied.
+//! ones and `Tokenwarden-*`: those are tokenwarden's to set (`Tokenwarden-Refreshed`, and
+//! `Tokenwarden-Error` on its own answers), so an API cannot pass its answer off as
+//! tokenwarden's. Both filters work in place on the map they are given: no header is copied.
 
 use reqwest::header::{
     AUTHORIZATION, CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap, HeaderName, TE,
@@ -36,6 +38,7 @@ pub fn strip_request(headers: &mut HeaderMap) {
 /// Removes from the upstream's `headers` every header that must not go back to the client.
 pub fn strip_response(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
+    remove_prefixed(headers, "tokenwarden-");
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -151,6 +154,8 @@ mod tests {
             ("set-cookie", "a=1"),
             ("x-ratelimit-remaining", "99"),
             ("location", "https://example.com/next"),
+            ("tokenwarden-error", "TOKEN_EXPIRED"),
+            ("Tokenwarden-Refreshed", "1"),
         ]);
         strip_response(&mut headers);
         assert_eq!(
