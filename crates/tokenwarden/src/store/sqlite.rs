@@ -355,9 +355,9 @@ impl SqliteStore {
     }
 
     /// The rest of [`SqliteStore::update_distinct`] with the outbox on: in one transaction,
-    /// the rows as they were (one read), the batch statement, and the events of the rows it
-    /// wrote. A row it did not write is `NotFound` when the read did not find it, else
-    /// `Conflict`.
+    /// what the rows' status and failure count were (one read of those two columns: all the
+    /// event rules look at), the batch statement, and the events of the rows it wrote. A row
+    /// it did not write is `NotFound` when the read did not find it, else `Conflict`.
     async fn update_distinct_with_events(
         &self,
         conns: &[Connection],
@@ -367,7 +367,7 @@ impl SqliteStore {
     ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
         let _write = self.write.lock().await;
         let mut tx = self.begin_write("update").await?;
-        let old = read_metas(&mut tx, index.keys()).await?;
+        let old = read_states(&mut tx, index.keys()).await?;
         let returned = qb
             .build()
             .fetch_all(&mut *tx)
@@ -378,8 +378,15 @@ impl SqliteStore {
             let key = key_from_row(row)?;
             let i = *index.get(&key).ok_or_else(|| corrupt("batch key"))?;
             let meta = written_meta(&conns[i], get(row, "created_at")?, get(row, "version")?)?;
+            // The row as it was, as far as the rules read it (a row written was read).
+            let was = old.get(&key).map(|&(status, failures)| {
+                let mut was = meta.clone();
+                was.status = status;
+                was.consecutive_failures = failures;
+                was
+            });
             events.extend(connection_change_events(
-                old.get(&key),
+                was.as_ref(),
                 Some(&meta),
                 Write::Update,
                 meta.updated_at,
@@ -813,18 +820,18 @@ async fn read_meta(
 }
 
 /// [`read_meta`] for several keys in one statement: the ones that exist.
-async fn read_metas(
+async fn read_states(
     db: &mut sqlx::SqliteConnection,
     keys: impl Iterator<Item = &ConnectionKey>,
-) -> Result<HashMap<ConnectionKey, ConnectionMeta>, StoreError> {
+) -> Result<HashMap<ConnectionKey, (ConnectionStatus, u32)>, StoreError> {
     let keys: Vec<&ConnectionKey> = keys.collect();
     let mut found = HashMap::with_capacity(keys.len());
     // Three bound variables a key, far under SQLite's 32766.
     for chunk in keys.chunks(1000) {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {META_COLUMNS} FROM connections \
-             WHERE (user_id, provider, account_id) IN (VALUES "
-        ));
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "SELECT user_id, provider, account_id, status, consecutive_failures \
+             FROM connections WHERE (user_id, provider, account_id) IN (VALUES ",
+        );
         let mut rows = qb.separated(", ");
         for key in chunk {
             rows.push("(")
@@ -842,8 +849,11 @@ async fn read_metas(
             .await
             .map_err(db_error("read connections"))?;
         for row in &rows {
-            let meta = meta_from_row(row)?;
-            found.insert(meta.key.clone(), meta);
+            let status: String = get(row, "status")?;
+            let status = ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?;
+            let failures = u32::try_from(get::<_, i64>(row, "consecutive_failures")?)
+                .map_err(|_| corrupt("consecutive_failures"))?;
+            found.insert(key_from_row(row)?, (status, failures));
         }
     }
     Ok(found)
