@@ -203,7 +203,12 @@ impl SqliteStore {
                     .filename(&path)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Full);
+                    .synchronous(SqliteSynchronous::Full)
+                    // 32 MiB of page cache per connection (SQLite's default is 2 MiB), taken
+                    // only as the database grows: with the webhook outbox's tables and
+                    // indexes beside the connections, 2 MiB made every batch write miss
+                    // (BENCHMARKS.md, "Webhooks").
+                    .pragma("cache_size", "-32768");
                 (
                     options,
                     SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE),
