@@ -243,16 +243,22 @@ async fn send(
     }
     // The API refused the token: get another (one refresh for every call refused with it),
     // and send the call again if its body was kept.
-    let Some(fresh) = app
+    let refreshed = app
         .warden()
         .refresh_rejected(key, &grant.access_token)
-        .await?
-    else {
+        .await;
+    let Some(bytes) = replay else {
+        // Nothing to send again: the API's 401 is the answer (SPEC), whatever the refresh
+        // did; the next call uses its token.
+        match &refreshed {
+            Ok(_) => tracing::info!(provider, account_id = %key.account_id,
+                "proxied call refused with 401; token refreshed, body too large to send again"),
+            Err(e) => tracing::warn!(provider, account_id = %key.account_id, error = %e,
+                "proxied call refused with 401; the token could not be refreshed"),
+        }
         return Ok(into_response(first, false));
     };
-    let Some(bytes) = replay else {
-        tracing::info!(provider, account_id = %key.account_id,
-            "proxied call refused with 401; token refreshed, body too large to send again");
+    let Some(fresh) = refreshed? else {
         return Ok(into_response(first, false));
     };
     drop(first);
@@ -350,6 +356,10 @@ fn into_response(upstream: reqwest::Response, refreshed: bool) -> Response {
     let upstream: axum::http::Response<reqwest::Body> = upstream.into();
     let (mut parts, body) = upstream.into_parts();
     headers::strip_response(&mut parts.headers);
+    // Our HTTP version with the client, not the API's (an HTTP/1.0 API would otherwise turn
+    // an HTTP/1.1 client's answer into 1.0, without keep-alive), and none of its extensions.
+    parts.version = axum::http::Version::default();
+    parts.extensions = axum::http::Extensions::new();
     if refreshed {
         parts
             .headers

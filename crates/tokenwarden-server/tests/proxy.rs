@@ -361,7 +361,15 @@ async fn a_body_too_large_to_replay_gets_the_upstreams_401_back() {
     assert_eq!(api.received_requests().await.expect("recorded").len(), 1);
     assert_eq!(token_requests(&app).await, 1, "refreshed for the next call");
 
-    // Within the limit, the same call is sent again.
+    // Within the limit, a call refused the same way is sent again with the new token.
+    let replaced = app
+        .import(
+            "u1",
+            "a1",
+            json!({"access_token": OLD_TOKEN, "refresh_token": REFRESH_TOKEN, "expires_in": 3600}),
+        )
+        .await;
+    assert_eq!(replaced.status(), 200);
     let response = client()
         .post(proxied(&app, "u1", "a1", "upload"))
         .bearer_auth(API_KEY)
@@ -370,6 +378,37 @@ async fn a_body_too_large_to_replay_gets_the_upstreams_401_back() {
         .await
         .expect("proxied");
     assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["tokenwarden-refreshed"], "1");
+    let received = api.received_requests().await.expect("recorded");
+    assert_eq!(
+        received.len(),
+        3,
+        "the large call once, the small one twice"
+    );
+    assert_eq!(received[2].body.len(), 1024, "the same body sent again");
+    app.stop().await;
+}
+
+/// A body too large to send again gets the API's 401 even when the refresh fails: the
+/// refresh's own error is not the answer (SPEC).
+#[tokio::test]
+async fn a_body_too_large_to_replay_gets_the_401_even_when_the_refresh_fails() {
+    let api = MockServer::start().await;
+    api_accepting_only_the_new_token(&api).await;
+    let app = spawn_proxy(&api, "\n[proxy]\nmax_replay_bytes = 1024\n").await;
+    app.provider_error(400, "invalid_grant").await;
+    import(&app, "u1", "a1", OLD_TOKEN).await;
+    let response = client()
+        .post(proxied(&app, "u1", "a1", "upload"))
+        .bearer_auth(API_KEY)
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(response.status(), 401, "the API's own answer");
+    assert!(!response.headers().contains_key("tokenwarden-error"));
+    assert_eq!(response.text().await.expect("body"), "token refused");
+    assert_eq!(token_requests(&app).await, 1, "the refresh was tried");
     app.stop().await;
 }
 

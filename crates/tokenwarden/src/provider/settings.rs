@@ -275,6 +275,16 @@ impl ProviderSettings {
             None,
             entry.and_then(|e| e.api_base_url.as_deref()),
         )?;
+        // The proxy appends the caller's path and query to it: a query or fragment of its own
+        // would be dropped without a word.
+        if let Some(base) = &api_base_url
+            && (base.query().is_some() || base.fragment().is_some())
+        {
+            return Err(err(
+                "api_base_url",
+                "must have no query or fragment (the proxy adds the caller's query)".to_owned(),
+            ));
+        }
         let api_token_param = match non_empty(config.api_token_param.as_deref()) {
             Some(param) if !catalog::is_query_name(&param) => {
                 return Err(err(
@@ -452,5 +462,32 @@ impl ProviderSettings {
             dialect,
             name,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::ProviderConfig;
+
+    #[test]
+    fn an_api_base_url_with_a_query_or_fragment_is_refused_by_name() {
+        for base in [
+            "https://api.example.com/v1?version=2",
+            "https://api.example.com/v1#x",
+        ] {
+            let config = ProviderConfig {
+                catalog: Some("gitlab".to_owned()),
+                client_id: Some("client".to_owned()),
+                client_secret: Some(crate::secret::ClientSecret::new("secret-value")),
+                api_base_url: Some(base.to_owned()),
+                ..ProviderConfig::default()
+            };
+            let error = ProviderSettings::resolve("gitlab".parse().expect("name"), &config, None)
+                .expect_err("refused");
+            let text = error.to_string();
+            assert!(text.contains("api_base_url"), "{text}");
+            assert!(!text.contains("version=2"), "{text}");
+        }
     }
 }

@@ -39,7 +39,20 @@ pub fn strip_request(headers: &mut HeaderMap) {
 pub fn strip_response(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
     remove_prefixed(headers, "tokenwarden-");
+    // tokenwarden's request id is the one the client and the access log share; the API's
+    // own id stays available under another name.
+    let upstream_ids: Vec<_> = headers.get_all(X_REQUEST_ID).iter().cloned().collect();
+    if !upstream_ids.is_empty() {
+        headers.remove(X_REQUEST_ID);
+        for id in upstream_ids {
+            headers.append(X_UPSTREAM_REQUEST_ID, id);
+        }
+    }
 }
+
+const X_REQUEST_ID: &str = "x-request-id";
+/// Where the API's own `X-Request-Id` comes back.
+pub const X_UPSTREAM_REQUEST_ID: &str = "x-upstream-request-id";
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // The headers `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
@@ -156,6 +169,7 @@ mod tests {
             ("location", "https://example.com/next"),
             ("tokenwarden-error", "TOKEN_EXPIRED"),
             ("Tokenwarden-Refreshed", "1"),
+            ("x-request-id", "api-42"),
         ]);
         strip_response(&mut headers);
         assert_eq!(
@@ -165,8 +179,10 @@ mod tests {
                 "content-type",
                 "location",
                 "set-cookie",
-                "x-ratelimit-remaining"
+                "x-ratelimit-remaining",
+                "x-upstream-request-id"
             ]
         );
+        assert_eq!(headers["x-upstream-request-id"], "api-42");
     }
 }

@@ -119,10 +119,7 @@ fn check_path(raw_path: &str) -> Result<(), TargetError> {
         if decoded.contains(&b'\\') {
             return Err(TargetError::Backslash);
         }
-        if decoded
-            .split(|&b| b == b'/')
-            .any(|part| part == b"." || part == b"..")
-        {
+        if decoded.split(|&b| b == b'/').any(is_dot_segment) {
             return Err(TargetError::DotSegment);
         }
         if i == 0 {
@@ -140,16 +137,54 @@ fn check_path(raw_path: &str) -> Result<(), TargetError> {
     Ok(())
 }
 
-/// `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":"` at the start (RFC 3986 §3.1).
+/// Whether a decoded path segment is `.` or `..` to some server: as it is, before a `;`
+/// parameter (`..;x`, which servlet containers and the gateways before them strip), in IIS's
+/// `%u002e`, or written with characters that decoders or Unicode normalisation turn into a
+/// dot (overlong UTF-8 `C0 AE` / `E0 80 AE`, U+FF0E FULLWIDTH FULL STOP, U+2024 ONE DOT
+/// LEADER).
+fn is_dot_segment(part: &[u8]) -> bool {
+    let name = part.split(|&b| b == b';').next().unwrap_or_default();
+    let mut rest = name;
+    let mut dots = 0;
+    while !rest.is_empty() {
+        let unit = DOT_FORMS
+            .iter()
+            .find(|form| rest.len() >= form.len() && rest[..form.len()].eq_ignore_ascii_case(form));
+        match unit {
+            Some(form) => {
+                dots += 1;
+                rest = &rest[form.len()..];
+            }
+            None => return false,
+        }
+    }
+    (1..=2).contains(&dots)
+}
+
+/// Ways to write a dot that some server reads as one (see [`is_dot_segment`]).
+const DOT_FORMS: [&[u8]; 6] = [
+    b".",
+    b"%u002e",
+    b"\xC0\xAE",
+    b"\xE0\x80\xAE",
+    b"\xEF\xBC\x8E",
+    b"\xE2\x80\xA4",
+];
+
+/// A URL scheme at the start of the first segment: `ALPHA *( ALPHA / DIGIT / "+" / "-" /
+/// "." ) ":"` (RFC 3986 §3.1) with nothing after the colon or a `/` (`https:`,
+/// `https:%2F%2Fhost`). `images:annotate` (Google's `resource:action` paths) is not one.
 fn looks_like_scheme(segment: &[u8]) -> bool {
     let Some(colon) = segment.iter().position(|&b| b == b':') else {
         return false;
     };
     let scheme = &segment[..colon];
+    let after = &segment[colon + 1..];
     scheme.first().is_some_and(u8::is_ascii_alphabetic)
         && scheme
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b))
+        && (after.is_empty() || after.starts_with(b"/"))
 }
 
 /// `segment` percent-decoded until nothing is left to decode.
@@ -241,6 +276,16 @@ mod tests {
             Ok("https://api.example.com/api/v4/v1/x:batchGet")
         );
         assert_eq!(
+            target("images:annotate").as_deref(),
+            Ok("https://api.example.com/api/v4/images:annotate"),
+            "a `resource:action` path is not a scheme"
+        );
+        assert_eq!(
+            target("a/b;v=1/..x;y/%ef%bc%8e%ef%bc%8e%ef%bc%8e").as_deref(),
+            Ok("https://api.example.com/api/v4/a/b;v=1/..x;y/%ef%bc%8e%ef%bc%8e%ef%bc%8e"),
+            "parameters and look-alike dots are names unless the segment is one or two dots"
+        );
+        assert_eq!(
             target("files/a..b/.hidden/...").as_deref(),
             Ok("https://api.example.com/api/v4/files/a..b/.hidden/..."),
             "dots that are not whole segments are names"
@@ -281,7 +326,17 @@ mod tests {
             ("%252F%252Fevil.example", LeadingSlash),
             ("https:/evil.example/x", Scheme),
             ("https%3A%2F%2Fevil.example", Scheme),
-            ("javascript:alert(1)", Scheme),
+            ("javascript:", Scheme),
+            ("a/..;/..;/admin", DotSegment),
+            ("a/..%3B/admin", DotSegment),
+            ("a/%2e%2e;x=1/admin", DotSegment),
+            ("a/.;/b", DotSegment),
+            ("a/%u002e%u002e/admin", DotSegment),
+            ("a/%U002E./admin", DotSegment),
+            ("a/%c0%ae%c0%ae/admin", DotSegment),
+            ("a/%e0%80%ae/admin", DotSegment),
+            ("a/%ef%bc%8e%ef%bc%8e/admin", DotSegment),
+            ("a/%e2%80%a4%e2%80%a4/admin", DotSegment),
             ("user@evil.example/x", Authority),
             ("user%40evil.example/x", Authority),
             ("%2525252525252e", TooDeeplyEncoded),
@@ -315,12 +370,23 @@ mod tests {
         let decoded = decode_fully(path).unwrap_or_default();
         let mut out: Vec<Vec<u8>> = Vec::new();
         for part in decoded.split(|&b| b == b'/' || b == b'\\') {
-            match part {
+            // It drops `;` parameters and reads IIS's `%u002e` and overlong UTF-8 as dots.
+            let mut name = part
+                .split(|&b| b == b';')
+                .next()
+                .unwrap_or_default()
+                .to_vec();
+            for form in [&b"%u002e"[..], b"%U002E", b"\xC0\xAE", b"\xE0\x80\xAE"] {
+                while let Some(at) = name.windows(form.len()).position(|w| w == form) {
+                    name.splice(at..at + form.len(), [b'.']);
+                }
+            }
+            match name.as_slice() {
                 b"." => {}
                 b".." => {
                     out.pop();
                 }
-                other => out.push(other.to_vec()),
+                _ => out.push(part.to_vec()),
             }
         }
         out
@@ -337,7 +403,8 @@ mod tests {
                     Just("."), Just(".."), Just("/"), Just("%2e"), Just("%2E"), Just("%2f"),
                     Just("%2F"), Just("%25"), Just("2e"), Just("5c"), Just("%5c"), Just("\\"),
                     Just("@"), Just(":"), Just("a"), Just("https"), Just("%"), Just("2"),
-                    Just("e"), Just("%40"), Just("%3a"), Just("x/"),
+                    Just("e"), Just("%40"), Just("%3a"), Just("x/"), Just(";"), Just("%3b"),
+                    Just("%u002e"), Just("%c0%ae"),
                 ],
                 0..12,
             ).prop_map(|parts| parts.concat()),
