@@ -24,15 +24,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokenwarden::proxy::{ApiBase, Collected, collect_for_replay, headers};
 use tokenwarden::{AccessToken, AccountId, ConnectionKey, ProviderName, UserId, Warden};
 
 use crate::app::App;
-use crate::config::{Config, redact_quoted};
+use crate::config::Config;
 use crate::error::ApiError;
 
 static REFRESHED: HeaderName = HeaderName::from_static(headers::REFRESHED);
@@ -125,11 +124,8 @@ impl Api {
     }
 }
 
-/// The ids of a proxied call, with the raw path after them.
-type ProxyPath = Result<Path<(String, String, String, String)>, PathRejection>;
-
 /// The proxy route's handler; `api::add_proxy` documents it.
-pub async fn forward(State(app): State<App>, path: ProxyPath, request: Request) -> Response {
+pub async fn forward(State(app): State<App>, request: Request) -> Response {
     let started = Instant::now();
     if !METHODS.contains(request.method()) {
         let mut response = own_answer(ApiError::method_not_allowed(ALLOWED));
@@ -138,7 +134,7 @@ pub async fn forward(State(app): State<App>, path: ProxyPath, request: Request) 
             .insert(axum::http::header::ALLOW, HeaderValue::from_static(ALLOWED));
         return response;
     }
-    let (answer, api) = forward_call(&app, path, request).await;
+    let (answer, api) = forward_call(&app, request).await;
     let response = answer.unwrap_or_else(own_answer);
     if let Some(api) = api {
         api.count(response.status(), started);
@@ -158,13 +154,9 @@ fn own_answer(error: ApiError) -> Response {
 /// The header that marks [`own_answer`]s.
 pub const TOKENWARDEN_ERROR: &str = "tokenwarden-error";
 
-async fn forward_call(
-    app: &App,
-    path: ProxyPath,
-    request: Request,
-) -> (Result<Response, ApiError>, Option<&Api>) {
+async fn forward_call(app: &App, request: Request) -> (Result<Response, ApiError>, Option<&Api>) {
     let proxy = app.proxy();
-    let key = match connection_key(app, path) {
+    let key = match connection_key(app, request.uri().path()) {
         Ok(key) => key,
         Err(e) => return (Err(e), None),
     };
@@ -181,10 +173,18 @@ async fn forward_call(
     (send(app, proxy, api, &key, request).await, Some(api))
 }
 
-/// Validates the path's ids into a key of a configured provider.
-fn connection_key(app: &App, path: ProxyPath) -> Result<ConnectionKey, ApiError> {
-    let Path((user_id, provider, account_id, _)) =
-        path.map_err(|e| ApiError::invalid("path", redact_quoted(&e.body_text())))?;
+/// Validates the ids in the request's raw path into a key of a configured provider. Only the
+/// ids are decoded here: the rest of the path goes to the API as the client encoded it,
+/// whatever bytes it encodes (a router's extractor would refuse non-UTF-8 ones).
+fn connection_key(app: &App, raw_path: &str) -> Result<ConnectionKey, ApiError> {
+    // "", "v1", "proxy", then the ids (the route matched, so they are there).
+    let mut raw_ids = raw_path.split('/').skip(3);
+    let mut id = |field: &'static str| {
+        let bytes = tokenwarden::proxy::target::percent_decode(raw_ids.next().unwrap_or(""));
+        String::from_utf8(bytes)
+            .map_err(|_| ApiError::invalid(field, "must be UTF-8 once percent-decoded"))
+    };
+    let (user_id, provider, account_id) = (id("user_id")?, id("provider")?, id("account_id")?);
     let user_id = UserId::parse(user_id).map_err(|e| ApiError::invalid_message(e.to_string()))?;
     let account_id =
         AccountId::parse(account_id).map_err(|e| ApiError::invalid_message(e.to_string()))?;

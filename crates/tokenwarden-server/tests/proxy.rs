@@ -843,3 +843,40 @@ async fn no_token_reaches_a_log_line_or_an_answer() {
         }
     }
 }
+
+/// The path after the ids goes to the API as the client encoded it, even when it encodes
+/// bytes that are not UTF-8 (a Latin-1 file name); only the ids must decode to UTF-8, and a
+/// bad one is refused by name.
+#[tokio::test]
+async fn a_path_encoding_non_utf8_bytes_is_forwarded_as_it_is() {
+    let api = MockServer::start().await;
+    Mock::given(path_regex("^/api/files/"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("file"))
+        .mount(&api)
+        .await;
+    let app = spawn_proxy(&api, "").await;
+    import(&app, "u1", "a1", OLD_TOKEN).await;
+    let response = client()
+        .get(proxied(&app, "u1", "a1", "files/caf%E9.txt"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(response.status(), 200);
+    let received = api.received_requests().await.expect("recorded");
+    assert_eq!(received[0].url.path(), "/api/files/caf%E9.txt");
+
+    let error = error_of(
+        client()
+            .get(app.url("/v1/proxy/u%E9/fake/a1/files/x"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("proxied"),
+        400,
+    )
+    .await;
+    assert_eq!(error["details"]["field"], "user_id", "{error}");
+    assert_eq!(api.received_requests().await.expect("recorded").len(), 1);
+    app.stop().await;
+}

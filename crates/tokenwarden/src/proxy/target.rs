@@ -224,6 +224,12 @@ fn decode_once(bytes: &[u8]) -> Option<Vec<u8>> {
     changed.then_some(out)
 }
 
+/// `raw` percent-decoded once (`%XX` → the byte; anything else as it is), as a router
+/// decodes one path segment.
+pub fn percent_decode(raw: &str) -> Vec<u8> {
+    decode_once(raw.as_bytes()).unwrap_or_else(|| raw.as_bytes().to_vec())
+}
+
 /// `query` without the pairs whose (decoded) name is `param`; the others byte for byte.
 fn without_param<'q>(query: &'q str, param: Option<&str>) -> Cow<'q, str> {
     let Some(param) = param else {
