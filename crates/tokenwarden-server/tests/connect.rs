@@ -12,12 +12,11 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{API_KEY, CLIENT_SECRET, TestApp, spawn_connect};
+use common::{API_KEY, CLIENT_SECRET, TestApp, capture_logs, spawn_connect};
 use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -1615,40 +1614,6 @@ async fn the_iss_parameter_must_name_the_issuer() {
 
 // ---------------------------------------------------------------------------------------
 // 6. No secret in any log line, page or URL sent back to the application
-
-#[derive(Clone)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Every log line of this process from now on, at TRACE, in the server's JSON format (the
-/// `log` crate's records too). Wiremock's own lines are left out: it prints the requests it
-/// receives, which hold the secrets the providers are given.
-fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let sink = Capture(buffer.clone());
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .fmt_fields(tokenwarden_server::telemetry::JsonFields)
-            .event_format(tokenwarden_server::telemetry::JsonLines)
-            .with_env_filter(tracing_subscriber::EnvFilter::new("trace,wiremock=off"))
-            .with_writer(move || sink.clone())
-            .try_init()
-            .expect("the only subscriber of this test process");
-        buffer
-    })
-    .clone()
-}
 
 #[tokio::test]
 async fn no_secret_reaches_a_log_line_a_page_or_the_return_url() {

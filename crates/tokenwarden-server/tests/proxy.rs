@@ -5,9 +5,8 @@
 mod common;
 
 use std::io::{Read as _, Write as _};
-use std::sync::{Arc, Mutex, OnceLock};
 
-use common::{API_KEY, CLIENT_SECRET, TestApp, error_of, spawn_with};
+use common::{API_KEY, CLIENT_SECRET, TestApp, capture_logs, error_of, spawn_with};
 use serde_json::{Value, json};
 use wiremock::matchers::{header, path, path_regex};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -729,40 +728,6 @@ async fn a_token_that_cannot_be_had_is_answered_as_the_token_route_answers() {
 
 // ---------------------------------------------------------------------------------------
 // No token in any log line
-
-#[derive(Clone)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Every log line of this process from now on, at TRACE, in the server's JSON format
-/// (`log` records too). Wiremock's own lines are left out: it prints the requests it gets,
-/// which carry the tokens on purpose.
-fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let sink = Capture(buffer.clone());
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .fmt_fields(tokenwarden_server::telemetry::JsonFields)
-            .event_format(tokenwarden_server::telemetry::JsonLines)
-            .with_env_filter(tracing_subscriber::EnvFilter::new("trace,wiremock=off"))
-            .with_writer(move || sink.clone())
-            .try_init()
-            .expect("the only subscriber of this test process");
-        buffer
-    })
-    .clone()
-}
 
 #[tokio::test]
 async fn no_token_reaches_a_log_line_or_an_answer() {

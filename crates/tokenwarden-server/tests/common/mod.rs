@@ -245,3 +245,40 @@ pub fn expired_import() -> Value {
         "scopes": ["read"],
     })
 }
+
+/// A log sink for [`capture_logs`].
+#[derive(Clone)]
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every log line of this test process from now on, at TRACE, in the server's JSON format
+/// (the `log` crate's records too), for tests that no secret reaches a log. Wiremock's own
+/// lines are left out: it prints the requests it receives, which carry the secrets the fakes
+/// are given on purpose.
+pub fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+        std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer: std::sync::Arc<std::sync::Mutex<Vec<u8>>> = std::sync::Arc::default();
+        let sink = Capture(buffer.clone());
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(tokenwarden_server::telemetry::JsonFields)
+            .event_format(tokenwarden_server::telemetry::JsonLines)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("trace,wiremock=off"))
+            .with_writer(move || sink.clone())
+            .try_init()
+            .expect("the only subscriber of this test process");
+        buffer
+    })
+    .clone()
+}
