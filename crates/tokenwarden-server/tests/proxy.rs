@@ -252,29 +252,66 @@ async fn a_revoked_token_is_refreshed_once_and_the_call_sent_again() {
     app.stop().await;
 }
 
+/// An API for the concurrent-401 test: the new token is accepted at once; the old one is
+/// refused with 401, at once for `/api/early/…` and, for `/api/late/…`, only once the test
+/// opens the gate. It records the token of every call and counts the late calls it holds.
+struct GatedApi {
+    addr: std::net::SocketAddr,
+    open: tokio::sync::watch::Sender<bool>,
+    held: tokio::sync::watch::Receiver<usize>,
+    tokens: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+async fn gated_api() -> GatedApi {
+    use axum::http::StatusCode;
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let (held_tx, held) = tokio::sync::watch::channel(0usize);
+    let tokens: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+    let seen = tokens.clone();
+    let held_tx = std::sync::Arc::new(held_tx);
+    let handler = move |request: axum::extract::Request| {
+        let (mut gate, seen, held_tx) = (gate.clone(), seen.clone(), held_tx.clone());
+        async move {
+            let token = request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            seen.lock().expect("lock").push(token.clone());
+            if token == format!("Bearer {NEW_TOKEN}") {
+                return (StatusCode::OK, "accepted");
+            }
+            if request.uri().path().starts_with("/api/late/") {
+                held_tx.send_modify(|n| *n += 1);
+                gate.wait_for(|open| *open).await.expect("gate");
+            }
+            (StatusCode::UNAUTHORIZED, "token refused")
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        axum::serve(listener, axum::Router::new().fallback(handler))
+            .await
+            .expect("serve");
+    });
+    GatedApi {
+        addr,
+        open,
+        held,
+        tokens,
+    }
+}
+
 #[tokio::test]
 async fn twenty_concurrent_401s_cause_exactly_one_refresh() {
-    let api = MockServer::start().await;
     // Ten calls whose 401 comes back late: after the refresh the other ten caused has
-    // finished. The API answers the new token at once.
-    Mock::given(header(
-        "authorization",
-        format!("Bearer {NEW_TOKEN}").as_str(),
-    ))
-    .respond_with(ResponseTemplate::new(200).set_body_string("accepted"))
-    .mount(&api)
-    .await;
-    Mock::given(path_regex("^/api/late/"))
-        .respond_with(ResponseTemplate::new(401).set_delay(std::time::Duration::from_millis(1500)))
-        .with_priority(9)
-        .mount(&api)
-        .await;
-    Mock::given(path_regex("^/api/"))
-        .respond_with(ResponseTemplate::new(401))
-        .with_priority(10)
-        .mount(&api)
-        .await;
-    let app = spawn_proxy(&api, "").await;
+    // finished (the API holds them until then).
+    let mut api = gated_api().await;
+    let app = spawn_with(&format!("api_base_url = \"http://{}/api\"\n", api.addr)).await;
     app.provider_ok(NEW_TOKEN, NEW_REFRESH_TOKEN).await;
     import(&app, "u1", "a1", OLD_TOKEN).await;
     let call = |rest: String| {
@@ -290,10 +327,8 @@ async fn twenty_concurrent_401s_cause_exactly_one_refresh() {
         }
     };
     let late = spawn_all((0..10).map(|i| call(format!("late/{i}"))));
-    // Wait until the API holds all ten late calls (each went out with the old token).
-    while api.received_requests().await.unwrap_or_default().len() < 10 {
-        tokio::task::yield_now().await;
-    }
+    // The API holds all ten late calls (each went out with the old token).
+    api.held.wait_for(|n| *n == 10).await.expect("held");
     let early = spawn_all((0..10).map(|i| call(format!("early/{i}"))));
     for response in join_all(early).await {
         assert_eq!(response.status(), 200);
@@ -304,6 +339,7 @@ async fn twenty_concurrent_401s_cause_exactly_one_refresh() {
         1,
         "the early ten shared one refresh"
     );
+    api.open.send(true).expect("open the gate");
     for response in join_all(late).await {
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["tokenwarden-refreshed"], "1");
@@ -313,13 +349,13 @@ async fn twenty_concurrent_401s_cause_exactly_one_refresh() {
         1,
         "401s that arrived after the refresh took the token it stored"
     );
-    let received = api.received_requests().await.expect("recorded");
-    let refused = received
+    let tokens = api.tokens.lock().expect("lock").clone();
+    let refused = tokens
         .iter()
-        .filter(|r| header_of(r, "authorization") == Some(format!("Bearer {OLD_TOKEN}").as_str()))
+        .filter(|t| **t == format!("Bearer {OLD_TOKEN}"))
         .count();
     assert_eq!(refused, 20, "every call was refused once");
-    assert_eq!(received.len(), 40);
+    assert_eq!(tokens.len(), 40);
     app.stop().await;
 }
 
