@@ -39,10 +39,16 @@ async fn a_refused_token_is_refreshed_once_and_later_refusals_get_the_stored_one
         .await
         .expect("import");
 
-    // Ten callers refused with at-1 at once: one refresh.
+    // Ten callers refused with at-1 at once: one refresh. The provider takes 200 ms (paused
+    // clock: no real wait), and all ten start together, so they overlap it.
+    *provider.latency.lock().expect("lock") = Duration::from_millis(200);
+    let start = Arc::new(tokio::sync::Barrier::new(10));
     let calls = (0..10).map(|_| {
-        let (w, k) = (w.clone(), k.clone());
-        tokio::spawn(async move { w.refresh_rejected(&k, &token("at-1")).await })
+        let (w, k, start) = (w.clone(), k.clone(), start.clone());
+        tokio::spawn(async move {
+            start.wait().await;
+            w.refresh_rejected(&k, &token("at-1")).await
+        })
     });
     for call in calls.collect::<Vec<_>>() {
         let grant = call
@@ -53,6 +59,7 @@ async fn a_refused_token_is_refreshed_once_and_later_refusals_get_the_stored_one
         assert_eq!(grant.access_token.expose_secret(), "at-2");
     }
     assert_eq!(provider.calls(), 1);
+    *provider.latency.lock().expect("lock") = Duration::ZERO;
 
     // A 401 with at-1 arriving after that refresh finished: the stored token, no refresh,
     // even once the 10 s guard is long past.
