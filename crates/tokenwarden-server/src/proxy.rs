@@ -27,8 +27,10 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tokenwarden::proxy::idle::Idle;
 use tokenwarden::proxy::{ApiBase, Collected, collect_for_replay, headers};
 use tokenwarden::{AccessToken, AccountId, ConnectionKey, ProviderName, UserId, Warden};
+use tokio::sync::watch;
 
 use crate::app::App;
 use crate::config::Config;
@@ -69,10 +71,11 @@ impl Proxy {
     /// When the HTTP client cannot be built (no TLS roots, say).
     pub fn new(config: &Config, warden: &Warden) -> Result<Self, reqwest::Error> {
         let response_timeout = Duration::from_millis(config.upstream.request_timeout_ms);
+        // No read timeout of reqwest's: its timer runs from the start of the call, so a long
+        // upload that keeps flowing would be cut off. The wait for the answer starts once the
+        // body is sent (`Outgoing::send`), and both bodies time out only when idle (`Idle`).
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.upstream.connect_timeout_ms))
-            // Between two reads of a body: a download that keeps coming is not cut off.
-            .read_timeout(response_timeout)
             // A redirect is the application's to follow: it goes back as it came.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
@@ -221,12 +224,18 @@ async fn send(
         .map_err(|_| ApiError::invalid("body", "could not be read"))?;
     let provider = key.provider.as_str();
 
-    let (replay, first_body) = match body {
+    let idle = proxy.response_timeout;
+    let (replay, first_body, sent) = match body {
         Collected::Complete(bytes) => {
             let replay = Some(bytes.clone());
-            (replay, outgoing_body(&parts.method, bytes))
+            let (_, sent) = watch::channel(true);
+            (replay, outgoing_body(&parts.method, bytes), sent)
         }
-        Collected::Streaming(rest) => (None, Some(reqwest::Body::wrap(rest))),
+        Collected::Streaming(rest) => {
+            let (done, sent) = watch::channel(false);
+            let body = reqwest::Body::wrap(Idle::new(rest, idle, Some(done)));
+            (None, Some(body), sent)
+        }
     };
     let outgoing = Outgoing {
         proxy,
@@ -237,9 +246,9 @@ async fn send(
         target: &target,
         headers: &parts.headers,
     };
-    let first = outgoing.send(&grant.access_token, first_body).await?;
+    let first = outgoing.send(&grant.access_token, first_body, sent).await?;
     if first.status() != reqwest::StatusCode::UNAUTHORIZED {
-        return Ok(into_response(first, false));
+        return Ok(into_response(first, false, idle));
     }
     // The API refused the token: get another (one refresh for every call refused with it),
     // and send the call again if its body was kept.
@@ -256,18 +265,23 @@ async fn send(
             Err(e) => tracing::warn!(provider, account_id = %key.account_id, error = %e,
                 "proxied call refused with 401; the token could not be refreshed"),
         }
-        return Ok(into_response(first, false));
+        return Ok(into_response(first, false, idle));
     };
     let Some(fresh) = refreshed? else {
-        return Ok(into_response(first, false));
+        return Ok(into_response(first, false, idle));
     };
     drop(first);
     tracing::info!(provider, account_id = %key.account_id,
         "proxied call refused with 401; sending it again with the refreshed token");
+    let (_, sent) = watch::channel(true);
     let second = outgoing
-        .send(&fresh.access_token, outgoing_body(&parts.method, bytes))
+        .send(
+            &fresh.access_token,
+            outgoing_body(&parts.method, bytes),
+            sent,
+        )
         .await?;
-    Ok(into_response(second, true))
+    Ok(into_response(second, true, idle))
 }
 
 /// A kept body as sent: none for an empty `GET` or `DELETE` (no `Content-Length: 0` on a
@@ -292,10 +306,13 @@ struct Outgoing<'a> {
 }
 
 impl Outgoing<'_> {
+    /// Sends the call; `sent` turns true once its body has gone out whole, and only from
+    /// then on is the answer given `[upstream] request_timeout_ms` to come.
     async fn send(
         &self,
         token: &AccessToken,
         body: Option<reqwest::Body>,
+        mut sent: watch::Receiver<bool>,
     ) -> Result<reqwest::Response, ApiError> {
         let mut url = self.target.clone();
         let mut headers = self.headers.clone();
@@ -307,7 +324,19 @@ impl Outgoing<'_> {
         *request.headers_mut() = headers;
         *request.body_mut() = body;
         let waited = self.proxy.response_timeout;
-        match tokio::time::timeout(waited, self.proxy.client.execute(request)).await {
+        let call = self.proxy.client.execute(request);
+        tokio::pin!(call);
+        let answered = tokio::select! {
+            answer = &mut call => Some(answer),
+            // Also when the body is dropped unsent (the sender goes away): then only the
+            // answer is left to wait for.
+            _ = sent.wait_for(|sent| *sent) => None,
+        };
+        let answer = match answered {
+            Some(answer) => Ok(answer),
+            None => tokio::time::timeout(waited, call).await,
+        };
+        match answer {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(self.failure(&error)),
             Err(_) => {
@@ -352,7 +381,7 @@ impl Outgoing<'_> {
 
 /// The upstream's answer as the client gets it: its status, its headers less the hop-by-hop
 /// ones, its body streamed as it comes.
-fn into_response(upstream: reqwest::Response, refreshed: bool) -> Response {
+fn into_response(upstream: reqwest::Response, refreshed: bool, idle: Duration) -> Response {
     let upstream: axum::http::Response<reqwest::Body> = upstream.into();
     let (mut parts, body) = upstream.into_parts();
     headers::strip_response(&mut parts.headers);
@@ -365,7 +394,8 @@ fn into_response(upstream: reqwest::Response, refreshed: bool) -> Response {
             .headers
             .insert(REFRESHED.clone(), HeaderValue::from_static("1"));
     }
-    Response::from_parts(parts, Body::new(body))
+    // A download that keeps coming is never cut off; one that stops for `idle` fails.
+    Response::from_parts(parts, Body::new(Idle::new(body, idle, None)))
 }
 
 #[cfg(test)]

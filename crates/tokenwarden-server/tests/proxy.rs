@@ -881,3 +881,63 @@ async fn a_path_encoding_non_utf8_bytes_is_forwarded_as_it_is() {
     assert_eq!(api.received_requests().await.expect("recorded").len(), 1);
     app.stop().await;
 }
+
+/// An upload that keeps flowing for longer than `upstream.request_timeout_ms` goes through:
+/// the wait for the answer starts once the body is sent, and the body itself times out only
+/// when idle. (Before, the timer ran from the start of the call and the upload got a 504.)
+#[tokio::test]
+async fn a_long_upload_that_keeps_flowing_is_not_cut_off() {
+    const CHUNKS: usize = 15;
+    const CHUNK: usize = 1024;
+    let api = MockServer::start().await;
+    Mock::given(path("/api/upload"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("stored"))
+        .mount(&api)
+        .await;
+    let app = spawn_proxy(
+        &api,
+        "\n[upstream]\nrequest_timeout_ms = 1000\n[proxy]\nmax_replay_bytes = 1024\n",
+    )
+    .await;
+    import(&app, "u1", "a1", OLD_TOKEN).await;
+    let addr = app.addr;
+    // Chunked, one KiB every 150 ms: 2.25 s in all, more than twice the timeout, never idle
+    // for long. Past max_replay_bytes, so it streams through.
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        let head = format!(
+            "POST /v1/proxy/u1/fake/a1/upload HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {API_KEY}\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).expect("head");
+        for _ in 0..CHUNKS {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            stream
+                .write_all(format!("{CHUNK:x}\r\n{}\r\n", "x".repeat(CHUNK)).as_bytes())
+                .expect("chunk");
+        }
+        stream.write_all(b"0\r\n\r\n").expect("end");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).expect("read");
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status: u16 = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        (status, answer)
+    })
+    .await
+    .expect("upload");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.ends_with("stored"), "{body}");
+    let received = api.received_requests().await.expect("recorded");
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0].body.len(),
+        CHUNKS * CHUNK,
+        "the whole body, once"
+    );
+    app.stop().await;
+}

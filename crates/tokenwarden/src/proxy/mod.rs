@@ -21,6 +21,7 @@ use crate::provider::ProviderSettings;
 use crate::secret::AccessToken;
 
 pub mod headers;
+pub mod idle;
 pub mod replay;
 pub mod target;
 
