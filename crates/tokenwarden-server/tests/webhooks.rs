@@ -118,7 +118,14 @@ async fn a_change_reaches_the_receiver_within_two_seconds_signed_for_any_library
         .expect("test");
     assert_eq!(test.status().as_u16(), 202);
     let test: Value = test.json().await.expect("json");
-    let items = wait_for(&app, "type=webhook.test", 1, Duration::from_secs(2)).await;
+    // Delivered, not only listed: the receiver has it once its answer is recorded.
+    let items = wait_for(
+        &app,
+        "type=webhook.test&status=delivered",
+        1,
+        Duration::from_secs(2),
+    )
+    .await;
     assert_eq!(items[0]["event_id"], test["event_id"]);
 
     let requests = receiver.received_requests().await.expect("recorded");
