@@ -16,11 +16,13 @@
 
 #[path = "support/cpu.rs"]
 mod cpu;
-use cpu::Cpu;
+#[path = "support/scheduler.rs"]
+mod scheduler;
+use cpu::timed;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use time::OffsetDateTime;
 use tokenwarden::provider::{self, HttpClient, HttpSettings};
@@ -106,36 +108,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         raw.make_all_due().await;
         raw.settle().await;
         let before = server.requests();
-        let (scheduled, scheduled_cpu) = timed(async {
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let runner = {
-                let warden = warden.clone();
-                tokio::spawn(async move {
-                    warden
-                        .run_scheduler(async {
-                            let _ = stop_rx.await;
-                        })
-                        .await;
-                })
-            };
-            // Watch the endpoint's counter (free) until every refresh has called it, and
-            // only then the database (a full count, which would compete with the scheduler).
-            while server.requests() < before + n as u64 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            loop {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                let stats = store
-                    .queue_stats(OffsetDateTime::now_utc())
-                    .await
-                    .expect("queue stats");
-                if stats.due_now == 0 {
-                    break;
-                }
-            }
-            let _ = stop_tx.send(());
-            runner.await.expect("scheduler");
-        })
+        let (scheduled, scheduled_cpu) = timed(scheduler::run_until_refreshed(
+            &warden,
+            &store,
+            || server.requests(),
+            before + n as u64,
+        ))
         .await;
         let upstream = server.requests() - before;
         assert_eq!(upstream, n as u64, "one upstream refresh per connection");
@@ -206,14 +184,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
     }
     Ok(())
-}
-
-/// Runs `work`, returning its wall time and the CPU it used.
-async fn timed(work: impl std::future::Future<Output = ()>) -> (Duration, Cpu) {
-    let started = Instant::now();
-    let cpu = Cpu::now();
-    work.await;
-    (started.elapsed(), cpu.since())
 }
 
 /// The same database, used without the store: one UPDATE per commit.

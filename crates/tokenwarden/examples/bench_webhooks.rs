@@ -31,12 +31,14 @@
 
 #[path = "support/cpu.rs"]
 mod cpu;
-use cpu::Cpu;
+#[path = "support/scheduler.rs"]
+mod scheduler;
+use cpu::timed;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use time::OffsetDateTime;
 use tokenwarden::clock::SystemClock;
@@ -334,43 +336,8 @@ async fn import_all(warden: &Warden, n: usize) -> Result<(), Box<dyn std::error:
 
 /// Runs the scheduler until the endpoint has seen `n` more refreshes and nothing is due.
 async fn scheduler_round(warden: &Warden, store: &Arc<dyn Store>, token: &LocalServer, n: usize) {
-    let before = token.requests();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let runner = {
-        let warden = warden.clone();
-        tokio::spawn(async move {
-            warden
-                .run_scheduler(async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-        })
-    };
-    // The endpoint's counter (free) until every refresh has called it, and only then the
-    // database (a full count, which would compete with the scheduler).
-    while token.requests() < before + n as u64 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    loop {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        let stats = store
-            .queue_stats(OffsetDateTime::now_utc())
-            .await
-            .expect("queue stats");
-        if stats.due_now == 0 {
-            break;
-        }
-    }
-    let _ = stop_tx.send(());
-    runner.await.expect("scheduler");
-}
-
-/// Runs `work`, returning its wall time and the CPU it used.
-async fn timed(work: impl std::future::Future<Output = ()>) -> (Duration, Cpu) {
-    let started = Instant::now();
-    let cpu = Cpu::now();
-    work.await;
-    (started.elapsed(), cpu.since())
+    let until = token.requests() + n as u64;
+    scheduler::run_until_refreshed(warden, store, || token.requests(), until).await;
 }
 
 /// Where the stores live: a file in a temporary directory, or a schema of its own in the

@@ -59,3 +59,11 @@ impl Cpu {
         )
     }
 }
+
+/// Runs `work`, returning its wall time and the CPU it used.
+pub async fn timed(work: impl std::future::Future<Output = ()>) -> (std::time::Duration, Cpu) {
+    let started = std::time::Instant::now();
+    let cpu = Cpu::now();
+    work.await;
+    (started.elapsed(), cpu.since())
+}
