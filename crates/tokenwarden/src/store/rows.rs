@@ -514,6 +514,17 @@ where
         .map_err(|_| StoreError::Database(format!("cannot decode column {column}")))
 }
 
+/// [`Store::purge_webhook_events`](crate::store::Store::purge_webhook_events) in both
+/// backends: `$1` is the cut-off (unix ms), `$2` the limit (SQLite reads `$1` as a named
+/// parameter, bound in order). Deliveries go with their event (ON DELETE CASCADE).
+pub(crate) const PURGE_EVENTS_SQL: &str = "DELETE FROM webhook_events WHERE seq IN ( \
+     SELECT seq FROM webhook_events AS e \
+     WHERE e.dispatched_at IS NOT NULL AND e.created_at < $1 \
+       AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d \
+                       WHERE d.event_id = e.id \
+                         AND (d.status = 'pending' OR d.updated_at >= $1)) \
+     ORDER BY e.created_at, e.seq LIMIT $2)";
+
 /// The columns of `webhook_deliveries` that make a [`DeliveryView`], for
 /// [`delivery_from_row`] (the same in both backends).
 pub(crate) const DELIVERY_COLUMNS: &str = "id, event_id, endpoint, type, status, attempts, \

@@ -16,8 +16,9 @@ use sqlx::postgres::PgConnection;
 use time::OffsetDateTime;
 
 use super::super::rows::{
-    DELIVERY_COLUMNS, EVENT_COLUMNS, FinishDeliveryValues, NewDelivery, claimed_delivery_from_row,
-    db_error, delivery_from_row, event_type, fan_out, get, stored_event_from_row,
+    DELIVERY_COLUMNS, EVENT_COLUMNS, FinishDeliveryValues, NewDelivery, PURGE_EVENTS_SQL,
+    claimed_delivery_from_row, db_error, delivery_from_row, event_type, fan_out, get,
+    stored_event_from_row,
 };
 use crate::connection::ConnectionKey;
 use crate::store::{StoreError, effective_limit};
@@ -318,20 +319,12 @@ pub(super) async fn purge(
     before: OffsetDateTime,
     limit: u32,
 ) -> Result<u64, StoreError> {
-    let done = sqlx::query(
-        "DELETE FROM webhook_events WHERE seq IN ( \
-             SELECT seq FROM webhook_events AS e \
-             WHERE e.dispatched_at IS NOT NULL AND e.created_at < $1 \
-               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries AS d \
-                               WHERE d.event_id = e.id \
-                                 AND (d.status = 'pending' OR d.updated_at >= $1)) \
-             ORDER BY e.created_at, e.seq LIMIT $2)",
-    )
-    .bind(unix_ms(before))
-    .bind(i64::from(limit))
-    .execute(&mut *db)
-    .await
-    .map_err(db_error("purge webhook events"))?;
+    let done = sqlx::query(PURGE_EVENTS_SQL)
+        .bind(unix_ms(before))
+        .bind(i64::from(limit))
+        .execute(&mut *db)
+        .await
+        .map_err(db_error("purge webhook events"))?;
     Ok(done.rows_affected())
 }
 
