@@ -190,7 +190,9 @@ const walk = async () => {
   await keyInput.waitFor();
   steps.sign_out = {
     status: await status.innerText(),
-    stored_keys: await page.evaluate(() => sessionStorage.getItem('tokenwarden.apiKey')),
+    // Whether a key is still stored, never the key itself (this JSON is printed).
+    stored_keys: await page.evaluate(() =>
+      sessionStorage.getItem('tokenwarden.apiKey') === null ? null : '[present]'),
     nav_visible: await page.getByRole('navigation', { name: 'Dashboard' }).isVisible(),
   };
 };

@@ -233,11 +233,9 @@ export class Tokenwarden {
             throw new TypeError("path: must not have . or .. segments");
         }
         const method = init.method ?? "GET";
-        const call = {
-            method,
-            path: `/v1/proxy/${connectionIds(ref)}/${relative}`,
-            signal: init.signal,
-        };
+        // The call as errors name it: without the query, which may carry the caller's secrets.
+        const route = `/v1/proxy/${connectionIds(ref)}/`;
+        const call = { method, path: route + pathOnly, signal: init.signal };
         const headers = new Headers(init.headers);
         headers.set("authorization", `Bearer ${this.#apiKey}`);
         const request = { method, headers, redirect: "manual" };
@@ -248,7 +246,7 @@ export class Tokenwarden {
         }
         if (init.signal)
             request.signal = init.signal;
-        const response = await this.#send(call, this.#base + call.path, request);
+        const response = await this.#send(call, this.#base + route + relative, request);
         if (!response.headers.has("tokenwarden-error"))
             return response;
         const requestId = response.headers.get("x-request-id");
