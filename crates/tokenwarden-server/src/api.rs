@@ -929,15 +929,7 @@ pub struct DocContext<'a> {
 pub fn openapi_any_configuration() -> serde_json::Value {
     use serde_json::json;
 
-    let mut doc = openapi_for(&DocContext {
-        providers: &[],
-        applications: &[],
-        connectable: Vec::new(),
-        account_id_required: false,
-        return_urls: Vec::new(),
-        webhook_endpoints: Vec::new(),
-        proxied: Vec::new(),
-    });
+    let mut doc = openapi(&[]);
     // With nothing configured the served document accepts no provider and no return URL
     // (`not: {}`); for any configuration they are a provider name and a URL.
     if let Some(properties) = doc.pointer_mut("/components/schemas/CreateSessionBody/properties") {

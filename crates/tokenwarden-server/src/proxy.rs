@@ -228,13 +228,12 @@ async fn send(
     let (replay, first_body, sent) = match body {
         Collected::Complete(bytes) => {
             let replay = Some(bytes.clone());
-            let (_, sent) = watch::channel(true);
-            (replay, outgoing_body(&parts.method, bytes), sent)
+            (replay, outgoing_body(&parts.method, bytes), None)
         }
         Collected::Streaming(rest) => {
             let (done, sent) = watch::channel(false);
             let body = reqwest::Body::wrap(Idle::new(rest, idle, Some(done)));
-            (None, Some(body), sent)
+            (None, Some(body), Some(sent))
         }
     };
     let outgoing = Outgoing {
@@ -273,12 +272,11 @@ async fn send(
     drop(first);
     tracing::info!(provider, account_id = %key.account_id,
         "proxied call refused with 401; sending it again with the refreshed token");
-    let (_, sent) = watch::channel(true);
     let second = outgoing
         .send(
             &fresh.access_token,
             outgoing_body(&parts.method, bytes),
-            sent,
+            None,
         )
         .await?;
     Ok(into_response(second, true, idle))
@@ -306,13 +304,14 @@ struct Outgoing<'a> {
 }
 
 impl Outgoing<'_> {
-    /// Sends the call; `sent` turns true once its body has gone out whole, and only from
-    /// then on is the answer given `[upstream] request_timeout_ms` to come.
+    /// Sends the call. The answer is given `[upstream] request_timeout_ms` to come from the
+    /// moment the body has gone out whole: at once for a kept body (`sent` is `None`), when
+    /// `sent` turns true for a streamed one.
     async fn send(
         &self,
         token: &AccessToken,
         body: Option<reqwest::Body>,
-        mut sent: watch::Receiver<bool>,
+        sent: Option<watch::Receiver<bool>>,
     ) -> Result<reqwest::Response, ApiError> {
         let mut url = self.target.clone();
         let mut headers = self.headers.clone();
@@ -326,11 +325,14 @@ impl Outgoing<'_> {
         let waited = self.proxy.response_timeout;
         let call = self.proxy.client.execute(request);
         tokio::pin!(call);
-        let answered = tokio::select! {
-            answer = &mut call => Some(answer),
-            // Also when the body is dropped unsent (the sender goes away): then only the
-            // answer is left to wait for.
-            _ = sent.wait_for(|sent| *sent) => None,
+        let answered = match sent {
+            None => None,
+            Some(mut sent) => tokio::select! {
+                answer = &mut call => Some(answer),
+                // Also when the body is dropped unsent (the sender goes away): then only
+                // the answer is left to wait for.
+                _ = sent.wait_for(|sent| *sent) => None,
+            },
         };
         let answer = match answered {
             Some(answer) => Ok(answer),

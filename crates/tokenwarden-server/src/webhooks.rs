@@ -59,7 +59,7 @@ pub(crate) fn event_type_schema() -> utoipa::openapi::schema::Object {
         EventType::ALL
             .iter()
             .map(|t| t.as_str())
-            .chain(["webhook.test"]),
+            .chain([EventType::WebhookTest.as_str()]),
         "the event's type",
     )
 }
@@ -380,7 +380,7 @@ pub async fn connection_events(
         .collect::<Result<_, ApiError>>()?;
     Ok(Json(ConnectionEventList {
         items,
-        recording: !app.webhooks().endpoint_names().is_empty(),
+        recording: app.webhooks().enabled(),
     }))
 }
 

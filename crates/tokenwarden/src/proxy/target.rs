@@ -201,6 +201,10 @@ fn decode_fully(segment: &str) -> Result<Vec<u8>, TargetError> {
 
 /// One round of percent-decoding; `None` when there was no `%XX` to decode.
 fn decode_once(bytes: &[u8]) -> Option<Vec<u8>> {
+    // Most segments have nothing to decode: no allocation for them.
+    if !bytes.contains(&b'%') {
+        return None;
+    }
     let hex = |b: u8| char::from(b).to_digit(16);
     let mut out = Vec::with_capacity(bytes.len());
     let mut changed = false;

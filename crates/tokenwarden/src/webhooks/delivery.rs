@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
 use time::OffsetDateTime;
 
+use crate::refresh::classify::parse_retry_after;
 use crate::webhooks::{EndpointConfig, headers, sign};
 
 /// The retry schedule's settings (`[webhooks]`).
@@ -157,17 +158,6 @@ pub async fn attempt(
             error: "the request failed before an answer".to_owned(),
         },
     }
-}
-
-/// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3).
-fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    let at = OffsetDateTime::from(at);
-    Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
