@@ -55,9 +55,9 @@ use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionSta
 use crate::crypto::KeyRing;
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
-    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
+    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent, Prior,
     StoredEvent, WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor,
-    delivery_page, session_failed_event, unix_ms,
+    delivery_page, session_failed_event, unix_ms, update_events,
 };
 
 mod outbox;
@@ -398,17 +398,13 @@ impl PgStore {
             let meta = written_meta(conn, get(row, "created_at")?, get(row, "version")?)?;
             let old_status: String = get(row, "old_status")?;
             let old_failures: i64 = get(row, "old_failures")?;
-            let mut was = meta.clone();
-            was.status =
-                ConnectionStatus::parse(&old_status).ok_or_else(|| corrupt("connection status"))?;
-            was.consecutive_failures =
-                u32::try_from(old_failures).map_err(|_| corrupt("consecutive failures"))?;
-            events.extend(connection_change_events(
-                Some(&was),
-                Some(&meta),
-                Write::Update,
-                meta.updated_at,
-            ));
+            let prior = Prior {
+                status: ConnectionStatus::parse(&old_status)
+                    .ok_or_else(|| corrupt("connection status"))?,
+                consecutive_failures: u32::try_from(old_failures)
+                    .map_err(|_| corrupt("consecutive failures"))?,
+            };
+            events.extend(update_events(prior, &meta));
             out[i] = Some(Ok(meta));
         }
         outbox::insert_events(&mut tx, &events).await?;

@@ -54,9 +54,9 @@ use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionSta
 use crate::crypto::KeyRing;
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
-    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
+    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent, Prior,
     StoredEvent, WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor,
-    delivery_page, session_failed_event, unix_ms,
+    delivery_page, session_failed_event, unix_ms, update_events,
 };
 
 mod outbox;
@@ -383,19 +383,10 @@ impl SqliteStore {
             let key = key_from_row(row)?;
             let i = *index.get(&key).ok_or_else(|| corrupt("batch key"))?;
             let meta = written_meta(&conns[i], get(row, "created_at")?, get(row, "version")?)?;
-            // The row as it was, as far as the rules read it (a row written was read).
-            let was = old.get(&key).map(|&(status, failures)| {
-                let mut was = meta.clone();
-                was.status = status;
-                was.consecutive_failures = failures;
-                was
-            });
-            events.extend(connection_change_events(
-                was.as_ref(),
-                Some(&meta),
-                Write::Update,
-                meta.updated_at,
-            ));
+            // A row written was read.
+            if let Some(&prior) = old.get(&key) {
+                events.extend(update_events(prior, &meta));
+            }
             out[i] = Some(Ok(meta));
         }
         outbox::insert_events(&mut tx, &events).await?;
@@ -828,7 +819,7 @@ async fn read_meta(
 async fn read_states(
     db: &mut sqlx::SqliteConnection,
     keys: impl Iterator<Item = &ConnectionKey>,
-) -> Result<HashMap<ConnectionKey, (ConnectionStatus, u32)>, StoreError> {
+) -> Result<HashMap<ConnectionKey, Prior>, StoreError> {
     let keys: Vec<&ConnectionKey> = keys.collect();
     let mut found = HashMap::with_capacity(keys.len());
     // Three bound variables a key, far under SQLite's 32766.
@@ -858,7 +849,11 @@ async fn read_states(
             let status = ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?;
             let failures = u32::try_from(get::<_, i64>(row, "consecutive_failures")?)
                 .map_err(|_| corrupt("consecutive_failures"))?;
-            found.insert(key_from_row(row)?, (status, failures));
+            let prior = Prior {
+                status,
+                consecutive_failures: failures,
+            };
+            found.insert(key_from_row(row)?, prior);
         }
     }
     Ok(found)

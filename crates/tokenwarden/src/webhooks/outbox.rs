@@ -89,7 +89,7 @@ pub fn connection_events(
             let healed = new.status == ConnectionStatus::Active && new.consecutive_failures == 0;
             (needed && healed).then_some(EventType::ConnectionReconnected)
         }
-        (Write::Update, Some(old), Some(new)) => update_event(old, new),
+        (Write::Update, Some(old), Some(new)) => update_event(Prior::of(old), new),
         (Write::Delete, Some(_), None) => Some(EventType::ConnectionDeleted),
         _ => None,
     };
@@ -97,17 +97,48 @@ pub fn connection_events(
 }
 
 /// What a refresh's outcome raises (see [`connection_events`]).
-fn update_event(old: &ConnectionMeta, new: &ConnectionMeta) -> Option<EventType> {
-    let active = |meta: &ConnectionMeta| meta.status == ConnectionStatus::Active;
-    if active(old) && new.status == ConnectionStatus::NeedsReconnect {
+fn update_event(old: Prior, new: &ConnectionMeta) -> Option<EventType> {
+    let active = new.status == ConnectionStatus::Active;
+    if old.status == ConnectionStatus::Active && new.status == ConnectionStatus::NeedsReconnect {
         Some(EventType::ConnectionNeedsReconnect)
-    } else if old.consecutive_failures == 0 && new.consecutive_failures > 0 && active(new) {
+    } else if old.consecutive_failures == 0 && new.consecutive_failures > 0 && active {
         Some(EventType::ConnectionRefreshFailing)
-    } else if old.consecutive_failures > 0 && new.consecutive_failures == 0 && active(new) {
+    } else if old.consecutive_failures > 0 && new.consecutive_failures == 0 && active {
         Some(EventType::ConnectionRecovered)
     } else {
         None
     }
+}
+
+/// All of a row, as it was before a refresh wrote it, that the refresh rules read: its
+/// status and failure count (a batch write reads only these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Prior {
+    pub status: ConnectionStatus,
+    pub consecutive_failures: u32,
+}
+
+impl Prior {
+    pub(crate) fn of(meta: &ConnectionMeta) -> Self {
+        Self {
+            status: meta.status,
+            consecutive_failures: meta.consecutive_failures,
+        }
+    }
+}
+
+/// [`connection_change_events`] of a refresh's write (`Write::Update`) of `new`, from the
+/// row's prior state alone.
+pub(crate) fn update_events(prior: Prior, new: &ConnectionMeta) -> Vec<NewEvent> {
+    if new.key.is_app() {
+        return Vec::new();
+    }
+    update_event(prior, new)
+        .map(|kind| {
+            NewEvent::new(kind, new.updated_at, connection_data(new)).about(new.key.clone())
+        })
+        .into_iter()
+        .collect()
 }
 
 /// An event's body as sent: `{"id": "evt_…", "type", "timestamp" (RFC 3339), "data"}`.
