@@ -418,11 +418,7 @@ impl SqliteStore {
             .map(|c| RowValues::seal(&self.keys, c))
             .collect();
         let _write = self.write.lock().await;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error("update"))?;
+        let mut tx = self.begin_write("update").await?;
         let outbox = self.outbox_on();
         let mut out = Vec::with_capacity(conns.len());
         for (conn, values) in conns.iter().zip(values) {
@@ -1365,11 +1361,7 @@ impl Store for SqliteStore {
         let write = self.write.lock().await;
         // A transaction only so that a flow that does not open (a missing key) is not
         // burnt: the claim is rolled back and the session stays `opened`.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error("claim connect callback"))?;
+        let mut tx = self.begin_write("claim connect callback").await?;
         let row = sqlx::query(AssertSqlSafe(CLAIM_SESSION_SQL.as_str()))
             .bind(state_hash.to_owned())
             .bind(browser_hash.map(str::to_owned))
