@@ -435,8 +435,8 @@ function segment(field, value) {
     }
     return encodeURIComponent(value);
 }
-/** `{user_id}/{provider}/{account_id}`, encoded: the proxy route's ids. */
-function connectionIds(ref) {
+/** The connection's three ids, checked and encoded as path segments. */
+function refSegments(ref) {
     if (ref === null || typeof ref !== "object") {
         throw new TypeError("ref: must be an object { user_id, provider, account_id }");
     }
@@ -444,13 +444,13 @@ function connectionIds(ref) {
         segment("user_id", ref.user_id),
         segment("provider", ref.provider),
         segment("account_id", ref.account_id),
-    ].join("/");
+    ];
+}
+/** `{user_id}/{provider}/{account_id}`, encoded: the proxy route's ids. */
+function connectionIds(ref) {
+    return refSegments(ref).join("/");
 }
 function connectionPath(ref) {
-    if (ref === null || typeof ref !== "object") {
-        throw new TypeError("ref: must be an object { user_id, provider, account_id }");
-    }
-    return (`/v1/users/${segment("user_id", ref.user_id)}` +
-        `/connections/${segment("provider", ref.provider)}` +
-        `/${segment("account_id", ref.account_id)}`);
+    const [user, provider, account] = refSegments(ref);
+    return `/v1/users/${user}/connections/${provider}/${account}`;
 }

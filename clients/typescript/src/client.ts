@@ -570,8 +570,8 @@ function segment(field: string, value: unknown): string {
   return encodeURIComponent(value);
 }
 
-/** `{user_id}/{provider}/{account_id}`, encoded: the proxy route's ids. */
-function connectionIds(ref: ConnectionRef): string {
+/** The connection's three ids, checked and encoded as path segments. */
+function refSegments(ref: ConnectionRef): [string, string, string] {
   if (ref === null || typeof ref !== "object") {
     throw new TypeError("ref: must be an object { user_id, provider, account_id }");
   }
@@ -579,16 +579,15 @@ function connectionIds(ref: ConnectionRef): string {
     segment("user_id", ref.user_id),
     segment("provider", ref.provider),
     segment("account_id", ref.account_id),
-  ].join("/");
+  ];
+}
+
+/** `{user_id}/{provider}/{account_id}`, encoded: the proxy route's ids. */
+function connectionIds(ref: ConnectionRef): string {
+  return refSegments(ref).join("/");
 }
 
 function connectionPath(ref: ConnectionRef): string {
-  if (ref === null || typeof ref !== "object") {
-    throw new TypeError("ref: must be an object { user_id, provider, account_id }");
-  }
-  return (
-    `/v1/users/${segment("user_id", ref.user_id)}` +
-    `/connections/${segment("provider", ref.provider)}` +
-    `/${segment("account_id", ref.account_id)}`
-  );
+  const [user, provider, account] = refSegments(ref);
+  return `/v1/users/${user}/connections/${provider}/${account}`;
 }
