@@ -991,7 +991,7 @@ fn add_proxy(doc: &mut serde_json::Value) {
             "schema": {"type": "string", "minLength": 1}},
     ]);
     let mut item = serde_json::Map::new();
-    for method in ["get", "post", "put", "patch", "delete"] {
+    for method in crate::proxy::METHODS.map(|m| m.as_str().to_ascii_lowercase()) {
         let mut operation = json!({
             "tags": ["proxy"],
             "operationId": format!("proxy_{method}"),
@@ -1030,7 +1030,7 @@ fn add_proxy(doc: &mut serde_json::Value) {
                 "only the API's own: `server.max_body_bytes` does not apply to proxied bodies",
             );
         }
-        item.insert(method.to_owned(), operation);
+        item.insert(method, operation);
     }
     if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
         paths.insert(

@@ -38,8 +38,8 @@ use crate::error::ApiError;
 
 static REFRESHED: HeaderName = HeaderName::from_static(headers::REFRESHED);
 const ALLOWED: &str = "GET, POST, PUT, PATCH, DELETE";
-/// The methods the route forwards.
-const METHODS: [Method; 5] = [
+/// The methods the route forwards (and the OpenAPI document lists).
+pub const METHODS: [Method; 5] = [
     Method::GET,
     Method::POST,
     Method::PUT,
