@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{API_KEY, spawn_with};
@@ -50,36 +48,22 @@ async fn wait_for(app: &common::TestApp, query: &str, n: usize, within: Duration
 
 /// Runs every received request through `interop/webhooks/verify.mjs` (npm standardwebhooks).
 fn verify_with_npm(secret: &WebhookSecret, requests: &[wiremock::Request]) -> Vec<String> {
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../interop/webhooks/verify.mjs");
-    let mut child = Command::new("node")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    {
-        let mut stdin = child.stdin.take().expect("stdin");
-        for request in requests {
+    let messages: Vec<Value> = requests
+        .iter()
+        .map(|request| {
             let headers: serde_json::Map<String, Value> = request
                 .headers
                 .iter()
                 .map(|(k, v)| (k.to_string(), json!(v.to_str().expect("ascii"))))
                 .collect();
-            let line = json!({
+            json!({
                 "secret": secret.expose_secret(),
                 "headers": headers,
                 "body": String::from_utf8(request.body.clone()).expect("utf-8"),
-            });
-            writeln!(stdin, "{line}").expect("write");
-        }
-    }
-    let output = child.wait_with_output().expect("verify.mjs");
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(str::to_owned)
-        .collect()
+            })
+        })
+        .collect();
+    tokenwarden_testkit::interop::standardwebhooks_verdicts(&messages)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ use tokenwarden::{connect, connection, crypto, secret, store, webhooks};
 pub mod conformance;
 mod failing_writes;
 mod fixtures;
+pub mod interop;
 
 pub use failing_writes::FailingWrites;
 pub use fixtures::{at, sample_connection, test_keys};

@@ -6,17 +6,10 @@
 //! It needs `cd interop/webhooks && npm ci` (`scripts/test` runs it). Without it the test is
 //! built as ignored and says why (see `build.rs`); once installed, a missing `node` fails it.
 
-use std::io::Write as _;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-
 use serde_json::json;
 use time::OffsetDateTime;
 use tokenwarden::webhooks::{WebhookSecret, headers, sign};
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../interop/webhooks")
-}
+use tokenwarden_testkit::interop::standardwebhooks_verdicts;
 
 /// One message for `verify.mjs`: the consumer's secret, the headers we would send, the body.
 struct Case {
@@ -29,53 +22,22 @@ struct Case {
 
 /// Runs every case through one `node verify.mjs` and returns its answer for each, in order.
 fn npm_verify(cases: &[Case]) -> Vec<String> {
-    let dir = interop_dir();
-    assert!(
-        dir.join("node_modules/standardwebhooks/package.json")
-            .is_file(),
-        "standardwebhooks is not installed although this test was built for it: \
-         run `npm ci` in interop/webhooks (scripts/test does)"
-    );
-    let mut input = String::new();
-    for case in cases {
-        let headers: serde_json::Map<String, serde_json::Value> = case
-            .headers
-            .iter()
-            .map(|(name, value)| ((*name).to_owned(), json!(value)))
-            .collect();
-        let line = json!({
-            "secret": case.consumer_secret.expose_secret(),
-            "headers": headers,
-            "body": case.body,
-        });
-        input.push_str(&line.to_string());
-        input.push('\n');
-    }
-    let mut child = Command::new("node")
-        .arg("verify.mjs")
-        .current_dir(&dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start `node verify.mjs` (is node on PATH?)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write to verify.mjs");
-    let out = child.wait_with_output().expect("verify.mjs runs");
-    assert!(
-        out.status.success(),
-        "verify.mjs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("UTF-8 output")
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    let messages: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|case| {
+            let headers: serde_json::Map<String, serde_json::Value> = case
+                .headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), json!(value)))
+                .collect();
+            json!({
+                "secret": case.consumer_secret.expose_secret(),
+                "headers": headers,
+                "body": case.body,
+            })
+        })
+        .collect();
+    standardwebhooks_verdicts(&messages)
 }
 
 #[test]
