@@ -843,3 +843,69 @@ async fn connect_flow_secrets_are_sealed_and_erased_when_the_session_finishes() 
     assert_eq!(erased, (None, None), "erased at finish");
     drop_schemas(&url, [db.name().to_owned()]).await;
 }
+
+/// A TCP relay on a port of its own in front of the database, so the sockets of the store
+/// under test are told from every other test's by their peer port.
+async fn relay_to(url: &str) -> (String, u16) {
+    let mut parsed = url::Url::parse(url).expect("url");
+    let target = format!(
+        "{}:{}",
+        parsed.host_str().expect("host"),
+        parsed.port().unwrap_or(5432)
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    parsed.set_host(Some("127.0.0.1")).expect("host");
+    parsed.set_port(Some(port)).expect("port");
+    (parsed.to_string(), port)
+}
+
+/// sqlx 0.9.0 leaves Nagle's algorithm on; the store's pools turn it off on every connection
+/// they open (a statement over 16 KiB would otherwise wait 40 ms for a delayed ACK).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
+async fn the_pool_connections_have_tcp_nodelay() {
+    use tokenwarden::store::postgres::nodelay::set_on_connections_to;
+    let url = postgres_url();
+    let (relayed, port) = relay_to(&url).await;
+    let db = TestDb::fresh("nodelay");
+    let store = store_in(&relayed, &db).await;
+    // Several connections at once, so the pool opens more than its first.
+    let conn = sample_connection("u", "tiktok", "a");
+    let gets: Vec<_> = (0..6).map(|_| store.get(conn.key())).collect();
+    for got in futures::future::join_all(gets).await {
+        assert!(got.expect("get").is_none());
+    }
+    assert!(
+        store.pool().size() > 1,
+        "the pool opened several connections"
+    );
+    assert_eq!(
+        set_on_connections_to(port).expect("inspect"),
+        0,
+        "every connection of the store's pool already has TCP_NODELAY"
+    );
+    // A connection made without the store's pool is found and changed: the check above
+    // could see the store's sockets.
+    use sqlx::Connection as _;
+    let plain = sqlx::PgConnection::connect(&relayed)
+        .await
+        .expect("connect");
+    assert_eq!(set_on_connections_to(port).expect("set"), 1);
+    plain.close().await.expect("close");
+    drop(store);
+    drop_schemas(&url, [db.name().to_owned()]).await;
+}

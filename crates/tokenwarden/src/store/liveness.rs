@@ -28,7 +28,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{AssertSqlSafe, Postgres};
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -206,7 +206,7 @@ impl Liveness {
 async fn keep(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     // A pool of one connection of its own: PgListener reconnects through a pool, and this
     // one must never wait behind (or take from) the store's.
-    let own = PgPoolOptions::new()
+    let own = super::postgres::pool_options(shared.pool.connect_options().as_ref())
         .max_connections(1)
         .min_connections(0)
         .idle_timeout(None)

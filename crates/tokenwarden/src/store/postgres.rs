@@ -60,6 +60,7 @@ use crate::webhooks::outbox::{
     delivery_page, session_failed_event, unix_ms, update_events,
 };
 
+pub mod nodelay;
 mod outbox;
 
 /// Connections per pool. Every instance has its own pool, plus one connection of its own
@@ -679,12 +680,29 @@ async fn open_pool(options: PgConnectOptions) -> Result<PgPool, StoreError> {
         .map_err(|_| StoreError::Database("connect: timed out".to_owned()))?
         .map_err(db_error("connect"))?;
     let _ = probe.close().await;
-    PgPoolOptions::new()
+    pool_options(&options)
         .max_connections(POOL_SIZE)
         .acquire_timeout(CONNECT_TIMEOUT)
         .connect_with(options)
         .await
         .map_err(db_error("connect"))
+}
+
+/// A pool's options for connections made with `options`: over TCP, each new connection's
+/// socket gets `TCP_NODELAY` (see `nodelay`).
+pub(super) fn pool_options(options: &PgConnectOptions) -> PgPoolOptions {
+    let over_tcp = options.get_socket().is_none() && !options.get_host().starts_with('/');
+    let pool = PgPoolOptions::new();
+    if !over_tcp {
+        return pool;
+    }
+    let port = options.get_port();
+    pool.after_connect(move |_, _| {
+        Box::pin(async move {
+            nodelay::after_connect(port);
+            Ok(())
+        })
+    })
 }
 
 /// `CREATE SCHEMA IF NOT EXISTS`, on a connection of its own (the pool's connections
