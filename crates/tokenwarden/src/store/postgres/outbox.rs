@@ -33,43 +33,9 @@ pub(super) async fn insert_events(
     db: &mut PgConnection,
     events: &[NewEvent],
 ) -> Result<(), StoreError> {
-    // Statements of at most EVENT_BYTES_PER_STATEMENT each: a larger message does not fit the
-    // socket's initial send buffer (Linux: 16 KiB), its tail is written later and, with Nagle
-    // on (sqlx sets no TCP_NODELAY), waits for the server's delayed ACK, about 40 ms
-    // (BENCHMARKS.md, "Webhooks").
-    let mut start = 0;
-    while start < events.len() {
-        let mut end = start + 1;
-        let mut bytes = event_bytes(&events[start]);
-        while end < events.len() && bytes + event_bytes(&events[end]) <= EVENT_BYTES_PER_STATEMENT {
-            bytes += event_bytes(&events[end]);
-            end += 1;
-        }
-        insert_event_chunk(db, &events[start..end]).await?;
-        start = end;
+    if events.is_empty() {
+        return Ok(());
     }
-    Ok(())
-}
-
-/// Parameter bytes per event INSERT (see [`insert_events`]): well under 16 KiB with the
-/// protocol's own framing.
-const EVENT_BYTES_PER_STATEMENT: usize = 12 * 1024;
-
-/// About what one event adds to an INSERT's message: its text columns, the timestamp and
-/// each array element's length word.
-fn event_bytes(event: &NewEvent) -> usize {
-    event.id.len()
-        + event.kind.as_str().len()
-        + event.body.len()
-        + event.only_endpoint.as_ref().map_or(0, String::len)
-        + event.connection.as_ref().map_or(0, |k| {
-            k.user_id.as_str().len() + k.provider.as_str().len() + k.account_id.as_str().len()
-        })
-        + 8
-        + 8 * 4
-}
-
-async fn insert_event_chunk(db: &mut PgConnection, events: &[NewEvent]) -> Result<(), StoreError> {
     let mut ids = Vec::with_capacity(events.len());
     let mut kinds = Vec::with_capacity(events.len());
     let mut bodies = Vec::with_capacity(events.len());
@@ -79,10 +45,10 @@ async fn insert_event_chunk(db: &mut PgConnection, events: &[NewEvent]) -> Resul
     let mut providers = Vec::with_capacity(events.len());
     let mut accounts = Vec::with_capacity(events.len());
     for event in events {
-        ids.push(event.id.clone());
+        ids.push(event.id.as_str());
         kinds.push(event.kind.as_str());
-        bodies.push(event.body.clone());
-        only.push(event.only_endpoint.clone());
+        bodies.push(event.body.as_str());
+        only.push(event.only_endpoint.as_deref());
         created.push(unix_ms(event.created_at));
         let key = event.connection.as_ref();
         users.push(key.map(|k| k.user_id.as_str()));
