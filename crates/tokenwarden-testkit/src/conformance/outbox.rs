@@ -376,7 +376,7 @@ where
     let store = make(TestDb::fresh("outbox_batch"), k1()).await;
     store.set_outbox(true);
     let mut stored = Vec::new();
-    let conns: Vec<Connection> = (0..4)
+    let conns: Vec<Connection> = (0..5)
         .map(|i| sample_connection("u", "tiktok", &format!("batch-{i}")))
         .collect();
     for conn in &conns {
@@ -384,6 +384,15 @@ where
     }
     // Row 3 is failing already, so its success below recovers it.
     stored[3] = update(&store, &conns[3], &stored[3], 2, ConnectionStatus::Active).await;
+    // Row 4 needs a reconnect already, so failing for good again raises nothing.
+    stored[4] = update(
+        &store,
+        &conns[4],
+        &stored[4],
+        1,
+        ConnectionStatus::NeedsReconnect,
+    )
+    .await;
     drain(&store).await;
 
     let batch = [
@@ -391,6 +400,7 @@ where
         outcome(&conns[1], &stored[1], 1, ConnectionStatus::NeedsReconnect),
         outcome(&conns[2], &stored[2], 0, ConnectionStatus::Active),
         outcome(&conns[3], &stored[3], 0, ConnectionStatus::Active),
+        outcome(&conns[4], &stored[4], 2, ConnectionStatus::NeedsReconnect),
     ];
     let results = store.update_batch(&batch).await.expect("batch");
     assert!(results.iter().all(Result::is_ok), "{results:?}");

@@ -55,9 +55,9 @@ use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionSta
 use crate::crypto::KeyRing;
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
-    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent, Prior,
-    StoredEvent, WebhookQueueStats, Write, connection_change_events, decode_delivery_cursor,
-    delivery_page, session_failed_event, unix_ms, update_events,
+    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
+    Requires, StoredEvent, WebhookQueueStats, Write, connection_change_events,
+    decode_delivery_cursor, delivery_page, session_failed_event, unix_ms, update_candidate,
 };
 
 pub mod nodelay;
@@ -324,6 +324,12 @@ impl PgStore {
     /// [`Store::update_batch`] for distinct keys: one statement (one round trip, one
     /// commit) that joins the rows, passed as arrays, on key and expected version. Rows are
     /// passed in key order, so two batches sharing keys lock them in the same order.
+    ///
+    /// With the outbox on it is still one statement, autocommitted: each row's one possible
+    /// event is built beforehand ([`EventCandidates`]) and the statement inserts those whose
+    /// old row meets their condition, reading the old rows as it locks them
+    /// ([`UPDATE_BATCH_WITH_EVENTS_SQL`]). A transaction around a read, the write and the
+    /// events' insert cost three more round trips per batch.
     async fn update_distinct(
         &self,
         conns: &[Connection],
@@ -339,12 +345,17 @@ impl PgStore {
                 Err(e) => out[i] = Some(Err(e)),
             }
         }
-        if self.outbox_on() && !columns.idx.is_empty() {
-            return self.update_distinct_with_events(conns, columns, out).await;
-        }
         // Nothing to send when no row could be sealed.
         let rows = if columns.idx.is_empty() {
             Vec::new()
+        } else if self.outbox_on() {
+            let events = EventCandidates::of(conns, &columns.idx)?;
+            let statement = sqlx::query(AssertSqlSafe(UPDATE_BATCH_WITH_EVENTS_SQL.as_str()));
+            events
+                .bind(columns.bind(statement))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error("update"))?
         } else {
             columns
                 .bind(sqlx::query(UPDATE_BATCH_SQL))
@@ -369,54 +380,6 @@ impl PgStore {
                 None => Err(self.missed_write(conns[i].key(), "update").await),
             });
         }
-        Ok(results)
-    }
-
-    /// The rest of [`PgStore::update_distinct`] with the outbox on, in one transaction: the
-    /// batch statement, which also locks the rows first (in key order, as the plain batch
-    /// statement would) and returns what each written row's status and failure count were
-    /// (the only fields the event rules read), then the events of the rows it wrote. A row it
-    /// did not write is `NotFound` or `Conflict`, asked on the same transaction.
-    async fn update_distinct_with_events(
-        &self,
-        conns: &[Connection],
-        columns: BatchColumns,
-        mut out: Vec<Option<Result<ConnectionMeta, StoreError>>>,
-    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_error("update"))?;
-        let rows = columns
-            .bind(sqlx::query(AssertSqlSafe(
-                UPDATE_BATCH_RETURNING_OLD_SQL.as_str(),
-            )))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error("update"))?;
-        let mut events = Vec::new();
-        for row in &rows {
-            let idx: i32 = get(row, "idx")?;
-            let i = usize::try_from(idx).map_err(|_| corrupt("batch index"))?;
-            let conn = conns.get(i).ok_or_else(|| corrupt("batch index"))?;
-            let meta = written_meta(conn, get(row, "created_at")?, get(row, "version")?)?;
-            let old_status: String = get(row, "old_status")?;
-            let old_failures: i64 = get(row, "old_failures")?;
-            let prior = Prior {
-                status: ConnectionStatus::parse(&old_status)
-                    .ok_or_else(|| corrupt("connection status"))?,
-                consecutive_failures: u32::try_from(old_failures)
-                    .map_err(|_| corrupt("consecutive failures"))?,
-            };
-            events.extend(update_events(prior, &meta));
-            out[i] = Some(Ok(meta));
-        }
-        outbox::insert_events(&mut tx, &events).await?;
-        let mut results = Vec::with_capacity(conns.len());
-        for (result, conn) in out.into_iter().zip(conns) {
-            results.push(match result {
-                Some(result) => result,
-                None => Err(missed_write(&mut tx, conn.key(), "update").await),
-            });
-        }
-        tx.commit().await.map_err(db_error("update"))?;
         Ok(results)
     }
 
@@ -785,31 +748,97 @@ const UPDATE_BATCH_SQL: &str = "\
     RETURNING v.idx, c.created_at, c.version";
 
 /// [`UPDATE_BATCH_SQL`] for the outbox: the rows are first locked in key order by a
-/// sub-select, which also hands back their status and failure count as they were, so the
-/// events need no separate read (one round trip fewer per batch).
-static UPDATE_BATCH_RETURNING_OLD_SQL: LazyLock<String> = LazyLock::new(|| {
+/// sub-select, which also reads their status and failure count as they were (the only
+/// fields the event rules read); the written rows' event candidates (parameters after the
+/// rows', see [`EventCandidates`]) whose condition ([`Requires::SQL`]) the old row meets are
+/// inserted, in the order given, by the same statement.
+static UPDATE_BATCH_WITH_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
     let (head, tail) = UPDATE_BATCH_SQL
         .split_once(" WHERE c.user_id")
         .expect("UPDATE_BATCH_SQL has a WHERE clause");
     let tail = tail
         .strip_suffix(" RETURNING v.idx, c.created_at, c.version")
         .expect("UPDATE_BATCH_SQL ends with its RETURNING clause");
-    // The key's arrays follow the written columns' (see `batch_statements_agree`).
+    // The key's arrays follow the written columns' (see `batch_statements_agree`), then the
+    // expected versions and indexes; the candidates' arrays come after those.
     let n = WRITE_COLUMNS.len();
     let (u, p, a) = (n + 1, n + 2, n + 3);
+    let e = n + 6;
+    let (e_idx, e_req, e_id, e_type, e_body, e_at) = (e, e + 1, e + 2, e + 3, e + 4, e + 5);
+    let requires = Requires::SQL;
     format!(
-        "{head}, \
+        "WITH upd AS ({head}, \
          (SELECT user_id, provider, account_id, status, consecutive_failures \
           FROM connections WHERE (user_id, provider, account_id) IN \
-               (SELECT * FROM UNNEST(${u}::text[], ${p}::text[], ${a}::text[])) \
-          ORDER BY user_id, provider, account_id FOR UPDATE) AS o \
+               (SELECT * FROM UNNEST(${u}::text[], ${p}::text[], ${a}::text[]))) AS o \
          WHERE c.user_id{tail} \
            AND o.user_id = c.user_id AND o.provider = c.provider \
            AND o.account_id = c.account_id \
          RETURNING v.idx, c.created_at, c.version, o.status AS old_status, \
-                   o.consecutive_failures AS old_failures"
+                   o.consecutive_failures AS old_failures, \
+                   c.user_id, c.provider, c.account_id), \
+         ev AS (INSERT INTO webhook_events (id, type, body, created_at, user_id, provider, \
+                                            account_id) \
+            SELECT id, type, body, created_at, user_id, provider, account_id \
+            FROM UNNEST(${e_idx}::int4[], ${e_req}::text[], ${e_id}::text[], \
+                        ${e_type}::text[], ${e_body}::text[], ${e_at}::int8[]) \
+                 WITH ORDINALITY AS e(idx, requires, id, type, body, created_at, n) \
+            JOIN (SELECT idx AS written, old_status AS status, old_failures AS failures, \
+                         user_id, provider, account_id FROM upd) AS w ON w.written = e.idx \
+            WHERE {requires} \
+            ORDER BY e.n) \
+         SELECT idx, created_at, version FROM upd"
     )
 });
+
+/// Each written row's one possible event ([`update_candidate`]), as arrays for
+/// [`UPDATE_BATCH_WITH_EVENTS_SQL`]: the row's batch index, the condition, the event.
+#[derive(Default)]
+struct EventCandidates {
+    idx: Vec<i32>,
+    requires: Vec<&'static str>,
+    id: Vec<String>,
+    kind: Vec<&'static str>,
+    body: Vec<String>,
+    created_at: Vec<i64>,
+}
+
+impl EventCandidates {
+    /// The candidates of `conns[i]` for each batch index `i` in `idx`, each as its row will
+    /// be once written: the batch statement writes a row only at its expected version, and
+    /// makes it that version plus one.
+    fn of(conns: &[Connection], idx: &[i32]) -> Result<Self, StoreError> {
+        let mut out = Self::default();
+        for &i in idx {
+            let conn = usize::try_from(i)
+                .ok()
+                .and_then(|i| conns.get(i))
+                .ok_or_else(|| corrupt("batch index"))?;
+            // `created_at` is not in an event; the caller's value stands in for the row's.
+            let written = written_meta(conn, unix(conn.meta.created_at), conn.meta.version + 1)?;
+            let Some((event, requires)) = update_candidate(&written) else {
+                continue;
+            };
+            out.idx.push(i);
+            out.requires.push(requires.as_str());
+            out.id.push(event.id);
+            out.kind.push(event.kind.as_str());
+            out.body.push(event.body);
+            out.created_at.push(unix_ms(event.created_at));
+        }
+        Ok(out)
+    }
+
+    fn bind(self, query: PgQuery<'_>) -> PgQuery<'_> {
+        query
+            .bind(self.idx)
+            .bind(self.requires)
+            .bind(self.id)
+            .bind(self.kind)
+            .bind(self.body)
+            .bind(self.created_at)
+    }
+}
 
 /// Rows for [`UPDATE_BATCH_SQL`], one array per column.
 #[derive(Default)]
@@ -1940,7 +1969,7 @@ mod tests {
         for i in n + 1..=n + 3 {
             assert!(UPDATE_BATCH_SQL.contains(&format!("${i}::text[]")));
         }
-        assert!(UPDATE_BATCH_RETURNING_OLD_SQL.contains(&format!(
+        assert!(UPDATE_BATCH_WITH_EVENTS_SQL.contains(&format!(
             "UNNEST(${}::text[], ${}::text[], ${}::text[])) ORDER BY user_id, provider, \
              account_id FOR UPDATE) AS o",
             n + 1,

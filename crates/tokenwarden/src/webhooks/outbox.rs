@@ -98,16 +98,63 @@ pub fn connection_events(
 
 /// What a refresh's outcome raises (see [`connection_events`]).
 fn update_event(old: Prior, new: &ConnectionMeta) -> Option<EventType> {
+    update_rule(new)
+        .filter(|(_, requires)| requires.holds(old))
+        .map(|(kind, _)| kind)
+}
+
+/// The one event a refresh's write of `new` can raise, and what the row must have been for
+/// it to be raised. Decided by `new` alone, so a batch write can build the event before it
+/// knows the old rows and let the database keep it only where the old row meets the
+/// condition ([`Requires::SQL`]).
+fn update_rule(new: &ConnectionMeta) -> Option<(EventType, Requires)> {
     let active = new.status == ConnectionStatus::Active;
-    if old.status == ConnectionStatus::Active && new.status == ConnectionStatus::NeedsReconnect {
-        Some(EventType::ConnectionNeedsReconnect)
-    } else if old.consecutive_failures == 0 && new.consecutive_failures > 0 && active {
-        Some(EventType::ConnectionRefreshFailing)
-    } else if old.consecutive_failures > 0 && new.consecutive_failures == 0 && active {
-        Some(EventType::ConnectionRecovered)
+    if new.status == ConnectionStatus::NeedsReconnect {
+        Some((EventType::ConnectionNeedsReconnect, Requires::WasActive))
+    } else if active && new.consecutive_failures > 0 {
+        Some((EventType::ConnectionRefreshFailing, Requires::NoFailures))
+    } else if active {
+        Some((EventType::ConnectionRecovered, Requires::HadFailures))
     } else {
         None
     }
+}
+
+/// What a row must have been before a refresh's write for the write's event to be raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Requires {
+    /// It was `active` (→ `needs_reconnect`).
+    WasActive,
+    /// It had no failures (→ `refresh_failing`).
+    NoFailures,
+    /// It had failures (→ `recovered`).
+    HadFailures,
+}
+
+impl Requires {
+    /// Whether the row as it was meets the condition.
+    pub(crate) fn holds(self, old: Prior) -> bool {
+        match self {
+            Self::WasActive => old.status == ConnectionStatus::Active,
+            Self::NoFailures => old.consecutive_failures == 0,
+            Self::HadFailures => old.consecutive_failures > 0,
+        }
+    }
+
+    /// The condition's name, as a batch statement receives it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::WasActive => "was_active",
+            Self::NoFailures => "no_failures",
+            Self::HadFailures => "had_failures",
+        }
+    }
+
+    /// [`Requires::holds`] in SQL, for a candidate's condition `requires` (its
+    /// [`Requires::as_str`]) and the old row's `status` and `failures`.
+    pub(crate) const SQL: &str = "(requires = 'was_active' AND status = 'active') \
+        OR (requires = 'no_failures' AND failures = 0) \
+        OR (requires = 'had_failures' AND failures > 0)";
 }
 
 /// All of a row, as it was before a refresh wrote it, that the refresh rules read: its
@@ -125,6 +172,17 @@ impl Prior {
             consecutive_failures: meta.consecutive_failures,
         }
     }
+}
+
+/// The event a refresh's write of `new` raises if the row as it was meets the condition
+/// returned with it; `new` is the row as written (its new version). See [`update_rule`].
+pub(crate) fn update_candidate(new: &ConnectionMeta) -> Option<(NewEvent, Requires)> {
+    if new.key.is_app() {
+        return None;
+    }
+    let (kind, requires) = update_rule(new)?;
+    let event = NewEvent::new(kind, new.updated_at, connection_data(new)).about(new.key.clone());
+    Some((event, requires))
 }
 
 /// [`connection_change_events`] of a refresh's write (`Write::Update`) of `new`, from the
@@ -196,10 +254,22 @@ pub fn connect_session_failed_data(
     data
 }
 
-/// A new event id: `evt_` and 128 random bits, base64url (26 characters). The same on every
-/// attempt to every endpoint (it is the `webhook-id` header), so consumers can deduplicate.
+/// A new event id: `evt_`, 13 hex digits of microseconds since the Unix epoch and 96 random
+/// bits, base64url (33 characters). The same on every attempt to every endpoint (it is the
+/// `webhook-id` header), so consumers can deduplicate. The time first makes ids written
+/// together neighbours in the id index (its inserts go to the index's end instead of a random
+/// page each, which after a checkpoint would each log a full page).
 pub fn new_event_id() -> String {
-    format!("evt_{}", URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>()))
+    format!(
+        "evt_{:013x}{}",
+        micros_now(),
+        URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>())
+    )
+}
+
+/// Microseconds since the Unix epoch, now.
+fn micros_now() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
 }
 
 /// A new delivery id: `dlv_`, 13 hex digits of microseconds since the Unix epoch and 8 random
@@ -207,8 +277,7 @@ pub fn new_event_id() -> String {
 /// increase even when the clock stands still or steps back.
 pub fn new_delivery_id() -> String {
     static LAST: AtomicI64 = AtomicI64::new(0);
-    let now =
-        i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
+    let now = micros_now();
     let previous = LAST
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
             Some(now.max(last + 1))
@@ -613,6 +682,54 @@ mod tests {
         );
     }
 
+    /// A batch write inserts a refresh's candidate event where the old row meets its
+    /// condition: that must be exactly the event the rules raise from the old row, for every
+    /// old and new state.
+    #[test]
+    fn the_candidate_kept_by_its_condition_is_the_event_raised() {
+        for old_status in [Active, NeedsReconnect] {
+            for old_failures in [0, 1, 3] {
+                for new_status in [Active, NeedsReconnect] {
+                    for new_failures in [0, 1, 4] {
+                        let (old, new) = (
+                            meta(old_status, old_failures),
+                            meta(new_status, new_failures),
+                        );
+                        let raised = update_events(Prior::of(&old), &new);
+                        let kept: Vec<NewEvent> = update_candidate(&new)
+                            .filter(|(_, requires)| requires.holds(Prior::of(&old)))
+                            .map(|(event, _)| event)
+                            .into_iter()
+                            .collect();
+                        let what = format!(
+                            "{old_status:?}/{old_failures} -> {new_status:?}/{new_failures}"
+                        );
+                        assert_eq!(raised.len(), kept.len(), "{what}");
+                        for (r, k) in raised.iter().zip(&kept) {
+                            assert_eq!(
+                                (r.kind, r.created_at, &r.connection),
+                                (k.kind, k.created_at, &k.connection),
+                                "{what}"
+                            );
+                            let data = |e: &NewEvent| {
+                                serde_json::from_str::<Value>(&e.body).expect("json")["data"]
+                                    .clone()
+                            };
+                            assert_eq!(data(r), data(k), "{what}");
+                        }
+                    }
+                }
+            }
+        }
+        let mut app = meta(Active, 1);
+        app.key = ConnectionKey::app(app.key.provider.clone());
+        assert!(app.key.is_app());
+        assert!(
+            update_candidate(&app).is_none(),
+            "application tokens raise nothing"
+        );
+    }
+
     #[test]
     fn refresh_failing_once_per_episode_not_per_attempt() {
         // Three transient failures in a row, then more: one event, at the first.
@@ -787,8 +904,17 @@ mod tests {
     #[test]
     fn ids_have_their_shapes_and_delivery_ids_sort_by_creation() {
         let e = new_event_id();
-        assert!(e.starts_with("evt_") && e.len() == 26, "{e}");
+        assert!(e.starts_with("evt_") && e.len() == 33, "{e}");
         assert_ne!(e, new_event_id());
+        // Time first: an id made a millisecond later sorts after.
+        let hex = &e[4..17];
+        assert!(
+            hex.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{e}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(new_event_id()[..17] > e[..17]);
         let ids: Vec<String> = (0..1000).map(|_| new_delivery_id()).collect();
         assert!(ids.iter().all(|id| is_delivery_id(id)), "{}", ids[0]);
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
