@@ -68,11 +68,20 @@ pub async fn require_api_key(State(app): State<App>, request: Request, next: Nex
     if app.api_keys().check_header(header) {
         next.run(request).await
     } else {
+        let proxied = request.uri().path().starts_with(crate::proxy::PATH_PREFIX);
         let mut response = ApiError::unauthorized().into_response();
         // RFC 6750 §3: tell the client which scheme is expected.
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        if proxied {
+            // On the proxy route tokenwarden's own answers are marked, so they are not
+            // taken for the API's 401.
+            response.headers_mut().insert(
+                crate::proxy::TOKENWARDEN_ERROR,
+                HeaderValue::from_static(crate::error::UNAUTHORIZED),
+            );
+        }
         response
     }
 }

@@ -154,8 +154,11 @@ fn own_answer(error: ApiError) -> Response {
     response
 }
 
-/// The header that marks [`own_answer`]s.
+/// The header that marks [`own_answer`]s (and the API-key check's 401 on this route).
 pub const TOKENWARDEN_ERROR: &str = "tokenwarden-error";
+
+/// Where the proxy route's paths start.
+pub const PATH_PREFIX: &str = "/v1/proxy/";
 
 async fn forward_call(app: &App, request: Request) -> (Result<Response, ApiError>, Option<&Api>) {
     let proxy = app.proxy();

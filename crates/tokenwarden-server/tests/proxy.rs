@@ -621,6 +621,18 @@ async fn instagram_takes_its_token_in_the_query() {
     app.stop().await;
 }
 
+/// An answer of tokenwarden's own on the proxy route: `status`, and the `Tokenwarden-Error`
+/// header naming the same code as the body. Returns the body's `error`.
+async fn own_error(response: reqwest::Response, status: u16) -> Value {
+    let marked = response
+        .headers()
+        .get("tokenwarden-error")
+        .map(|v| v.to_str().expect("ascii").to_owned());
+    let error = error_of(response, status).await;
+    assert_eq!(marked.as_deref(), error["code"].as_str(), "{error}");
+    error
+}
+
 #[tokio::test]
 async fn unreachable_slow_and_unproxied_apis_are_answered_with_their_codes() {
     let slow = MockServer::start().await;
@@ -657,11 +669,11 @@ async fn unreachable_slow_and_unproxied_apis_are_answered_with_their_codes() {
             .bearer_auth(API_KEY)
             .send()
     };
-    let error = error_of(call("fake").await.expect("slow"), 504).await;
+    let error = own_error(call("fake").await.expect("slow"), 504).await;
     assert_eq!(error["code"], "UPSTREAM_TIMEOUT");
-    let error = error_of(call("closed").await.expect("closed"), 502).await;
+    let error = own_error(call("closed").await.expect("closed"), 502).await;
     assert_eq!(error["code"], "UPSTREAM_UNREACHABLE");
-    let error = error_of(call("plain").await.expect("plain"), 400).await;
+    let error = own_error(call("plain").await.expect("plain"), 400).await;
     assert_eq!(error["code"], "INVALID_REQUEST");
     assert_eq!(error["details"]["field"], "provider");
     assert!(
@@ -670,9 +682,9 @@ async fn unreachable_slow_and_unproxied_apis_are_answered_with_their_codes() {
             .expect("message")
             .contains("api_base_url")
     );
-    let error = error_of(call("nope").await.expect("unknown"), 400).await;
+    let error = own_error(call("nope").await.expect("unknown"), 400).await;
     assert_eq!(error["code"], "UNKNOWN_PROVIDER");
-    let error = error_of(
+    let error = own_error(
         client()
             .get(app.url("/v1/proxy/u1/fake/missing/x"))
             .bearer_auth(API_KEY)
@@ -691,12 +703,25 @@ async fn unreachable_slow_and_unproxied_apis_are_answered_with_their_codes() {
         .expect("head");
     assert_eq!(head.status(), 405);
     assert_eq!(head.headers()["allow"], "GET, POST, PUT, PATCH, DELETE");
-    let unauthenticated = client()
-        .get(app.url("/v1/proxy/u1/fake/a1/x"))
+    assert_eq!(head.headers()["tokenwarden-error"], "INVALID_REQUEST");
+    // Refused by the API-key check before the proxy's handler runs: marked all the same.
+    for key in [None, Some("not-the-key")] {
+        let mut request = client().get(app.url("/v1/proxy/u1/fake/a1/x"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let refused = own_error(request.send().await.expect("no key"), 401).await;
+        assert_eq!(refused["code"], "UNAUTHORIZED");
+    }
+    // The mark is the proxy route's: other routes' answers do not carry it.
+    let elsewhere = app
+        .client
+        .get(app.url("/v1/users/u1/connections/fake/a1/access-token"))
         .send()
         .await
-        .expect("no key");
-    assert_eq!(unauthenticated.status(), 401);
+        .expect("token route");
+    assert_eq!(elsewhere.status(), 401);
+    assert!(!elsewhere.headers().contains_key("tokenwarden-error"));
 
     let metrics = app
         .client
