@@ -47,12 +47,14 @@ fi
 if want webhooks; then
   # Outbox off vs on in alternating rounds of scheduled refreshes (successful, then failing
   # with one event each), then one worker delivering 10,000 events to a local receiver.
+  # 6,000 connections and at least 5 pairs: single pairs of 2,000 spread by ±20% on 2 cores.
+  WEBHOOK_ROUNDS=$(( RUNS > 5 ? RUNS : 5 ))
   echo "## webhooks: outbox cost on scheduled refreshes, delivery throughput (SQLite)"
-  BENCH_ROUNDS="${RUNS}" "$BIN/examples/bench_webhooks" 2000 | tee "$OUT/webhooks.txt"
+  BENCH_ROUNDS="$WEBHOOK_ROUNDS" "$BIN/examples/bench_webhooks" 6000 | tee "$OUT/webhooks.txt"
   if [[ -n "${TOKENWARDEN_TEST_POSTGRES_URL:-}" ]]; then
     echo "## webhooks: outbox cost on scheduled refreshes, delivery throughput (PostgreSQL)"
-    BENCH_ROUNDS="${RUNS}" "$BIN/examples/bench_webhooks" 2000 "$TOKENWARDEN_TEST_POSTGRES_URL" \
-      | tee "$OUT/webhooks_pg.txt"
+    BENCH_ROUNDS="$WEBHOOK_ROUNDS" "$BIN/examples/bench_webhooks" 6000 \
+      "$TOKENWARDEN_TEST_POSTGRES_URL" | tee "$OUT/webhooks_pg.txt"
   fi
 fi
 
