@@ -662,7 +662,8 @@ pub(super) fn pool_options(options: &PgConnectOptions) -> PgPoolOptions {
     let port = options.get_port();
     pool.after_connect(move |_, _| {
         Box::pin(async move {
-            nodelay::after_connect(port);
+            // It reads the process's descriptor table: off the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || nodelay::after_connect(port)).await;
             Ok(())
         })
     })
@@ -1970,12 +1971,15 @@ mod tests {
             assert!(UPDATE_BATCH_SQL.contains(&format!("${i}::text[]")));
         }
         assert!(UPDATE_BATCH_WITH_EVENTS_SQL.contains(&format!(
-            "UNNEST(${}::text[], ${}::text[], ${}::text[])) ORDER BY user_id, provider, \
-             account_id FOR UPDATE) AS o",
+            "UNNEST(${}::text[], ${}::text[], ${}::text[]))) AS o",
             n + 1,
             n + 2,
             n + 3
         )));
+        // The expected versions and batch indexes are the last of the rows' parameters; the
+        // event candidates' come next.
+        assert!(UPDATE_BATCH_SQL.contains(&format!("${}::int8[], ${}::int4[])", n + 4, n + 5)));
+        assert!(UPDATE_BATCH_WITH_EVENTS_SQL.contains(&format!("UNNEST(${}::int4[], ", n + 6)));
     }
 
     #[test]
