@@ -357,7 +357,7 @@ pub async fn connection_events(
         .store()
         .recent_connection_events(&key, limit)
         .await
-        .map_err(|e| store_failure("reading connection events", &e))?;
+        .map_err(|e| store_failure("reading connection events failed", &e))?;
     let items = events
         .into_iter()
         .map(|event| {
@@ -396,11 +396,9 @@ pub fn parse_events_query(params: HashMap<String, String>) -> Result<u32, ApiErr
     Ok(limit)
 }
 
-/// A database failure: logged with its detail, answered as a 500 with a generic message.
+/// A database failure: logged once with its detail, answered as a 500 saying only `what`
+/// ("listing deliveries failed").
 fn store_failure(what: &str, error: &tokenwarden::store::StoreError) -> ApiError {
-    tracing::error!(error = %error, "{what} failed");
-    ApiError::from(Error::new(
-        ErrorCode::GetTokenError,
-        format!("{what} failed"),
-    ))
+    tracing::error!(error = %error, "{what}");
+    ApiError::internal(what)
 }

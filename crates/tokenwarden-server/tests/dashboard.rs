@@ -323,3 +323,54 @@ async fn the_events_route_checks_its_key_its_connection_and_its_limit() {
     }
     app.stop().await;
 }
+
+/// A store failure behind the events route is a 500 naming what failed, not why, and one
+/// log line with the database's reason (it was logged twice, as "… failed failed" and again
+/// as "request failed").
+#[tokio::test]
+async fn a_store_failure_on_the_events_route_is_a_500_logged_once() {
+    let logs = common::capture_logs();
+    let app = spawn().await;
+    assert_eq!(
+        app.import(
+            "u1",
+            "acct",
+            json!({"access_token": "at", "expires_in": 3600})
+        )
+        .await
+        .status(),
+        201
+    );
+    // The events' table goes away under the running server.
+    let db = app.dir.path().join("test.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("open");
+    sqlx::query("DROP TABLE webhook_events")
+        .execute(&pool)
+        .await
+        .expect("drop");
+    pool.close().await;
+
+    let response = app
+        .client
+        .get(format!("{}/events", app.conn("u1", "acct")))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("events");
+    let error = common::error_of(response, 500).await;
+    assert_eq!(error["message"], "reading connection events failed");
+    let logged = String::from_utf8(logs.lock().expect("logs").clone()).expect("utf-8");
+    let lines: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("reading connection events"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("webhook_events"),
+        "the reason: {}",
+        lines[0]
+    );
+    app.stop().await;
+}
