@@ -90,10 +90,20 @@ pub async fn require_api_key(State(app): State<App>, request: Request, next: Nex
 pub(crate) fn connection_key(app: &App, path: ConnPath) -> Result<ConnectionKey, ApiError> {
     let Path((user_id, provider, account_id)) =
         path.map_err(|e| ApiError::invalid("path", redact_quoted(&e.body_text())))?;
+    key_of(app, user_id, &provider, account_id)
+}
+
+/// Validates decoded ids into a key of a configured provider.
+pub(crate) fn key_of(
+    app: &App,
+    user_id: String,
+    provider: &str,
+    account_id: String,
+) -> Result<ConnectionKey, ApiError> {
     let user_id = UserId::parse(user_id).map_err(|e| ApiError::invalid_message(e.to_string()))?;
     let account_id =
         AccountId::parse(account_id).map_err(|e| ApiError::invalid_message(e.to_string()))?;
-    let provider = configured_provider(app, &provider)?;
+    let provider = configured_provider(app, provider)?;
     Ok(ConnectionKey::new(user_id, provider, account_id))
 }
 

@@ -29,9 +29,10 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokenwarden::proxy::idle::Idle;
 use tokenwarden::proxy::{ApiBase, Collected, collect_for_replay, headers};
-use tokenwarden::{AccessToken, AccountId, ConnectionKey, ProviderName, UserId, Warden};
+use tokenwarden::{AccessToken, ConnectionKey, ProviderName, Warden};
 use tokio::sync::watch;
 
+use crate::api;
 use crate::app::App;
 use crate::config::Config;
 use crate::error::ApiError;
@@ -162,7 +163,8 @@ pub const PATH_PREFIX: &str = "/v1/proxy/";
 
 async fn forward_call(app: &App, request: Request) -> (Result<Response, ApiError>, Option<&Api>) {
     let proxy = app.proxy();
-    let key = match connection_key(app, request.uri().path()) {
+    let (ids, rest) = split_path(request.uri().path());
+    let key = match connection_key(app, ids) {
         Ok(key) => key,
         Err(e) => return (Err(e), None),
     };
@@ -176,36 +178,44 @@ async fn forward_call(app: &App, request: Request) -> (Result<Response, ApiError
         );
         return (Err(e), None);
     };
-    (send(app, proxy, api, &key, request).await, Some(api))
+    let target = match api.base.target(rest, request.uri().query()) {
+        Ok(target) => target,
+        Err(e) => return (Err(ApiError::invalid("path", e)), Some(api)),
+    };
+    (
+        send(app, proxy, api, &key, target, request).await,
+        Some(api),
+    )
 }
 
-/// Validates the ids in the request's raw path into a key of a configured provider. Only the
-/// ids are decoded here: the rest of the path goes to the API as the client encoded it,
-/// whatever bytes it encodes (a router's extractor would refuse non-UTF-8 ones).
-fn connection_key(app: &App, raw_path: &str) -> Result<ConnectionKey, ApiError> {
-    // "", "v1", "proxy", then the ids (the route matched, so they are there).
-    let mut raw_ids = raw_path.split('/').skip(3);
-    let mut id = |field: &'static str| {
-        let bytes = tokenwarden::proxy::target::percent_decode(raw_ids.next().unwrap_or(""));
-        String::from_utf8(bytes)
+/// The request's raw path cut into the three ids and the rest after
+/// `/v1/proxy/{user_id}/{provider}/{account_id}/`, all as the client encoded them (the
+/// router's `{*path}` is decoded, so it cannot be used). The route matched, so the ids are
+/// there, and they hold no raw `/`.
+fn split_path(path: &str) -> ([&str; 3], &str) {
+    // "", "v1", "proxy", user, provider, account, rest.
+    let mut parts = path.splitn(7, '/').skip(3);
+    let mut next = || parts.next().unwrap_or("");
+    let ids = [next(), next(), next()];
+    (ids, next())
+}
+
+/// Validates the raw ids into a key of a configured provider, as every other route does
+/// ([`api::key_of`]). Only the ids are decoded here: the rest of the path goes to the API as
+/// the client encoded it, whatever bytes it encodes (a router's extractor would refuse
+/// non-UTF-8 ones).
+fn connection_key(
+    app: &App,
+    [user_id, provider, account_id]: [&str; 3],
+) -> Result<ConnectionKey, ApiError> {
+    let decode = |raw: &str, field: &'static str| {
+        String::from_utf8(tokenwarden::proxy::target::percent_decode(raw))
             .map_err(|_| ApiError::invalid(field, "must be UTF-8 once percent-decoded"))
     };
-    let (user_id, provider, account_id) = (id("user_id")?, id("provider")?, id("account_id")?);
-    let user_id = UserId::parse(user_id).map_err(|e| ApiError::invalid_message(e.to_string()))?;
-    let account_id =
-        AccountId::parse(account_id).map_err(|e| ApiError::invalid_message(e.to_string()))?;
-    let provider = ProviderName::parse(provider.as_str())
-        .ok()
-        .filter(|name| app.warden().provider(name).is_some())
-        .ok_or_else(|| ApiError::unknown_provider(&provider))?;
-    Ok(ConnectionKey::new(user_id, provider, account_id))
-}
-
-/// The part of the request's path after `/v1/proxy/{user_id}/{provider}/{account_id}/`, as
-/// the client encoded it (the router's `{*path}` is decoded, so it cannot be used).
-fn raw_rest(path: &str) -> &str {
-    // "", "v1", "proxy", user, provider, account: ids hold no raw '/'.
-    path.splitn(7, '/').nth(6).unwrap_or("")
+    let user_id = decode(user_id, "user_id")?;
+    let provider = decode(provider, "provider")?;
+    let account_id = decode(account_id, "account_id")?;
+    api::key_of(app, user_id, &provider, account_id)
 }
 
 async fn send(
@@ -213,13 +223,10 @@ async fn send(
     proxy: &Proxy,
     api: &Api,
     key: &ConnectionKey,
+    target: url::Url,
     request: Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
-    let target = api
-        .base
-        .target(raw_rest(parts.uri.path()), parts.uri.query())
-        .map_err(|e| ApiError::invalid("path", e))?;
     let grant = app.warden().access_token(key).await?;
     headers::strip_request(&mut parts.headers);
     let body = collect_for_replay(body, proxy.max_replay_bytes)
@@ -408,13 +415,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_raw_rest_keeps_its_encoding() {
+    fn the_ids_and_the_rest_keep_their_encoding() {
         assert_eq!(
-            raw_rest("/v1/proxy/u%2F1/gitlab/a/projects/group%2Fproject/issues"),
-            "projects/group%2Fproject/issues"
+            split_path("/v1/proxy/u%2F1/gitlab/a/projects/group%2Fproject/issues"),
+            (["u%2F1", "gitlab", "a"], "projects/group%2Fproject/issues")
         );
-        assert_eq!(raw_rest("/v1/proxy/u/p/a/%2e%2e/x"), "%2e%2e/x");
-        assert_eq!(raw_rest("/v1/proxy/u/p/a//evil"), "/evil");
-        assert_eq!(raw_rest("/v1/proxy/u/p/a/"), "");
+        assert_eq!(split_path("/v1/proxy/u/p/a/%2e%2e/x").1, "%2e%2e/x");
+        assert_eq!(split_path("/v1/proxy/u/p/a//evil").1, "/evil");
+        assert_eq!(split_path("/v1/proxy/u/p/a/"), (["u", "p", "a"], ""));
     }
 }
