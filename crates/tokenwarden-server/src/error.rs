@@ -178,6 +178,21 @@ impl ApiError {
         e
     }
 
+    /// 504 UPSTREAM_TIMEOUT when the proxy could not connect to the provider's API within
+    /// `waited` (`upstream.connect_timeout_ms`).
+    pub fn upstream_connect_timeout(provider: &str, waited: Duration) -> Self {
+        let mut e = Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            UPSTREAM_TIMEOUT,
+            format!(
+                "the API of provider {provider} could not be connected to within {} ms",
+                waited.as_millis()
+            ),
+        );
+        e.details.insert("provider".into(), provider.into());
+        e
+    }
+
     /// 409 NO_ACCESS_TOKEN: the stored access token cannot go where the provider's API takes
     /// it (a character no HTTP header may hold); only a new token (a reconnect, or an import)
     /// fixes that.

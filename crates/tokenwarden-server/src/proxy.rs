@@ -54,6 +54,7 @@ pub struct Proxy {
     apis: BTreeMap<ProviderName, Api>,
     max_replay_bytes: usize,
     response_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 /// One provider's API, with its metric handles registered once.
@@ -72,11 +73,12 @@ impl Proxy {
     /// When the HTTP client cannot be built (no TLS roots, say).
     pub fn new(config: &Config, warden: &Warden) -> Result<Self, reqwest::Error> {
         let response_timeout = Duration::from_millis(config.upstream.request_timeout_ms);
+        let connect_timeout = Duration::from_millis(config.upstream.connect_timeout_ms);
         // No read timeout of reqwest's: its timer runs from the start of the call, so a long
         // upload that keeps flowing would be cut off. The wait for the answer starts once the
         // body is sent (`Outgoing::send`), and both bodies time out only when idle (`Idle`).
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(config.upstream.connect_timeout_ms))
+            .connect_timeout(connect_timeout)
             // A redirect is the application's to follow: it goes back as it came.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
@@ -109,6 +111,7 @@ impl Proxy {
             apis,
             max_replay_bytes: config.proxy.max_replay_bytes,
             response_timeout,
+            connect_timeout,
         })
     }
 }
@@ -364,6 +367,15 @@ impl Outgoing<'_> {
 
     /// The answer for a call that got no response. Never with the URL: it may hold a token.
     fn failure(&self, error: &reqwest::Error) -> ApiError {
+        if error.is_connect() && error.is_timeout() {
+            let waited = self.proxy.connect_timeout;
+            tracing::warn!(
+                provider = self.provider,
+                waited_ms = waited.as_millis(),
+                "proxied call: connecting to the provider's API timed out"
+            );
+            return ApiError::upstream_connect_timeout(self.provider, waited);
+        }
         if error.is_timeout() {
             let waited = self.proxy.response_timeout;
             tracing::warn!(provider = self.provider, "proxied call timed out");

@@ -743,6 +743,60 @@ async fn unreachable_slow_and_unproxied_apis_are_answered_with_their_codes() {
     app.stop().await;
 }
 
+/// An API whose listener never accepts and whose accept queue is full: the kernel drops the
+/// proxy's SYN, so its connect times out (rather than being refused). The 504 names the
+/// connect timeout, not the wait for an answer.
+#[tokio::test]
+async fn a_connect_that_times_out_is_a_504_naming_the_connect_timeout() {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    // Fill the accept queue (backlog + 1 on Linux); once full, connects hang.
+    let mut queued = Vec::new();
+    for _ in 0..4 {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)) {
+            Ok(stream) => queued.push(stream),
+            Err(_) => break,
+        }
+    }
+    let api = MockServer::start().await;
+    let more = format!(
+        "\n[providers.full]\nkind = \"oauth2\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+         token_url = \"http://127.0.0.1:9/token\"\napi_base_url = \"http://{addr}\"\n\
+         \n[upstream]\nconnect_timeout_ms = 250\nrequest_timeout_ms = 5000\n"
+    );
+    let app = spawn_proxy(&api, &more).await;
+    let imported = app
+        .client
+        .put(app.url("/v1/users/u1/connections/full/a1"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"access_token": OLD_TOKEN, "expires_in": 3600}))
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(imported.status(), 201);
+    let answer = client()
+        .get(app.url("/v1/proxy/u1/full/a1/x"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("proxied");
+    let error = own_error(answer, 504).await;
+    assert_eq!(error["code"], "UPSTREAM_TIMEOUT");
+    let message = error["message"].as_str().expect("message");
+    assert!(
+        message.contains("connect") && message.contains("250 ms"),
+        "{message}"
+    );
+    assert_eq!(error["details"]["provider"], "full");
+    drop(queued);
+    drop(listener);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_token_that_cannot_be_had_is_answered_as_the_token_route_answers() {
     let api = MockServer::start().await;
