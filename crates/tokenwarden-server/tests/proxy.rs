@@ -34,6 +34,19 @@ async fn import(app: &TestApp, user: &str, account: &str, token: &str) {
     assert_eq!(response.status(), 201);
 }
 
+/// Imports `token` for user `u1`'s connection `account` of `provider` (any configured one).
+async fn import_of(app: &TestApp, provider: &str, account: &str, token: &str, expires_in: u64) {
+    let imported = app
+        .client
+        .put(app.url(&format!("/v1/users/u1/connections/{provider}/{account}")))
+        .bearer_auth(API_KEY)
+        .json(&json!({"access_token": token, "expires_in": expires_in}))
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(imported.status(), 201);
+}
+
 fn proxied(app: &TestApp, user: &str, account: &str, rest: &str) -> String {
     app.url(&format!("/v1/proxy/{user}/fake/{account}/{rest}"))
 }
@@ -594,15 +607,7 @@ async fn instagram_takes_its_token_in_the_query() {
         .mount(&api)
         .await;
     let app = spawn_proxy(&api, &instagram(&api)).await;
-    let imported = app
-        .client
-        .put(app.url("/v1/users/u1/connections/ig/ig-1"))
-        .bearer_auth(API_KEY)
-        .json(&json!({"access_token": IG_TOKEN, "expires_in": 5_184_000}))
-        .send()
-        .await
-        .expect("import");
-    assert_eq!(imported.status(), 201);
+    import_of(&app, "ig", "ig-1", IG_TOKEN, 5_184_000).await;
     let response = client()
         .get(app.url("/v1/proxy/u1/ig/ig-1/me?fields=id,username&access_token=not-mine"))
         .bearer_auth(API_KEY)
@@ -653,15 +658,7 @@ async fn unreachable_slow_and_unproxied_apis_are_answered_with_their_codes() {
     );
     let app = spawn_proxy(&slow, &more).await;
     for provider in ["fake", "closed", "plain"] {
-        let imported = app
-            .client
-            .put(app.url(&format!("/v1/users/u1/connections/{provider}/a1")))
-            .bearer_auth(API_KEY)
-            .json(&json!({"access_token": OLD_TOKEN, "expires_in": 3600}))
-            .send()
-            .await
-            .expect("import");
-        assert_eq!(imported.status(), 201);
+        import_of(&app, provider, "a1", OLD_TOKEN, 3600).await;
     }
     let call = |provider: &str| {
         client()
@@ -769,15 +766,7 @@ async fn a_connect_that_times_out_is_a_504_naming_the_connect_timeout() {
          \n[upstream]\nconnect_timeout_ms = 250\nrequest_timeout_ms = 5000\n"
     );
     let app = spawn_proxy(&api, &more).await;
-    let imported = app
-        .client
-        .put(app.url("/v1/users/u1/connections/full/a1"))
-        .bearer_auth(API_KEY)
-        .json(&json!({"access_token": OLD_TOKEN, "expires_in": 3600}))
-        .send()
-        .await
-        .expect("import");
-    assert_eq!(imported.status(), 201);
+    import_of(&app, "full", "a1", OLD_TOKEN, 3600).await;
     let answer = client()
         .get(app.url("/v1/proxy/u1/full/a1/x"))
         .bearer_auth(API_KEY)
@@ -864,15 +853,7 @@ async fn no_token_reaches_a_log_line_or_an_answer() {
     app.provider_ok(NEW_TOKEN, NEW_REFRESH_TOKEN).await;
     import(&app, "u1", "a1", OLD_TOKEN).await;
     for provider in ["ig", "closed"] {
-        let imported = app
-            .client
-            .put(app.url(&format!("/v1/users/u1/connections/{provider}/ig-1")))
-            .bearer_auth(API_KEY)
-            .json(&json!({"access_token": IG_TOKEN, "expires_in": 5_184_000}))
-            .send()
-            .await
-            .expect("import");
-        assert_eq!(imported.status(), 201);
+        import_of(&app, provider, "ig-1", IG_TOKEN, 5_184_000).await;
     }
     let mut answers = Vec::new();
     for url in [
