@@ -327,8 +327,7 @@ impl PgStore {
     ///
     /// With the outbox on it is still one statement, autocommitted: each row's one possible
     /// event is built beforehand ([`EventCandidates`]) and the statement inserts those whose
-    /// old row meets their condition, reading the old rows as it locks them
-    /// ([`UPDATE_BATCH_WITH_EVENTS_SQL`]). A transaction around a read, the write and the
+    /// old row, as it read it, meets their condition ([`UPDATE_BATCH_WITH_EVENTS_SQL`]). A transaction around a read, the write and the
     /// events' insert cost three more round trips per batch.
     async fn update_distinct(
         &self,
@@ -748,9 +747,10 @@ const UPDATE_BATCH_SQL: &str = "\
       AND c.account_id = v.account_id AND c.version = v.expected_version \
     RETURNING v.idx, c.created_at, c.version";
 
-/// [`UPDATE_BATCH_SQL`] for the outbox: the rows are first locked in key order by a
-/// sub-select, which also reads their status and failure count as they were (the only
-/// fields the event rules read); the written rows' event candidates (parameters after the
+/// [`UPDATE_BATCH_SQL`] for the outbox: a sub-select reads the rows' status and failure
+/// count as they were (the only fields the event rules read; no lock is needed, since the
+/// `UPDATE` writes a row only at the version its caller read); the written rows' event
+/// candidates (parameters after the
 /// rows', see [`EventCandidates`]) whose condition ([`Requires::SQL`]) the old row meets are
 /// inserted, in the order given, by the same statement.
 static UPDATE_BATCH_WITH_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {

@@ -22,8 +22,8 @@ use crate::crypto::{Field, KeyRing, envelope_key_id};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
-    ClaimedDelivery, DeliveryOutcome, DeliveryQuery, DeliveryStatus, DeliveryView, StoredEvent,
-    WebhookQueueStats, from_unix_ms, new_delivery_id, unix_ms,
+    ClaimedDelivery, DeliveryOutcome, DeliveryQuery, DeliveryStatus, DeliveryView, Prior,
+    StoredEvent, WebhookQueueStats, from_unix_ms, new_delivery_id, unix_ms,
 };
 
 /// Ciphertexts and their key ids, ready to bind.
@@ -261,6 +261,35 @@ where
     Ok(Claimed { key, connection })
 }
 
+/// What the refresh event rules read of a row as it was: `status` and
+/// `consecutive_failures`.
+pub(crate) fn prior_from_row<R>(row: &R) -> Result<Prior, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    Ok(Prior {
+        status: parse_status(&get::<R, String>(row, "status")?)?,
+        consecutive_failures: failures_from_row(row)?,
+    })
+}
+
+fn parse_status(status: &str) -> Result<ConnectionStatus, StoreError> {
+    ConnectionStatus::parse(status).ok_or_else(|| corrupt("status"))
+}
+
+fn failures_from_row<R>(row: &R) -> Result<u32, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    u32::try_from(get::<R, i64>(row, "consecutive_failures")?)
+        .map_err(|_| corrupt("consecutive_failures"))
+}
+
 /// The metadata columns of a row (the backends' `META_COLUMNS`).
 pub(crate) fn meta_from_row<R>(row: &R) -> Result<ConnectionMeta, StoreError>
 where
@@ -301,10 +330,9 @@ where
         issued_at: time("issued_at")?,
         scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
         metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata"))?,
-        status: ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        status: parse_status(&status)?,
         last_refreshed_at: time("last_refreshed_at")?,
-        consecutive_failures: u32::try_from(get::<R, i64>(row, "consecutive_failures")?)
-            .map_err(|_| corrupt("consecutive_failures"))?,
+        consecutive_failures: failures_from_row(row)?,
         last_error,
         created_at: from_unix(get(row, "created_at")?)?,
         updated_at: from_unix(get(row, "updated_at")?)?,
@@ -588,11 +616,15 @@ where
     })
 }
 
-/// The columns of `webhook_events` that make a [`StoredEvent`], for
-/// [`stored_event_from_row`] (the same in both backends).
-pub(crate) const EVENT_COLUMNS: &str = "id, type, created_at, body";
+/// [`Store::recent_connection_events`](crate::store::Store::recent_connection_events) in both
+/// backends (SQLite reads `$1`… as positional parameters): a connection's events, newest
+/// first, down the `webhook_events_by_connection` index, with the columns
+/// [`stored_event_from_row`] reads.
+pub(crate) const CONNECTION_EVENTS_SQL: &str = "SELECT id, type, created_at, body \
+     FROM webhook_events WHERE user_id = $1 AND provider = $2 AND account_id = $3 \
+     ORDER BY seq DESC LIMIT $4";
 
-/// An event from a row that has the [`EVENT_COLUMNS`].
+/// An event from a row of [`CONNECTION_EVENTS_SQL`].
 pub(crate) fn stored_event_from_row<R>(row: &R) -> Result<StoredEvent, StoreError>
 where
     R: Row,

@@ -181,8 +181,12 @@ pub(crate) fn update_candidate(new: &ConnectionMeta) -> Option<(NewEvent, Requir
         return None;
     }
     let (kind, requires) = update_rule(new)?;
-    let event = NewEvent::new(kind, new.updated_at, connection_data(new)).about(new.key.clone());
-    Some((event, requires))
+    Some((refresh_event(kind, new), requires))
+}
+
+/// The event `kind` about a refresh's write of `new`, at the row's `updated_at`.
+fn refresh_event(kind: EventType, new: &ConnectionMeta) -> NewEvent {
+    NewEvent::new(kind, new.updated_at, connection_data(new)).about(new.key.clone())
 }
 
 /// [`connection_change_events`] of a refresh's write (`Write::Update`) of `new`, from the
@@ -192,9 +196,7 @@ pub(crate) fn update_events(prior: Prior, new: &ConnectionMeta) -> Vec<NewEvent>
         return Vec::new();
     }
     update_event(prior, new)
-        .map(|kind| {
-            NewEvent::new(kind, new.updated_at, connection_data(new)).about(new.key.clone())
-        })
+        .map(|kind| refresh_event(kind, new))
         .into_iter()
         .collect()
 }

@@ -12,7 +12,7 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 
 use super::super::rows::{
-    DELIVERY_COLUMNS, EVENT_COLUMNS, FinishDeliveryValues, NewDelivery, PURGE_EVENTS_SQL,
+    CONNECTION_EVENTS_SQL, DELIVERY_COLUMNS, FinishDeliveryValues, NewDelivery, PURGE_EVENTS_SQL,
     claimed_delivery_from_row, db_error, delivery_from_row, event_type, fan_out,
     stored_event_from_row,
 };
@@ -297,18 +297,14 @@ pub(super) async fn delivery(
     row.as_ref().map(delivery_from_row).transpose()
 }
 
-/// [`Store::recent_connection_events`](crate::store::Store::recent_connection_events): the
-/// newest first, down the `webhook_events_by_connection` index.
+/// [`Store::recent_connection_events`](crate::store::Store::recent_connection_events)
+/// ([`CONNECTION_EVENTS_SQL`]).
 pub(super) async fn connection_events(
     db: &mut SqliteConnection,
     key: &ConnectionKey,
     limit: u32,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM webhook_events \
-         WHERE user_id = ? AND provider = ? AND account_id = ? ORDER BY seq DESC LIMIT ?"
-    );
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let rows = sqlx::query(CONNECTION_EVENTS_SQL)
         .bind(key.user_id.as_str())
         .bind(key.provider.as_str())
         .bind(key.account_id.as_str())
