@@ -70,3 +70,35 @@ pub fn sample_connection(user: &str, provider: &str, account: &str) -> Connectio
         },
     }
 }
+
+/// Six events as they were stored before migration 7 (no connection columns), for the
+/// migration's backfill tests on both backends: three about `u ü/reddit/a 1` (indexes 0, 4,
+/// 5), one about another account, one provider event, and a connect-session failure that
+/// names no account. [`EVENTS_OF_A1_NEWEST_FIRST`] are the indexes the migrated store lists
+/// for `u ü/reddit/a 1`.
+pub fn events_before_migration_7() -> [crate::webhooks::outbox::NewEvent; 6] {
+    use crate::webhooks::EventType;
+    use crate::webhooks::outbox::NewEvent;
+    let ids = json!({"user_id": "u ü", "provider": "reddit", "account_id": "a 1"});
+    let mut other = ids.clone();
+    other["account_id"] = json!("a 2");
+    [
+        NewEvent::new(EventType::ConnectionCreated, at(1), ids.clone()),
+        NewEvent::new(EventType::ConnectionCreated, at(2), other),
+        NewEvent::new(
+            EventType::ProviderCircuitOpened,
+            at(3),
+            json!({"provider": "reddit"}),
+        ),
+        NewEvent::new(
+            EventType::ConnectSessionFailed,
+            at(4),
+            json!({"session_id": "cs_1", "user_id": "u ü", "provider": "reddit"}),
+        ),
+        NewEvent::new(EventType::ConnectSessionFailed, at(5), ids.clone()),
+        NewEvent::new(EventType::ConnectionNeedsReconnect, at(6), ids),
+    ]
+}
+
+/// See [`events_before_migration_7`].
+pub const EVENTS_OF_A1_NEWEST_FIRST: [usize; 3] = [5, 4, 0];

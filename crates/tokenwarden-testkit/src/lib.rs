@@ -17,7 +17,9 @@ mod fixtures;
 pub mod interop;
 
 pub use failing_writes::FailingWrites;
-pub use fixtures::{at, sample_connection, test_keys};
+pub use fixtures::{
+    EVENTS_OF_A1_NEWEST_FIRST, at, events_before_migration_7, sample_connection, test_keys,
+};
 
 /// The variable that names the PostgreSQL server for tests.
 pub const POSTGRES_URL_VAR: &str = "TOKENWARDEN_TEST_POSTGRES_URL";

@@ -21,7 +21,10 @@ use tokenwarden::connection::{AccountId, ProviderName, UserId};
 use tokenwarden::store::{Change, PgStore, Store, StoreError};
 use tokenwarden::{AccessToken, ConnectionKey, KeyRing, RefreshToken};
 use tokenwarden_testkit::conformance::TestDb;
-use tokenwarden_testkit::{at, postgres_url, sample_connection, test_keys};
+use tokenwarden_testkit::{
+    EVENTS_OF_A1_NEWEST_FIRST, at, events_before_migration_7, postgres_url, sample_connection,
+    test_keys,
+};
 
 type Factory = Box<dyn Fn(TestDb, Arc<KeyRing>) -> BoxFuture<'static, PgStore> + Send + Sync>;
 
@@ -88,10 +91,6 @@ async fn store_in(url: &str, db: &TestDb) -> PgStore {
 #[tokio::test]
 #[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
 async fn migration_7_finds_the_connection_of_older_events() {
-    use serde_json::json;
-    use tokenwarden::webhooks::EventType;
-    use tokenwarden::webhooks::outbox::NewEvent;
-
     let url = postgres_url();
     let db = TestDb::fresh("migration_7");
     let store = store_in(&url, &db).await;
@@ -106,25 +105,7 @@ async fn migration_7_finds_the_connection_of_older_events() {
             .await
             .expect("back to before migration 7");
     }
-    let ids = json!({"user_id": "u ü", "provider": "reddit", "account_id": "a 1"});
-    let mut other = ids.clone();
-    other["account_id"] = json!("a 2");
-    let events = [
-        NewEvent::new(EventType::ConnectionCreated, at(1), ids.clone()),
-        NewEvent::new(EventType::ConnectionCreated, at(2), other),
-        NewEvent::new(
-            EventType::ProviderCircuitOpened,
-            at(3),
-            json!({"provider": "reddit"}),
-        ),
-        NewEvent::new(
-            EventType::ConnectSessionFailed,
-            at(4),
-            json!({"session_id": "cs_1", "user_id": "u ü", "provider": "reddit"}),
-        ),
-        NewEvent::new(EventType::ConnectSessionFailed, at(5), ids.clone()),
-        NewEvent::new(EventType::ConnectionNeedsReconnect, at(6), ids),
-    ];
+    let events = events_before_migration_7();
     for (n, event) in events.iter().enumerate() {
         sqlx::query(
             "INSERT INTO webhook_events (id, type, body, created_at) VALUES ($1, $2, $3, $4)",
@@ -149,7 +130,7 @@ async fn migration_7_finds_the_connection_of_older_events() {
         .collect();
     assert_eq!(
         listed,
-        [&events[5].id, &events[4].id, &events[0].id].map(String::clone),
+        EVENTS_OF_A1_NEWEST_FIRST.map(|i| events[i].id.clone()),
         "newest first, the others left out"
     );
     store.close().await;

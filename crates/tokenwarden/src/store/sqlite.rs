@@ -42,8 +42,9 @@ use super::rows::{
     FinishValues, META_COLUMNS, RowValues, SESSION_COLUMNS, SessionValues, WRITE_COLUMNS,
     claim_refused, claimed_from_row, corrupt, db_error, delivery_from_row, delivery_list_query,
     distinct_keys, flow_key_id, from_unix, get, key_from_row, key_usage as key_usage_from,
-    list_query, meta_from_row, open_refused, open_tokens, page, push_after, seal_tokens,
-    session_from_row, status_counts, unix, webhook_stats, webhook_stats_sql, written_meta,
+    list_query, meta_from_row, open_refused, open_tokens, page, prior_from_row, push_after,
+    seal_tokens, session_from_row, status_counts, unix, webhook_stats, webhook_stats_sql,
+    written_meta,
 };
 use super::{
     Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Role, Store,
@@ -811,7 +812,7 @@ async fn read_meta(
     row.as_ref().map(meta_from_row).transpose()
 }
 
-/// [`read_meta`] for several keys in one statement: the ones that exist.
+/// The [`Prior`] of several rows, read in one statement: those of the keys that exist.
 async fn read_states(
     db: &mut sqlx::SqliteConnection,
     keys: impl Iterator<Item = &ConnectionKey>,
@@ -841,15 +842,7 @@ async fn read_states(
             .await
             .map_err(db_error("read connections"))?;
         for row in &rows {
-            let status: String = get(row, "status")?;
-            let status = ConnectionStatus::parse(&status).ok_or_else(|| corrupt("status"))?;
-            let failures = u32::try_from(get::<_, i64>(row, "consecutive_failures")?)
-                .map_err(|_| corrupt("consecutive_failures"))?;
-            let prior = Prior {
-                status,
-                consecutive_failures: failures,
-            };
-            found.insert(key_from_row(row)?, prior);
+            found.insert(key_from_row(row)?, prior_from_row(row)?);
         }
     }
     Ok(found)
@@ -1738,9 +1731,7 @@ mod tests {
     #[tokio::test]
     async fn migration_7_finds_the_connection_of_older_events() {
         use crate::connection::ConnectionKey;
-        use crate::store::fixtures::{at, test_keys};
-        use crate::webhooks::EventType;
-        use serde_json::json;
+        use crate::store::fixtures::test_keys;
 
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
@@ -1755,25 +1746,7 @@ mod tests {
                 .collect(),
         );
         before_7.run(&pool).await.expect("migrations 1-6");
-        let ids = json!({"user_id": "u ü", "provider": "reddit", "account_id": "a 1"});
-        let mut other = ids.clone();
-        other["account_id"] = json!("a 2");
-        let events = [
-            NewEvent::new(EventType::ConnectionCreated, at(1), ids.clone()),
-            NewEvent::new(EventType::ConnectionCreated, at(2), other),
-            NewEvent::new(
-                EventType::ProviderCircuitOpened,
-                at(3),
-                json!({"provider": "reddit"}),
-            ),
-            NewEvent::new(
-                EventType::ConnectSessionFailed,
-                at(4),
-                json!({"session_id": "cs_1", "user_id": "u ü", "provider": "reddit"}),
-            ),
-            NewEvent::new(EventType::ConnectSessionFailed, at(5), ids.clone()),
-            NewEvent::new(EventType::ConnectionNeedsReconnect, at(6), ids),
-        ];
+        let events = crate::store::fixtures::events_before_migration_7();
         for event in &events {
             sqlx::query(
                 "INSERT INTO webhook_events (id, type, body, created_at) VALUES (?, ?, ?, ?)",
@@ -1799,7 +1772,7 @@ mod tests {
             .collect();
         assert_eq!(
             listed,
-            [&events[5].id, &events[4].id, &events[0].id].map(String::clone),
+            crate::store::fixtures::EVENTS_OF_A1_NEWEST_FIRST.map(|i| events[i].id.clone()),
             "newest first, the others left out"
         );
     }
