@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{API_KEY, spawn, spawn_with};
 use serde_json::{Value, json};
@@ -132,26 +132,6 @@ async fn the_dashboard_files_are_served_without_a_key_under_a_strict_policy() {
     app.stop().await;
 }
 
-/// Waits (bounded) until the delivery log lists `n` deliveries.
-async fn wait_for_deliveries(app: &common::TestApp, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let list: Value = app
-            .get("/v1/webhooks/deliveries")
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
-        if list["items"].as_array().map_or(0, Vec::len) >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{n} deliveries: {list}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_connections_events_are_listed_newest_first_without_tokens() {
     let receiver = MockServer::start().await;
@@ -221,7 +201,7 @@ async fn a_connections_events_are_listed_newest_first_without_tokens() {
     assert!(!list.to_string().contains("must-never-be-listed"), "{list}");
 
     // The same events, delivered: delivering changes nothing in the list.
-    wait_for_deliveries(&app, 3).await;
+    common::wait_for_deliveries(&app, "", 3, Duration::from_secs(10)).await;
     let one: Value = app
         .client
         .get(format!("{events}?limit=1"))
@@ -342,15 +322,7 @@ async fn a_store_failure_on_the_events_route_is_a_500_logged_once() {
         201
     );
     // The events' table goes away under the running server.
-    let db = app.dir.path().join("test.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("open");
-    sqlx::query("DROP TABLE webhook_events")
-        .execute(&pool)
-        .await
-        .expect("drop");
-    pool.close().await;
+    app.sql("DROP TABLE webhook_events").await;
 
     let response = app
         .client

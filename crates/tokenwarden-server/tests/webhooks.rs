@@ -21,31 +21,6 @@ fn endpoint_section(name: &str, receiver: &MockServer, secret: &WebhookSecret) -
     )
 }
 
-/// Waits (bounded) until the delivery log shows `n` deliveries with `status`.
-async fn wait_for(app: &common::TestApp, query: &str, n: usize, within: Duration) -> Vec<Value> {
-    let deadline = Instant::now() + within;
-    loop {
-        let list: Value = app
-            .get(&format!("/v1/webhooks/deliveries?{query}"))
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
-        let items = list["items"].as_array().cloned().unwrap_or_default();
-        if items.len() >= n {
-            return items;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} deliveries ({query}) within {within:?}: {list}",
-            items.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Runs every received request through `interop/webhooks/verify.mjs` (npm standardwebhooks).
 fn verify_with_npm(secret: &WebhookSecret, requests: &[wiremock::Request]) -> Vec<String> {
     let messages: Vec<Value> = requests
@@ -86,7 +61,8 @@ async fn a_change_reaches_the_receiver_within_two_seconds_signed_for_any_library
         )
         .await;
     assert_eq!(created.status().as_u16(), 201);
-    let items = wait_for(&app, "status=delivered", 1, Duration::from_secs(2)).await;
+    let items =
+        common::wait_for_deliveries(&app, "status=delivered", 1, Duration::from_secs(2)).await;
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(items[0]["type"], "connection.created");
     assert_eq!(items[0]["endpoint"], "app");
@@ -103,7 +79,7 @@ async fn a_change_reaches_the_receiver_within_two_seconds_signed_for_any_library
     assert_eq!(test.status().as_u16(), 202);
     let test: Value = test.json().await.expect("json");
     // Delivered, not only listed: the receiver has it once its answer is recorded.
-    let items = wait_for(
+    let items = common::wait_for_deliveries(
         &app,
         "type=webhook.test&status=delivered",
         1,
@@ -176,7 +152,8 @@ async fn the_delivery_routes_answer_as_documented() {
         );
     }
     app.import("u1", "a", json!({"access_token": "at"})).await;
-    let items = wait_for(&app, "status=delivered", 1, Duration::from_secs(5)).await;
+    let items =
+        common::wait_for_deliveries(&app, "status=delivered", 1, Duration::from_secs(5)).await;
     let id = items[0]["id"].as_str().expect("id");
     let not_failed = c
         .post(app.url(&format!("/v1/webhooks/deliveries/{id}/retry")))
@@ -190,15 +167,8 @@ async fn the_delivery_routes_answer_as_documented() {
     );
 
     // A failed delivery (its retries spent) is sent again on request, with its event id.
-    let db = app.dir.path().join("test.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("open");
-    sqlx::query("UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL")
-        .execute(&pool)
-        .await
-        .expect("mark failed");
-    pool.close().await;
+    app.sql("UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL")
+        .await;
     let retried = c
         .post(app.url(&format!("/v1/webhooks/deliveries/{id}/retry")))
         .bearer_auth(API_KEY)

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -219,6 +220,19 @@ impl TestApp {
             .await;
     }
 
+    /// Runs `statement` on the app's SQLite file, beside the running server.
+    pub async fn sql(&self, statement: &str) {
+        let db = self.dir.path().join("test.db");
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("open");
+        sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(&pool)
+            .await
+            .expect("statement");
+        pool.close().await;
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -226,6 +240,36 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("server ran");
         }
+    }
+}
+
+/// Waits (bounded) until the delivery log, filtered by `query`, lists `n` deliveries.
+pub async fn wait_for_deliveries(
+    app: &TestApp,
+    query: &str,
+    n: usize,
+    within: Duration,
+) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let list: Value = app
+            .get(&format!("/v1/webhooks/deliveries?{query}"))
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        if items.len() >= n {
+            return items;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} deliveries ({query}) within {within:?}: {list}",
+            items.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
