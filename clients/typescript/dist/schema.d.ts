@@ -166,29 +166,29 @@ export interface paths {
         };
         /**
          * GET a provider's API with the connection's token
-         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the                 connection's token where the provider takes it (`Authorization: Bearer` unless                 the catalog says otherwise). Request headers go on except hop-by-hop ones,                 `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's                 status, headers (less hop-by-hop ones) and body come back as the API sent them.                 Redirects are handed back, not followed. An upstream 401 refreshes the token                 (one refresh for any number of calls) and sends the call once more when its                 body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not                 apply.
+         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the connection's token where the provider takes it (`Authorization: Bearer` unless the catalog says otherwise). Request headers go on except hop-by-hop ones, `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's status, headers (less hop-by-hop ones) and body come back as the API sent them. Redirects are handed back, not followed. An upstream 401 refreshes the token (one refresh for any number of calls) and sends the call once more when its body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not apply.
          */
         get: operations["proxy_get"];
         /**
          * PUT a provider's API with the connection's token
-         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the                 connection's token where the provider takes it (`Authorization: Bearer` unless                 the catalog says otherwise). Request headers go on except hop-by-hop ones,                 `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's                 status, headers (less hop-by-hop ones) and body come back as the API sent them.                 Redirects are handed back, not followed. An upstream 401 refreshes the token                 (one refresh for any number of calls) and sends the call once more when its                 body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not                 apply.
+         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the connection's token where the provider takes it (`Authorization: Bearer` unless the catalog says otherwise). Request headers go on except hop-by-hop ones, `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's status, headers (less hop-by-hop ones) and body come back as the API sent them. Redirects are handed back, not followed. An upstream 401 refreshes the token (one refresh for any number of calls) and sends the call once more when its body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not apply.
          */
         put: operations["proxy_put"];
         /**
          * POST a provider's API with the connection's token
-         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the                 connection's token where the provider takes it (`Authorization: Bearer` unless                 the catalog says otherwise). Request headers go on except hop-by-hop ones,                 `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's                 status, headers (less hop-by-hop ones) and body come back as the API sent them.                 Redirects are handed back, not followed. An upstream 401 refreshes the token                 (one refresh for any number of calls) and sends the call once more when its                 body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not                 apply.
+         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the connection's token where the provider takes it (`Authorization: Bearer` unless the catalog says otherwise). Request headers go on except hop-by-hop ones, `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's status, headers (less hop-by-hop ones) and body come back as the API sent them. Redirects are handed back, not followed. An upstream 401 refreshes the token (one refresh for any number of calls) and sends the call once more when its body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not apply.
          */
         post: operations["proxy_post"];
         /**
          * DELETE a provider's API with the connection's token
-         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the                 connection's token where the provider takes it (`Authorization: Bearer` unless                 the catalog says otherwise). Request headers go on except hop-by-hop ones,                 `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's                 status, headers (less hop-by-hop ones) and body come back as the API sent them.                 Redirects are handed back, not followed. An upstream 401 refreshes the token                 (one refresh for any number of calls) and sends the call once more when its                 body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not                 apply.
+         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the connection's token where the provider takes it (`Authorization: Bearer` unless the catalog says otherwise). Request headers go on except hop-by-hop ones, `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's status, headers (less hop-by-hop ones) and body come back as the API sent them. Redirects are handed back, not followed. An upstream 401 refreshes the token (one refresh for any number of calls) and sends the call once more when its body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not apply.
          */
         delete: operations["proxy_delete"];
         options?: never;
         head?: never;
         /**
          * PATCH a provider's API with the connection's token
-         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the                 connection's token where the provider takes it (`Authorization: Bearer` unless                 the catalog says otherwise). Request headers go on except hop-by-hop ones,                 `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's                 status, headers (less hop-by-hop ones) and body come back as the API sent them.                 Redirects are handed back, not followed. An upstream 401 refreshes the token                 (one refresh for any number of calls) and sends the call once more when its                 body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not                 apply.
+         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the connection's token where the provider takes it (`Authorization: Bearer` unless the catalog says otherwise). Request headers go on except hop-by-hop ones, `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's status, headers (less hop-by-hop ones) and body come back as the API sent them. Redirects are handed back, not followed. An upstream 401 refreshes the token (one refresh for any number of calls) and sends the call once more when its body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not apply.
          */
         patch: operations["proxy_patch"];
         trace?: never;
@@ -1094,14 +1094,14 @@ export interface operations {
                 user_id: string;
                 provider: string;
                 account_id: string;
-                /** @description the API path under the provider's `api_base_url`, any number of                 segments, encoded as the API expects it (an encoded slash stays encoded); a                 path that would leave `api_base_url` (`.` or `..` segments in any encoding, a                 backslash, a control character, a scheme, a leading `/`, an `@` authority) is                 INVALID_REQUEST. The query string is forwarded as it is. */
+                /** @description the API path under the provider's `api_base_url`, any number of segments, encoded as the API expects it (an encoded slash stays encoded); a path that would leave `api_base_url` (`.` or `..` segments in any encoding, a backslash, a control character, a scheme, a leading `/`, an `@` authority) is INVALID_REQUEST. The query string is forwarded as it is. */
                 path: string;
             };
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description INVALID_REQUEST (a malformed id, a path that would leave the                     API's base URL, a provider without `api_base_url`; `details.field` names                     it) or UNKNOWN_PROVIDER; or the API's own 400 */
+            /** @description INVALID_REQUEST (a malformed id, a path that would leave the API's base URL, a provider without `api_base_url`; `details.field` names it) or UNKNOWN_PROVIDER; or the API's own 400 */
             400: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1136,7 +1136,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN                     (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or                     TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token                     route answers */
+            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token route answers */
             409: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1160,7 +1160,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every                     retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
+            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
             502: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1173,7 +1173,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR while the provider's circuit                     breaker is open */
+            /** @description TOKEN_REFRESH_ERROR while the provider's circuit breaker is open */
             503: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1186,7 +1186,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description UPSTREAM_TIMEOUT: the API did not answer within                     `upstream.request_timeout_ms` */
+            /** @description UPSTREAM_TIMEOUT: the API did not answer within `upstream.request_timeout_ms` (or could not be connected to within `upstream.connect_timeout_ms`) */
             504: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1200,7 +1200,7 @@ export interface operations {
             /** @description the provider API's answer, whatever its status */
             default: {
                 headers: {
-                    /** @description `1` when the API refused the first attempt (401) and                             this is the answer to a second one with a refreshed token */
+                    /** @description `1` when the API refused the first attempt (401) and this is the answer to a second one with a refreshed token */
                     "Tokenwarden-Refreshed"?: "1";
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
                     "X-Request-Id"?: string;
@@ -1220,7 +1220,7 @@ export interface operations {
                 user_id: string;
                 provider: string;
                 account_id: string;
-                /** @description the API path under the provider's `api_base_url`, any number of                 segments, encoded as the API expects it (an encoded slash stays encoded); a                 path that would leave `api_base_url` (`.` or `..` segments in any encoding, a                 backslash, a control character, a scheme, a leading `/`, an `@` authority) is                 INVALID_REQUEST. The query string is forwarded as it is. */
+                /** @description the API path under the provider's `api_base_url`, any number of segments, encoded as the API expects it (an encoded slash stays encoded); a path that would leave `api_base_url` (`.` or `..` segments in any encoding, a backslash, a control character, a scheme, a leading `/`, an `@` authority) is INVALID_REQUEST. The query string is forwarded as it is. */
                 path: string;
             };
             cookie?: never;
@@ -1232,7 +1232,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description INVALID_REQUEST (a malformed id, a path that would leave the                     API's base URL, a provider without `api_base_url`; `details.field` names                     it) or UNKNOWN_PROVIDER; or the API's own 400 */
+            /** @description INVALID_REQUEST (a malformed id, a path that would leave the API's base URL, a provider without `api_base_url`; `details.field` names it) or UNKNOWN_PROVIDER; or the API's own 400 */
             400: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1267,7 +1267,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN                     (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or                     TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token                     route answers */
+            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token route answers */
             409: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1302,7 +1302,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every                     retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
+            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
             502: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1315,7 +1315,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR while the provider's circuit                     breaker is open */
+            /** @description TOKEN_REFRESH_ERROR while the provider's circuit breaker is open */
             503: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1328,7 +1328,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description UPSTREAM_TIMEOUT: the API did not answer within                     `upstream.request_timeout_ms` */
+            /** @description UPSTREAM_TIMEOUT: the API did not answer within `upstream.request_timeout_ms` (or could not be connected to within `upstream.connect_timeout_ms`) */
             504: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1342,7 +1342,7 @@ export interface operations {
             /** @description the provider API's answer, whatever its status */
             default: {
                 headers: {
-                    /** @description `1` when the API refused the first attempt (401) and                             this is the answer to a second one with a refreshed token */
+                    /** @description `1` when the API refused the first attempt (401) and this is the answer to a second one with a refreshed token */
                     "Tokenwarden-Refreshed"?: "1";
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
                     "X-Request-Id"?: string;
@@ -1362,7 +1362,7 @@ export interface operations {
                 user_id: string;
                 provider: string;
                 account_id: string;
-                /** @description the API path under the provider's `api_base_url`, any number of                 segments, encoded as the API expects it (an encoded slash stays encoded); a                 path that would leave `api_base_url` (`.` or `..` segments in any encoding, a                 backslash, a control character, a scheme, a leading `/`, an `@` authority) is                 INVALID_REQUEST. The query string is forwarded as it is. */
+                /** @description the API path under the provider's `api_base_url`, any number of segments, encoded as the API expects it (an encoded slash stays encoded); a path that would leave `api_base_url` (`.` or `..` segments in any encoding, a backslash, a control character, a scheme, a leading `/`, an `@` authority) is INVALID_REQUEST. The query string is forwarded as it is. */
                 path: string;
             };
             cookie?: never;
@@ -1374,7 +1374,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description INVALID_REQUEST (a malformed id, a path that would leave the                     API's base URL, a provider without `api_base_url`; `details.field` names                     it) or UNKNOWN_PROVIDER; or the API's own 400 */
+            /** @description INVALID_REQUEST (a malformed id, a path that would leave the API's base URL, a provider without `api_base_url`; `details.field` names it) or UNKNOWN_PROVIDER; or the API's own 400 */
             400: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1409,7 +1409,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN                     (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or                     TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token                     route answers */
+            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token route answers */
             409: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1444,7 +1444,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every                     retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
+            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
             502: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1457,7 +1457,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR while the provider's circuit                     breaker is open */
+            /** @description TOKEN_REFRESH_ERROR while the provider's circuit breaker is open */
             503: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1470,7 +1470,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description UPSTREAM_TIMEOUT: the API did not answer within                     `upstream.request_timeout_ms` */
+            /** @description UPSTREAM_TIMEOUT: the API did not answer within `upstream.request_timeout_ms` (or could not be connected to within `upstream.connect_timeout_ms`) */
             504: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1484,7 +1484,7 @@ export interface operations {
             /** @description the provider API's answer, whatever its status */
             default: {
                 headers: {
-                    /** @description `1` when the API refused the first attempt (401) and                             this is the answer to a second one with a refreshed token */
+                    /** @description `1` when the API refused the first attempt (401) and this is the answer to a second one with a refreshed token */
                     "Tokenwarden-Refreshed"?: "1";
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
                     "X-Request-Id"?: string;
@@ -1504,14 +1504,14 @@ export interface operations {
                 user_id: string;
                 provider: string;
                 account_id: string;
-                /** @description the API path under the provider's `api_base_url`, any number of                 segments, encoded as the API expects it (an encoded slash stays encoded); a                 path that would leave `api_base_url` (`.` or `..` segments in any encoding, a                 backslash, a control character, a scheme, a leading `/`, an `@` authority) is                 INVALID_REQUEST. The query string is forwarded as it is. */
+                /** @description the API path under the provider's `api_base_url`, any number of segments, encoded as the API expects it (an encoded slash stays encoded); a path that would leave `api_base_url` (`.` or `..` segments in any encoding, a backslash, a control character, a scheme, a leading `/`, an `@` authority) is INVALID_REQUEST. The query string is forwarded as it is. */
                 path: string;
             };
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description INVALID_REQUEST (a malformed id, a path that would leave the                     API's base URL, a provider without `api_base_url`; `details.field` names                     it) or UNKNOWN_PROVIDER; or the API's own 400 */
+            /** @description INVALID_REQUEST (a malformed id, a path that would leave the API's base URL, a provider without `api_base_url`; `details.field` names it) or UNKNOWN_PROVIDER; or the API's own 400 */
             400: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1546,7 +1546,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN                     (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or                     TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token                     route answers */
+            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token route answers */
             409: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1570,7 +1570,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every                     retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
+            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
             502: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1583,7 +1583,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR while the provider's circuit                     breaker is open */
+            /** @description TOKEN_REFRESH_ERROR while the provider's circuit breaker is open */
             503: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1596,7 +1596,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description UPSTREAM_TIMEOUT: the API did not answer within                     `upstream.request_timeout_ms` */
+            /** @description UPSTREAM_TIMEOUT: the API did not answer within `upstream.request_timeout_ms` (or could not be connected to within `upstream.connect_timeout_ms`) */
             504: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1610,7 +1610,7 @@ export interface operations {
             /** @description the provider API's answer, whatever its status */
             default: {
                 headers: {
-                    /** @description `1` when the API refused the first attempt (401) and                             this is the answer to a second one with a refreshed token */
+                    /** @description `1` when the API refused the first attempt (401) and this is the answer to a second one with a refreshed token */
                     "Tokenwarden-Refreshed"?: "1";
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
                     "X-Request-Id"?: string;
@@ -1630,7 +1630,7 @@ export interface operations {
                 user_id: string;
                 provider: string;
                 account_id: string;
-                /** @description the API path under the provider's `api_base_url`, any number of                 segments, encoded as the API expects it (an encoded slash stays encoded); a                 path that would leave `api_base_url` (`.` or `..` segments in any encoding, a                 backslash, a control character, a scheme, a leading `/`, an `@` authority) is                 INVALID_REQUEST. The query string is forwarded as it is. */
+                /** @description the API path under the provider's `api_base_url`, any number of segments, encoded as the API expects it (an encoded slash stays encoded); a path that would leave `api_base_url` (`.` or `..` segments in any encoding, a backslash, a control character, a scheme, a leading `/`, an `@` authority) is INVALID_REQUEST. The query string is forwarded as it is. */
                 path: string;
             };
             cookie?: never;
@@ -1642,7 +1642,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description INVALID_REQUEST (a malformed id, a path that would leave the                     API's base URL, a provider without `api_base_url`; `details.field` names                     it) or UNKNOWN_PROVIDER; or the API's own 400 */
+            /** @description INVALID_REQUEST (a malformed id, a path that would leave the API's base URL, a provider without `api_base_url`; `details.field` names it) or UNKNOWN_PROVIDER; or the API's own 400 */
             400: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1677,7 +1677,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN                     (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or                     TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token                     route answers */
+            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token route answers */
             409: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1712,7 +1712,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every                     retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
+            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
             502: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1725,7 +1725,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR while the provider's circuit                     breaker is open */
+            /** @description TOKEN_REFRESH_ERROR while the provider's circuit breaker is open */
             503: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1738,7 +1738,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description UPSTREAM_TIMEOUT: the API did not answer within                     `upstream.request_timeout_ms` */
+            /** @description UPSTREAM_TIMEOUT: the API did not answer within `upstream.request_timeout_ms` (or could not be connected to within `upstream.connect_timeout_ms`) */
             504: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1752,7 +1752,7 @@ export interface operations {
             /** @description the provider API's answer, whatever its status */
             default: {
                 headers: {
-                    /** @description `1` when the API refused the first attempt (401) and                             this is the answer to a second one with a refreshed token */
+                    /** @description `1` when the API refused the first attempt (401) and this is the answer to a second one with a refreshed token */
                     "Tokenwarden-Refreshed"?: "1";
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
                     "X-Request-Id"?: string;

@@ -167,29 +167,29 @@ export interface paths {
         };
         /**
          * GET a provider's API with the connection's token
-         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the                 connection's token where the provider takes it (`Authorization: Bearer` unless                 the catalog says otherwise). Request headers go on except hop-by-hop ones,                 `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's                 status, headers (less hop-by-hop ones) and body come back as the API sent them.                 Redirects are handed back, not followed. An upstream 401 refreshes the token                 (one refresh for any number of calls) and sends the call once more when its                 body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not                 apply.
+         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the connection's token where the provider takes it (`Authorization: Bearer` unless the catalog says otherwise). Request headers go on except hop-by-hop ones, `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's status, headers (less hop-by-hop ones) and body come back as the API sent them. Redirects are handed back, not followed. An upstream 401 refreshes the token (one refresh for any number of calls) and sends the call once more when its body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not apply.
          */
         get: operations["proxy_get"];
         /**
          * PUT a provider's API with the connection's token
-         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the                 connection's token where the provider takes it (`Authorization: Bearer` unless                 the catalog says otherwise). Request headers go on except hop-by-hop ones,                 `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's                 status, headers (less hop-by-hop ones) and body come back as the API sent them.                 Redirects are handed back, not followed. An upstream 401 refreshes the token                 (one refresh for any number of calls) and sends the call once more when its                 body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not                 apply.
+         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the connection's token where the provider takes it (`Authorization: Bearer` unless the catalog says otherwise). Request headers go on except hop-by-hop ones, `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's status, headers (less hop-by-hop ones) and body come back as the API sent them. Redirects are handed back, not followed. An upstream 401 refreshes the token (one refresh for any number of calls) and sends the call once more when its body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not apply.
          */
         put: operations["proxy_put"];
         /**
          * POST a provider's API with the connection's token
-         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the                 connection's token where the provider takes it (`Authorization: Bearer` unless                 the catalog says otherwise). Request headers go on except hop-by-hop ones,                 `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's                 status, headers (less hop-by-hop ones) and body come back as the API sent them.                 Redirects are handed back, not followed. An upstream 401 refreshes the token                 (one refresh for any number of calls) and sends the call once more when its                 body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not                 apply.
+         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the connection's token where the provider takes it (`Authorization: Bearer` unless the catalog says otherwise). Request headers go on except hop-by-hop ones, `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's status, headers (less hop-by-hop ones) and body come back as the API sent them. Redirects are handed back, not followed. An upstream 401 refreshes the token (one refresh for any number of calls) and sends the call once more when its body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not apply.
          */
         post: operations["proxy_post"];
         /**
          * DELETE a provider's API with the connection's token
-         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the                 connection's token where the provider takes it (`Authorization: Bearer` unless                 the catalog says otherwise). Request headers go on except hop-by-hop ones,                 `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's                 status, headers (less hop-by-hop ones) and body come back as the API sent them.                 Redirects are handed back, not followed. An upstream 401 refreshes the token                 (one refresh for any number of calls) and sends the call once more when its                 body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not                 apply.
+         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the connection's token where the provider takes it (`Authorization: Bearer` unless the catalog says otherwise). Request headers go on except hop-by-hop ones, `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's status, headers (less hop-by-hop ones) and body come back as the API sent them. Redirects are handed back, not followed. An upstream 401 refreshes the token (one refresh for any number of calls) and sends the call once more when its body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not apply.
          */
         delete: operations["proxy_delete"];
         options?: never;
         head?: never;
         /**
          * PATCH a provider's API with the connection's token
-         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the                 connection's token where the provider takes it (`Authorization: Bearer` unless                 the catalog says otherwise). Request headers go on except hop-by-hop ones,                 `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's                 status, headers (less hop-by-hop ones) and body come back as the API sent them.                 Redirects are handed back, not followed. An upstream 401 refreshes the token                 (one refresh for any number of calls) and sends the call once more when its                 body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not                 apply.
+         * @description Forwards the call to `{api_base_url}/{path}?{query}` with the connection's token where the provider takes it (`Authorization: Bearer` unless the catalog says otherwise). Request headers go on except hop-by-hop ones, `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's status, headers (less hop-by-hop ones) and body come back as the API sent them. Redirects are handed back, not followed. An upstream 401 refreshes the token (one refresh for any number of calls) and sends the call once more when its body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not apply.
          */
         patch: operations["proxy_patch"];
         trace?: never;
@@ -1095,14 +1095,14 @@ export interface operations {
                 user_id: string;
                 provider: string;
                 account_id: string;
-                /** @description the API path under the provider's `api_base_url`, any number of                 segments, encoded as the API expects it (an encoded slash stays encoded); a                 path that would leave `api_base_url` (`.` or `..` segments in any encoding, a                 backslash, a control character, a scheme, a leading `/`, an `@` authority) is                 INVALID_REQUEST. The query string is forwarded as it is. */
+                /** @description the API path under the provider's `api_base_url`, any number of segments, encoded as the API expects it (an encoded slash stays encoded); a path that would leave `api_base_url` (`.` or `..` segments in any encoding, a backslash, a control character, a scheme, a leading `/`, an `@` authority) is INVALID_REQUEST. The query string is forwarded as it is. */
                 path: string;
             };
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description INVALID_REQUEST (a malformed id, a path that would leave the                     API's base URL, a provider without `api_base_url`; `details.field` names                     it) or UNKNOWN_PROVIDER; or the API's own 400 */
+            /** @description INVALID_REQUEST (a malformed id, a path that would leave the API's base URL, a provider without `api_base_url`; `details.field` names it) or UNKNOWN_PROVIDER; or the API's own 400 */
             400: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1137,7 +1137,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN                     (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or                     TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token                     route answers */
+            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token route answers */
             409: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1161,7 +1161,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every                     retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
+            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
             502: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1174,7 +1174,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR while the provider's circuit                     breaker is open */
+            /** @description TOKEN_REFRESH_ERROR while the provider's circuit breaker is open */
             503: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1187,7 +1187,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description UPSTREAM_TIMEOUT: the API did not answer within                     `upstream.request_timeout_ms` */
+            /** @description UPSTREAM_TIMEOUT: the API did not answer within `upstream.request_timeout_ms` (or could not be connected to within `upstream.connect_timeout_ms`) */
             504: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1201,7 +1201,7 @@ export interface operations {
             /** @description the provider API's answer, whatever its status */
             default: {
                 headers: {
-                    /** @description `1` when the API refused the first attempt (401) and                             this is the answer to a second one with a refreshed token */
+                    /** @description `1` when the API refused the first attempt (401) and this is the answer to a second one with a refreshed token */
                     "Tokenwarden-Refreshed"?: "1";
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
                     "X-Request-Id"?: string;
@@ -1221,7 +1221,7 @@ export interface operations {
                 user_id: string;
                 provider: string;
                 account_id: string;
-                /** @description the API path under the provider's `api_base_url`, any number of                 segments, encoded as the API expects it (an encoded slash stays encoded); a                 path that would leave `api_base_url` (`.` or `..` segments in any encoding, a                 backslash, a control character, a scheme, a leading `/`, an `@` authority) is                 INVALID_REQUEST. The query string is forwarded as it is. */
+                /** @description the API path under the provider's `api_base_url`, any number of segments, encoded as the API expects it (an encoded slash stays encoded); a path that would leave `api_base_url` (`.` or `..` segments in any encoding, a backslash, a control character, a scheme, a leading `/`, an `@` authority) is INVALID_REQUEST. The query string is forwarded as it is. */
                 path: string;
             };
             cookie?: never;
@@ -1233,7 +1233,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description INVALID_REQUEST (a malformed id, a path that would leave the                     API's base URL, a provider without `api_base_url`; `details.field` names                     it) or UNKNOWN_PROVIDER; or the API's own 400 */
+            /** @description INVALID_REQUEST (a malformed id, a path that would leave the API's base URL, a provider without `api_base_url`; `details.field` names it) or UNKNOWN_PROVIDER; or the API's own 400 */
             400: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1268,7 +1268,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN                     (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or                     TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token                     route answers */
+            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token route answers */
             409: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1303,7 +1303,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every                     retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
+            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
             502: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1316,7 +1316,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR while the provider's circuit                     breaker is open */
+            /** @description TOKEN_REFRESH_ERROR while the provider's circuit breaker is open */
             503: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1329,7 +1329,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description UPSTREAM_TIMEOUT: the API did not answer within                     `upstream.request_timeout_ms` */
+            /** @description UPSTREAM_TIMEOUT: the API did not answer within `upstream.request_timeout_ms` (or could not be connected to within `upstream.connect_timeout_ms`) */
             504: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1343,7 +1343,7 @@ export interface operations {
             /** @description the provider API's answer, whatever its status */
             default: {
                 headers: {
-                    /** @description `1` when the API refused the first attempt (401) and                             this is the answer to a second one with a refreshed token */
+                    /** @description `1` when the API refused the first attempt (401) and this is the answer to a second one with a refreshed token */
                     "Tokenwarden-Refreshed"?: "1";
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
                     "X-Request-Id"?: string;
@@ -1363,7 +1363,7 @@ export interface operations {
                 user_id: string;
                 provider: string;
                 account_id: string;
-                /** @description the API path under the provider's `api_base_url`, any number of                 segments, encoded as the API expects it (an encoded slash stays encoded); a                 path that would leave `api_base_url` (`.` or `..` segments in any encoding, a                 backslash, a control character, a scheme, a leading `/`, an `@` authority) is                 INVALID_REQUEST. The query string is forwarded as it is. */
+                /** @description the API path under the provider's `api_base_url`, any number of segments, encoded as the API expects it (an encoded slash stays encoded); a path that would leave `api_base_url` (`.` or `..` segments in any encoding, a backslash, a control character, a scheme, a leading `/`, an `@` authority) is INVALID_REQUEST. The query string is forwarded as it is. */
                 path: string;
             };
             cookie?: never;
@@ -1375,7 +1375,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description INVALID_REQUEST (a malformed id, a path that would leave the                     API's base URL, a provider without `api_base_url`; `details.field` names                     it) or UNKNOWN_PROVIDER; or the API's own 400 */
+            /** @description INVALID_REQUEST (a malformed id, a path that would leave the API's base URL, a provider without `api_base_url`; `details.field` names it) or UNKNOWN_PROVIDER; or the API's own 400 */
             400: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1410,7 +1410,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN                     (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or                     TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token                     route answers */
+            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token route answers */
             409: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1445,7 +1445,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every                     retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
+            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
             502: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1458,7 +1458,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR while the provider's circuit                     breaker is open */
+            /** @description TOKEN_REFRESH_ERROR while the provider's circuit breaker is open */
             503: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1471,7 +1471,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description UPSTREAM_TIMEOUT: the API did not answer within                     `upstream.request_timeout_ms` */
+            /** @description UPSTREAM_TIMEOUT: the API did not answer within `upstream.request_timeout_ms` (or could not be connected to within `upstream.connect_timeout_ms`) */
             504: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1485,7 +1485,7 @@ export interface operations {
             /** @description the provider API's answer, whatever its status */
             default: {
                 headers: {
-                    /** @description `1` when the API refused the first attempt (401) and                             this is the answer to a second one with a refreshed token */
+                    /** @description `1` when the API refused the first attempt (401) and this is the answer to a second one with a refreshed token */
                     "Tokenwarden-Refreshed"?: "1";
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
                     "X-Request-Id"?: string;
@@ -1505,14 +1505,14 @@ export interface operations {
                 user_id: string;
                 provider: string;
                 account_id: string;
-                /** @description the API path under the provider's `api_base_url`, any number of                 segments, encoded as the API expects it (an encoded slash stays encoded); a                 path that would leave `api_base_url` (`.` or `..` segments in any encoding, a                 backslash, a control character, a scheme, a leading `/`, an `@` authority) is                 INVALID_REQUEST. The query string is forwarded as it is. */
+                /** @description the API path under the provider's `api_base_url`, any number of segments, encoded as the API expects it (an encoded slash stays encoded); a path that would leave `api_base_url` (`.` or `..` segments in any encoding, a backslash, a control character, a scheme, a leading `/`, an `@` authority) is INVALID_REQUEST. The query string is forwarded as it is. */
                 path: string;
             };
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description INVALID_REQUEST (a malformed id, a path that would leave the                     API's base URL, a provider without `api_base_url`; `details.field` names                     it) or UNKNOWN_PROVIDER; or the API's own 400 */
+            /** @description INVALID_REQUEST (a malformed id, a path that would leave the API's base URL, a provider without `api_base_url`; `details.field` names it) or UNKNOWN_PROVIDER; or the API's own 400 */
             400: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1547,7 +1547,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN                     (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or                     TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token                     route answers */
+            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token route answers */
             409: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1571,7 +1571,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every                     retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
+            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
             502: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1584,7 +1584,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR while the provider's circuit                     breaker is open */
+            /** @description TOKEN_REFRESH_ERROR while the provider's circuit breaker is open */
             503: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1597,7 +1597,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description UPSTREAM_TIMEOUT: the API did not answer within                     `upstream.request_timeout_ms` */
+            /** @description UPSTREAM_TIMEOUT: the API did not answer within `upstream.request_timeout_ms` (or could not be connected to within `upstream.connect_timeout_ms`) */
             504: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1611,7 +1611,7 @@ export interface operations {
             /** @description the provider API's answer, whatever its status */
             default: {
                 headers: {
-                    /** @description `1` when the API refused the first attempt (401) and                             this is the answer to a second one with a refreshed token */
+                    /** @description `1` when the API refused the first attempt (401) and this is the answer to a second one with a refreshed token */
                     "Tokenwarden-Refreshed"?: "1";
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
                     "X-Request-Id"?: string;
@@ -1631,7 +1631,7 @@ export interface operations {
                 user_id: string;
                 provider: string;
                 account_id: string;
-                /** @description the API path under the provider's `api_base_url`, any number of                 segments, encoded as the API expects it (an encoded slash stays encoded); a                 path that would leave `api_base_url` (`.` or `..` segments in any encoding, a                 backslash, a control character, a scheme, a leading `/`, an `@` authority) is                 INVALID_REQUEST. The query string is forwarded as it is. */
+                /** @description the API path under the provider's `api_base_url`, any number of segments, encoded as the API expects it (an encoded slash stays encoded); a path that would leave `api_base_url` (`.` or `..` segments in any encoding, a backslash, a control character, a scheme, a leading `/`, an `@` authority) is INVALID_REQUEST. The query string is forwarded as it is. */
                 path: string;
             };
             cookie?: never;
@@ -1643,7 +1643,7 @@ export interface operations {
             };
         };
         responses: {
-            /** @description INVALID_REQUEST (a malformed id, a path that would leave the                     API's base URL, a provider without `api_base_url`; `details.field` names                     it) or UNKNOWN_PROVIDER; or the API's own 400 */
+            /** @description INVALID_REQUEST (a malformed id, a path that would leave the API's base URL, a provider without `api_base_url`; `details.field` names it) or UNKNOWN_PROVIDER; or the API's own 400 */
             400: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1678,7 +1678,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN                     (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or                     TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token                     route answers */
+            /** @description NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token route answers */
             409: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1713,7 +1713,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every                     retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
+            /** @description TOKEN_REFRESH_ERROR (the refresh failed after every retry) or UPSTREAM_UNREACHABLE (the API could not be reached) */
             502: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1726,7 +1726,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description TOKEN_REFRESH_ERROR while the provider's circuit                     breaker is open */
+            /** @description TOKEN_REFRESH_ERROR while the provider's circuit breaker is open */
             503: {
                 headers: {
                     /** @description seconds to wait; sent whenever `retry_after_s` is set */
@@ -1739,7 +1739,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description UPSTREAM_TIMEOUT: the API did not answer within                     `upstream.request_timeout_ms` */
+            /** @description UPSTREAM_TIMEOUT: the API did not answer within `upstream.request_timeout_ms` (or could not be connected to within `upstream.connect_timeout_ms`) */
             504: {
                 headers: {
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
@@ -1753,7 +1753,7 @@ export interface operations {
             /** @description the provider API's answer, whatever its status */
             default: {
                 headers: {
-                    /** @description `1` when the API refused the first attempt (401) and                             this is the answer to a second one with a refreshed token */
+                    /** @description `1` when the API refused the first attempt (401) and this is the answer to a second one with a refreshed token */
                     "Tokenwarden-Refreshed"?: "1";
                     /** @description the request's id: the client's `X-Request-Id`, or one the server made */
                     "X-Request-Id"?: string;

@@ -43,7 +43,7 @@ use crate::views::{
 
 /// Default page size of `GET /v1/connections`.
 const DEFAULT_LIST_LIMIT: u32 = 100;
-pub(crate) const MAX_LIST_LIMIT: u32 = 1000;
+const MAX_LIST_LIMIT: u32 = 1000;
 /// Longest `cursor` accepted before decoding it.
 const MAX_CURSOR_LEN: usize = 1024;
 /// Ids: what [`tokenwarden::UserId::parse`] accepts, as far as a regular expression can say
@@ -1006,7 +1006,11 @@ fn add_proxy(doc: &mut serde_json::Value) {
             "schema": serde_json::to_value(provider_schema()).unwrap_or_default()},
         {"name": "account_id", "in": "path", "required": true, "schema": id},
         {"name": "path", "in": "path", "required": true,
-            "description": "the API path under the provider's `api_base_url`, any number of                 segments, encoded as the API expects it (an encoded slash stays encoded); a                 path that would leave `api_base_url` (`.` or `..` segments in any encoding, a                 backslash, a control character, a scheme, a leading `/`, an `@` authority) is                 INVALID_REQUEST. The query string is forwarded as it is.",
+            "description": "the API path under the provider's `api_base_url`, any number of \
+                segments, encoded as the API expects it (an encoded slash stays encoded); a path \
+                that would leave `api_base_url` (`.` or `..` segments in any encoding, a \
+                backslash, a control character, a scheme, a leading `/`, an `@` authority) is \
+                INVALID_REQUEST. The query string is forwarded as it is.",
             "schema": {"type": "string", "minLength": 1}},
     ]);
     let mut item = serde_json::Map::new();
@@ -1016,24 +1020,41 @@ fn add_proxy(doc: &mut serde_json::Value) {
             "operationId": format!("proxy_{method}"),
             "summary": format!("{} a provider's API with the connection's token",
                 method.to_ascii_uppercase()),
-            "description": "Forwards the call to `{api_base_url}/{path}?{query}` with the                 connection's token where the provider takes it (`Authorization: Bearer` unless                 the catalog says otherwise). Request headers go on except hop-by-hop ones,                 `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's                 status, headers (less hop-by-hop ones) and body come back as the API sent them.                 Redirects are handed back, not followed. An upstream 401 refreshes the token                 (one refresh for any number of calls) and sends the call once more when its                 body is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not                 apply.",
+            "description": "Forwards the call to `{api_base_url}/{path}?{query}` with the \
+                connection's token where the provider takes it (`Authorization: Bearer` unless \
+                the catalog says otherwise). Request headers go on except hop-by-hop ones, \
+                `Host`, `Authorization`, `Cookie`, `Tokenwarden-*` and `Proxy-*`; the answer's \
+                status, headers (less hop-by-hop ones) and body come back as the API sent them. \
+                Redirects are handed back, not followed. An upstream 401 refreshes the token \
+                (one refresh for any number of calls) and sends the call once more when its body \
+                is at most `proxy.max_replay_bytes`; `server.max_body_bytes` does not apply.",
             "parameters": parameters,
             "responses": {
                 "default": {
                     "description": "the provider API's answer, whatever its status",
                     "headers": {"Tokenwarden-Refreshed": {
-                        "description": "`1` when the API refused the first attempt (401) and                             this is the answer to a second one with a refreshed token",
+                        "description": "`1` when the API refused the first attempt (401) and \
+                            this is the answer to a second one with a refreshed token",
                         "schema": {"type": "string", "enum": ["1"]},
                     }},
                     "content": {"*/*": {"schema": {}}},
                 },
-                "400": error("INVALID_REQUEST (a malformed id, a path that would leave the                     API's base URL, a provider without `api_base_url`; `details.field` names                     it) or UNKNOWN_PROVIDER; or the API's own 400"),
+                "400": error("INVALID_REQUEST (a malformed id, a path that would leave the API's \
+                    base URL, a provider without `api_base_url`; `details.field` names it) or \
+                    UNKNOWN_PROVIDER; or the API's own 400"),
                 "404": error("ACCOUNT_NOT_FOUND; or the API's own 404"),
-                "409": with_retry_after("NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN                     (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or                     TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token                     route answers"),
+                "409": with_retry_after("NO_REFRESH_TOKEN, TOKEN_EXPIRED or NO_ACCESS_TOKEN \
+                    (`reconnect: true` when the user must reconnect), REFRESH_TOO_EARLY, or \
+                    TOKEN_REFRESH_ERROR with `details.failure` `permanent`: as the access-token \
+                    route answers"),
                 "500": error("GET_TOKEN_ERROR: the database or decryption failed"),
-                "502": with_retry_after("TOKEN_REFRESH_ERROR (the refresh failed after every                     retry) or UPSTREAM_UNREACHABLE (the API could not be reached)"),
-                "503": with_retry_after("TOKEN_REFRESH_ERROR while the provider's circuit                     breaker is open"),
-                "504": error("UPSTREAM_TIMEOUT: the API did not answer within                     `upstream.request_timeout_ms`"),
+                "502": with_retry_after("TOKEN_REFRESH_ERROR (the refresh failed after every \
+                    retry) or UPSTREAM_UNREACHABLE (the API could not be reached)"),
+                "503": with_retry_after("TOKEN_REFRESH_ERROR while the provider's circuit \
+                    breaker is open"),
+                "504": error("UPSTREAM_TIMEOUT: the API did not answer within \
+                    `upstream.request_timeout_ms` (or could not be connected to within \
+                    `upstream.connect_timeout_ms`)"),
             },
             "security": [{"api_key": []}],
         });

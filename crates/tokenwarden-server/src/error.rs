@@ -152,43 +152,47 @@ impl ApiError {
         )
     }
 
-    /// 502 UPSTREAM_UNREACHABLE: the proxy could not reach the provider's API. `why` must not
-    /// hold the URL (it may carry a token).
-    pub fn upstream_unreachable(provider: &str, why: &str) -> Self {
-        let mut e = Self::new(
+    /// 502 UPSTREAM_UNREACHABLE: the proxy could not reach the provider's API. `why` is a fixed
+    /// phrase, never anything of the URL (it may carry a token).
+    pub fn upstream_unreachable(provider: &str, why: &'static str) -> Self {
+        Self::upstream(
             StatusCode::BAD_GATEWAY,
             UPSTREAM_UNREACHABLE,
+            provider,
             format!("could not reach the API of provider {provider}: {why}"),
-        );
-        e.details.insert("provider".into(), provider.into());
-        e
+        )
     }
 
     /// 504 UPSTREAM_TIMEOUT: the provider's API did not answer in time.
     pub fn upstream_timeout(provider: &str, waited: Duration) -> Self {
-        let mut e = Self::new(
+        Self::upstream(
             StatusCode::GATEWAY_TIMEOUT,
             UPSTREAM_TIMEOUT,
+            provider,
             format!(
                 "the API of provider {provider} did not answer within {} ms",
                 waited.as_millis()
             ),
-        );
-        e.details.insert("provider".into(), provider.into());
-        e
+        )
     }
 
     /// 504 UPSTREAM_TIMEOUT when the proxy could not connect to the provider's API within
     /// `waited` (`upstream.connect_timeout_ms`).
     pub fn upstream_connect_timeout(provider: &str, waited: Duration) -> Self {
-        let mut e = Self::new(
+        Self::upstream(
             StatusCode::GATEWAY_TIMEOUT,
             UPSTREAM_TIMEOUT,
+            provider,
             format!(
                 "the API of provider {provider} could not be connected to within {} ms",
                 waited.as_millis()
             ),
-        );
+        )
+    }
+
+    /// A proxy failure about `provider`'s API: `details.provider` names it.
+    fn upstream(status: StatusCode, code: &'static str, provider: &str, message: String) -> Self {
+        let mut e = Self::new(status, code, message);
         e.details.insert("provider".into(), provider.into());
         e
     }
