@@ -133,6 +133,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     import_all(&warden, n).await?;
                 }
                 raw.make_all_due().await;
+                raw.retire_events().await;
                 raw.settle().await;
                 store.set_outbox(on);
                 let events_before = raw.count_events().await;
@@ -446,11 +447,26 @@ impl Raw {
         .expect("make due");
     }
 
-    /// Writes back what earlier phases left behind, so no round pays for the one before it.
+    /// Marks the events of earlier rounds dispatched, as a running dispatcher would have
+    /// within a second, so the undispatched set (and its index) does not grow round after
+    /// round; the rows stay, as they do until purged.
+    async fn retire_events(&self) {
+        self.exec("UPDATE webhook_events SET dispatched_at = 0 WHERE dispatched_at IS NULL")
+            .await;
+    }
+
+    /// Writes back what earlier phases left behind, so no round pays for the one before it:
+    /// PostgreSQL's dead row versions from the imports and earlier rounds are vacuumed
+    /// (otherwise autovacuum starts in the middle of some rounds and not others), and the
+    /// log is checkpointed.
     async fn settle(&self) {
         match self {
             Self::Sqlite(_) => self.exec("PRAGMA wal_checkpoint(TRUNCATE)").await,
-            Self::Pg(_) => self.exec("CHECKPOINT").await,
+            Self::Pg(_) => {
+                self.exec("VACUUM (ANALYZE) connections, webhook_events")
+                    .await;
+                self.exec("CHECKPOINT").await;
+            }
         }
     }
 
