@@ -84,9 +84,9 @@ mod outbox;
 pub use outbox::{
     concurrent_webhook_claims, concurrent_webhook_dispatch, outbox_connect_session_failed,
     outbox_connection_events, outbox_failed_writes_raise_nothing, outbox_off_writes_nothing,
-    outbox_recent_connection_events, outbox_update_batch, webhook_claim_and_finish,
-    webhook_claim_per_endpoint_limit, webhook_dispatch, webhook_list_deliveries, webhook_purge,
-    webhook_queue_stats, webhook_retry_delivery,
+    outbox_recent_connection_events, outbox_update_batch, outbox_update_batch_from,
+    webhook_claim_and_finish, webhook_claim_per_endpoint_limit, webhook_dispatch,
+    webhook_list_deliveries, webhook_purge, webhook_queue_stats, webhook_retry_delivery,
 };
 
 /// Names one test database; see the module docs for what a factory must do with it.
@@ -158,6 +158,7 @@ macro_rules! __for_each_check {
             outbox_off_writes_nothing,
             outbox_failed_writes_raise_nothing,
             outbox_update_batch,
+            outbox_update_batch_from,
             outbox_connect_session_failed,
             outbox_recent_connection_events,
             webhook_dispatch,

@@ -17,12 +17,12 @@ use crate::store::{
 };
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
-    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
+    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent, Prior,
     StoredEvent, WebhookQueueStats,
 };
 
 /// A store wrapper for tests of what happens around a store's compare-and-swap writes
-/// ([`Store::update`] and [`Store::update_batch`]); everything else passes to `inner`. It
+/// ([`Store::update`], [`Store::update_batch`] and [`Store::update_batch_from`]); everything else passes to `inner`. It
 /// logs every write, can fail the next `n` with a database error (as a failover or a
 /// dropped connection would), can refuse every batch, and can hold the next write, or the
 /// next read's answer, until the test releases it.
@@ -156,6 +156,17 @@ impl<S: Store> Store for FailingWrites<S> {
             return Err(injected());
         }
         self.inner.update_batch(conns).await
+    }
+    async fn update_batch_from(
+        &self,
+        conns: &[Connection],
+        was: &[Prior],
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        let fail = self.arrive("batch", conns.len()).await;
+        if fail || self.refuse_batches.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        self.inner.update_batch_from(conns, was).await
     }
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
         self.inner.delete(key).await

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::connection::{Connection, ConnectionMeta};
 use crate::store::{Store, StoreError};
+use crate::webhooks::outbox::Prior;
 
 type Reply = oneshot::Sender<Result<ConnectionMeta, StoreError>>;
 
@@ -32,7 +33,8 @@ pub(crate) struct GroupCommit {
 
 #[derive(Debug, Default)]
 struct State {
-    queue: Vec<(Connection, Reply)>,
+    /// Each write with the row as its writer read it (see [`GroupCommit::update`]).
+    queue: Vec<(Connection, Prior, Reply)>,
     /// Whether a committer task is running (it drains the queue before it stops).
     committing: bool,
 }
@@ -47,15 +49,18 @@ impl GroupCommit {
         })
     }
 
-    /// [`Store::update`], committed together with the writes that overlap it.
+    /// [`Store::update`], committed together with the writes that overlap it. `was` is
+    /// the row's status and failure count as the caller read it at `conn.meta.version`
+    /// (batches pass it on: [`Store::update_batch_from`]).
     pub(crate) async fn update(
         self: &Arc<Self>,
         conn: &Connection,
+        was: Prior,
     ) -> Result<ConnectionMeta, StoreError> {
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut state = self.lock();
-            state.queue.push((conn.clone(), reply));
+            state.queue.push((conn.clone(), was, reply));
             !std::mem::replace(&mut state.committing, true)
         };
         if start {
@@ -90,8 +95,15 @@ impl GroupCommit {
                 let n = state.queue.len().min(self.max_batch);
                 state.queue.drain(..n).collect()
             };
-            let (conns, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let results = self.commit(&conns).await;
+            let mut conns = Vec::with_capacity(batch.len());
+            let mut was = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            for (conn, prior, reply) in batch {
+                conns.push(conn);
+                was.push(prior);
+                replies.push(reply);
+            }
+            let results = self.commit(&conns, &was).await;
             for (reply, result) in replies.into_iter().zip(results) {
                 // A writer that went away no longer needs its answer; the write stands.
                 let _ = reply.send(result);
@@ -101,13 +113,17 @@ impl GroupCommit {
 
     /// One batch: one durable commit, or one row at a time if that failed, so a row the
     /// database refuses cannot fail the rows batched with it.
-    async fn commit(&self, conns: &[Connection]) -> Vec<Result<ConnectionMeta, StoreError>> {
+    async fn commit(
+        &self,
+        conns: &[Connection],
+        was: &[Prior],
+    ) -> Vec<Result<ConnectionMeta, StoreError>> {
         #[allow(clippy::cast_precision_loss)] // batches are at most a few hundred rows
         metrics::histogram!(crate::metrics::COMMIT_ROWS).record(conns.len() as f64);
         if let [conn] = conns {
             return vec![self.store.update(conn).await];
         }
-        match self.store.update_batch(conns).await {
+        match self.store.update_batch_from(conns, was).await {
             Ok(results) if results.len() == conns.len() => return results,
             Ok(_) => tracing::error!("batched update answered for the wrong number of rows"),
             Err(e) => tracing::warn!(error = %e, rows = conns.len(),
@@ -193,7 +209,7 @@ mod tests {
         let queued_behind = conns.len() - 1;
         for (i, conn) in conns.into_iter().enumerate() {
             let c = Arc::clone(commits);
-            writers.spawn(async move { (i, c.update(&conn).await) });
+            writers.spawn(async move { (i, c.update(&conn, Prior::of(&conn.meta)).await) });
             while store.writes().is_empty() {
                 tokio::task::yield_now().await;
             }
@@ -285,12 +301,15 @@ mod tests {
         let store = recording(false, false);
         let conns = seeded(&store, 1).await;
         let commits = GroupCommit::new(store.clone(), 64, TaskTracker::new());
-        let meta = commits.update(&conns[0]).await.expect("write");
+        let meta = commits
+            .update(&conns[0], Prior::of(&conns[0].meta))
+            .await
+            .expect("write");
         assert_eq!(meta.version, conns[0].meta.version + 1);
-        let again = commits.update(&conns[0]).await;
+        let again = commits.update(&conns[0], Prior::of(&conns[0].meta)).await;
         assert!(matches!(again, Err(StoreError::Conflict)), "{again:?}");
         let missing = sample_connection("u", "tiktok", "gone");
-        let gone = commits.update(&missing).await;
+        let gone = commits.update(&missing, Prior::of(&missing.meta)).await;
         assert!(matches!(gone, Err(StoreError::NotFound)), "{gone:?}");
         assert_eq!(store.writes(), vec![("update", 1); 3]);
     }

@@ -507,3 +507,96 @@ async fn delivered_events_are_deleted_once_older_than_keep() {
         0
     );
 }
+
+/// Refreshes that overlap are written in batches, whose events the store decides from the
+/// rows as the refresh loop read them (`Store::update_batch_from`), without reading them
+/// again: on SQLite, 20 connections failing together raise one `refresh_failing` each,
+/// failing again raises nothing, and succeeding together one `recovered` each. The first
+/// write of each round is held in the store until every refresh has its answer, so the
+/// others queue behind it and go out as one batch.
+#[tokio::test]
+async fn batched_refresh_writes_raise_each_connections_events_once() {
+    const N: usize = 20;
+    let dir = tempfile::tempdir().expect("dir");
+    let sqlite = tokenwarden::store::SqliteStore::connect(
+        &format!("sqlite://{}/hooks.db", dir.path().display()),
+        key_ring(),
+    )
+    .await
+    .expect("sqlite");
+    let store = Arc::new(tokenwarden_testkit::FailingWrites::new(sqlite));
+    store.set_outbox(true);
+    let provider = FakeProvider::new([ok("unused", None, 3600)]);
+    let warden = Warden::builder(store.clone())
+        .provider(provider.clone())
+        .refresh_config(RefreshConfig {
+            retry: RetryPolicy {
+                max_retries: 0,
+                ..RetryPolicy::default()
+            },
+            ..RefreshConfig::default()
+        })
+        .breaker_config(BreakerConfig {
+            failure_threshold: 1000,
+            open_for: Duration::from_secs(60),
+        })
+        .build()
+        .expect("warden");
+    let warden = Arc::new(warden);
+    let keys: Vec<_> = (0..N).map(|i| key("u1", &format!("acct-{i}"))).collect();
+    for (i, k) in keys.iter().enumerate() {
+        warden
+            .import(
+                k.clone(),
+                import(&format!("access-{i}"), Some(&format!("refresh-{i}")), None),
+            )
+            .await
+            .expect("import");
+    }
+
+    let mut batches = 0;
+    for (round, answer) in [transient(), transient(), ok("access-new", None, 3600)]
+        .into_iter()
+        .enumerate()
+    {
+        provider.script([answer]);
+        let calls_before = provider.calls();
+        store.hold_next_write();
+        let mut refreshes = tokio::task::JoinSet::new();
+        for k in &keys {
+            let (warden, k) = (warden.clone(), k.clone());
+            refreshes
+                .spawn(async move { warden.refresh_token(&k, RefreshOptions::default()).await });
+        }
+        // Each refresh queues its write as soon as it has its answer (no await in between).
+        while provider.calls() < calls_before + N as u32 || !store.is_holding() {
+            tokio::task::yield_now().await;
+        }
+        let writes_before = store.writes().len();
+        store.release_held();
+        let results = refreshes.join_all().await;
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            if round == 2 { N } else { 0 },
+            "round {round}"
+        );
+        batches += store.writes()[writes_before..]
+            .iter()
+            .filter(|(kind, rows)| *kind == "batch" && *rows > 1)
+            .count();
+    }
+    assert!(batches >= 3, "every round wrote a batch ({batches})");
+    for k in &keys {
+        let events = store.recent_connection_events(k, 10).await.expect("events");
+        let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "connection.recovered",
+                "connection.refresh_failing",
+                "connection.created"
+            ],
+            "{k:?}"
+        );
+    }
+}

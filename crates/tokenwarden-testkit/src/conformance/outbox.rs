@@ -21,7 +21,7 @@ use tokenwarden::secret::{AccessToken, RefreshToken};
 use tokenwarden::store::{Store, StoreError};
 use tokenwarden::webhooks::EventType;
 use tokenwarden::webhooks::outbox::{
-    ClaimedDelivery, DeliveryOutcome, DeliveryQuery, DeliveryStatus, DeliveryView, NewEvent,
+    ClaimedDelivery, DeliveryOutcome, DeliveryQuery, DeliveryStatus, DeliveryView, NewEvent, Prior,
     WebhookQueueStats,
 };
 
@@ -451,6 +451,102 @@ where
     assert_eq!(
         bodies[0]["data"]["version"],
         json!(results[0].as_ref().expect("written").version)
+    );
+}
+
+/// `update_batch_from` raises what `update_batch` would, judged on the prior states the
+/// caller passes (the rows as read at the versions written): a batch of healthy successes
+/// writes its rows and no event; in a mixed batch a first failure raises `refresh_failing`, a
+/// permanent one `needs_reconnect`, a success after failures `recovered`, each with the
+/// version written, while continued failures raise nothing and a stale row (`Conflict`) or a
+/// missing one (`NotFound`) neither writes nor raises anything.
+pub async fn outbox_update_batch_from<F, Fut, S>(make: &F)
+where
+    F: Fn(TestDb, Arc<KeyRing>) -> Fut,
+    Fut: Future<Output = S>,
+    S: Store,
+{
+    use ConnectionStatus::{Active, NeedsReconnect};
+    let store = make(TestDb::fresh("outbox_batch_from"), k1()).await;
+    store.set_outbox(true);
+    let conns: Vec<Connection> = (0..6)
+        .map(|i| sample_connection("u", "tiktok", &format!("from-{i}")))
+        .collect();
+    let mut stored = Vec::new();
+    for conn in &conns {
+        stored.push(store.put(conn).await.expect("put").0);
+    }
+    stored[3] = update(&store, &conns[3], &stored[3], 2, Active).await;
+    stored[4] = update(&store, &conns[4], &stored[4], 1, NeedsReconnect).await;
+    drain(&store).await;
+
+    let quiet = [
+        outcome(&conns[0], &stored[0], 0, Active),
+        outcome(&conns[1], &stored[1], 0, Active),
+    ];
+    let was = [Prior::of(&stored[0]), Prior::of(&stored[1])];
+    let results = store.update_batch_from(&quiet, &was).await.expect("batch");
+    for (i, result) in results.into_iter().enumerate() {
+        let written = result.expect("written");
+        assert_eq!(written.version, stored[i].version + 1, "row {i}");
+        let read = store.get(conns[i].key()).await.expect("get").expect("row");
+        assert_eq!(read.meta.version, written.version, "row {i} is written");
+        stored[i] = written;
+    }
+    assert_eq!(types(&drain(&store).await), Vec::<&str>::new());
+
+    // Row 5 is read, then imported again by someone else: the refresh's write is stale.
+    let stale = outcome(&conns[5], &stored[5], 1, Active);
+    let stale_was = Prior::of(&stored[5]);
+    store.put(&conns[5]).await.expect("re-import");
+    let missing_conn = sample_connection("u", "tiktok", "from-missing");
+    let missing = outcome(&missing_conn, &stored[5], 1, NeedsReconnect);
+    drain(&store).await;
+    let batch = [
+        outcome(&conns[0], &stored[0], 1, Active),
+        outcome(&conns[1], &stored[1], 1, NeedsReconnect),
+        outcome(&conns[2], &stored[2], 0, Active),
+        outcome(&conns[3], &stored[3], 0, Active),
+        outcome(&conns[4], &stored[4], 2, NeedsReconnect),
+        stale,
+        missing,
+    ];
+    let mut was: Vec<Prior> = stored[..5].iter().map(Prior::of).collect();
+    was.extend([stale_was, stale_was]);
+    let results = store.update_batch_from(&batch, &was).await.expect("batch");
+    assert!(results[..5].iter().all(Result::is_ok), "{results:?}");
+    assert!(
+        matches!(results[5], Err(StoreError::Conflict)),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[6], Err(StoreError::NotFound)),
+        "{results:?}"
+    );
+    let bodies = drain(&store).await;
+    let mut raised: Vec<(&str, &str, i64)> = bodies
+        .iter()
+        .map(|b| {
+            (
+                b["data"]["account_id"].as_str().expect("account"),
+                b["type"].as_str().expect("type"),
+                b["data"]["version"].as_i64().expect("version"),
+            )
+        })
+        .collect();
+    raised.sort_unstable();
+    let version = |i: usize| results[i].as_ref().expect("written").version;
+    assert_eq!(
+        raised,
+        [
+            ("from-0", "connection.refresh_failing", version(0)),
+            ("from-1", "connection.needs_reconnect", version(1)),
+            ("from-3", "connection.recovered", version(3)),
+        ]
+    );
+    assert!(
+        store.get(missing_conn.key()).await.expect("get").is_none(),
+        "a missing row is not created"
     );
 }
 

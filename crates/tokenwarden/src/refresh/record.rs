@@ -19,6 +19,7 @@ use crate::refresh::policy::jitter_unit;
 use crate::scheduler::{plan_after_failure, plan_after_success};
 use crate::store::StoreError;
 use crate::warden::{Inner, RefreshOutcome, Trigger};
+use crate::webhooks::outbox::Prior;
 
 /// Waits before retrying the commit of a refresh's result after a database error: a blip
 /// (failover, a dropped connection) should not cost a grant the provider already rotated.
@@ -52,6 +53,8 @@ impl Inner {
     ) -> RefreshOutcome {
         let now = self.clock.now();
         let used_refresh_token = conn.tokens.refresh_token.clone();
+        // The row as read, at the version the write expects: what its events are decided on.
+        let mut was = Prior::of(&conn.meta);
         apply_response(&mut conn, response, now);
         conn.meta.next_refresh_at = plan_after_success(
             &conn.meta,
@@ -63,7 +66,7 @@ impl Inner {
         let mut conflicts = 0;
         let mut failed_writes = 0;
         while conflicts < 3 {
-            match self.commits.update(&conn).await {
+            match self.commits.update(&conn, was).await {
                 Ok(meta) => {
                     // `update` released the lease in the same statement.
                     released.store(true, Ordering::Relaxed);
@@ -89,6 +92,7 @@ impl Inner {
                         return Ok(Arc::new(current));
                     }
                     conn.meta.version = current.meta.version;
+                    was = Prior::of(&current.meta);
                     conflicts += 1;
                 }
                 Err(StoreError::Database(message)) if failed_writes < COMMIT_RETRY_DELAYS.len() => {
@@ -119,8 +123,9 @@ impl Inner {
         let Ok(mut conn) = self.load(key).await else {
             return;
         };
+        let was = Prior::of(&conn.meta);
         conn.meta.next_refresh_at = Some(at);
-        if let Err(e) = self.commits.update(&conn).await
+        if let Err(e) = self.commits.update(&conn, was).await
             && !matches!(e, StoreError::Conflict | StoreError::NotFound)
         {
             tracing::warn!(provider = %key.provider, account_id = %key.account_id, error = %e,
@@ -132,6 +137,7 @@ impl Inner {
     /// what comes next. Tokens are left as they were.
     pub(crate) async fn record_failure(&self, mut conn: Connection, error: &Error, next: Next) {
         let now = self.clock.now();
+        let was = Prior::of(&conn.meta);
         conn.meta.consecutive_failures = conn.meta.consecutive_failures.saturating_add(1);
         conn.meta.last_error = Some(LastError {
             code: error.code().as_str().to_owned(),
@@ -171,7 +177,7 @@ impl Inner {
             Next::At(at) => meta.next_refresh_at = Some(at),
         }
         let key = conn.key().clone();
-        match self.commits.update(&conn).await {
+        match self.commits.update(&conn, was).await {
             Ok(_) | Err(StoreError::Conflict | StoreError::NotFound) => {}
             Err(e) => tracing::error!(provider = %key.provider, account_id = %key.account_id,
                 error = %e, "could not record the refresh failure"),

@@ -37,7 +37,7 @@ use crate::connection::{
 use crate::crypto::KeyRing;
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
-    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
+    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent, Prior,
     StoredEvent, WebhookQueueStats,
 };
 
@@ -230,6 +230,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
             out.push(self.update(conn).await);
         }
         Ok(out)
+    }
+
+    /// [`Store::update_batch`] from a writer that read each row at the version it expects
+    /// (`conns[i].meta.version`) and says how it was then: `was[i]`, its status and failure
+    /// count, all the outbox's event rules read (the refresh loop knows them: it holds the
+    /// row it refreshed). A row is written only at that version, so when it is written its
+    /// old state is `was[i]`, and a backend can decide the events without reading the old
+    /// rows: a batch that raises none is the same statement as with the outbox off. The
+    /// default ignores `was`, as do the backends when it is not one entry per connection.
+    async fn update_batch_from(
+        &self,
+        conns: &[Connection],
+        was: &[Prior],
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        let _ = was;
+        self.update_batch(conns).await
     }
 
     /// Deletes a connection; false when there was none. With the outbox on, a delete that

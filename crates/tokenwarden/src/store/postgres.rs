@@ -55,9 +55,10 @@ use crate::connection::{Connection, ConnectionKey, ConnectionMeta, ConnectionSta
 use crate::crypto::KeyRing;
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
-    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent,
+    ClaimedDelivery, DeliveryOutcome, DeliveryPage, DeliveryQuery, DeliveryView, NewEvent, Prior,
     Requires, StoredEvent, WebhookQueueStats, Write, connection_change_events,
     decode_delivery_cursor, delivery_page, session_failed_event, unix_ms, update_candidate,
+    update_events,
 };
 
 pub mod nodelay;
@@ -326,12 +327,17 @@ impl PgStore {
     /// passed in key order, so two batches sharing keys lock them in the same order.
     ///
     /// With the outbox on it is still one statement, autocommitted: each row's one possible
-    /// event is built beforehand ([`EventCandidates`]) and the statement inserts those whose
-    /// old row, as it read it, meets their condition ([`UPDATE_BATCH_WITH_EVENTS_SQL`]). A transaction around a read, the write and the
-    /// events' insert cost three more round trips per batch.
+    /// event is built beforehand ([`EventCandidates`]). Given the rows' prior states (`was`,
+    /// see [`Store::update_batch_from`]) only the events they raise are, and the statement
+    /// inserts those of the rows it writes ([`UPDATE_BATCH_FROM_SQL`]), or is
+    /// [`UPDATE_BATCH_SQL`] itself when there are none; otherwise it inserts those whose old
+    /// row, as it reads it, meets their condition ([`UPDATE_BATCH_WITH_EVENTS_SQL`]). A
+    /// transaction around a read, the write and the events' insert would cost three more
+    /// round trips per batch.
     async fn update_distinct(
         &self,
         conns: &[Connection],
+        was: Option<&[Prior]>,
     ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
         let mut order: Vec<usize> = (0..conns.len()).collect();
         order.sort_by(|&a, &b| conns[a].key().cmp(conns[b].key()));
@@ -347,11 +353,17 @@ impl PgStore {
         // Nothing to send when no row could be sealed.
         let rows = if columns.idx.is_empty() {
             Vec::new()
-        } else if self.outbox_on() {
-            let events = EventCandidates::of(conns, &columns.idx)?;
-            let statement = sqlx::query(AssertSqlSafe(UPDATE_BATCH_WITH_EVENTS_SQL.as_str()));
+        } else if self.outbox_on()
+            && let events = EventCandidates::of(conns, &columns.idx, was)?
+            && !(was.is_some() && events.idx.is_empty())
+        {
+            let sql = if was.is_some() {
+                &UPDATE_BATCH_FROM_SQL
+            } else {
+                &UPDATE_BATCH_WITH_EVENTS_SQL
+            };
             events
-                .bind(columns.bind(statement))
+                .bind(columns.bind(sqlx::query(AssertSqlSafe(sql.as_str()))))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_error("update"))?
@@ -750,10 +762,19 @@ const UPDATE_BATCH_SQL: &str = "\
 /// [`UPDATE_BATCH_SQL`] for the outbox: a sub-select reads the rows' status and failure
 /// count as they were (the only fields the event rules read; no lock is needed, since the
 /// `UPDATE` writes a row only at the version its caller read); the written rows' event
-/// candidates (parameters after the
-/// rows', see [`EventCandidates`]) whose condition ([`Requires::SQL`]) the old row meets are
-/// inserted, in the order given, by the same statement.
-static UPDATE_BATCH_WITH_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
+/// candidates (parameters after the rows', see [`EventCandidates`]) whose condition
+/// ([`Requires::SQL`]) the old row meets are inserted, in the order given, by the same
+/// statement.
+static UPDATE_BATCH_WITH_EVENTS_SQL: LazyLock<String> =
+    LazyLock::new(|| batch_with_events_sql(false));
+
+/// [`UPDATE_BATCH_WITH_EVENTS_SQL`] when the caller gave each row's prior state: the
+/// candidates are the events to raise, inserted for the rows written; nothing is read.
+static UPDATE_BATCH_FROM_SQL: LazyLock<String> = LazyLock::new(|| batch_with_events_sql(true));
+
+/// The batch `UPDATE` in a CTE that also inserts the written rows' event candidates: those
+/// whose condition the old row, read by a sub-select, meets, or (`given`) all of them.
+fn batch_with_events_sql(given: bool) -> String {
     let (head, tail) = UPDATE_BATCH_SQL
         .split_once(" WHERE c.user_id")
         .expect("UPDATE_BATCH_SQL has a WHERE clause");
@@ -766,6 +787,24 @@ static UPDATE_BATCH_WITH_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
     let (u, p, a) = (n + 1, n + 2, n + 3);
     let e = n + 6;
     let (e_idx, e_req, e_id, e_type, e_body, e_at) = (e, e + 1, e + 2, e + 3, e + 4, e + 5);
+    let e_from = format!(
+        "FROM UNNEST(${e_idx}::int4[], ${e_req}::text[], ${e_id}::text[], \
+                     ${e_type}::text[], ${e_body}::text[], ${e_at}::int8[]) \
+              WITH ORDINALITY AS e(idx, requires, id, type, body, created_at, n)"
+    );
+    if given {
+        return format!(
+            "WITH upd AS ({head} WHERE c.user_id{tail} \
+             RETURNING v.idx, c.created_at, c.version, c.user_id, c.provider, c.account_id), \
+             ev AS (INSERT INTO webhook_events (id, type, body, created_at, user_id, \
+                                                provider, account_id) \
+                SELECT e.id, e.type, e.body, e.created_at, w.user_id, w.provider, \
+                       w.account_id \
+                {e_from} JOIN upd AS w ON w.idx = e.idx \
+                ORDER BY e.n) \
+             SELECT idx, created_at, version FROM upd"
+        );
+    }
     let requires = Requires::SQL;
     format!(
         "WITH upd AS ({head}, \
@@ -781,19 +820,19 @@ static UPDATE_BATCH_WITH_EVENTS_SQL: LazyLock<String> = LazyLock::new(|| {
          ev AS (INSERT INTO webhook_events (id, type, body, created_at, user_id, provider, \
                                             account_id) \
             SELECT id, type, body, created_at, user_id, provider, account_id \
-            FROM UNNEST(${e_idx}::int4[], ${e_req}::text[], ${e_id}::text[], \
-                        ${e_type}::text[], ${e_body}::text[], ${e_at}::int8[]) \
-                 WITH ORDINALITY AS e(idx, requires, id, type, body, created_at, n) \
+            {e_from} \
             JOIN (SELECT idx AS written, old_status AS status, old_failures AS failures, \
                          user_id, provider, account_id FROM upd) AS w ON w.written = e.idx \
             WHERE {requires} \
             ORDER BY e.n) \
          SELECT idx, created_at, version FROM upd"
     )
-});
+}
 
 /// Each written row's one possible event ([`update_candidate`]), as arrays for
-/// [`UPDATE_BATCH_WITH_EVENTS_SQL`]: the row's batch index, the condition, the event.
+/// [`UPDATE_BATCH_WITH_EVENTS_SQL`]: the row's batch index, the condition, the event. Or,
+/// given the rows' prior states, each row's event if it raises one, for
+/// [`UPDATE_BATCH_FROM_SQL`] (the condition `given`, not read).
 #[derive(Default)]
 struct EventCandidates {
     idx: Vec<i32>,
@@ -807,21 +846,32 @@ struct EventCandidates {
 impl EventCandidates {
     /// The candidates of `conns[i]` for each batch index `i` in `idx`, each as its row will
     /// be once written: the batch statement writes a row only at its expected version, and
-    /// makes it that version plus one.
-    fn of(conns: &[Connection], idx: &[i32]) -> Result<Self, StoreError> {
+    /// makes it that version plus one. With the rows' prior states (`was[i]` for
+    /// `conns[i]`), only the candidates whose condition it meets.
+    fn of(conns: &[Connection], idx: &[i32], was: Option<&[Prior]>) -> Result<Self, StoreError> {
         let mut out = Self::default();
         for &i in idx {
-            let conn = usize::try_from(i)
-                .ok()
-                .and_then(|i| conns.get(i))
-                .ok_or_else(|| corrupt("batch index"))?;
+            let at = usize::try_from(i).map_err(|_| corrupt("batch index"))?;
+            let conn = conns.get(at).ok_or_else(|| corrupt("batch index"))?;
             // `created_at` is not in an event; the caller's value stands in for the row's.
             let written = written_meta(conn, unix(conn.meta.created_at), conn.meta.version + 1)?;
-            let Some((event, requires)) = update_candidate(&written) else {
-                continue;
+            // Given the prior state, the events are decided here (and only those raised are
+            // built); the statement reads no condition.
+            let (event, requires) = match was {
+                Some(was) => {
+                    let prior = *was.get(at).ok_or_else(|| corrupt("batch index"))?;
+                    let Some(event) = update_events(prior, &written).pop() else {
+                        continue;
+                    };
+                    (event, "given")
+                }
+                None => match update_candidate(&written) {
+                    Some((event, requires)) => (event, requires.as_str()),
+                    None => continue,
+                },
             };
             out.idx.push(i);
-            out.requires.push(requires.as_str());
+            out.requires.push(requires);
             out.id.push(event.id);
             out.kind.push(event.kind.as_str());
             out.body.push(event.body);
@@ -1289,10 +1339,21 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         if distinct_keys(conns) {
-            self.update_distinct(conns).await
+            self.update_distinct(conns, None).await
         } else {
             self.update_in_order(conns).await
         }
+    }
+
+    async fn update_batch_from(
+        &self,
+        conns: &[Connection],
+        was: &[Prior],
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        if conns.is_empty() || was.len() != conns.len() || !distinct_keys(conns) {
+            return self.update_batch(conns).await;
+        }
+        self.update_distinct(conns, Some(was)).await
     }
 
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {

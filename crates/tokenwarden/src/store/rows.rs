@@ -22,8 +22,8 @@ use crate::crypto::{Field, KeyRing, envelope_key_id};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::webhooks::EventType;
 use crate::webhooks::outbox::{
-    ClaimedDelivery, DeliveryOutcome, DeliveryQuery, DeliveryStatus, DeliveryView, Prior,
-    StoredEvent, WebhookQueueStats, from_unix_ms, new_delivery_id, unix_ms,
+    ClaimedDelivery, DeliveryOutcome, DeliveryQuery, DeliveryStatus, DeliveryView, NewEvent, Prior,
+    StoredEvent, WebhookQueueStats, from_unix_ms, new_delivery_id, unix_ms, update_events,
 };
 
 /// Ciphertexts and their key ids, ready to bind.
@@ -185,6 +185,24 @@ impl RowValues {
 /// rotated token).
 pub(crate) fn text(s: &str) -> String {
     s.replace('\0', "\u{FFFD}")
+}
+
+/// For [`Store::update_batch_from`](super::Store::update_batch_from): the events each of
+/// `conns` raises if written at its expected version, its old state being `was[i]`
+/// ([`update_events`]), in order, one list per connection (most empty).
+pub(crate) fn events_from_prior(
+    conns: &[Connection],
+    was: &[Prior],
+) -> Result<Vec<Vec<NewEvent>>, StoreError> {
+    conns
+        .iter()
+        .zip(was)
+        .map(|(conn, &prior)| {
+            // `created_at` is not in an event; the caller's value stands in for the row's.
+            let written = written_meta(conn, unix(conn.meta.created_at), conn.meta.version + 1)?;
+            Ok(update_events(prior, &written))
+        })
+        .collect()
 }
 
 /// The stored metadata after a write: the caller's fields plus what the store decided, as a

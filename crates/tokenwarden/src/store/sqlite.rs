@@ -41,10 +41,10 @@ use time::OffsetDateTime;
 use super::rows::{
     FinishValues, META_COLUMNS, RowValues, SESSION_COLUMNS, SessionValues, WRITE_COLUMNS,
     claim_refused, claimed_from_row, corrupt, db_error, delivery_from_row, delivery_list_query,
-    distinct_keys, flow_key_id, from_unix, get, key_from_row, key_usage as key_usage_from,
-    list_query, meta_from_row, open_refused, open_tokens, page, prior_from_row, push_after,
-    seal_tokens, session_from_row, status_counts, unix, webhook_stats, webhook_stats_sql,
-    written_meta,
+    distinct_keys, events_from_prior, flow_key_id, from_unix, get, key_from_row,
+    key_usage as key_usage_from, list_query, meta_from_row, open_refused, open_tokens, page,
+    prior_from_row, push_after, seal_tokens, session_from_row, status_counts, unix, webhook_stats,
+    webhook_stats_sql, written_meta,
 };
 use super::{
     Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Role, Store,
@@ -305,6 +305,7 @@ impl SqliteStore {
     async fn update_distinct(
         &self,
         conns: &[Connection],
+        was: Option<&[Prior]>,
     ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
         let mut out: Vec<Option<Result<ConnectionMeta, StoreError>>> =
             (0..conns.len()).map(|_| None).collect();
@@ -327,29 +328,47 @@ impl SqliteStore {
             index.insert(conn.key().clone(), i);
         }
         qb.push(BATCH_SUFFIX.as_str());
-        if rows > 0 && self.outbox_on() {
-            return self
-                .update_distinct_with_events(conns, qb, index, out)
-                .await;
+        if rows == 0 {
+            return Ok(out.into_iter().flatten().collect());
         }
-        if rows > 0 {
-            let _write = self.write.lock().await;
-            let returned = qb
-                .build()
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error("update"))?;
-            drop(_write);
-            for row in &returned {
-                let key = key_from_row(row)?;
-                let i = *index.get(&key).ok_or_else(|| corrupt("batch key"))?;
-                out[i] = Some(written_meta(
-                    &conns[i],
-                    get(row, "created_at")?,
-                    get(row, "version")?,
-                ));
+        // The events each row raises if written, when the caller said how the rows were;
+        // else, with the outbox on, the old rows must be read first.
+        let mut raised = match (self.outbox_on(), was) {
+            (false, _) => Vec::new(),
+            (true, Some(was)) => events_from_prior(conns, was)?,
+            (true, None) => {
+                return self
+                    .update_distinct_with_events(conns, qb, index, out)
+                    .await;
+            }
+        };
+        let _write = self.write.lock().await;
+        let (returned, tx) = if raised.iter().all(Vec::is_empty) {
+            let returned = qb.build().fetch_all(&self.pool).await;
+            (returned.map_err(db_error("update"))?, None)
+        } else {
+            let mut tx = self.begin_write("update").await?;
+            let returned = qb.build().fetch_all(&mut *tx).await;
+            (returned.map_err(db_error("update"))?, Some(tx))
+        };
+        let mut events = Vec::new();
+        for row in &returned {
+            let key = key_from_row(row)?;
+            let i = *index.get(&key).ok_or_else(|| corrupt("batch key"))?;
+            out[i] = Some(written_meta(
+                &conns[i],
+                get(row, "created_at")?,
+                get(row, "version")?,
+            ));
+            if let Some(row_events) = raised.get_mut(i) {
+                events.append(row_events);
             }
         }
+        if let Some(mut tx) = tx {
+            outbox::insert_events(&mut tx, &events).await?;
+            tx.commit().await.map_err(db_error("update"))?;
+        }
+        drop(_write);
         let mut results = Vec::with_capacity(conns.len());
         for (i, result) in out.into_iter().enumerate() {
             results.push(match result {
@@ -1087,10 +1106,21 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         if distinct_keys(conns) {
-            self.update_distinct(conns).await
+            self.update_distinct(conns, None).await
         } else {
             self.update_in_order(conns).await
         }
+    }
+
+    async fn update_batch_from(
+        &self,
+        conns: &[Connection],
+        was: &[Prior],
+    ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
+        if conns.is_empty() || was.len() != conns.len() || !distinct_keys(conns) {
+            return self.update_batch(conns).await;
+        }
+        self.update_distinct(conns, Some(was)).await
     }
 
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {

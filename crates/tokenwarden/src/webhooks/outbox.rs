@@ -158,15 +158,17 @@ impl Requires {
 }
 
 /// All of a row, as it was before a refresh wrote it, that the refresh rules read: its
-/// status and failure count (a batch write reads only these).
+/// status and failure count (a batch write reads only these, or is given them:
+/// [`Store::update_batch_from`](crate::store::Store::update_batch_from)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Prior {
+pub struct Prior {
     pub status: ConnectionStatus,
     pub consecutive_failures: u32,
 }
 
 impl Prior {
-    pub(crate) fn of(meta: &ConnectionMeta) -> Self {
+    /// The prior state of a row whose metadata, as read, is `meta`.
+    pub fn of(meta: &ConnectionMeta) -> Self {
         Self {
             status: meta.status,
             consecutive_failures: meta.consecutive_failures,
