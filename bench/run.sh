@@ -47,8 +47,9 @@ fi
 if want webhooks; then
   # Outbox off vs on in alternating rounds of scheduled refreshes (successful, then failing
   # with one event each), then one worker delivering 10,000 events to a local receiver.
-  # 6,000 connections and at least 5 pairs: single pairs of 2,000 spread by ±20% on 2 cores.
-  WEBHOOK_ROUNDS=$(( RUNS > 5 ? RUNS : 5 ))
+  # 6,000 connections and at least 11 pairs: single pairs spread by ±20% on 2 cores, and
+  # medians of 5 pairs moved by ±5 points from run to run.
+  WEBHOOK_ROUNDS=$(( RUNS > 11 ? RUNS : 11 ))
   echo "## webhooks: outbox cost on scheduled refreshes, delivery throughput (SQLite)"
   BENCH_ROUNDS="$WEBHOOK_ROUNDS" "$BIN/examples/bench_webhooks" 6000 | tee "$OUT/webhooks.txt"
   if [[ -n "${TOKENWARDEN_TEST_POSTGRES_URL:-}" ]]; then
