@@ -22,10 +22,10 @@ use crate::webhooks::outbox::{
 };
 
 /// A store wrapper for tests of what happens around a store's compare-and-swap writes
-/// ([`Store::update`], [`Store::update_batch`] and [`Store::update_batch_from`]); everything else passes to `inner`. It
-/// logs every write, can fail the next `n` with a database error (as a failover or a
-/// dropped connection would), can refuse every batch, and can hold the next write, or the
-/// next read's answer, until the test releases it.
+/// ([`Store::update`], [`Store::update_batch`], [`Store::update_batch_from`]); everything
+/// else passes to `inner`. It logs every write, can fail the next `n` with a database error
+/// (as a failover or a dropped connection would), can refuse every batch, and can hold the
+/// next write, or the next read's answer, until the test releases it.
 #[derive(Debug)]
 pub struct FailingWrites<S> {
     pub inner: S,

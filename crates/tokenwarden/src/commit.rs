@@ -6,7 +6,8 @@
 //! `synchronous_commit = on`). One at a time, the scheduler's throughput is bounded by the
 //! disk's fsync rate. Here the first writer starts a committer task; writers that arrive
 //! while it commits queue up and go out together in the next commit
-//! ([`Store::update_batch`]: one statement where the keys are distinct). There is no timer: a lone write commits at once, and batches
+//! ([`Store::update_batch_from`]: one statement where the keys are distinct, given each
+//! row as its writer read it). There is no timer: a lone write commits at once, and batches
 //! grow only as far as writes actually overlap. Each writer still gets its own answer
 //! (success, `Conflict`, `NotFound`), and only after the commit that made it durable.
 

@@ -554,7 +554,6 @@ async fn batched_refresh_writes_raise_each_connections_events_once() {
             .expect("import");
     }
 
-    let mut batches = 0;
     for (round, answer) in [transient(), transient(), ok("access-new", None, 3600)]
         .into_iter()
         .enumerate()
@@ -580,12 +579,14 @@ async fn batched_refresh_writes_raise_each_connections_events_once() {
             if round == 2 { N } else { 0 },
             "round {round}"
         );
-        batches += store.writes()[writes_before..]
-            .iter()
-            .filter(|(kind, rows)| *kind == "batch" && *rows > 1)
-            .count();
+        assert!(
+            store.writes()[writes_before..]
+                .iter()
+                .any(|(kind, rows)| *kind == "batch" && *rows > 1),
+            "round {round} wrote a batch: {:?}",
+            &store.writes()[writes_before..]
+        );
     }
-    assert!(batches >= 3, "every round wrote a batch ({batches})");
     for k in &keys {
         let events = store.recent_connection_events(k, 10).await.expect("events");
         let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();

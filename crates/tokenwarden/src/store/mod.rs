@@ -238,7 +238,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// row it refreshed). A row is written only at that version, so when it is written its
     /// old state is `was[i]`, and a backend can decide the events without reading the old
     /// rows: a batch that raises none is the same statement as with the outbox off. The
-    /// default ignores `was`, as do the backends when it is not one entry per connection.
+    /// default ignores `was`, as do the backends when it is not one entry per connection or
+    /// a key repeats (those batches read the rows, as `update_batch` does).
     async fn update_batch_from(
         &self,
         conns: &[Connection],

@@ -2041,6 +2041,10 @@ mod tests {
         // event candidates' come next.
         assert!(UPDATE_BATCH_SQL.contains(&format!("${}::int8[], ${}::int4[])", n + 4, n + 5)));
         assert!(UPDATE_BATCH_WITH_EVENTS_SQL.contains(&format!("UNNEST(${}::int4[], ", n + 6)));
+        // Given the prior states, the same parameters, the events joined on the rows written.
+        assert!(UPDATE_BATCH_FROM_SQL.contains(&format!("UNNEST(${}::int4[], ", n + 6)));
+        assert!(UPDATE_BATCH_FROM_SQL.contains("JOIN upd AS w ON w.idx = e.idx"));
+        assert!(!UPDATE_BATCH_FROM_SQL.contains(" AS o"), "reads no old row");
     }
 
     #[test]

@@ -16,8 +16,10 @@
 //! themselves (see `migrations/sqlite/0003`).
 //!
 //! With the webhook outbox on (see `outbox`), the writes that raise events read the row as
-//! it was inside their `BEGIN IMMEDIATE` transaction and insert the events in it; with it
-//! off they are the statements they always were.
+//! it was inside their `BEGIN IMMEDIATE` transaction and insert the events in it, except
+//! batched refresh writes, which are told how the rows were (`Store::update_batch_from`) and
+//! open a transaction only when they raise an event; with it off they are the statements
+//! they always were.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -301,7 +303,10 @@ impl SqliteStore {
 
     /// [`Store::update_batch`] for distinct keys: one `UPDATE … FROM (VALUES …)` statement, so
     /// one round trip to the connection's thread and one commit, joined on key and expected
-    /// version.
+    /// version. With the outbox on, `was` (the rows' prior states, see
+    /// [`Store::update_batch_from`]) decides the events beforehand: none, the same statement;
+    /// some, the statement and their `INSERT` in one `BEGIN IMMEDIATE` transaction. Without
+    /// it the old rows are read first ([`SqliteStore::update_distinct_with_events`]).
     async fn update_distinct(
         &self,
         conns: &[Connection],
@@ -335,7 +340,16 @@ impl SqliteStore {
         // else, with the outbox on, the old rows must be read first.
         let mut raised = match (self.outbox_on(), was) {
             (false, _) => Vec::new(),
-            (true, Some(was)) => events_from_prior(conns, was)?,
+            (true, Some(was)) => {
+                let mut raised = events_from_prior(conns, was)?;
+                // A row that could not be sealed is not written: nothing to raise.
+                for (row_events, result) in raised.iter_mut().zip(&out) {
+                    if result.is_some() {
+                        row_events.clear();
+                    }
+                }
+                raised
+            }
             (true, None) => {
                 return self
                     .update_distinct_with_events(conns, qb, index, out)
