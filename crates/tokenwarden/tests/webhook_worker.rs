@@ -67,7 +67,33 @@ fn setup_with(
     )
     .expect("webhooks");
     let provider = FakeProvider::new([ok("unused", None, 3600)]);
-    let warden = Warden::builder(store.clone())
+    let warden = one_attempt_warden(
+        store.clone(),
+        &provider,
+        breaker_threshold,
+        breaker_open_for,
+    )
+    .circuit_changes(webhooks.circuit_changes())
+    .build()
+    .expect("warden");
+    Setup {
+        store,
+        warden,
+        webhooks,
+        clock,
+        provider,
+    }
+}
+
+/// A warden over `store` and `provider` whose refreshes are one attempt each, with the
+/// given breaker.
+fn one_attempt_warden(
+    store: Arc<dyn Store>,
+    provider: &Arc<FakeProvider>,
+    breaker_threshold: u32,
+    breaker_open_for: Duration,
+) -> tokenwarden::WardenBuilder {
+    Warden::builder(store)
         .provider(provider.clone())
         .refresh_config(RefreshConfig {
             retry: RetryPolicy {
@@ -80,16 +106,6 @@ fn setup_with(
             failure_threshold: breaker_threshold,
             open_for: breaker_open_for,
         })
-        .circuit_changes(webhooks.circuit_changes())
-        .build()
-        .expect("warden");
-    Setup {
-        store,
-        warden,
-        webhooks,
-        clock,
-        provider,
-    }
 }
 
 async fn bodies(server: &MockServer) -> Vec<Value> {
@@ -527,19 +543,7 @@ async fn batched_refresh_writes_raise_each_connections_events_once() {
     let store = Arc::new(tokenwarden_testkit::FailingWrites::new(sqlite));
     store.set_outbox(true);
     let provider = FakeProvider::new([ok("unused", None, 3600)]);
-    let warden = Warden::builder(store.clone())
-        .provider(provider.clone())
-        .refresh_config(RefreshConfig {
-            retry: RetryPolicy {
-                max_retries: 0,
-                ..RetryPolicy::default()
-            },
-            ..RefreshConfig::default()
-        })
-        .breaker_config(BreakerConfig {
-            failure_threshold: 1000,
-            open_for: Duration::from_secs(60),
-        })
+    let warden = one_attempt_warden(store.clone(), &provider, 1000, Duration::from_secs(60))
         .build()
         .expect("warden");
     let warden = Arc::new(warden);

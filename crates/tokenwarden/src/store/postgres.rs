@@ -43,8 +43,9 @@ use super::rows::{
     FinishValues, META_COLUMNS, RowValues, SESSION_COLUMNS, SessionValues, WRITE_COLUMNS,
     claim_refused, claimed_from_row, corrupt, db_error, delivery_from_row, delivery_list_query,
     distinct_keys, flow_key_id, from_unix, get, key_from_row, key_usage as key_usage_from,
-    list_query, meta_from_row, open_refused, open_tokens, page, push_after, seal_tokens,
-    session_from_row, status_counts, unix, webhook_stats, webhook_stats_sql, written_meta,
+    list_query, meta_from_row, open_refused, open_tokens, page, priors_apply, push_after,
+    seal_tokens, session_from_row, status_counts, unix, webhook_stats, webhook_stats_sql,
+    written_meta,
 };
 use super::{
     Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
@@ -1350,10 +1351,11 @@ impl Store for PgStore {
         conns: &[Connection],
         was: &[Prior],
     ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
-        if conns.is_empty() || was.len() != conns.len() || !distinct_keys(conns) {
-            return self.update_batch(conns).await;
+        if priors_apply(conns, was) {
+            self.update_distinct(conns, Some(was)).await
+        } else {
+            self.update_batch(conns).await
         }
-        self.update_distinct(conns, Some(was)).await
     }
 
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {

@@ -187,6 +187,13 @@ pub(crate) fn text(s: &str) -> String {
     s.replace('\0', "\u{FFFD}")
 }
 
+/// Whether [`Store::update_batch_from`](super::Store::update_batch_from)'s prior states can
+/// stand in for reading the rows: one per connection, and no key written twice (a second
+/// write's old row is the first's new one).
+pub(crate) fn priors_apply(conns: &[Connection], was: &[Prior]) -> bool {
+    !conns.is_empty() && was.len() == conns.len() && distinct_keys(conns)
+}
+
 /// For [`Store::update_batch_from`](super::Store::update_batch_from): the events each of
 /// `conns` raises if written at its expected version, its old state being `was[i]`
 /// ([`update_events`]), in order, one list per connection (most empty).

@@ -45,8 +45,8 @@ use super::rows::{
     claim_refused, claimed_from_row, corrupt, db_error, delivery_from_row, delivery_list_query,
     distinct_keys, events_from_prior, flow_key_id, from_unix, get, key_from_row,
     key_usage as key_usage_from, list_query, meta_from_row, open_refused, open_tokens, page,
-    prior_from_row, push_after, seal_tokens, session_from_row, status_counts, unix, webhook_stats,
-    webhook_stats_sql, written_meta,
+    prior_from_row, priors_apply, push_after, seal_tokens, session_from_row, status_counts, unix,
+    webhook_stats, webhook_stats_sql, written_meta,
 };
 use super::{
     Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Role, Store,
@@ -1131,10 +1131,11 @@ impl Store for SqliteStore {
         conns: &[Connection],
         was: &[Prior],
     ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
-        if conns.is_empty() || was.len() != conns.len() || !distinct_keys(conns) {
-            return self.update_batch(conns).await;
+        if priors_apply(conns, was) {
+            self.update_distinct(conns, Some(was)).await
+        } else {
+            self.update_batch(conns).await
         }
-        self.update_distinct(conns, Some(was)).await
     }
 
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
