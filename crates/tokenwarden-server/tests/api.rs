@@ -46,13 +46,8 @@ async fn import_view_token_refresh_delete_round_trip() {
     assert_eq!(replaced.status().as_u16(), 200);
 
     let shown: Value = app
-        .get("/v1/users/user-1/connections/fake/acct-1")
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/v1/users/user-1/connections/fake/acct-1")
+        .await;
     assert_eq!(shown["has_refresh_token"], false);
     for field in [
         "created_at",
@@ -107,14 +102,7 @@ async fn expired_token_is_refreshed_on_demand_and_rotation_is_kept() {
 
     let token: Value = app.access_token("u", "a").await.json().await.expect("json");
     assert_eq!(token["access_token"], "new-access-secret");
-    let view: Value = app
-        .get("/v1/users/u/connections/fake/a")
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let view: Value = app.get_json("/v1/users/u/connections/fake/a").await;
     assert!(view["last_refreshed_at"].is_string());
     assert_eq!(view["status"], "active");
     app.stop().await;
@@ -168,14 +156,7 @@ async fn list_filters_and_paginates() {
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = app
-            .get(&url)
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
+        let page: Value = app.get_json(&url).await;
         pages += 1;
         for item in page["items"].as_array().expect("items") {
             seen.push(item["account_id"].as_str().expect("id").to_owned());
@@ -191,22 +172,10 @@ async fn list_filters_and_paginates() {
     assert!(pages >= 3);
 
     let odd: Value = app
-        .get("/v1/connections?user_id=odd&provider=fake&status=active")
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+        .get_json("/v1/connections?user_id=odd&provider=fake&status=active")
+        .await;
     assert_eq!(odd["items"].as_array().expect("items").len(), 2);
-    let none: Value = app
-        .get("/v1/connections?status=needs_reconnect")
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let none: Value = app.get_json("/v1/connections?status=needs_reconnect").await;
     assert_eq!(none["items"], json!([]));
     assert_eq!(none["next_cursor"], Value::Null);
     app.stop().await;
@@ -368,14 +337,7 @@ async fn the_scheduler_refreshes_due_connections_without_a_request() {
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let view: Value = app
-            .get("/v1/users/u/connections/fake/due")
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+        let view: Value = app.get_json("/v1/users/u/connections/fake/due").await;
         if view["last_refreshed_at"].is_string() {
             break;
         }
@@ -470,14 +432,7 @@ async fn application_token_route_end_to_end_and_imports_refused() {
         assert_eq!(body.as_object().expect("object").len(), 3, "{body}");
     }
     // Stored once under the reserved key, visible (without the token) like any connection.
-    let view: Value = app
-        .get("/v1/users/_app/connections/app/_app")
-        .send()
-        .await
-        .expect("view")
-        .json()
-        .await
-        .expect("json");
+    let view: Value = app.get_json("/v1/users/_app/connections/app/_app").await;
     assert_eq!(view["status"], "active");
     assert!(!view.to_string().contains("app-token-secret-1"));
 

@@ -65,14 +65,7 @@ async fn invalid_grant_on_expired_token_is_token_expired_409_and_needs_reconnect
         app.provider.received_requests().await.expect("rec").len(),
         1
     );
-    let view: serde_json::Value = app
-        .get("/v1/users/u/connections/fake/a")
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("j");
+    let view: serde_json::Value = app.get_json("/v1/users/u/connections/fake/a").await;
     assert_eq!(view["status"], "needs_reconnect");
     assert_eq!(view["last_error"]["code"], "TOKEN_EXPIRED");
     assert_eq!(view["last_error"]["provider_error"], "invalid_grant");
@@ -113,14 +106,7 @@ async fn transient_failures_are_502_then_503_with_retry_after_when_the_breaker_o
         3
     );
 
-    let providers: serde_json::Value = app
-        .get("/v1/providers")
-        .send()
-        .await
-        .expect("p")
-        .json()
-        .await
-        .expect("j");
+    let providers: serde_json::Value = app.get_json("/v1/providers").await;
     assert_eq!(providers["providers"][0]["breaker"]["state"], "open");
     app.stop().await;
 }
@@ -459,14 +445,7 @@ async fn issue_9_forced_refresh_of_a_young_instagram_token_is_409_refresh_too_ea
             .is_empty(),
         "the provider is not called"
     );
-    let view: serde_json::Value = app
-        .get("/v1/users/u/connections/instagram/ig-1")
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let view: serde_json::Value = app.get_json("/v1/users/u/connections/instagram/ig-1").await;
     assert_eq!(view["status"], "active");
     assert_eq!(view["consecutive_failures"], 0, "not counted as a failure");
     app.stop().await;

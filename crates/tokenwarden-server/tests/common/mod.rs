@@ -162,6 +162,17 @@ impl TestApp {
         self.client.get(self.url(path)).bearer_auth(API_KEY)
     }
 
+    /// `GET path` with the API key, its body as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path)
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json body")
+    }
+
     pub async fn import(&self, user: &str, account: &str, body: Value) -> reqwest::Response {
         self.client
             .put(self.conn(user, account))
@@ -253,13 +264,8 @@ pub async fn wait_for_deliveries(
     let deadline = Instant::now() + within;
     loop {
         let list: Value = app
-            .get(&format!("/v1/webhooks/deliveries?{query}"))
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
+            .get_json(&format!("/v1/webhooks/deliveries?{query}"))
+            .await;
         let items = list["items"].as_array().cloned().unwrap_or_default();
         if items.len() >= n {
             return items;

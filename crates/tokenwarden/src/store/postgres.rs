@@ -41,11 +41,11 @@ use time::OffsetDateTime;
 use super::liveness::{LIVE_CTE, Liveness, owner_gone};
 use super::rows::{
     FinishValues, META_COLUMNS, RowValues, SESSION_COLUMNS, SessionValues, WRITE_COLUMNS,
-    claim_refused, claimed_from_row, corrupt, db_error, delivery_from_row, delivery_list_query,
-    distinct_keys, flow_key_id, from_unix, get, key_from_row, key_usage as key_usage_from,
-    list_query, meta_from_row, open_refused, open_tokens, page, priors_apply, push_after,
-    seal_tokens, session_from_row, status_counts, unix, webhook_stats, webhook_stats_sql,
-    written_meta,
+    batch_written, claim_refused, claimed_from_row, corrupt, db_error, delivery_from_row,
+    delivery_list_query, distinct_keys, flow_key_id, from_unix, get, key_from_row,
+    key_usage as key_usage_from, list_query, meta_from_row, open_refused, open_tokens, page,
+    priors_apply, push_after, seal_tokens, session_from_row, status_counts, unix, webhook_stats,
+    webhook_stats_sql, written_meta,
 };
 use super::{
     Change, Claimed, KeyUsage, ListPage, ListQuery, PutOutcome, QueueStats, ResealBatch, Store,
@@ -846,16 +846,14 @@ struct EventCandidates {
 
 impl EventCandidates {
     /// The candidates of `conns[i]` for each batch index `i` in `idx`, each as its row will
-    /// be once written: the batch statement writes a row only at its expected version, and
-    /// makes it that version plus one. With the rows' prior states (`was[i]` for
+    /// be once written ([`batch_written`]). With the rows' prior states (`was[i]` for
     /// `conns[i]`), only the candidates whose condition it meets.
     fn of(conns: &[Connection], idx: &[i32], was: Option<&[Prior]>) -> Result<Self, StoreError> {
         let mut out = Self::default();
         for &i in idx {
             let at = usize::try_from(i).map_err(|_| corrupt("batch index"))?;
             let conn = conns.get(at).ok_or_else(|| corrupt("batch index"))?;
-            // `created_at` is not in an event; the caller's value stands in for the row's.
-            let written = written_meta(conn, unix(conn.meta.created_at), conn.meta.version + 1)?;
+            let written = batch_written(conn)?;
             // Given the prior state, the events are decided here (and only those raised are
             // built); the statement reads no condition.
             let (event, requires) = match was {

@@ -204,12 +204,15 @@ pub(crate) fn events_from_prior(
     conns
         .iter()
         .zip(was)
-        .map(|(conn, &prior)| {
-            // `created_at` is not in an event; the caller's value stands in for the row's.
-            let written = written_meta(conn, unix(conn.meta.created_at), conn.meta.version + 1)?;
-            Ok(update_events(prior, &written))
-        })
+        .map(|(conn, &prior)| Ok(update_events(prior, &batch_written(conn)?)))
         .collect()
+}
+
+/// `conn` as a batch write leaves its row, for deciding the write's events before it is
+/// made: a batch writes a row only at its expected version and makes it that version plus
+/// one. `created_at` is not in an event; the caller's value stands in for the row's.
+pub(crate) fn batch_written(conn: &Connection) -> Result<ConnectionMeta, StoreError> {
+    written_meta(conn, unix(conn.meta.created_at), conn.meta.version + 1)
 }
 
 /// The stored metadata after a write: the caller's fields plus what the store decided, as a

@@ -12,10 +12,11 @@
 //! Each pool calls [`set_on_connections_to`] once a connection is open (`after_connect`, on a
 //! blocking thread): it looks through the process's open descriptors for TCP sockets connected
 //! to the database's port that do not have the option yet, and sets it on each. That is a few
-//! system calls per open socket of the process, once per new pooled connection. A descriptor is reached through
-//! a duplicate made with `pidfd_getfd` on the process's own pidfd (Linux 5.6), so no unsafe
-//! code borrows a raw descriptor. Setting `TCP_NODELAY` on another socket of the process that
-//! talks to the same port would only make its small writes go out at once. Where the calls
+//! system calls per open socket of the process, once per new pooled connection. A descriptor
+//! is reached through a duplicate made with `pidfd_getfd` on the process's own pidfd (Linux
+//! 5.6), so no unsafe code borrows a raw descriptor. Setting `TCP_NODELAY` on another socket
+//! of the process that talks to the same port would only make its small writes go out at
+//! once. Where the calls
 //! are not available (another system, a sandbox refusing `pidfd_getfd`) nothing changes but
 //! the speed, and the reason is logged once at debug level.
 
