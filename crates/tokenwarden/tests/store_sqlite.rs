@@ -374,3 +374,129 @@ async fn connect_flow_secrets_are_sealed_and_erased_when_the_session_finishes() 
             .expect("raw flow");
     assert_eq!((sealed, key_id), (None, None), "erased at finish");
 }
+
+/// `PRAGMA data_version` on the store's writer connection: it moves when, and only when,
+/// another connection has committed a change since this connection last looked.
+async fn data_version(store: &SqliteStore) -> i64 {
+    sqlx::query_scalar("PRAGMA data_version")
+        .fetch_one(store.writer())
+        .await
+        .expect("data_version")
+}
+
+/// Every kind of write runs on the store's one writer connection, so SQLite never sees
+/// another connection's change and keeps that connection's page cache from write to write.
+#[tokio::test]
+async fn every_write_runs_on_the_one_writer_connection() {
+    use tokenwarden::webhooks::EventType;
+    use tokenwarden::webhooks::outbox::{DeliveryOutcome, NewEvent, Prior};
+    use tokenwarden_testkit::at;
+
+    let dir = TempDir::new().expect("temp dir");
+    let store = open(&dir.path().join("tw.db")).await;
+    store.set_outbox(true);
+    let before = data_version(&store).await;
+
+    let mut a = sample_connection("u1", "tiktok", "a");
+    let mut b = sample_connection("u1", "tiktok", "b");
+    a.meta = store.put(&a).await.expect("put a").0;
+    b.meta = store.put(&b).await.expect("put b").0;
+    a.meta = store.put(&a).await.expect("replace a").0;
+    a.meta = store.update(&a).await.expect("update a");
+    let mut written = store
+        .update_batch(&[a.clone(), b.clone()])
+        .await
+        .expect("batch")
+        .into_iter();
+    a.meta = written.next().expect("a").expect("a written");
+    b.meta = written.next().expect("b").expect("b written");
+    let was = [Prior::of(&a.meta), Prior::of(&b.meta)];
+    a.meta.consecutive_failures = 1;
+    b.meta.consecutive_failures = 1;
+    let written = store
+        .update_batch_from(&[a.clone(), b.clone()], &was)
+        .await
+        .expect("batch from");
+    assert!(written.iter().all(Result::is_ok), "{written:?}");
+    assert!(
+        store
+            .try_lease(a.key(), "w", at(0), at(60))
+            .await
+            .expect("lease")
+    );
+    assert!(
+        store
+            .renew_lease(a.key(), "w", at(90))
+            .await
+            .expect("renew")
+    );
+    store.release_lease(a.key(), "w").await.expect("release");
+    assert!(
+        !store
+            .claim_due(at(1_000_000), 10, "w", at(1_000_060))
+            .await
+            .expect("claim due")
+            .is_empty()
+    );
+    store
+        .purge_connect_sessions(at(0))
+        .await
+        .expect("purge sessions");
+    store.reseal_batch(None, 10).await.expect("reseal");
+
+    store
+        .insert_events(&[NewEvent::new(
+            EventType::WebhookTest,
+            at(0),
+            serde_json::json!({}),
+        )])
+        .await
+        .expect("insert events");
+    let endpoints = [("ep".to_owned(), EventType::ALL.into_iter().collect())];
+    assert!(
+        store
+            .dispatch_events(&endpoints, at(0), 100)
+            .await
+            .expect("dispatch")
+            > 0
+    );
+    let claimed = store
+        .claim_deliveries(at(0), "w", at(60), 100, &[("ep".to_owned(), 100)])
+        .await
+        .expect("claim deliveries");
+    let failed = DeliveryOutcome::Failed {
+        status: Some(500),
+        error: "HTTP 500".to_owned(),
+    };
+    assert!(
+        store
+            .finish_delivery(&claimed[0].id, "w", &failed, at(1))
+            .await
+            .expect("finish")
+    );
+    assert!(
+        store
+            .retry_delivery(&claimed[0].id, at(2))
+            .await
+            .expect("retry")
+            .is_some()
+    );
+    store
+        .purge_webhook_events(at(1_000_000), 100)
+        .await
+        .expect("purge events");
+    assert!(store.delete(b.key()).await.expect("delete"));
+
+    assert_eq!(
+        data_version(&store).await,
+        before,
+        "a write ran on a connection other than the writer"
+    );
+    // And the check sees a write made elsewhere.
+    // (A real change: SQLite writes nothing for a row rewritten with the same bytes.)
+    sqlx::query("UPDATE connections SET metadata = '{}'")
+        .execute(store.pool())
+        .await
+        .expect("write on the read pool");
+    assert_ne!(data_version(&store).await, before);
+}

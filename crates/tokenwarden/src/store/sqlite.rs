@@ -70,6 +70,22 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// connections let reads (WAL readers never block) proceed beside a write.
 const FILE_POOL_SIZE: u32 = 4;
 
+/// A pool of exactly one connection, kept open as long as the pool.
+fn one_lasting_connection() -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+    migrator()
+        .run(pool)
+        .await
+        .map_err(|e| StoreError::Database(format!("migrate: {e}")))
+}
+
 /// The SQLite migrations, embedded so the binary needs no migration files at run time.
 /// PostgreSQL keeps its own folder with the same file names.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -113,6 +129,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhook_events_by_age",
         include_str!("../../migrations/sqlite/0008_webhook_events_by_age.sql"),
     ),
+    (
+        9,
+        "key_locks",
+        include_str!("../../migrations/sqlite/0009_key_locks.sql"),
+    ),
 ];
 
 const BAD_URL: &str = "database_url must be sqlite://RELATIVE_PATH, sqlite:///ABSOLUTE_PATH \
@@ -122,14 +143,46 @@ const BAD_URL: &str = "database_url must be sqlite://RELATIVE_PATH, sqlite:///AB
 pub struct SqliteStore {
     pool: SqlitePool,
     keys: Arc<KeyRing>,
-    /// Taken by every write. SQLite has one writer at a time; writers that collide inside
-    /// SQLite wait in its busy handler, which sleeps in steps of milliseconds. Queueing them
-    /// here instead hands the lock over at once, and leaves the other connections to readers.
+    /// Taken by every write ([`SqliteStore::writing`]). SQLite has one writer at a time;
+    /// writers that collide inside SQLite wait in its busy handler, which sleeps in steps of
+    /// milliseconds. Queueing them here instead hands the lock over at once, and leaves the
+    /// other connections to readers.
     write: tokio::sync::Mutex<()>,
+    /// Where every write runs: for a file, a pool of its own with one connection that lives
+    /// as long as the store. SQLite drops a connection's whole page cache when it sees that
+    /// another connection wrote, so writes spread over the read pool re-read every page they
+    /// touch from the file (BENCHMARKS.md, "Webhooks", session 9). In memory, and over a
+    /// pool handed to [`SqliteStore::from_pool`], it is `pool` itself.
+    writer: SqlitePool,
     /// Set when this store is the database's serving instance.
     instance: Option<Instance>,
     /// This handle's [`Store::set_outbox`] switch.
     outbox_on: AtomicBool,
+}
+
+/// The write lock, held, and the pool writes run on.
+struct Writing<'a> {
+    _lock: tokio::sync::MutexGuard<'a, ()>,
+    pool: &'a SqlitePool,
+}
+
+impl Writing<'_> {
+    /// The pool to write on.
+    fn pool(&self) -> &SqlitePool {
+        self.pool
+    }
+
+    /// A write transaction (`BEGIN IMMEDIATE`: the write lock up front, so a read in it is
+    /// never made stale by another writer before this one writes).
+    async fn begin(
+        &self,
+        op: &'static str,
+    ) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error(op))
+    }
 }
 
 /// What a [`Role::Instance`] store holds.
@@ -180,17 +233,13 @@ impl SqliteStore {
     ) -> Result<Self, StoreError> {
         let location = SqliteLocation::parse(database_url)?;
         let mut instance_lock = None;
-        let (options, pool_options) = match location {
+        // The readers' pool, and for a file the writer's own (`SqliteStore::writer`).
+        let (options, pool_options, writer_options) = match location {
             SqliteLocation::Memory => {
                 let options = SqliteConnectOptions::from_str("sqlite::memory:")
                     .map_err(db_error("connect"))?;
                 // The database vanishes with its last connection: keep exactly one, forever.
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .min_connections(1)
-                    .idle_timeout(None)
-                    .max_lifetime(None);
-                (options, pool)
+                (options, one_lasting_connection(), None)
             }
             SqliteLocation::File(path) => {
                 let path = absolute(&path)?;
@@ -215,17 +264,26 @@ impl SqliteStore {
                 (
                     options,
                     SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE),
+                    Some(one_lasting_connection()),
                 )
             }
         };
         let options = options.foreign_keys(true).busy_timeout(BUSY_TIMEOUT);
         let pool = pool_options
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(db_error("connect"))?;
-        let mut store = Self::from_pool(pool, keys).await?;
+        migrate(&pool).await?;
+        let writer = match writer_options {
+            Some(writer) => writer
+                .connect_with(options)
+                .await
+                .map_err(db_error("connect"))?,
+            None => pool.clone(),
+        };
+        let mut store = Self::with_writer(pool, writer, keys);
         if let Some(lock) = instance_lock {
-            let freed = free_gone_instances_leases(&store.pool).await?;
+            let freed = free_gone_instances_leases(&store.writer).await?;
             if freed > 0 {
                 tracing::info!(
                     freed,
@@ -241,19 +299,22 @@ impl SqliteStore {
     }
 
     /// A store over an existing pool (for example one shared with another store that holds a
-    /// different key ring, as key rotation tests do). Runs the migrations.
+    /// different key ring, as key rotation tests do). Runs the migrations. Its writes take
+    /// whichever of the pool's connections is free.
     pub async fn from_pool(pool: SqlitePool, keys: Arc<KeyRing>) -> Result<Self, StoreError> {
-        migrator()
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Database(format!("migrate: {e}")))?;
-        Ok(Self {
+        migrate(&pool).await?;
+        Ok(Self::with_writer(pool.clone(), pool, keys))
+    }
+
+    fn with_writer(pool: SqlitePool, writer: SqlitePool, keys: Arc<KeyRing>) -> Self {
+        Self {
             pool,
+            writer,
             keys,
             write: tokio::sync::Mutex::new(()),
             instance: None,
             outbox_on: AtomicBool::new(false),
-        })
+        }
     }
 
     /// As the serving instance, records `owner` in `lease_owners` before its first lease, so
@@ -266,14 +327,14 @@ impl SqliteStore {
         if lock(&instance.registered).contains(owner) {
             return Ok(());
         }
-        let _write = self.write.lock().await;
+        let write = self.writing().await;
         sqlx::query(
             "INSERT OR IGNORE INTO lease_owners (owner, lock_key, registered_at) \
              VALUES (?, NULL, ?)",
         )
         .bind(owner.to_owned())
         .bind(unix(OffsetDateTime::now_utc()))
-        .execute(&self.pool)
+        .execute(write.pool())
         .await
         .map_err(db_error("register lease owner"))?;
         lock(&instance.registered).insert(owner.to_owned());
@@ -284,16 +345,18 @@ impl SqliteStore {
         self.outbox_on.load(Ordering::Relaxed)
     }
 
-    /// A write transaction (`BEGIN IMMEDIATE`: the write lock up front, so a read in it is
-    /// never made stale by another writer before this one writes). Take `self.write` first.
-    async fn begin_write(
-        &self,
-        op: &'static str,
-    ) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error(op))
+    /// Takes the write lock. Every write runs on the guard's [`Writing::pool`]: one connection
+    /// for a file, so its page cache stays valid from one write to the next.
+    async fn writing(&self) -> Writing<'_> {
+        Writing {
+            _lock: self.write.lock().await,
+            pool: &self.writer,
+        }
+    }
+
+    /// The pool every write of this store runs on (see the field), for backend-specific tests.
+    pub fn writer(&self) -> &SqlitePool {
+        &self.writer
     }
 
     /// The connection pool, for backend-specific tests and maintenance (key rotation).
@@ -356,12 +419,12 @@ impl SqliteStore {
                     .await;
             }
         };
-        let _write = self.write.lock().await;
+        let write = self.writing().await;
         let (returned, tx) = if raised.iter().all(Vec::is_empty) {
-            let returned = qb.build().fetch_all(&self.pool).await;
+            let returned = qb.build().fetch_all(write.pool()).await;
             (returned.map_err(db_error("update"))?, None)
         } else {
-            let mut tx = self.begin_write("update").await?;
+            let mut tx = write.begin("update").await?;
             let returned = qb.build().fetch_all(&mut *tx).await;
             (returned.map_err(db_error("update"))?, Some(tx))
         };
@@ -382,7 +445,7 @@ impl SqliteStore {
             outbox::insert_events(&mut tx, &events).await?;
             tx.commit().await.map_err(db_error("update"))?;
         }
-        drop(_write);
+        drop(write);
         let mut results = Vec::with_capacity(conns.len());
         for (i, result) in out.into_iter().enumerate() {
             results.push(match result {
@@ -404,8 +467,8 @@ impl SqliteStore {
         index: std::collections::HashMap<ConnectionKey, usize>,
         mut out: Vec<Option<Result<ConnectionMeta, StoreError>>>,
     ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
-        let _write = self.write.lock().await;
-        let mut tx = self.begin_write("update").await?;
+        let write = self.writing().await;
+        let mut tx = write.begin("update").await?;
         let old = read_states(&mut tx, index.keys()).await?;
         let returned = qb
             .build()
@@ -451,8 +514,8 @@ impl SqliteStore {
             .iter()
             .map(|c| RowValues::seal(&self.keys, c))
             .collect();
-        let _write = self.write.lock().await;
-        let mut tx = self.begin_write("update").await?;
+        let write = self.writing().await;
+        let mut tx = write.begin("update").await?;
         let outbox = self.outbox_on();
         let mut out = Vec::with_capacity(conns.len());
         for (conn, values) in conns.iter().zip(values) {
@@ -498,6 +561,7 @@ impl SqliteStore {
 
     /// Closes the pool, waiting for connections to finish (graceful shutdown).
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }
@@ -1004,8 +1068,8 @@ impl Store for SqliteStore {
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads and
         // then writes fails at once (SQLITE_BUSY, no busy wait) if another writer committed
         // in between, which would surface as spurious errors under concurrent imports.
-        let _write = self.write.lock().await;
-        let mut tx = self.begin_write("put").await?;
+        let write = self.writing().await;
+        let mut tx = write.begin("put").await?;
         // With the outbox on, the whole row as it was (its events depend on it); otherwise
         // only what the write needs.
         let old = if self.outbox_on() {
@@ -1068,7 +1132,7 @@ impl Store for SqliteStore {
         conn: &Connection,
     ) -> Result<Option<ConnectionMeta>, StoreError> {
         let values = RowValues::seal(&self.keys, conn)?;
-        let _write = self.write.lock().await;
+        let write = self.writing().await;
         let query = bind_values(
             values,
             sqlx::query(AssertSqlSafe(INSERT_IF_ABSENT_SQL.as_str())),
@@ -1077,14 +1141,14 @@ impl Store for SqliteStore {
         // An application token's row (what this is for) raises no event: no transaction.
         if !self.outbox_on() || conn.key().is_app() {
             let row = query
-                .fetch_optional(&self.pool)
+                .fetch_optional(write.pool())
                 .await
                 .map_err(db_error("insert"))?;
             return row
                 .map(|row| written_meta(conn, get(&row, "created_at")?, get(&row, "version")?))
                 .transpose();
         }
-        let mut tx = self.begin_write("insert").await?;
+        let mut tx = write.begin("insert").await?;
         let row = query
             .fetch_optional(&mut *tx)
             .await
@@ -1101,14 +1165,14 @@ impl Store for SqliteStore {
 
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
         let values = RowValues::seal(&self.keys, conn)?;
-        let _write = self.write.lock().await;
+        let write = self.writing().await;
         if self.outbox_on() {
-            let mut tx = self.begin_write("update").await?;
+            let mut tx = write.begin("update").await?;
             let meta = update_with_events(&mut tx, conn, values).await?;
             tx.commit().await.map_err(db_error("update"))?;
             return Ok(meta);
         }
-        let mut db = self.pool.acquire().await.map_err(db_error("update"))?;
+        let mut db = write.pool().acquire().await.map_err(db_error("update"))?;
         update_row(&mut db, conn, values).await
     }
 
@@ -1139,9 +1203,9 @@ impl Store for SqliteStore {
     }
 
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
-        let _write = self.write.lock().await;
+        let write = self.writing().await;
         if self.outbox_on() {
-            let mut tx = self.begin_write("delete").await?;
+            let mut tx = write.begin("delete").await?;
             let deleted = bind_key(
                 sqlx::query(AssertSqlSafe(DELETE_RETURNING_SQL.as_str())),
                 key,
@@ -1163,7 +1227,7 @@ impl Store for SqliteStore {
         .bind(key.user_id.as_str())
         .bind(key.provider.as_str())
         .bind(key.account_id.as_str())
-        .execute(&self.pool)
+        .execute(write.pool())
         .await
         .map_err(db_error("delete"))?;
         Ok(done.rows_affected() > 0)
@@ -1231,8 +1295,12 @@ impl Store for SqliteStore {
         let query = sqlx::query(AssertSqlSafe(sql))
             .bind(owner.to_owned())
             .bind(unix(until));
-        let _write = self.write.lock().await;
-        let mut db = self.pool.acquire().await.map_err(db_error("try_lease"))?;
+        let write = self.writing().await;
+        let mut db = write
+            .pool()
+            .acquire()
+            .await
+            .map_err(db_error("try_lease"))?;
         let done = bind_key(query, key)
             .bind(unix(now))
             .bind(owner.to_owned())
@@ -1258,10 +1326,10 @@ impl Store for SqliteStore {
         let sql =
             format!("UPDATE connections SET lease_until = ? WHERE {KEY_MATCH} AND lease_owner = ?");
         let query = sqlx::query(AssertSqlSafe(sql)).bind(unix(until));
-        let _write = self.write.lock().await;
+        let write = self.writing().await;
         let done = bind_key(query, key)
             .bind(owner.to_owned())
-            .execute(&self.pool)
+            .execute(write.pool())
             .await
             .map_err(db_error("renew_lease"))?;
         Ok(done.rows_affected() > 0)
@@ -1272,10 +1340,10 @@ impl Store for SqliteStore {
             "UPDATE connections SET lease_owner = NULL, lease_until = NULL \
              WHERE {KEY_MATCH} AND lease_owner = ?"
         );
-        let _write = self.write.lock().await;
+        let write = self.writing().await;
         bind_key(sqlx::query(AssertSqlSafe(sql)), key)
             .bind(owner.to_owned())
-            .execute(&self.pool)
+            .execute(write.pool())
             .await
             .map_err(db_error("release_lease"))?;
         Ok(())
@@ -1306,13 +1374,13 @@ impl Store for SqliteStore {
              RETURNING {META_COLUMNS}, access_token, refresh_token"
         );
         self.register(owner).await?;
-        let _write = self.write.lock().await;
+        let write = self.writing().await;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(owner.to_owned())
             .bind(unix(until))
             .bind(unix(now))
             .bind(i64::from(limit.max(1)))
-            .fetch_all(&self.pool)
+            .fetch_all(write.pool())
             .await
             .map_err(db_error("claim_due"))?;
         let mut claimed = rows
@@ -1334,7 +1402,7 @@ impl Store for SqliteStore {
         token_hash: &str,
     ) -> Result<(), StoreError> {
         let values = SessionValues::new(session)?;
-        let _write = self.write.lock().await;
+        let write = self.writing().await;
         // A duplicate id or token hash fails on its UNIQUE constraint; SQLite's message
         // names the column, never the value.
         bind_session(
@@ -1342,7 +1410,7 @@ impl Store for SqliteStore {
             sqlx::query(AssertSqlSafe(INSERT_SESSION_SQL.as_str())),
         )
         .bind(token_hash.to_owned())
-        .execute(&self.pool)
+        .execute(write.pool())
         .await
         .map_err(db_error("insert connect session"))?;
         Ok(())
@@ -1368,7 +1436,7 @@ impl Store for SqliteStore {
         };
         let sealed = seal_flow(&self.keys, &found, &flow.secrets)?;
         let key_id = flow_key_id(&self.keys, &sealed);
-        let write = self.write.lock().await;
+        let write = self.writing().await;
         let row = sqlx::query(AssertSqlSafe(OPEN_SESSION_SQL.as_str()))
             .bind(unix(now))
             .bind(flow.state_hash.clone())
@@ -1377,7 +1445,7 @@ impl Store for SqliteStore {
             .bind(key_id)
             .bind(token_hash.to_owned())
             .bind(found.id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(write.pool())
             .await
             .map_err(db_error("open connect session"))?;
         drop(write);
@@ -1396,10 +1464,10 @@ impl Store for SqliteStore {
         browser_hash: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<ClaimOutcome, StoreError> {
-        let write = self.write.lock().await;
+        let write = self.writing().await;
         // A transaction only so that a flow that does not open (a missing key) is not
         // burnt: the claim is rolled back and the session stays `opened`.
-        let mut tx = self.begin_write("claim connect callback").await?;
+        let mut tx = write.begin("claim connect callback").await?;
         let row = sqlx::query(AssertSqlSafe(CLAIM_SESSION_SQL.as_str()))
             .bind(state_hash.to_owned())
             .bind(browser_hash.map(str::to_owned))
@@ -1431,9 +1499,9 @@ impl Store for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let values = FinishValues::new(finish, now);
-        let _write = self.write.lock().await;
+        let write = self.writing().await;
         if self.outbox_on() && finish.error().is_some() {
-            let mut tx = self.begin_write("finish connect session").await?;
+            let mut tx = write.begin("finish connect session").await?;
             let row = sqlx::query(AssertSqlSafe(FINISH_SESSION_RETURNING_SQL.as_str()))
                 .bind(values.state)
                 .bind(values.error_code)
@@ -1469,17 +1537,17 @@ impl Store for SqliteStore {
             .bind(values.connected_account_id)
             .bind(values.finished_at)
             .bind(id.to_owned())
-            .execute(&self.pool)
+            .execute(write.pool())
             .await
             .map_err(db_error("finish connect session"))?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn purge_connect_sessions(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let _write = self.write.lock().await;
+        let write = self.writing().await;
         let done = sqlx::query("DELETE FROM connect_sessions WHERE expires_at < ?")
             .bind(unix(before))
-            .execute(&self.pool)
+            .execute(write.pool())
             .await
             .map_err(db_error("purge connect sessions"))?;
         Ok(done.rows_affected())
@@ -1561,11 +1629,11 @@ impl Store for SqliteStore {
                 .bind(sealed.access_key_id)
                 .bind(sealed.refresh)
                 .bind(sealed.refresh_key_id);
-            let _write = self.write.lock().await;
+            let write = self.writing().await;
             let done = bind_key(query, &key)
                 .bind(old_access)
                 .bind(old_refresh)
-                .execute(&self.pool)
+                .execute(write.pool())
                 .await
                 .map_err(db_error("reseal"))?;
             batch.resealed += done.rows_affected();
@@ -1584,8 +1652,8 @@ impl Store for SqliteStore {
         if events.is_empty() {
             return Ok(());
         }
-        let _write = self.write.lock().await;
-        let mut tx = self.begin_write("insert events").await?;
+        let write = self.writing().await;
+        let mut tx = write.begin("insert events").await?;
         outbox::insert_events(&mut tx, events).await?;
         tx.commit().await.map_err(db_error("insert events"))
     }
@@ -1596,8 +1664,8 @@ impl Store for SqliteStore {
         now: OffsetDateTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let _write = self.write.lock().await;
-        let mut tx = self.begin_write("dispatch events").await?;
+        let write = self.writing().await;
+        let mut tx = write.begin("dispatch events").await?;
         let dispatched = outbox::dispatch(&mut tx, endpoints, now, limit).await?;
         tx.commit().await.map_err(db_error("dispatch events"))?;
         Ok(dispatched)
@@ -1611,8 +1679,8 @@ impl Store for SqliteStore {
         limit: u32,
         capacity: &[(String, u32)],
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        let _write = self.write.lock().await;
-        let mut tx = self.begin_write("claim deliveries").await?;
+        let write = self.writing().await;
+        let mut tx = write.begin("claim deliveries").await?;
         let claimed = outbox::claim(&mut tx, now, owner, lease_until, limit, capacity).await?;
         tx.commit().await.map_err(db_error("claim deliveries"))?;
         Ok(claimed)
@@ -1625,9 +1693,9 @@ impl Store for SqliteStore {
         outcome: &DeliveryOutcome,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let _write = self.write.lock().await;
-        let mut db = self
-            .pool
+        let write = self.writing().await;
+        let mut db = write
+            .pool()
             .acquire()
             .await
             .map_err(db_error("finish delivery"))?;
@@ -1658,9 +1726,9 @@ impl Store for SqliteStore {
         id: &str,
         now: OffsetDateTime,
     ) -> Result<Option<DeliveryView>, StoreError> {
-        let _write = self.write.lock().await;
-        let mut db = self
-            .pool
+        let write = self.writing().await;
+        let mut db = write
+            .pool()
             .acquire()
             .await
             .map_err(db_error("retry delivery"))?;
@@ -1707,8 +1775,8 @@ impl Store for SqliteStore {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let _write = self.write.lock().await;
-        let mut tx = self.begin_write("purge webhook events").await?;
+        let write = self.writing().await;
+        let mut tx = write.begin("purge webhook events").await?;
         let deleted = outbox::purge(&mut tx, before, limit).await?;
         tx.commit()
             .await
