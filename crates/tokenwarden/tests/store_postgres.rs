@@ -890,3 +890,86 @@ async fn the_pool_connections_have_tcp_nodelay() {
     drop(store);
     drop_schemas(&url, [db.name().to_owned()]).await;
 }
+
+/// Waits until `n` sessions named `application_name` wait for a lock (polling
+/// `pg_stat_activity`; other tests' sessions have other names).
+async fn wait_for_lock_waiters(url: &str, application_name: &str, n: i64) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(application_name)
+        .fetch_one(&mut conn)
+        .await
+        .expect("pg_stat_activity");
+        if waiting >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} of {n} sessions waiting"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A connection deleted and imported again at the same moment: the import, waiting for the
+/// delete, starts the new row above the deleted row's version, so a refresh that read the
+/// deleted row cannot write its tokens over the new grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(tw_postgres), ignore = "needs TOKENWARDEN_TEST_POSTGRES_URL")]
+async fn an_import_racing_a_delete_starts_above_the_deleted_version() {
+    let url = postgres_url();
+    let db = TestDb::fresh("delete_import_race");
+    let name = db.name().to_owned();
+    let mut named = url::Url::parse(&url).expect("test URL");
+    named
+        .query_pairs_mut()
+        .append_pair("application_name", &name);
+    let store = Arc::new(store_in(named.as_str(), &db).await);
+    // With the outbox on a delete writes its event before it commits: holding the events
+    // table holds the delete between its DELETE and its COMMIT.
+    store.set_outbox(true);
+    let mut old = sample_connection("u", "tiktok", "a");
+    old.meta = store.put(&old).await.expect("put").0;
+    for _ in 0..3 {
+        old.meta = store.update(&old).await.expect("update");
+    }
+
+    let mut blocker = store.pool().begin().await.expect("begin");
+    sqlx::query("LOCK TABLE webhook_events IN SHARE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let deleting = tokio::spawn({
+        let (store, key) = (Arc::clone(&store), old.key().clone());
+        async move { store.delete(&key).await }
+    });
+    wait_for_lock_waiters(&url, &name, 1).await;
+    let importing = tokio::spawn({
+        let store = Arc::clone(&store);
+        let new = sample_connection("u", "tiktok", "a");
+        async move { store.put(&new).await }
+    });
+    // The import waits for the delete (for its row, or for the key's lock).
+    wait_for_lock_waiters(&url, &name, 2).await;
+    blocker.rollback().await.expect("rollback");
+
+    assert!(deleting.await.expect("task").expect("delete"), "deleted");
+    let (new, outcome) = importing.await.expect("task").expect("import");
+    assert_eq!(outcome, tokenwarden::store::PutOutcome::Created);
+    assert!(
+        new.version > old.meta.version,
+        "the new row's version {} must start above the deleted row's {}",
+        new.version,
+        old.meta.version
+    );
+    // A refresh that read the deleted row finds it gone.
+    let stale = store.update(&old).await;
+    assert!(matches!(stale, Err(StoreError::Conflict)), "{stale:?}");
+    drop_schemas(&url, [name]).await;
+}

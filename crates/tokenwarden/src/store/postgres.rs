@@ -116,6 +116,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhook_events_by_age",
         include_str!("../../migrations/postgres/0008_webhook_events_by_age.sql"),
     ),
+    (
+        9,
+        "key_locks",
+        include_str!("../../migrations/postgres/0009_key_locks.sql"),
+    ),
 ];
 
 const BAD_URL: &str = "database_url must be a postgres:// or postgresql:// URL";
@@ -1048,17 +1053,22 @@ static NEXT_DUE_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// Creates a row unless the key exists. Its version starts above every deleted version
 /// (see `store_state` in the migration), so an update prepared against a deleted
-/// incarnation of this key can never match the new one.
+/// incarnation of this key can never match the new one. `connection_insert_version`
+/// (migration 0009) first takes the key's lock, which a delete holds until it commits, so a
+/// delete of the key committing meanwhile is counted.
 static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     let n = WRITE_COLUMNS.len();
     let values: Vec<String> = (1..=n + 4).map(|i| format!("${i}")).collect();
     format!(
         "INSERT INTO connections ({}, user_id, provider, account_id, created_at, version) \
-         VALUES ({}, (SELECT max_deleted_version + 1 FROM store_state WHERE id = 1)) \
+         VALUES ({}, connection_insert_version(${}, ${}, ${})) \
          ON CONFLICT (user_id, provider, account_id) DO NOTHING \
          RETURNING created_at, version",
         WRITE_COLUMNS.join(", "),
-        values.join(", ")
+        values.join(", "),
+        n + 1,
+        n + 2,
+        n + 3
     )
 });
 
@@ -1357,33 +1367,29 @@ impl Store for PgStore {
     }
 
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
-        if self.outbox_on() {
-            let mut tx = self.pool.begin().await.map_err(db_error("delete"))?;
-            let deleted = bind_key(
-                sqlx::query(AssertSqlSafe(DELETE_RETURNING_SQL.as_str())),
-                key,
-            )
-            .fetch_optional(&mut *tx)
+        // The key's lock first, held to the commit: an insert of the key meanwhile waits for
+        // it and then starts above this row's version (migration 0009).
+        let mut tx = self.pool.begin().await.map_err(db_error("delete"))?;
+        bind_key(sqlx::query("SELECT connection_key_lock($1, $2, $3)"), key)
+            .execute(&mut *tx)
             .await
             .map_err(db_error("delete"))?;
-            let Some(row) = deleted else {
-                return Ok(false);
-            };
-            let events = deleted_events(key, &row);
-            outbox::insert_events(&mut tx, &events).await?;
-            tx.commit().await.map_err(db_error("delete"))?;
-            return Ok(true);
-        }
-        let done = bind_key(
-            sqlx::query(
-                "DELETE FROM connections WHERE user_id = $1 AND provider = $2 AND account_id = $3",
-            ),
+        let deleted = bind_key(
+            sqlx::query(AssertSqlSafe(DELETE_RETURNING_SQL.as_str())),
             key,
         )
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_error("delete"))?;
-        Ok(done.rows_affected() > 0)
+        let Some(row) = deleted else {
+            return Ok(false);
+        };
+        if self.outbox_on() {
+            let events = deleted_events(key, &row);
+            outbox::insert_events(&mut tx, &events).await?;
+        }
+        tx.commit().await.map_err(db_error("delete"))?;
+        Ok(true)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
@@ -2049,7 +2055,7 @@ mod tests {
 
     #[test]
     fn statements_number_their_parameters_in_order() {
-        assert!(INSERT_SQL.contains("$23, (SELECT max_deleted_version"));
+        assert!(INSERT_SQL.contains("$23, connection_insert_version($20, $21, $22))"));
         assert!(REPLACE_SQL.ends_with(
             "WHERE user_id = $20 AND provider = $21 AND account_id = $22 \
              RETURNING created_at, version"
