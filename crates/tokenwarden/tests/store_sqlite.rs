@@ -378,10 +378,15 @@ async fn connect_flow_secrets_are_sealed_and_erased_when_the_session_finishes() 
 /// `PRAGMA data_version` on the store's writer connection: it moves when, and only when,
 /// another connection has committed a change since this connection last looked.
 async fn data_version(store: &SqliteStore) -> i64 {
-    sqlx::query_scalar("PRAGMA data_version")
-        .fetch_one(store.writer())
+    store
+        .with_writer(async |db| {
+            sqlx::query_scalar("PRAGMA data_version")
+                .fetch_one(db)
+                .await
+                .expect("data_version")
+        })
         .await
-        .expect("data_version")
+        .expect("the writer")
 }
 
 /// Every kind of write runs on the store's one writer connection, so SQLite never sees

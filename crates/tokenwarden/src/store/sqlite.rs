@@ -33,11 +33,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, QueryBuilder, SqlSafeStr, Sqlite};
+use sqlx::{AssertSqlSafe, ConnectOptions as _, QueryBuilder, SqlSafeStr, Sqlite};
 use time::OffsetDateTime;
 
 use super::rows::{
@@ -66,18 +67,9 @@ mod outbox;
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections in a file database's pool. SQLite serializes writers anyway; a few
-/// connections let reads (WAL readers never block) proceed beside a write.
+/// Connections in a file database's read pool (writes have a connection of their own:
+/// `Writer::Own`). WAL readers never block, so reads proceed beside the write.
 const FILE_POOL_SIZE: u32 = 4;
-
-/// A pool of exactly one connection, kept open as long as the pool.
-fn one_lasting_connection() -> SqlitePoolOptions {
-    SqlitePoolOptions::new()
-        .max_connections(1)
-        .min_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-}
 
 async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
     migrator()
@@ -143,43 +135,58 @@ const BAD_URL: &str = "database_url must be sqlite://RELATIVE_PATH, sqlite:///AB
 pub struct SqliteStore {
     pool: SqlitePool,
     keys: Arc<KeyRing>,
-    /// Taken by every write ([`SqliteStore::writing`]). SQLite has one writer at a time;
-    /// writers that collide inside SQLite wait in its busy handler, which sleeps in steps of
-    /// milliseconds. Queueing them here instead hands the lock over at once, and leaves the
-    /// other connections to readers.
-    write: tokio::sync::Mutex<()>,
-    /// Where every write runs: for a file, a pool of its own with one connection that lives
-    /// as long as the store. SQLite drops a connection's whole page cache when it sees that
-    /// another connection wrote, so writes spread over the read pool re-read every page they
-    /// touch from the file (BENCHMARKS.md, "Webhooks", session 9). In memory, and over a
-    /// pool handed to [`SqliteStore::from_pool`], it is `pool` itself.
-    writer: SqlitePool,
+    /// Where every write runs, one at a time ([`SqliteStore::writing`]).
+    writer: Writer,
     /// Set when this store is the database's serving instance.
     instance: Option<Instance>,
     /// This handle's [`Store::set_outbox`] switch.
     outbox_on: AtomicBool,
 }
 
-/// The write lock, held, and the pool writes run on.
-struct Writing<'a> {
-    _lock: tokio::sync::MutexGuard<'a, ()>,
-    pool: &'a SqlitePool,
+/// Where a store's writes run. SQLite has one writer at a time; writers that collide inside
+/// SQLite wait in its busy handler, which sleeps in steps of milliseconds. Queueing them here
+/// instead hands the lock over at once, and leaves the pool's connections to readers.
+enum Writer {
+    /// A file: one connection of its own, outside the pool, for the store's life (`None` once
+    /// closed). SQLite drops a connection's whole page cache when it sees that another
+    /// connection wrote, so writes spread over the read pool re-read every page they touched
+    /// from the file; and a pool pings each connection it takes back (a round trip to the
+    /// connection's thread), which a one-connection pool would put in front of every next
+    /// write (BENCHMARKS.md, "Webhooks", session 9).
+    Own(tokio::sync::Mutex<Option<SqliteConnection>>),
+    /// In memory (one connection in all), or over a pool handed to
+    /// [`SqliteStore::from_pool`]: a connection from the pool, one write at a time.
+    Pool {
+        lock: tokio::sync::Mutex<()>,
+        pool: SqlitePool,
+    },
+}
+
+/// The write lock, held, with the connection to write on.
+enum Writing<'a> {
+    Own(tokio::sync::MappedMutexGuard<'a, SqliteConnection>),
+    Pool {
+        _held: tokio::sync::MutexGuard<'a, ()>,
+        conn: PoolConnection<Sqlite>,
+    },
 }
 
 impl Writing<'_> {
-    /// The pool to write on.
-    fn pool(&self) -> &SqlitePool {
-        self.pool
+    /// The connection to write on.
+    fn conn(&mut self) -> &mut SqliteConnection {
+        match self {
+            Self::Own(conn) => conn,
+            Self::Pool { conn, .. } => conn,
+        }
     }
 
     /// A write transaction (`BEGIN IMMEDIATE`: the write lock up front, so a read in it is
     /// never made stale by another writer before this one writes).
     async fn begin(
-        &self,
+        &mut self,
         op: &'static str,
-    ) -> Result<sqlx::Transaction<'static, Sqlite>, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
+    ) -> Result<sqlx::Transaction<'_, Sqlite>, StoreError> {
+        sqlx::Connection::begin_with(self.conn(), "BEGIN IMMEDIATE")
             .await
             .map_err(db_error(op))
     }
@@ -233,13 +240,18 @@ impl SqliteStore {
     ) -> Result<Self, StoreError> {
         let location = SqliteLocation::parse(database_url)?;
         let mut instance_lock = None;
-        // The readers' pool, and for a file the writer's own (`SqliteStore::writer`).
-        let (options, pool_options, writer_options) = match location {
+        // For a file, the writer is a connection of its own (`Writer::Own`).
+        let (options, pool_options, own_writer) = match location {
             SqliteLocation::Memory => {
                 let options = SqliteConnectOptions::from_str("sqlite::memory:")
                     .map_err(db_error("connect"))?;
                 // The database vanishes with its last connection: keep exactly one, forever.
-                (options, one_lasting_connection(), None)
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None);
+                (options, pool, false)
             }
             SqliteLocation::File(path) => {
                 let path = absolute(&path)?;
@@ -264,7 +276,7 @@ impl SqliteStore {
                 (
                     options,
                     SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE),
-                    Some(one_lasting_connection()),
+                    true,
                 )
             }
         };
@@ -274,16 +286,20 @@ impl SqliteStore {
             .await
             .map_err(db_error("connect"))?;
         migrate(&pool).await?;
-        let writer = match writer_options {
-            Some(writer) => writer
-                .connect_with(options)
-                .await
-                .map_err(db_error("connect"))?,
-            None => pool.clone(),
+        let writer = if own_writer {
+            let conn = options.connect().await.map_err(db_error("connect"))?;
+            Writer::Own(tokio::sync::Mutex::new(Some(conn)))
+        } else {
+            Writer::Pool {
+                lock: tokio::sync::Mutex::new(()),
+                pool: pool.clone(),
+            }
         };
-        let mut store = Self::with_writer(pool, writer, keys);
+        let mut store = Self::new(pool, writer, keys);
         if let Some(lock) = instance_lock {
-            let freed = free_gone_instances_leases(&store.writer).await?;
+            let mut write = store.writing("free leases").await?;
+            let freed = free_gone_instances_leases(write.conn()).await?;
+            drop(write);
             if freed > 0 {
                 tracing::info!(
                     freed,
@@ -303,15 +319,18 @@ impl SqliteStore {
     /// whichever of the pool's connections is free.
     pub async fn from_pool(pool: SqlitePool, keys: Arc<KeyRing>) -> Result<Self, StoreError> {
         migrate(&pool).await?;
-        Ok(Self::with_writer(pool.clone(), pool, keys))
+        let writer = Writer::Pool {
+            lock: tokio::sync::Mutex::new(()),
+            pool: pool.clone(),
+        };
+        Ok(Self::new(pool, writer, keys))
     }
 
-    fn with_writer(pool: SqlitePool, writer: SqlitePool, keys: Arc<KeyRing>) -> Self {
+    fn new(pool: SqlitePool, writer: Writer, keys: Arc<KeyRing>) -> Self {
         Self {
             pool,
             writer,
             keys,
-            write: tokio::sync::Mutex::new(()),
             instance: None,
             outbox_on: AtomicBool::new(false),
         }
@@ -327,14 +346,14 @@ impl SqliteStore {
         if lock(&instance.registered).contains(owner) {
             return Ok(());
         }
-        let write = self.writing().await;
+        let mut write = self.writing("register lease owner").await?;
         sqlx::query(
             "INSERT OR IGNORE INTO lease_owners (owner, lock_key, registered_at) \
              VALUES (?, NULL, ?)",
         )
         .bind(owner.to_owned())
         .bind(unix(OffsetDateTime::now_utc()))
-        .execute(write.pool())
+        .execute(write.conn())
         .await
         .map_err(db_error("register lease owner"))?;
         lock(&instance.registered).insert(owner.to_owned());
@@ -345,18 +364,30 @@ impl SqliteStore {
         self.outbox_on.load(Ordering::Relaxed)
     }
 
-    /// Takes the write lock. Every write runs on the guard's [`Writing::pool`]: one connection
-    /// for a file, so its page cache stays valid from one write to the next.
-    async fn writing(&self) -> Writing<'_> {
-        Writing {
-            _lock: self.write.lock().await,
-            pool: &self.writer,
+    /// Takes the write lock, with the connection every write runs on.
+    async fn writing(&self, op: &'static str) -> Result<Writing<'_>, StoreError> {
+        match &self.writer {
+            Writer::Own(conn) => {
+                tokio::sync::MutexGuard::try_map(conn.lock().await, Option::as_mut)
+                    .map(Writing::Own)
+                    .map_err(|_| StoreError::Database(format!("{op}: the store is closed")))
+            }
+            Writer::Pool { lock, pool } => {
+                let held = lock.lock().await;
+                let conn = pool.acquire().await.map_err(db_error(op))?;
+                Ok(Writing::Pool { _held: held, conn })
+            }
         }
     }
 
-    /// The pool every write of this store runs on (see the field), for backend-specific tests.
-    pub fn writer(&self) -> &SqlitePool {
-        &self.writer
+    /// Runs `f` on the connection every write of this store runs on, holding the write lock
+    /// (for backend-specific tests).
+    pub async fn with_writer<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut SqliteConnection) -> T,
+    ) -> Result<T, StoreError> {
+        let mut write = self.writing("writer").await?;
+        Ok(f(write.conn()).await)
     }
 
     /// The connection pool, for backend-specific tests and maintenance (key rotation).
@@ -419,33 +450,35 @@ impl SqliteStore {
                     .await;
             }
         };
-        let write = self.writing().await;
-        let (returned, tx) = if raised.iter().all(Vec::is_empty) {
-            let returned = qb.build().fetch_all(write.pool()).await;
-            (returned.map_err(db_error("update"))?, None)
-        } else {
-            let mut tx = write.begin("update").await?;
-            let returned = qb.build().fetch_all(&mut *tx).await;
-            (returned.map_err(db_error("update"))?, Some(tx))
-        };
-        let mut events = Vec::new();
-        for row in &returned {
-            let key = key_from_row(row)?;
-            let i = *index.get(&key).ok_or_else(|| corrupt("batch key"))?;
-            out[i] = Some(written_meta(
-                &conns[i],
-                get(row, "created_at")?,
-                get(row, "version")?,
-            ));
-            if let Some(row_events) = raised.get_mut(i) {
-                events.append(row_events);
+        // The write lock and its connection, until the batch is committed.
+        {
+            let mut write = self.writing("update").await?;
+            let (returned, tx) = if raised.iter().all(Vec::is_empty) {
+                let returned = qb.build().fetch_all(write.conn()).await;
+                (returned.map_err(db_error("update"))?, None)
+            } else {
+                let mut tx = write.begin("update").await?;
+                let returned = qb.build().fetch_all(&mut *tx).await;
+                (returned.map_err(db_error("update"))?, Some(tx))
+            };
+            let mut events = Vec::new();
+            for row in &returned {
+                let key = key_from_row(row)?;
+                let i = *index.get(&key).ok_or_else(|| corrupt("batch key"))?;
+                out[i] = Some(written_meta(
+                    &conns[i],
+                    get(row, "created_at")?,
+                    get(row, "version")?,
+                ));
+                if let Some(row_events) = raised.get_mut(i) {
+                    events.append(row_events);
+                }
+            }
+            if let Some(mut tx) = tx {
+                outbox::insert_events(&mut tx, &events).await?;
+                tx.commit().await.map_err(db_error("update"))?;
             }
         }
-        if let Some(mut tx) = tx {
-            outbox::insert_events(&mut tx, &events).await?;
-            tx.commit().await.map_err(db_error("update"))?;
-        }
-        drop(write);
         let mut results = Vec::with_capacity(conns.len());
         for (i, result) in out.into_iter().enumerate() {
             results.push(match result {
@@ -467,7 +500,7 @@ impl SqliteStore {
         index: std::collections::HashMap<ConnectionKey, usize>,
         mut out: Vec<Option<Result<ConnectionMeta, StoreError>>>,
     ) -> Result<Vec<Result<ConnectionMeta, StoreError>>, StoreError> {
-        let write = self.writing().await;
+        let mut write = self.writing("update").await?;
         let mut tx = write.begin("update").await?;
         let old = read_states(&mut tx, index.keys()).await?;
         let returned = qb
@@ -514,7 +547,7 @@ impl SqliteStore {
             .iter()
             .map(|c| RowValues::seal(&self.keys, c))
             .collect();
-        let write = self.writing().await;
+        let mut write = self.writing("update").await?;
         let mut tx = write.begin("update").await?;
         let outbox = self.outbox_on();
         let mut out = Vec::with_capacity(conns.len());
@@ -559,9 +592,15 @@ impl SqliteStore {
             .transpose()
     }
 
-    /// Closes the pool, waiting for connections to finish (graceful shutdown).
+    /// Closes the writer and the pool, waiting for connections to finish (graceful
+    /// shutdown). A write after this fails.
     pub async fn close(&self) {
-        self.writer.close().await;
+        if let Writer::Own(conn) = &self.writer
+            && let Some(conn) = conn.lock().await.take()
+            && let Err(e) = sqlx::Connection::close(conn).await
+        {
+            tracing::warn!(error = %e, "closing the SQLite writer connection failed");
+        }
         self.pool.close().await;
     }
 }
@@ -665,9 +704,8 @@ fn lock_instance(database: &Path) -> Result<Option<File>, StoreError> {
 
 /// Frees the leases of every owner an earlier instance registered, and forgets them: this
 /// process holds the instance lock, so those instances are gone. One transaction.
-async fn free_gone_instances_leases(pool: &SqlitePool) -> Result<u64, StoreError> {
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
+async fn free_gone_instances_leases(db: &mut SqliteConnection) -> Result<u64, StoreError> {
+    let mut tx = sqlx::Connection::begin_with(db, "BEGIN IMMEDIATE")
         .await
         .map_err(db_error("free leases"))?;
     let freed = sqlx::query(
@@ -1068,7 +1106,7 @@ impl Store for SqliteStore {
         // IMMEDIATE takes the write lock up front: a deferred transaction that reads and
         // then writes fails at once (SQLITE_BUSY, no busy wait) if another writer committed
         // in between, which would surface as spurious errors under concurrent imports.
-        let write = self.writing().await;
+        let mut write = self.writing("put").await?;
         let mut tx = write.begin("put").await?;
         // With the outbox on, the whole row as it was (its events depend on it); otherwise
         // only what the write needs.
@@ -1132,7 +1170,7 @@ impl Store for SqliteStore {
         conn: &Connection,
     ) -> Result<Option<ConnectionMeta>, StoreError> {
         let values = RowValues::seal(&self.keys, conn)?;
-        let write = self.writing().await;
+        let mut write = self.writing("insert").await?;
         let query = bind_values(
             values,
             sqlx::query(AssertSqlSafe(INSERT_IF_ABSENT_SQL.as_str())),
@@ -1141,7 +1179,7 @@ impl Store for SqliteStore {
         // An application token's row (what this is for) raises no event: no transaction.
         if !self.outbox_on() || conn.key().is_app() {
             let row = query
-                .fetch_optional(write.pool())
+                .fetch_optional(write.conn())
                 .await
                 .map_err(db_error("insert"))?;
             return row
@@ -1165,15 +1203,14 @@ impl Store for SqliteStore {
 
     async fn update(&self, conn: &Connection) -> Result<ConnectionMeta, StoreError> {
         let values = RowValues::seal(&self.keys, conn)?;
-        let write = self.writing().await;
+        let mut write = self.writing("update").await?;
         if self.outbox_on() {
             let mut tx = write.begin("update").await?;
             let meta = update_with_events(&mut tx, conn, values).await?;
             tx.commit().await.map_err(db_error("update"))?;
             return Ok(meta);
         }
-        let mut db = write.pool().acquire().await.map_err(db_error("update"))?;
-        update_row(&mut db, conn, values).await
+        update_row(write.conn(), conn, values).await
     }
 
     async fn update_batch(
@@ -1203,7 +1240,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete(&self, key: &ConnectionKey) -> Result<bool, StoreError> {
-        let write = self.writing().await;
+        let mut write = self.writing("delete").await?;
         if self.outbox_on() {
             let mut tx = write.begin("delete").await?;
             let deleted = bind_key(
@@ -1227,7 +1264,7 @@ impl Store for SqliteStore {
         .bind(key.user_id.as_str())
         .bind(key.provider.as_str())
         .bind(key.account_id.as_str())
-        .execute(write.pool())
+        .execute(write.conn())
         .await
         .map_err(db_error("delete"))?;
         Ok(done.rows_affected() > 0)
@@ -1295,12 +1332,8 @@ impl Store for SqliteStore {
         let query = sqlx::query(AssertSqlSafe(sql))
             .bind(owner.to_owned())
             .bind(unix(until));
-        let write = self.writing().await;
-        let mut db = write
-            .pool()
-            .acquire()
-            .await
-            .map_err(db_error("try_lease"))?;
+        let mut write = self.writing("try_lease").await?;
+        let db = write.conn();
         let done = bind_key(query, key)
             .bind(unix(now))
             .bind(owner.to_owned())
@@ -1310,7 +1343,7 @@ impl Store for SqliteStore {
         if done.rows_affected() > 0 {
             return Ok(true);
         }
-        if exists(&mut db, key).await.map_err(db_error("try_lease"))? {
+        if exists(db, key).await.map_err(db_error("try_lease"))? {
             Ok(false)
         } else {
             Err(StoreError::NotFound)
@@ -1326,10 +1359,10 @@ impl Store for SqliteStore {
         let sql =
             format!("UPDATE connections SET lease_until = ? WHERE {KEY_MATCH} AND lease_owner = ?");
         let query = sqlx::query(AssertSqlSafe(sql)).bind(unix(until));
-        let write = self.writing().await;
+        let mut write = self.writing("renew_lease").await?;
         let done = bind_key(query, key)
             .bind(owner.to_owned())
-            .execute(write.pool())
+            .execute(write.conn())
             .await
             .map_err(db_error("renew_lease"))?;
         Ok(done.rows_affected() > 0)
@@ -1340,10 +1373,10 @@ impl Store for SqliteStore {
             "UPDATE connections SET lease_owner = NULL, lease_until = NULL \
              WHERE {KEY_MATCH} AND lease_owner = ?"
         );
-        let write = self.writing().await;
+        let mut write = self.writing("release_lease").await?;
         bind_key(sqlx::query(AssertSqlSafe(sql)), key)
             .bind(owner.to_owned())
-            .execute(write.pool())
+            .execute(write.conn())
             .await
             .map_err(db_error("release_lease"))?;
         Ok(())
@@ -1374,13 +1407,13 @@ impl Store for SqliteStore {
              RETURNING {META_COLUMNS}, access_token, refresh_token"
         );
         self.register(owner).await?;
-        let write = self.writing().await;
+        let mut write = self.writing("claim_due").await?;
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(owner.to_owned())
             .bind(unix(until))
             .bind(unix(now))
             .bind(i64::from(limit.max(1)))
-            .fetch_all(write.pool())
+            .fetch_all(write.conn())
             .await
             .map_err(db_error("claim_due"))?;
         let mut claimed = rows
@@ -1402,7 +1435,7 @@ impl Store for SqliteStore {
         token_hash: &str,
     ) -> Result<(), StoreError> {
         let values = SessionValues::new(session)?;
-        let write = self.writing().await;
+        let mut write = self.writing("insert connect session").await?;
         // A duplicate id or token hash fails on its UNIQUE constraint; SQLite's message
         // names the column, never the value.
         bind_session(
@@ -1410,7 +1443,7 @@ impl Store for SqliteStore {
             sqlx::query(AssertSqlSafe(INSERT_SESSION_SQL.as_str())),
         )
         .bind(token_hash.to_owned())
-        .execute(write.pool())
+        .execute(write.conn())
         .await
         .map_err(db_error("insert connect session"))?;
         Ok(())
@@ -1436,7 +1469,7 @@ impl Store for SqliteStore {
         };
         let sealed = seal_flow(&self.keys, &found, &flow.secrets)?;
         let key_id = flow_key_id(&self.keys, &sealed);
-        let write = self.writing().await;
+        let mut write = self.writing("open connect session").await?;
         let row = sqlx::query(AssertSqlSafe(OPEN_SESSION_SQL.as_str()))
             .bind(unix(now))
             .bind(flow.state_hash.clone())
@@ -1445,7 +1478,7 @@ impl Store for SqliteStore {
             .bind(key_id)
             .bind(token_hash.to_owned())
             .bind(found.id)
-            .fetch_optional(write.pool())
+            .fetch_optional(write.conn())
             .await
             .map_err(db_error("open connect session"))?;
         drop(write);
@@ -1464,7 +1497,7 @@ impl Store for SqliteStore {
         browser_hash: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<ClaimOutcome, StoreError> {
-        let write = self.writing().await;
+        let mut write = self.writing("claim connect callback").await?;
         // A transaction only so that a flow that does not open (a missing key) is not
         // burnt: the claim is rolled back and the session stays `opened`.
         let mut tx = write.begin("claim connect callback").await?;
@@ -1499,7 +1532,7 @@ impl Store for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let values = FinishValues::new(finish, now);
-        let write = self.writing().await;
+        let mut write = self.writing("finish connect session").await?;
         if self.outbox_on() && finish.error().is_some() {
             let mut tx = write.begin("finish connect session").await?;
             let row = sqlx::query(AssertSqlSafe(FINISH_SESSION_RETURNING_SQL.as_str()))
@@ -1537,17 +1570,17 @@ impl Store for SqliteStore {
             .bind(values.connected_account_id)
             .bind(values.finished_at)
             .bind(id.to_owned())
-            .execute(write.pool())
+            .execute(write.conn())
             .await
             .map_err(db_error("finish connect session"))?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn purge_connect_sessions(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let write = self.writing().await;
+        let mut write = self.writing("purge connect sessions").await?;
         let done = sqlx::query("DELETE FROM connect_sessions WHERE expires_at < ?")
             .bind(unix(before))
-            .execute(write.pool())
+            .execute(write.conn())
             .await
             .map_err(db_error("purge connect sessions"))?;
         Ok(done.rows_affected())
@@ -1629,11 +1662,11 @@ impl Store for SqliteStore {
                 .bind(sealed.access_key_id)
                 .bind(sealed.refresh)
                 .bind(sealed.refresh_key_id);
-            let write = self.writing().await;
+            let mut write = self.writing("reseal").await?;
             let done = bind_key(query, &key)
                 .bind(old_access)
                 .bind(old_refresh)
-                .execute(write.pool())
+                .execute(write.conn())
                 .await
                 .map_err(db_error("reseal"))?;
             batch.resealed += done.rows_affected();
@@ -1652,7 +1685,7 @@ impl Store for SqliteStore {
         if events.is_empty() {
             return Ok(());
         }
-        let write = self.writing().await;
+        let mut write = self.writing("insert events").await?;
         let mut tx = write.begin("insert events").await?;
         outbox::insert_events(&mut tx, events).await?;
         tx.commit().await.map_err(db_error("insert events"))
@@ -1664,7 +1697,7 @@ impl Store for SqliteStore {
         now: OffsetDateTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let write = self.writing().await;
+        let mut write = self.writing("dispatch events").await?;
         let mut tx = write.begin("dispatch events").await?;
         let dispatched = outbox::dispatch(&mut tx, endpoints, now, limit).await?;
         tx.commit().await.map_err(db_error("dispatch events"))?;
@@ -1679,7 +1712,7 @@ impl Store for SqliteStore {
         limit: u32,
         capacity: &[(String, u32)],
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
-        let write = self.writing().await;
+        let mut write = self.writing("claim deliveries").await?;
         let mut tx = write.begin("claim deliveries").await?;
         let claimed = outbox::claim(&mut tx, now, owner, lease_until, limit, capacity).await?;
         tx.commit().await.map_err(db_error("claim deliveries"))?;
@@ -1693,13 +1726,9 @@ impl Store for SqliteStore {
         outcome: &DeliveryOutcome,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let write = self.writing().await;
-        let mut db = write
-            .pool()
-            .acquire()
-            .await
-            .map_err(db_error("finish delivery"))?;
-        outbox::finish(&mut db, id, owner, outcome, now).await
+        let mut write = self.writing("finish delivery").await?;
+        let db = write.conn();
+        outbox::finish(db, id, owner, outcome, now).await
     }
 
     async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage, StoreError> {
@@ -1726,13 +1755,9 @@ impl Store for SqliteStore {
         id: &str,
         now: OffsetDateTime,
     ) -> Result<Option<DeliveryView>, StoreError> {
-        let write = self.writing().await;
-        let mut db = write
-            .pool()
-            .acquire()
-            .await
-            .map_err(db_error("retry delivery"))?;
-        outbox::retry(&mut db, id, now).await
+        let mut write = self.writing("retry delivery").await?;
+        let db = write.conn();
+        outbox::retry(db, id, now).await
     }
 
     async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
@@ -1775,7 +1800,7 @@ impl Store for SqliteStore {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<u64, StoreError> {
-        let write = self.writing().await;
+        let mut write = self.writing("purge webhook events").await?;
         let mut tx = write.begin("purge webhook events").await?;
         let deleted = outbox::purge(&mut tx, before, limit).await?;
         tx.commit()
