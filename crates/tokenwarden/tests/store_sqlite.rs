@@ -398,7 +398,18 @@ async fn every_write_runs_on_the_one_writer_connection() {
     use tokenwarden_testkit::at;
 
     let dir = TempDir::new().expect("temp dir");
-    let store = open(&dir.path().join("tw.db")).await;
+    let url = file_url(&dir.path().join("tw.db"));
+    // A row sealed under an older key, for the reseal below to rewrite.
+    let old = SqliteStore::connect(&url, test_keys("k1", &["k1"]))
+        .await
+        .expect("connect");
+    old.put(&sample_connection("u0", "tiktok", "old-key"))
+        .await
+        .expect("put under k1");
+    old.close().await;
+    let store = SqliteStore::connect(&url, test_keys("k2", &["k1", "k2"]))
+        .await
+        .expect("connect");
     store.set_outbox(true);
     let before = data_version(&store).await;
 
@@ -443,11 +454,30 @@ async fn every_write_runs_on_the_one_writer_connection() {
             .expect("claim due")
             .is_empty()
     );
+    assert!(
+        store
+            .insert_if_absent(&sample_connection("u2", "tiktok", "c"))
+            .await
+            .expect("insert if absent")
+            .is_some()
+    );
+    let session = connect_session("cs_writercheck000000000000");
     store
-        .purge_connect_sessions(at(0))
+        .insert_connect_session(&session, "writer-check-hash")
         .await
-        .expect("purge sessions");
-    store.reseal_batch(None, 10).await.expect("reseal");
+        .expect("insert session");
+    let after_expiry = session.expires_at + time::Duration::seconds(1);
+    assert_eq!(
+        store
+            .purge_connect_sessions(after_expiry)
+            .await
+            .expect("purge sessions"),
+        1
+    );
+    assert_eq!(
+        store.reseal_batch(None, 10).await.expect("reseal").resealed,
+        1
+    );
 
     store
         .insert_events(&[NewEvent::new(

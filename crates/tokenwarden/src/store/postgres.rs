@@ -13,7 +13,9 @@
 //! write locks and reads the row as it was (`SELECT … FOR UPDATE`, or the row `DELETE …
 //! RETURNING` removed) and inserts its events in the same transaction; dispatchers and
 //! claimers lock events and deliveries with `FOR UPDATE SKIP LOCKED`. With the outbox off the
-//! writes are the single statements described above.
+//! writes are the single statements described above, but for a delete: it first takes its
+//! key's advisory lock in its transaction (migration 0009), so an insert of the key waiting
+//! for it starts the new row above the deleted row's version.
 //!
 //! A lease is tied to its owner's liveness (see `liveness`): every store that leases holds
 //! an advisory lock while its process lives, and a lease whose registered owner's lock is
@@ -647,8 +649,14 @@ fn connect_options(database_url: &str) -> Result<PgConnectOptions, StoreError> {
     };
     Ok(options
         // The store promises that a write is durable when it returns; a server (or role)
-        // default of `off` would silently break that, so each session asks for it.
-        .options([("synchronous_commit", "on")]))
+        // default of `off` would silently break that, so each session asks for it. Its
+        // statements rely on READ COMMITTED (a statement sees what committed before it; a
+        // VOLATILE function's query after a lock wait sees what committed during it:
+        // migration 0009), whatever the server's default.
+        .options([
+            ("synchronous_commit", "on"),
+            ("default_transaction_isolation", "read committed"),
+        ]))
 }
 
 async fn open_pool(options: PgConnectOptions) -> Result<PgPool, StoreError> {

@@ -381,7 +381,9 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the connection every write of this store runs on, holding the write lock
-    /// (for backend-specific tests).
+    /// (for backend-specific tests). `f` must leave no transaction open (every later write
+    /// would run inside it) and must not call this store (its writes would wait for `f`).
+    #[doc(hidden)]
     pub async fn with_writer<T>(
         &self,
         f: impl AsyncFnOnce(&mut SqliteConnection) -> T,
@@ -390,7 +392,8 @@ impl SqliteStore {
         Ok(f(write.conn()).await)
     }
 
-    /// The connection pool, for backend-specific tests and maintenance (key rotation).
+    /// The read pool, for backend-specific tests. A write through it bypasses the store's
+    /// write lock and its writer connection.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
