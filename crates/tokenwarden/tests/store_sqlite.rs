@@ -466,6 +466,39 @@ async fn every_write_runs_on_the_one_writer_connection() {
         .insert_connect_session(&session, "writer-check-hash")
         .await
         .expect("insert session");
+    let flow = FlowStart {
+        state_hash: "writer-check-state".to_owned(),
+        browser_hash: "writer-check-browser".to_owned(),
+        secrets: FlowSecrets {
+            code_verifier: Some("writer-check-verifier".to_owned()),
+            nonce: None,
+        },
+    };
+    let now = session.created_at + time::Duration::seconds(10);
+    assert!(matches!(
+        store
+            .open_connect_session("writer-check-hash", now, &flow)
+            .await
+            .expect("open session"),
+        OpenOutcome::Opened(_)
+    ));
+    assert!(matches!(
+        store
+            .claim_connect_callback("writer-check-state", Some("writer-check-browser"), now)
+            .await
+            .expect("claim callback"),
+        tokenwarden::connect::session::ClaimOutcome::Claimed(..)
+    ));
+    let finish = Finish::Failed(SessionError {
+        code: "provider_error".to_owned(),
+        message: "no".to_owned(),
+    });
+    assert!(
+        store
+            .finish_connect_session(&session.id, &finish, now)
+            .await
+            .expect("finish session")
+    );
     let after_expiry = session.expires_at + time::Duration::seconds(1);
     assert_eq!(
         store
