@@ -19,7 +19,7 @@ want() { [[ " $WANT " == *" $1 "* ]]; }
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr), $(date -u +%F)"
 echo "# output: $OUT"
 cargo build --release --locked -p tokenwarden-server --bin tokenwarden --example baseline_http \
-  --example bench_restart
+  --example bench_restart --example proxy_floor
 cargo build --release --locked -p tokenwarden --examples
 
 if want fast; then
@@ -142,11 +142,17 @@ if want proxy; then
   PROXIED="http://127.0.0.1:8434/v1/proxy/user-0000500/bench/acct/items"
   [[ "$(curl -s -H "Authorization: Bearer bench-api-key-0123456789" "$PROXIED")" == *'"items"'* ]] \
     || { echo "the proxy does not answer $PROXIED"; exit 1; }
+  # A floor beside it: hyper alone forwarding to the same API (examples/proxy_floor.rs).
+  "$BIN/examples/proxy_floor" 127.0.0.1:8436 127.0.0.1:8435 /floor /api 2> /dev/null &
+  FLOOR_PID=$!
+  until curl -s -o /dev/null "http://127.0.0.1:8436/floor/items"; do sleep 0.02; done
   for i in $(seq "$RUNS"); do
     echo "-- run $i: direct"; wrk_run "http://127.0.0.1:8435/api/items"
+    echo "-- run $i: floor"; wrk_run "http://127.0.0.1:8436/floor/items"
     echo "-- run $i: proxy"; wrk_run "$PROXIED"
   done | tee "$OUT/proxy.txt"
-  kill "$SERVER_PID" "$BASE_PID"; wait "$SERVER_PID" "$BASE_PID" 2> /dev/null || true
+  kill "$SERVER_PID" "$BASE_PID" "$FLOOR_PID"
+  wait "$SERVER_PID" "$BASE_PID" "$FLOOR_PID" 2> /dev/null || true
   # Per run: added p50 (ms) and throughput ratio; then their medians.
   awk '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; return v * 1000 }
@@ -154,6 +160,9 @@ if want proxy; then
     /  50%/ { p50[side] = ms($2) }
     /Requests\/sec/ {
       rps[side] = $2
+      if (side == "floor") {
+        m++; floor_added[m] = p50["floor"] - p50["direct"]; floor_ratio[m] = rps["floor"] / rps["direct"]
+      }
       if (side == "proxy") {
         n++; added[n] = p50["proxy"] - p50["direct"]; ratio[n] = rps["proxy"] / rps["direct"]
         printf "run %d: added p50 %.3f ms, throughput %.0f/%.0f = %.2f\n", n, added[n], rps["proxy"], rps["direct"], ratio[n]
@@ -163,7 +172,10 @@ if want proxy; then
       for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
       return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
     }
-    END { printf "median of %d runs: added p50 %.3f ms (target <= 1), throughput ratio %.2f (target >= 0.50)\n", n, median(added, n), median(ratio, n) }
+    END {
+      printf "median of %d runs: added p50 %.3f ms (target <= 1), throughput ratio %.2f (target >= 0.50)\n", n, median(added, n), median(ratio, n)
+      printf "floor (hyper alone), median of %d runs: added p50 %.3f ms, throughput ratio %.2f\n", m, median(floor_added, m), median(floor_ratio, m)
+    }
   ' "$OUT/proxy.txt" | tee -a "$OUT/proxy.txt"
 fi
 
