@@ -306,6 +306,20 @@ fn connect_session(id: &str) -> ConnectSession {
     }
 }
 
+/// Finishes session `id` as failed at `now`; it must have been open.
+async fn fail_session(store: &SqliteStore, id: &str, now: time::OffsetDateTime) {
+    let finish = Finish::Failed(SessionError {
+        code: "provider_error".to_owned(),
+        message: "no".to_owned(),
+    });
+    assert!(
+        store
+            .finish_connect_session(id, &finish, now)
+            .await
+            .expect("finish")
+    );
+}
+
 #[tokio::test]
 async fn connect_flow_secrets_are_sealed_and_erased_when_the_session_finishes() {
     let dir = TempDir::new().expect("temp dir");
@@ -356,16 +370,7 @@ async fn connect_flow_secrets_are_sealed_and_erased_when_the_session_finishes() 
         "plaintext in the database files"
     );
 
-    let finish = Finish::Failed(SessionError {
-        code: "provider_error".to_owned(),
-        message: "no".to_owned(),
-    });
-    assert!(
-        store
-            .finish_connect_session(&session.id, &finish, now)
-            .await
-            .expect("finish")
-    );
+    fail_session(&store, &session.id, now).await;
     let (sealed, key_id): (Option<Vec<u8>>, Option<String>) =
         sqlx::query_as("SELECT flow, flow_key_id FROM connect_sessions WHERE id = ?")
             .bind(&session.id)
@@ -489,16 +494,7 @@ async fn every_write_runs_on_the_one_writer_connection() {
             .expect("claim callback"),
         tokenwarden::connect::session::ClaimOutcome::Claimed(..)
     ));
-    let finish = Finish::Failed(SessionError {
-        code: "provider_error".to_owned(),
-        message: "no".to_owned(),
-    });
-    assert!(
-        store
-            .finish_connect_session(&session.id, &finish, now)
-            .await
-            .expect("finish session")
-    );
+    fail_session(&store, &session.id, now).await;
     let after_expiry = session.expires_at + time::Duration::seconds(1);
     assert_eq!(
         store
