@@ -298,7 +298,7 @@ impl SqliteStore {
         let mut store = Self::new(pool, writer, keys);
         if let Some(lock) = instance_lock {
             let mut write = store.writing("free leases").await?;
-            let freed = free_gone_instances_leases(write.conn()).await?;
+            let freed = free_gone_instances_leases(&mut write).await?;
             drop(write);
             if freed > 0 {
                 tracing::info!(
@@ -707,10 +707,8 @@ fn lock_instance(database: &Path) -> Result<Option<File>, StoreError> {
 
 /// Frees the leases of every owner an earlier instance registered, and forgets them: this
 /// process holds the instance lock, so those instances are gone. One transaction.
-async fn free_gone_instances_leases(db: &mut SqliteConnection) -> Result<u64, StoreError> {
-    let mut tx = sqlx::Connection::begin_with(db, "BEGIN IMMEDIATE")
-        .await
-        .map_err(db_error("free leases"))?;
+async fn free_gone_instances_leases(write: &mut Writing<'_>) -> Result<u64, StoreError> {
+    let mut tx = write.begin("free leases").await?;
     let freed = sqlx::query(
         "UPDATE connections SET lease_owner = NULL, lease_until = NULL \
          WHERE lease_owner IN (SELECT owner FROM lease_owners)",
@@ -1730,8 +1728,7 @@ impl Store for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let mut write = self.writing("finish delivery").await?;
-        let db = write.conn();
-        outbox::finish(db, id, owner, outcome, now).await
+        outbox::finish(write.conn(), id, owner, outcome, now).await
     }
 
     async fn list_deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage, StoreError> {
@@ -1759,8 +1756,7 @@ impl Store for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Option<DeliveryView>, StoreError> {
         let mut write = self.writing("retry delivery").await?;
-        let db = write.conn();
-        outbox::retry(db, id, now).await
+        outbox::retry(write.conn(), id, now).await
     }
 
     async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
