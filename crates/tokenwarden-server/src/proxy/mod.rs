@@ -4,8 +4,9 @@
 //!
 //! The rules are the library's (`tokenwarden::proxy`): the target URL under the provider's
 //! `api_base_url`, the headers that cross, where the token goes, the replay buffer. This
-//! module sends the call with an HTTP client of its own (no redirects followed, the
-//! `[upstream]` timeouts, bodies streamed both ways) and answers:
+//! module sends the call on a connection of the API's own pool (`upstream.rs`: HTTP/1.1, no
+//! redirects followed, the `[upstream]` connect timeout, bodies streamed both ways) and
+//! answers:
 //!
 //! - with the upstream's answer: status, headers less the hop-by-hop ones, body as it comes;
 //! - after an upstream 401, with the answer to a second attempt made with the token
@@ -23,6 +24,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+pub mod upstream;
+
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -31,6 +34,7 @@ use tokenwarden::proxy::idle::Idle;
 use tokenwarden::proxy::{ApiBase, Collected, collect_for_replay, headers};
 use tokenwarden::{AccessToken, ConnectionKey, ProviderName, Warden};
 use tokio::sync::watch;
+use upstream::{Failure, Outbound, Upstream, UpstreamError};
 
 use crate::api;
 use crate::app::App;
@@ -48,9 +52,8 @@ pub const METHODS: [Method; 5] = [
     Method::DELETE,
 ];
 
-/// The proxy's state: its client and, per provider with an `api_base_url`, that API.
+/// The proxy's state: per provider with an `api_base_url`, that API and its connections.
 pub struct Proxy {
-    client: reqwest::Client,
     apis: BTreeMap<ProviderName, Api>,
     max_replay_bytes: usize,
     response_timeout: Duration,
@@ -60,6 +63,7 @@ pub struct Proxy {
 /// One provider's API, with its metric handles registered once.
 struct Api {
     base: ApiBase,
+    upstream: Upstream,
     /// `proxy_requests_total{provider, status_class}` for 1xx … 5xx.
     answers: [metrics::Counter; 5],
     duration: metrics::Histogram,
@@ -70,18 +74,14 @@ impl Proxy {
     /// `[proxy]` settings.
     ///
     /// # Errors
-    /// When the HTTP client cannot be built (no TLS roots, say).
-    pub fn new(config: &Config, warden: &Warden) -> Result<Self, reqwest::Error> {
+    /// When the TLS client cannot be set up, or an `api_base_url` is not http(s).
+    pub fn new(config: &Config, warden: &Warden) -> Result<Self, UpstreamError> {
         let response_timeout = Duration::from_millis(config.upstream.request_timeout_ms);
         let connect_timeout = Duration::from_millis(config.upstream.connect_timeout_ms);
-        // No read timeout of reqwest's: its timer runs from the start of the call, so a long
-        // upload that keeps flowing would be cut off. The wait for the answer starts once the
-        // body is sent (`Outgoing::send`), and both bodies time out only when idle (`Idle`).
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            // A redirect is the application's to follow: it goes back as it came.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        // No timer on the whole call: a long upload that keeps flowing must not be cut off.
+        // The wait for the answer starts once the body is sent (`Outgoing::send`), and both
+        // bodies time out only when idle (`Idle`).
+        let tls = upstream::tls_client()?;
         let mut apis = BTreeMap::new();
         for info in warden.providers() {
             let Ok(name) = ProviderName::parse(info.name.as_str()) else {
@@ -97,17 +97,18 @@ impl Proxy {
             });
             let duration = metrics::histogram!(tokenwarden::metrics::PROXY_DURATION_SECONDS,
                 "provider" => label);
+            let upstream = Upstream::new(base.base(), &tls, connect_timeout)?;
             apis.insert(
                 name,
                 Api {
                     base,
+                    upstream,
                     answers,
                     duration,
                 },
             );
         }
         Ok(Self {
-            client,
             apis,
             max_replay_bytes: config.proxy.max_replay_bytes,
             response_timeout,
@@ -232,6 +233,9 @@ async fn send(
     let (mut parts, body) = request.into_parts();
     let grant = app.warden().access_token(key).await?;
     headers::strip_request(&mut parts.headers);
+    parts
+        .headers
+        .insert(axum::http::header::HOST, api.upstream.host_header().clone());
     let body = collect_for_replay(body, proxy.max_replay_bytes)
         .await
         .map_err(|_| ApiError::invalid("body", "could not be read"))?;
@@ -245,8 +249,8 @@ async fn send(
         }
         Collected::Streaming(rest) => {
             let (done, sent) = watch::channel(false);
-            let body = reqwest::Body::wrap(Idle::new(rest, idle, Some(done)));
-            (None, Some(body), Some(sent))
+            let body = Outbound::Streaming(Idle::new(rest, idle, Some(done)));
+            (None, body, Some(sent))
         }
     };
     let outgoing = Outgoing {
@@ -259,7 +263,7 @@ async fn send(
         headers: &parts.headers,
     };
     let first = outgoing.send(&grant.access_token, first_body, sent).await?;
-    if first.status() != reqwest::StatusCode::UNAUTHORIZED {
+    if first.status() != StatusCode::UNAUTHORIZED {
         return Ok(into_response(first, false, idle));
     }
     // The API refused the token: get another (one refresh for every call refused with it),
@@ -297,11 +301,11 @@ async fn send(
 
 /// A kept body as sent: none for an empty `GET` or `DELETE` (no `Content-Length: 0` on a
 /// request that had no body), the bytes otherwise.
-fn outgoing_body(method: &Method, bytes: axum::body::Bytes) -> Option<reqwest::Body> {
+fn outgoing_body(method: &Method, bytes: axum::body::Bytes) -> Outbound {
     if bytes.is_empty() && (method == Method::GET || method == Method::DELETE) {
-        None
+        Outbound::Kept(None)
     } else {
-        Some(reqwest::Body::from(bytes))
+        Outbound::Kept(Some(bytes))
     }
 }
 
@@ -323,20 +327,25 @@ impl Outgoing<'_> {
     async fn send(
         &self,
         token: &AccessToken,
-        body: Option<reqwest::Body>,
+        body: Outbound,
         sent: Option<watch::Receiver<bool>>,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<axum::http::Response<upstream::Returning>, ApiError> {
         let mut url = self.target.clone();
         let mut headers = self.headers.clone();
         self.api
             .base
             .place_token(token, &mut url, &mut headers)
             .map_err(|_| ApiError::unusable_token(self.account_id))?;
-        let mut request = reqwest::Request::new(self.method.clone(), url);
+        // Origin form: the path and query; the API's host is in `Host`.
+        let uri =
+            axum::http::Uri::try_from(&url[url::Position::BeforePath..url::Position::AfterQuery])
+                .map_err(|_| ApiError::invalid("path", "is not a valid request target"))?;
+        let mut request = axum::http::Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        *request.body_mut() = body;
         let waited = self.proxy.response_timeout;
-        let call = self.proxy.client.execute(request);
+        let call = self.api.upstream.send(request);
         tokio::pin!(call);
         let answered = match sent {
             None => None,
@@ -353,7 +362,7 @@ impl Outgoing<'_> {
         };
         match answer {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(self.failure(&error)),
+            Ok(Err(failure)) => Err(self.failure(failure)),
             Err(_) => {
                 tracing::warn!(
                     provider = self.provider,
@@ -366,33 +375,27 @@ impl Outgoing<'_> {
     }
 
     /// The answer for a call that got no response. Never with the URL: it may hold a token.
-    fn failure(&self, error: &reqwest::Error) -> ApiError {
-        if error.is_connect() && error.is_timeout() {
-            let waited = self.proxy.connect_timeout;
-            tracing::warn!(
-                provider = self.provider,
-                waited_ms = waited.as_millis(),
-                "proxied call: connecting to the provider's API timed out"
-            );
-            return ApiError::upstream_connect_timeout(self.provider, waited);
-        }
-        if error.is_timeout() {
-            let waited = self.proxy.response_timeout;
-            tracing::warn!(provider = self.provider, "proxied call timed out");
-            return ApiError::upstream_timeout(self.provider, waited);
-        }
-        if error.is_body() || error.is_request() && !error.is_connect() {
-            // The client's own body failed while streaming (it went away, say).
-            tracing::info!(
-                provider = self.provider,
-                "proxied call: the request body failed"
-            );
-            return ApiError::invalid("body", "could not be read");
-        }
-        let why = if error.is_connect() {
-            "connection failed"
-        } else {
-            "no answer"
+    fn failure(&self, failure: Failure) -> ApiError {
+        let why = match failure {
+            Failure::ConnectTimeout => {
+                let waited = self.proxy.connect_timeout;
+                tracing::warn!(
+                    provider = self.provider,
+                    waited_ms = waited.as_millis(),
+                    "proxied call: connecting to the provider's API timed out"
+                );
+                return ApiError::upstream_connect_timeout(self.provider, waited);
+            }
+            Failure::RequestBody => {
+                // The client's own body failed while streaming (it went away, say).
+                tracing::info!(
+                    provider = self.provider,
+                    "proxied call: the request body failed"
+                );
+                return ApiError::invalid("body", "could not be read");
+            }
+            Failure::Connect(why) => why,
+            Failure::NoAnswer => "no answer",
         };
         tracing::warn!(
             provider = self.provider,
@@ -405,8 +408,11 @@ impl Outgoing<'_> {
 
 /// The upstream's answer as the client gets it: its status, its headers less the hop-by-hop
 /// ones, its body streamed as it comes.
-fn into_response(upstream: reqwest::Response, refreshed: bool, idle: Duration) -> Response {
-    let upstream: axum::http::Response<reqwest::Body> = upstream.into();
+fn into_response(
+    upstream: axum::http::Response<upstream::Returning>,
+    refreshed: bool,
+    idle: Duration,
+) -> Response {
     let (mut parts, body) = upstream.into_parts();
     headers::strip_response(&mut parts.headers);
     // Our HTTP version with the client, not the API's (an HTTP/1.0 API would otherwise turn
