@@ -2,6 +2,11 @@
 //! long it takes (a large upload or download), but one that stops for longer than the idle
 //! time fails. An uploaded body also says when it has been sent whole, so the wait for the
 //! API's answer can start then and not when the call began.
+//!
+//! The idle time is counted while the body is waited for (its inner body is not ready), and
+//! the timer exists only then: a body whose frames are ready whenever they are asked for (a
+//! small answer, read at once) never starts one, which keeps timers off the proxy's common
+//! path.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -33,7 +38,10 @@ impl StdError for IdleTimeout {}
 pub struct Idle<B> {
     inner: B,
     idle: Duration,
-    sleep: Pin<Box<Sleep>>,
+    /// The timer, made the first time the inner body is not ready.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Whether `sleep` runs for the current wait (a frame ends each wait).
+    armed: bool,
     sent: Option<watch::Sender<bool>>,
 }
 
@@ -42,7 +50,8 @@ impl<B> Idle<B> {
         Self {
             inner,
             idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
+            sleep: None,
+            armed: false,
             sent,
         }
     }
@@ -75,8 +84,7 @@ where
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = Instant::now() + this.idle;
-                this.sleep.as_mut().reset(next);
+                this.armed = false;
                 if this.inner.is_end_stream() {
                     this.finished();
                 }
@@ -87,10 +95,21 @@ where
                 this.finished();
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimeout(this.idle))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let sleep = match (&mut this.sleep, this.armed) {
+                    (Some(sleep), true) => sleep,
+                    (Some(sleep), false) => {
+                        sleep.as_mut().reset(Instant::now() + this.idle);
+                        sleep
+                    }
+                    (None, _) => this.sleep.insert(Box::pin(tokio::time::sleep(this.idle))),
+                };
+                this.armed = true;
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(IdleTimeout(this.idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
