@@ -12,6 +12,12 @@
 //! `X-Request-Id` (kept from the request or generated), the request span with `method`,
 //! `path` and `request_id`, and the access line, in the same JSON shape.
 //!
+//! The proxy route (`/v1/proxy/…` with a valid API key) is taken here too, for the same
+//! reason: its handler ([`crate::proxy::forward`]) runs in the request's span with the same
+//! request id, access line and `response failed` error line for a 5xx as the full stack
+//! would give it, without the layers. A request with a missing or wrong key goes to the full
+//! stack, whose 401 the proxy route marks.
+//!
 //! [`Warden::cached_access_token`]: tokenwarden::Warden::cached_access_token
 
 use std::convert::Infallible;
@@ -27,6 +33,7 @@ use tokenwarden::{AccountId, ConnectionKey, ProviderName, UserId};
 use tower::Service;
 use tower_http::request_id::MakeRequestId;
 use tower_http::trace::OnResponse;
+use tracing::Instrument as _;
 
 use crate::app::{App, SequentialRequestIds};
 use crate::telemetry::{AccessLog, request_span};
@@ -70,11 +77,7 @@ impl FastPath {
         {
             return None;
         }
-        let authorization = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes);
-        if !self.app.api_keys().check_header(authorization) {
+        if !self.app.api_keys().check_header(authorization(request)) {
             return None;
         }
         let provider = ProviderName::parse(provider).ok()?;
@@ -82,6 +85,35 @@ impl FastPath {
         let user = UserId::parse(user).ok()?;
         let account = AccountId::parse(account).ok()?;
         Some(ConnectionKey::new(user, provider, account))
+    }
+
+    /// Whether the request is the proxy route's with a valid API key: the route's pattern
+    /// (`/v1/proxy/{user_id}/{provider}/{account_id}/{*path}`: three non-empty ids and a
+    /// non-empty rest), any method (the handler answers 405 itself).
+    fn proxies(&self, request: &Request<Body>) -> bool {
+        let Some(rest) = request.uri().path().strip_prefix(crate::proxy::PATH_PREFIX) else {
+            return false;
+        };
+        let mut parts = rest.splitn(4, '/');
+        let shaped = (0..4).all(|_| parts.next().is_some_and(|part| !part.is_empty()));
+        shaped && self.app.api_keys().check_header(authorization(request))
+    }
+
+    /// The request's `X-Request-Id`: kept when it came with one, else made and set on it, as
+    /// the full stack's request-id layer does.
+    fn request_id(&mut self, request: &mut Request<Body>) -> HeaderValue {
+        if let Some(id) = request.headers().get(&X_REQUEST_ID) {
+            return id.clone();
+        }
+        let id = self
+            .ids
+            .make_request_id(request)
+            .map(|id| id.into_header_value());
+        let id = id.unwrap_or_else(|| HeaderValue::from_static("-"));
+        request
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), id.clone());
+        id
     }
 
     /// Answers a fresh token, or gives the request back for the full stack.
@@ -100,20 +132,7 @@ impl FastPath {
         let Some(grant) = self.app.warden().cached_access_token(&key) else {
             return Err(request);
         };
-        let request_id = match request.headers().get(&X_REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => {
-                let id = self
-                    .ids
-                    .make_request_id(&request)
-                    .map(|id| id.into_header_value());
-                let id = id.unwrap_or_else(|| HeaderValue::from_static("-"));
-                request
-                    .headers_mut()
-                    .insert(X_REQUEST_ID.clone(), id.clone());
-                id
-            }
-        };
+        let request_id = self.request_id(&mut request);
         let span = request_span(&request);
         let _entered = span.enter();
         tracing::debug!("started processing request");
@@ -130,6 +149,45 @@ impl FastPath {
     }
 }
 
+fn authorization(request: &Request<Body>) -> Option<&[u8]> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+}
+
+/// A proxied call, as the full stack would serve it: in the request's span, its request id on
+/// the answer, the access line, and the trace layer's error line for a 5xx.
+async fn proxied(
+    app: App,
+    mut request: Request<Body>,
+    request_id: HeaderValue,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    if let Some(key) = request.headers_mut().get_mut(header::AUTHORIZATION) {
+        key.set_sensitive(true);
+    }
+    let span = request_span(&request);
+    span.in_scope(|| tracing::debug!("started processing request"));
+    let mut response = crate::proxy::forward(axum::extract::State(app), request)
+        .instrument(span.clone())
+        .await;
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id);
+    let latency = started.elapsed();
+    let _entered = span.enter();
+    AccessLog.on_response(&response, latency, &span);
+    if response.status().is_server_error() {
+        tracing::error!(
+            classification = %format_args!("Status code: {}", response.status()),
+            latency = %format_args!("{} ms", latency.as_millis()),
+            "response failed"
+        );
+    }
+    Ok(response)
+}
+
 type BoxedFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
 impl Service<Request<Body>> for FastPath {
@@ -141,7 +199,11 @@ impl Service<Request<Body>> for FastPath {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        if self.proxies(&request) {
+            let request_id = self.request_id(&mut request);
+            return Box::pin(proxied(self.app.clone(), request, request_id));
+        }
         match self.try_answer(request) {
             Ok(response) => Box::pin(std::future::ready(Ok(response))),
             Err(request) => {
