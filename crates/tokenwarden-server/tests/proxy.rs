@@ -4,7 +4,14 @@
 
 mod common;
 
+use std::convert::Infallible;
 use std::io::{Read as _, Write as _};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Frame;
 
 use common::{API_KEY, CLIENT_SECRET, TestApp, capture_logs, error_of, spawn_with};
 use serde_json::{Value, json};
@@ -856,18 +863,23 @@ async fn no_token_reaches_a_log_line_or_an_answer() {
         import_of(&app, provider, "ig-1", IG_TOKEN, 5_184_000).await;
     }
     let mut answers = Vec::new();
-    for url in [
+    let mut request_ids = Vec::new();
+    for (i, url) in [
         proxied(&app, "u1", "a1", "things?q=1"),
         app.url("/v1/proxy/u1/ig/ig-1/me?fields=id"),
         app.url("/v1/proxy/u1/closed/ig-1/me?fields=id"),
-    ] {
-        let response = client()
-            .post(url)
-            .bearer_auth(API_KEY)
-            .body("body")
-            .send()
-            .await
-            .expect("proxied");
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut request = client().post(url).bearer_auth(API_KEY).body("body");
+        // The last brings its own request id; the others get one made.
+        if i == 2 {
+            request = request.header("x-request-id", "proxy-log-check-7f3a");
+        }
+        let response = request.send().await.expect("proxied");
+        let id = response.headers().get("x-request-id").expect("request id");
+        request_ids.push(id.to_str().expect("ascii").to_owned());
         let status = response.status().as_u16();
         let headers = format!("{:?}", response.headers());
         let body = response.text().await.expect("body");
@@ -887,6 +899,29 @@ async fn no_token_reaches_a_log_line_or_an_answer() {
         logs.contains("\"level\":\"TRACE\""),
         "TRACE lines are captured"
     );
+    // Each proxied call has its request id on its answer and its access line in its span,
+    // and the 502 also has the trace layer's error line, as every other route's 5xx.
+    assert_eq!(request_ids[2], "proxy-log-check-7f3a");
+    assert_ne!(request_ids[0], request_ids[1]);
+    for (id, status) in request_ids.iter().zip([200, 503, 502]) {
+        let lines: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains(&format!("\"request_id\":\"{id}\"")))
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("finished processing request")
+                    && l.contains(&format!("\"status\":{status}"))
+                    && l.contains("\"path\":\"/v1/proxy/")),
+            "access line of {id}: {lines:?}"
+        );
+        assert_eq!(
+            lines.iter().any(|l| l.contains("response failed")),
+            status >= 500,
+            "error line of {id}: {lines:?}"
+        );
+    }
     for secret in [
         OLD_TOKEN,
         NEW_TOKEN,
@@ -999,5 +1034,112 @@ async fn a_long_upload_that_keeps_flowing_is_not_cut_off() {
         CHUNKS * CHUNK,
         "the whole body, once"
     );
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Upstream connections: kept, and never reused when closed or abandoned
+
+/// A body that never ends: 64 KiB chunks, as fast as they are read.
+struct Endless;
+
+impl hyper::body::Body for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&[b'x'; 65_536])))))
+    }
+}
+
+/// An API that numbers the connections it accepts: `/api/close` answers with
+/// `Connection: close`, `/api/endless` with a body that never ends, anything else with
+/// `conn N` (the connection it came on). Returns its address.
+async fn counting_api() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        for n in 1.. {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                let path = request.uri().path();
+                let mut response = hyper::Response::new(match path {
+                    "/api/endless" => Endless.boxed(),
+                    "/api/close" => Full::from("closing").boxed(),
+                    _ => Full::from(format!("conn {n}")).boxed(),
+                });
+                if path == "/api/close" {
+                    response
+                        .headers_mut()
+                        .insert("connection", "close".parse().expect("value"));
+                }
+                async move { Ok::<_, Infallible>(response) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// Calls are sent on kept connections; one the API closes (`Connection: close`) or one
+/// whose answer the client abandoned halfway is never used again, and the next call gets
+/// its whole answer on a new connection.
+#[tokio::test]
+async fn upstream_connections_are_kept_but_not_when_closed_or_abandoned() {
+    let addr = counting_api().await;
+    let api = MockServer::start().await;
+    let more = format!(
+        "\n[providers.counted]\nkind = \"oauth2\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+         token_url = \"http://127.0.0.1:9/token\"\napi_base_url = \"http://{addr}/api\"\n"
+    );
+    let app = spawn_proxy(&api, &more).await;
+    import_of(&app, "counted", "a1", OLD_TOKEN, 3600).await;
+    let call = |rest: &'static str| {
+        let url = app.url(&format!("/v1/proxy/u1/counted/a1/{rest}"));
+        async move {
+            let answer = client()
+                .get(url)
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .expect("proxied");
+            assert_eq!(answer.status(), 200);
+            answer
+        }
+    };
+    let text = |rest: &'static str| {
+        let answer = call(rest);
+        async move {
+            // A connection wrongly taken back while its answer is still coming would never
+            // be ready again: fail rather than hang.
+            tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                answer.await.text().await.expect("text")
+            })
+            .await
+            .expect("answered in time")
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(text("x").await, "conn 1");
+    }
+    assert_eq!(text("close").await, "closing");
+    assert_eq!(text("x").await, "conn 2");
+    // Half of an endless answer, then the client goes away: its connection (2) goes too.
+    let mut endless = call("endless").await;
+    let chunk = endless.chunk().await.expect("read").expect("a chunk");
+    assert!(chunk.iter().all(|b| *b == b'x'));
+    drop(endless);
+    assert_eq!(text("x").await, "conn 3");
+    assert_eq!(text("x").await, "conn 3");
     app.stop().await;
 }
