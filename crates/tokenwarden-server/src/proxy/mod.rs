@@ -108,6 +108,19 @@ impl Proxy {
                 },
             );
         }
+        let outbound_proxy = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"]
+            .into_iter()
+            .chain(["ALL_PROXY", "all_proxy"])
+            .find(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+        if let Some(variable) = outbound_proxy
+            && !apis.is_empty()
+        {
+            tracing::warn!(
+                variable,
+                "the proxy route connects to providers' APIs directly: outbound HTTP proxies \
+                 from the environment are used for token requests only"
+            );
+        }
         Ok(Self {
             apis,
             max_replay_bytes: config.proxy.max_replay_bytes,
