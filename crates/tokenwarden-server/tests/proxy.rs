@@ -1143,3 +1143,114 @@ async fn upstream_connections_are_kept_but_not_when_closed_or_abandoned() {
     assert_eq!(text("x").await, "conn 3");
     app.stop().await;
 }
+
+/// An API on raw TCP that numbers its connections: `POST /api/early` is answered `early N`
+/// at once, before its body is read, and the body is then read for as long as it comes
+/// (the connection stays open); any other request is answered `conn N`.
+async fn early_answering_api() -> std::net::SocketAddr {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        for n in 1.. {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut stream = tokio::io::BufReader::new(stream);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    let text = if head.starts_with("POST /api/early ") {
+                        format!("early {n}")
+                    } else {
+                        format!("conn {n}")
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                        text.len()
+                    );
+                    if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if text.starts_with("early") {
+                        let mut sink = [0u8; 4096];
+                        while stream.read(&mut sink).await.unwrap_or(0) > 0 {}
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An API may answer before it has read a streamed upload, which then goes on. Its
+/// connection is back in the pool by then but busy: the next call must not wait behind the
+/// upload (it would, until its timeout), but go out on another connection.
+#[tokio::test]
+async fn a_call_never_waits_behind_another_calls_unfinished_upload() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = early_answering_api().await;
+    let api = MockServer::start().await;
+    let more = format!(
+        "\n[providers.early]\nkind = \"oauth2\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+         token_url = \"http://127.0.0.1:9/token\"\napi_base_url = \"http://{addr}/api\"\n\
+         \n[proxy]\nmax_replay_bytes = 16\n\n[upstream]\nrequest_timeout_ms = 3000\n"
+    );
+    let app = spawn_proxy(&api, &more).await;
+    import_of(&app, "early", "a1", OLD_TOKEN, 3600).await;
+    // An upload of 100,000 bytes (too large to keep), of which only 100 are ever sent.
+    let mut upload = tokio::net::TcpStream::connect(app.url("").trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/proxy/u1/early/a1/early HTTP/1.1\r\nhost: tokenwarden\r\n\
+         authorization: Bearer {API_KEY}\r\ncontent-length: 100000\r\n\r\n{}",
+        "u".repeat(100)
+    );
+    upload.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"early 1") {
+        let mut buf = [0u8; 1024];
+        let read = upload.read(&mut buf).await.expect("read");
+        assert!(read > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..read]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    // The upload keeps coming, a byte every 200 ms (well inside its idle time), so
+    // connection 1 stays busy with it for the rest of the test.
+    let (_read, mut write) = upload.into_split();
+    let trickle = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if write.write_all(b"u").await.is_err() {
+                return;
+            }
+        }
+    });
+    // Connection 1 is still taking the upload: this call goes on connection 2 (taking
+    // connection 1 it would wait until its 3 s timeout and get a 504).
+    let next = client()
+        .get(app.url("/v1/proxy/u1/early/a1/x"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(next.status(), 200);
+    assert_eq!(next.text().await.expect("text"), "conn 2");
+    trickle.abort();
+    app.stop().await;
+}

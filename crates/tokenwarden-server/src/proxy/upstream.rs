@@ -9,6 +9,10 @@
 //! went away) the connection is closed with it, since it may still carry the rest. No task
 //! is started per call, and nothing is looked up per call but the pool's last idle entry.
 //!
+//! A connection can be back in the pool before it is free: an API may answer (a 401, a 413)
+//! before it has read a streamed upload, which then goes on. A call only takes a connection
+//! hyper says is ready for a request, so it never waits behind another call's upload.
+//!
 //! A kept connection the API closed meanwhile is noticed when it is taken (hyper marks it
 //! closed) or when the request cannot be written on it; either way the call goes out on
 //! another one, and only a request that was never written is sent again.
@@ -43,6 +47,10 @@ pub const IDLE_KEEP: Duration = Duration::from_secs(50);
 
 /// At most this many idle connections are kept per API; more are closed when they come back.
 pub const MAX_IDLE: usize = 256;
+
+/// TCP keepalive on every connection (as reqwest's default): a kept connection that a
+/// firewall or NAT dropped silently is found dead instead of taking a call into a black hole.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// A request body as the proxy sends it.
 pub enum Outbound {
@@ -230,6 +238,10 @@ impl Upstream {
             // Requests and answers are written whole: nothing is gained by waiting to
             // coalesce them.
             let _ = tcp.set_nodelay(true);
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(TCP_KEEPALIVE)
+                .with_interval(TCP_KEEPALIVE);
+            let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
             match &self.tls {
                 None => handshake(tcp).await,
                 Some((connector, name)) => {
@@ -265,7 +277,10 @@ where
 }
 
 fn failure(error: &hyper::Error) -> Failure {
-    if error.is_user() || error.is_body_write_aborted() {
+    // The request body's own error is a user error with that error as its cause; a user
+    // error without one is hyper's connection task gone, which is no fault of the client's.
+    let body_failed = error.is_user() && std::error::Error::source(error).is_some();
+    if body_failed || error.is_body_write_aborted() {
         Failure::RequestBody
     } else {
         Failure::NoAnswer
@@ -279,14 +294,22 @@ struct Pool {
 }
 
 impl Pool {
+    /// The most recently returned connection that is ready for a request. Closed and expired
+    /// ones met on the way are dropped; busy ones (still sending an upload the API answered
+    /// early) stay for later.
     fn take(&self) -> Option<SendRequest<Outbound>> {
         let mut idle = self
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while let Some((sender, since)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_KEEP {
-                return Some(sender);
+        let mut at = idle.len();
+        while at > 0 {
+            at -= 1;
+            let (sender, since) = &idle[at];
+            if sender.is_closed() || since.elapsed() >= IDLE_KEEP {
+                idle.remove(at);
+            } else if sender.is_ready() {
+                return Some(idle.remove(at).0);
             }
         }
         None
@@ -301,14 +324,13 @@ impl Pool {
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // The oldest entry is at the bottom: drop it once it has waited too long, so a pool
+        // The oldest entries are at the bottom: drop those that waited too long, so a pool
         // that grew under load shrinks back when the load goes.
-        if idle
-            .first()
-            .is_some_and(|(_, since)| now.duration_since(*since) >= IDLE_KEEP)
-        {
-            idle.remove(0);
-        }
+        let expired = idle
+            .iter()
+            .take_while(|(_, since)| now.duration_since(*since) >= IDLE_KEEP)
+            .count();
+        idle.drain(..expired);
         if idle.len() < MAX_IDLE {
             idle.push((sender, now));
         }
