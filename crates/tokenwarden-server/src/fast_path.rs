@@ -180,6 +180,7 @@ async fn proxied(
     AccessLog.on_response(&response, latency, &span);
     if response.status().is_server_error() {
         tracing::error!(
+            target: "tower_http::trace::on_failure",
             classification = %format_args!("Status code: {}", response.status()),
             latency = %format_args!("{} ms", latency.as_millis()),
             "response failed"

@@ -249,6 +249,12 @@ async fn send(
     parts
         .headers
         .insert(axum::http::header::HOST, api.upstream.host_header().clone());
+    // What reqwest sent when the client named no media type: most APIs answer JSON either
+    // way, but some pick by `Accept`.
+    parts
+        .headers
+        .entry(axum::http::header::ACCEPT)
+        .or_insert(HeaderValue::from_static("*/*"));
     let body = collect_for_replay(body, proxy.max_replay_bytes)
         .await
         .map_err(|_| ApiError::invalid("body", "could not be read"))?;
