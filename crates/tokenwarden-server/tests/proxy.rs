@@ -1040,6 +1040,19 @@ async fn a_long_upload_that_keeps_flowing_is_not_cut_off() {
 // ---------------------------------------------------------------------------------------
 // Upstream connections: kept, and never reused when closed or abandoned
 
+/// The app with provider `name`'s API at `http://{addr}/api` (`more` after its section) and
+/// user `u1`'s connection `a1` to it.
+async fn app_with_api_at(name: &str, addr: std::net::SocketAddr, more: &str) -> TestApp {
+    let unused = MockServer::start().await;
+    let section = format!(
+        "\n[providers.{name}]\nkind = \"oauth2\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+         token_url = \"http://127.0.0.1:9/token\"\napi_base_url = \"http://{addr}/api\"\n{more}"
+    );
+    let app = spawn_proxy(&unused, &section).await;
+    import_of(&app, name, "a1", OLD_TOKEN, 3600).await;
+    app
+}
+
 /// A body that never ends: 64 KiB chunks, as fast as they are read.
 struct Endless;
 
@@ -1059,6 +1072,35 @@ impl hyper::body::Body for Endless {
 /// `Connection: close`, `/api/endless` with a body that never ends, anything else with
 /// `conn N` (the connection it came on). Returns its address.
 async fn counting_api() -> std::net::SocketAddr {
+    serve_numbered(|n, stream| async move {
+        let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+            let path = request.uri().path();
+            let mut response = hyper::Response::new(match path {
+                "/api/endless" => Endless.boxed(),
+                "/api/close" => Full::from("closing").boxed(),
+                _ => Full::from(format!("conn {n}")).boxed(),
+            });
+            if path == "/api/close" {
+                response
+                    .headers_mut()
+                    .insert("connection", "close".parse().expect("value"));
+            }
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    })
+    .await
+}
+
+/// A listener on 127.0.0.1 that serves each connection it accepts with `serve`, numbered
+/// from 1. Returns its address.
+async fn serve_numbered<F, S>(serve: F) -> std::net::SocketAddr
+where
+    F: Fn(usize, tokio::net::TcpStream) -> S + Send + 'static,
+    S: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -1068,24 +1110,7 @@ async fn counting_api() -> std::net::SocketAddr {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
-                let path = request.uri().path();
-                let mut response = hyper::Response::new(match path {
-                    "/api/endless" => Endless.boxed(),
-                    "/api/close" => Full::from("closing").boxed(),
-                    _ => Full::from(format!("conn {n}")).boxed(),
-                });
-                if path == "/api/close" {
-                    response
-                        .headers_mut()
-                        .insert("connection", "close".parse().expect("value"));
-                }
-                async move { Ok::<_, Infallible>(response) }
-            });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
+            tokio::spawn(serve(n, stream));
         }
     });
     addr
@@ -1096,14 +1121,7 @@ async fn counting_api() -> std::net::SocketAddr {
 /// its whole answer on a new connection.
 #[tokio::test]
 async fn upstream_connections_are_kept_but_not_when_closed_or_abandoned() {
-    let addr = counting_api().await;
-    let api = MockServer::start().await;
-    let more = format!(
-        "\n[providers.counted]\nkind = \"oauth2\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
-         token_url = \"http://127.0.0.1:9/token\"\napi_base_url = \"http://{addr}/api\"\n"
-    );
-    let app = spawn_proxy(&api, &more).await;
-    import_of(&app, "counted", "a1", OLD_TOKEN, 3600).await;
+    let app = app_with_api_at("counted", counting_api().await, "").await;
     let call = |rest: &'static str| {
         let url = app.url(&format!("/v1/proxy/u1/counted/a1/{rest}"));
         async move {
@@ -1149,51 +1167,40 @@ async fn upstream_connections_are_kept_but_not_when_closed_or_abandoned() {
 /// (the connection stays open); any other request is answered `conn N`.
 async fn early_answering_api() -> std::net::SocketAddr {
     use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        for n in 1.. {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut stream = tokio::io::BufReader::new(stream);
-                loop {
-                    let mut head = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        head.push_str(&line);
-                    }
-                    let text = if head.starts_with("POST /api/early ") {
-                        format!("early {n}")
-                    } else {
-                        format!("conn {n}")
-                    };
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
-                        text.len()
-                    );
-                    if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    if text.starts_with("early") {
-                        let mut sink = [0u8; 4096];
-                        while stream.read(&mut sink).await.unwrap_or(0) > 0 {}
-                        return;
-                    }
+    serve_numbered(|n, stream| async move {
+        let mut stream = tokio::io::BufReader::new(stream);
+        loop {
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
                 }
-            });
+                if line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let text = if head.starts_with("POST /api/early ") {
+                format!("early {n}")
+            } else {
+                format!("conn {n}")
+            };
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                text.len()
+            );
+            if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            if text.starts_with("early") {
+                let mut sink = [0u8; 4096];
+                while stream.read(&mut sink).await.unwrap_or(0) > 0 {}
+                return;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// An API may answer before it has read a streamed upload, which then goes on. Its
@@ -1202,15 +1209,8 @@ async fn early_answering_api() -> std::net::SocketAddr {
 #[tokio::test]
 async fn a_call_never_waits_behind_another_calls_unfinished_upload() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = early_answering_api().await;
-    let api = MockServer::start().await;
-    let more = format!(
-        "\n[providers.early]\nkind = \"oauth2\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
-         token_url = \"http://127.0.0.1:9/token\"\napi_base_url = \"http://{addr}/api\"\n\
-         \n[proxy]\nmax_replay_bytes = 16\n\n[upstream]\nrequest_timeout_ms = 3000\n"
-    );
-    let app = spawn_proxy(&api, &more).await;
-    import_of(&app, "early", "a1", OLD_TOKEN, 3600).await;
+    let more = "\n[proxy]\nmax_replay_bytes = 16\n\n[upstream]\nrequest_timeout_ms = 3000\n";
+    let app = app_with_api_at("early", early_answering_api().await, more).await;
     // An upload of 100,000 bytes (too large to keep), of which only 100 are ever sent.
     let mut upload = tokio::net::TcpStream::connect(app.url("").trim_start_matches("http://"))
         .await
