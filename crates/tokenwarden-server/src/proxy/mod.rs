@@ -57,7 +57,6 @@ pub struct Proxy {
     apis: BTreeMap<ProviderName, Api>,
     max_replay_bytes: usize,
     response_timeout: Duration,
-    connect_timeout: Duration,
 }
 
 /// One provider's API, with its metric handles registered once.
@@ -125,7 +124,6 @@ impl Proxy {
             apis,
             max_replay_bytes: config.proxy.max_replay_bytes,
             response_timeout,
-            connect_timeout,
         })
     }
 }
@@ -396,8 +394,7 @@ impl Outgoing<'_> {
     /// The answer for a call that got no response. Never with the URL: it may hold a token.
     fn failure(&self, failure: Failure) -> ApiError {
         let why = match failure {
-            Failure::ConnectTimeout => {
-                let waited = self.proxy.connect_timeout;
+            Failure::ConnectTimeout(waited) => {
                 tracing::warn!(
                     provider = self.provider,
                     waited_ms = waited.as_millis(),

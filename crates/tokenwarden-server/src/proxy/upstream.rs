@@ -92,8 +92,8 @@ impl Body for Outbound {
 /// Why a call got no answer. None of them carries the URL (it may hold a token).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// Connecting (name lookup, TCP and TLS included) took longer than the connect timeout.
-    ConnectTimeout,
+    /// Connecting (name lookup, TCP and TLS included) took longer than this connect timeout.
+    ConnectTimeout(Duration),
     /// The connection could not be made; the reason is a fixed phrase.
     Connect(&'static str),
     /// The request's own body failed while it was being sent (the client went away, or it
@@ -255,7 +255,7 @@ impl Upstream {
         };
         tokio::time::timeout(self.connect_timeout, connecting)
             .await
-            .map_err(|_| Failure::ConnectTimeout)?
+            .map_err(|_| Failure::ConnectTimeout(self.connect_timeout))?
     }
 }
 
@@ -357,7 +357,7 @@ impl Returning {
 
 impl Drop for Returning {
     fn drop(&mut self) {
-        if (self.ended || self.body.is_end_stream())
+        if self.is_end_stream()
             && let Some((sender, pool)) = self.connection.take()
         {
             pool.put(sender);
