@@ -285,10 +285,9 @@ async fn send(
     }
     // The API refused the token: get another (one refresh for every call refused with it),
     // and send the call again if its body was kept.
-    let refreshed = app
-        .warden()
-        .refresh_rejected(key, &grant.access_token)
-        .await;
+    // Boxed (as connecting is in `upstream.rs`): a refresh's state is large, and inline it
+    // would be carried and copied with every call's future, refused or not.
+    let refreshed = Box::pin(app.warden().refresh_rejected(key, &grant.access_token)).await;
     let Some(bytes) = replay else {
         // Nothing to send again: the API's 401 is the answer (SPEC), whatever the refresh
         // did; the next call uses its token.

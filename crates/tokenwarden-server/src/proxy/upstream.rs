@@ -205,7 +205,9 @@ impl Upstream {
         loop {
             let (mut sender, kept) = match self.pool.take() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting (TCP, TLS, the handshake) is a large state machine that
+                // a call on a kept connection would otherwise carry, and move, every time.
+                None => (Box::pin(self.connect()).await?, false),
             };
             if sender.ready().await.is_err() {
                 if kept {
