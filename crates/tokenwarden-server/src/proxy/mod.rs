@@ -224,6 +224,9 @@ fn connection_key(
     [user_id, provider, account_id]: [&str; 3],
 ) -> Result<ConnectionKey, ApiError> {
     let decode = |raw: &str, field: &'static str| {
+        if !raw.contains('%') {
+            return Ok(raw.to_owned());
+        }
         String::from_utf8(tokenwarden::proxy::target::percent_decode(raw))
             .map_err(|_| ApiError::invalid(field, "must be UTF-8 once percent-decoded"))
     };

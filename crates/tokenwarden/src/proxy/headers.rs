@@ -15,75 +15,65 @@
 //! tokenwarden's. Both filters work in place on the map they are given: no header is copied.
 
 use reqwest::header::{
-    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap, HeaderName, TE,
-    TRAILER, TRANSFER_ENCODING, UPGRADE,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap, HeaderName,
+    HeaderValue, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 
 /// The response header that says the call was sent again with a refreshed token.
 pub const REFRESHED: &str = "tokenwarden-refreshed";
 
-/// Hop-by-hop headers every hop removes, besides those `Connection` names and `Proxy-*`.
-const HOP_BY_HOP: [HeaderName; 5] = [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE];
-const KEEP_ALIVE: &str = "keep-alive";
-
 /// Removes from the client's `headers` every header that must not go upstream.
 pub fn strip_request(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    for name in [HOST, AUTHORIZATION, COOKIE, CONTENT_LENGTH, EXPECT] {
-        headers.remove(name);
-    }
-    remove_prefixed(headers, "tokenwarden-");
+    strip(headers, |name| {
+        hop_by_hop(name)
+            || [HOST, AUTHORIZATION, COOKIE, CONTENT_LENGTH, EXPECT].contains(name)
+            || name.as_str().starts_with(OURS)
+    });
 }
 
 /// Removes from the upstream's `headers` every header that must not go back to the client.
 pub fn strip_response(headers: &mut HeaderMap) {
-    strip_hop_by_hop(headers);
-    remove_prefixed(headers, "tokenwarden-");
+    strip(headers, |name| {
+        hop_by_hop(name) || name.as_str().starts_with(OURS)
+    });
     // tokenwarden's request id is the one the client and the access log share; the API's
     // own id stays available under another name.
-    let upstream_ids: Vec<_> = headers.get_all(X_REQUEST_ID).iter().cloned().collect();
-    if !upstream_ids.is_empty() {
-        headers.remove(X_REQUEST_ID);
-        for id in upstream_ids {
+    if headers.contains_key(&X_REQUEST_ID) {
+        let ids: Vec<HeaderValue> = headers.get_all(&X_REQUEST_ID).iter().cloned().collect();
+        headers.remove(&X_REQUEST_ID);
+        for id in ids {
             headers.append(X_UPSTREAM_REQUEST_ID, id);
         }
     }
 }
 
-const X_REQUEST_ID: &str = "x-request-id";
+/// The prefix of tokenwarden's own headers.
+const OURS: &str = "tokenwarden-";
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Where the API's own `X-Request-Id` comes back.
 pub const X_UPSTREAM_REQUEST_ID: &str = "x-upstream-request-id";
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // The headers `Connection` names are hop-by-hop too (RFC 9110 §7.6.1).
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    headers.remove(KEEP_ALIVE);
-    remove_prefixed(headers, "proxy-");
+/// Whether every hop removes `name` (RFC 9110 §7.6.1), besides the headers `Connection`
+/// names.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE].contains(name)
+        || name.as_str() == "keep-alive"
+        || name.as_str().starts_with("proxy-")
 }
 
-/// Removes every header whose (lowercase) name starts with `prefix`.
-fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
-    if !headers.keys().any(|name| name.as_str().starts_with(prefix)) {
-        return;
-    }
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with(prefix))
-        .cloned()
-        .collect();
-    for name in names {
+/// Removes the headers `drop` picks and those `Connection` names (hop-by-hop too, RFC 9110
+/// §7.6.1). One pass over the names: a map with nothing to remove is only read.
+fn strip(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    let mut gone: Vec<HeaderName> = headers.keys().filter(|n| drop(n)).cloned().collect();
+    gone.extend(
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+    );
+    for name in gone {
         headers.remove(name);
     }
 }
@@ -91,7 +81,6 @@ fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();

@@ -98,7 +98,9 @@ pub(crate) fn resolve_under(
         Some(q) if !q.is_empty() => url.set_query(Some(q)),
         _ => url.set_query(None),
     }
-    if url.origin() != base.origin() || !url.path().starts_with(prefix) {
+    // Scheme, credentials, host and port exactly the base's: its serialization up to the path.
+    let origin = ..url::Position::BeforePath;
+    if url[origin] != base[origin] || !url.path().starts_with(prefix) {
         return Err(TargetError::Escapes);
     }
     Ok(url)
