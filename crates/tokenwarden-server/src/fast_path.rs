@@ -91,11 +91,12 @@ impl FastPath {
     /// (`/v1/proxy/{user_id}/{provider}/{account_id}/{*path}`: three non-empty ids and a
     /// non-empty rest), any method (the handler answers 405 itself).
     fn proxies(&self, request: &Request<Body>) -> bool {
-        let Some(rest) = request.uri().path().strip_prefix(crate::proxy::PATH_PREFIX) else {
+        let path = request.uri().path();
+        if !path.starts_with(crate::proxy::PATH_PREFIX) {
             return false;
-        };
-        let mut parts = rest.splitn(4, '/');
-        let shaped = (0..4).all(|_| parts.next().is_some_and(|part| !part.is_empty()));
+        }
+        let (ids, rest) = crate::proxy::split_path(path);
+        let shaped = ids.iter().all(|id| !id.is_empty()) && !rest.is_empty();
         shaped && self.app.api_keys().check_header(authorization(request))
     }
 

@@ -207,12 +207,13 @@ async fn forward_call(app: &App, request: Request) -> (Result<Response, ApiError
 /// `/v1/proxy/{user_id}/{provider}/{account_id}/`, all as the client encoded them (the
 /// router's `{*path}` is decoded, so it cannot be used). The route matched, so the ids are
 /// there, and they hold no raw `/`.
-fn split_path(path: &str) -> ([&str; 3], &str) {
-    // "", "v1", "proxy", user, provider, account, rest.
-    let mut parts = path.splitn(7, '/').skip(3);
-    let mut next = || parts.next().unwrap_or("");
-    let ids = [next(), next(), next()];
-    (ids, next())
+pub(crate) fn split_path(path: &str) -> ([&str; 3], &str) {
+    let mut rest = path.strip_prefix(PATH_PREFIX).unwrap_or("");
+    let mut ids = [""; 3];
+    for id in &mut ids {
+        (*id, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    }
+    (ids, rest)
 }
 
 /// Validates the raw ids into a key of a configured provider, as every other route does
@@ -459,5 +460,8 @@ mod tests {
         assert_eq!(split_path("/v1/proxy/u/p/a/%2e%2e/x").1, "%2e%2e/x");
         assert_eq!(split_path("/v1/proxy/u/p/a//evil").1, "/evil");
         assert_eq!(split_path("/v1/proxy/u/p/a/"), (["u", "p", "a"], ""));
+        assert_eq!(split_path("/v1/proxy/u/p/a"), (["u", "p", "a"], ""));
+        assert_eq!(split_path("/v1/proxy/u//a/x"), (["u", "", "a"], "x"));
+        assert_eq!(split_path("/v1/proxy/u"), (["u", "", ""], ""));
     }
 }
