@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every benchmark BENCHMARKS.md records, each next to its baseline in the same run,
 # RUNS times where the figure is noisy (medians go in BENCHMARKS.md). Takes about 15 minutes
-# on 2 cores after the release build; needs wrk (apt-get install wrk) for the HTTP figures.
+# on 2 cores after the release build; needs wrk (apt-get install wrk) for the HTTP figures,
+# and runs nginx beside the proxy as a reference when it is installed (apt-get install nginx-light).
 #
 #   bench/run.sh                 # everything
 #   bench/run.sh fast scheduler  # only some: fast http concurrency outage scheduler webhooks scale
@@ -132,6 +133,10 @@ fi
 if want proxy; then
   # The bare axum server is the provider's API: called straight, and through tokenwarden's
   # proxy (a cached token, a header added, the call forwarded, the answer streamed back).
+  # Beside them, in every run: a floor (hyper alone forwarding, examples/proxy_floor.rs) and,
+  # when installed (apt-get install -y nginx-light), nginx as a reference proxy. Each side's
+  # CPU per request is read from /proc for the proxy, the API and wrk: on two shared cores
+  # the throughput ratio is the direct side's total CPU per request over the proxied one's.
   echo "## proxy: bare axum API direct vs through /v1/proxy, wrk -t2 -c64 -d10s, RUST_LOG=warn"
   rm -f "$OUT/proxy.db"*
   TOKENWARDEN_BENCH_KEY="$KEY" "$BIN/examples/bench_generate" "sqlite://$OUT/proxy.db" 1000 bench > /dev/null
@@ -142,39 +147,102 @@ if want proxy; then
   PROXIED="http://127.0.0.1:8434/v1/proxy/user-0000500/bench/acct/items"
   [[ "$(curl -s -H "Authorization: Bearer bench-api-key-0123456789" "$PROXIED")" == *'"items"'* ]] \
     || { echo "the proxy does not answer $PROXIED"; exit 1; }
-  # A floor beside it: hyper alone forwarding to the same API (examples/proxy_floor.rs).
-  "$BIN/examples/proxy_floor" 127.0.0.1:8436 127.0.0.1:8435 /floor /api 2> /dev/null &
+  "$BIN/examples/proxy_floor" 127.0.0.1:8436 127.0.0.1:8435 /floor /api > /dev/null 2>&1 &
   FLOOR_PID=$!
   until curl -s -o /dev/null "http://127.0.0.1:8436/floor/items"; do sleep 0.02; done
+  SIDES="direct floor proxy"
+  if command -v nginx > /dev/null; then
+    # Forwarding only: no key, no token lookup; kept-alive HTTP/1.1 to the API, no log.
+    cat > "$OUT/nginx.conf" <<NGINX
+worker_processes 2;
+pid $OUT/nginx.pid;
+error_log $OUT/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream api { server 127.0.0.1:8435; keepalive 128; }
+  server {
+    listen 127.0.0.1:8437;
+    location /nginx/ {
+      proxy_pass http://api/api/;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer nginx-token";
+    }
+  }
+}
+NGINX
+    nginx -p "$OUT" -c "$OUT/nginx.conf" < /dev/null > /dev/null 2>&1
+    until curl -s -o /dev/null "http://127.0.0.1:8437/nginx/items"; do sleep 0.02; done
+    SIDES="direct nginx floor proxy"
+  else
+    echo "(nginx not installed: no reference side; apt-get install -y nginx-light adds it)"
+  fi
+  TICK_US=$(( 1000000 / $(getconf CLK_TCK) ))
+  # User and system clock ticks the processes have used so far.
+  cpu_ticks() {
+    local total=0 pid fields
+    for pid in "$@"; do
+      read -ra fields < <(cut -d')' -f2 "/proc/$pid/stat")
+      total=$(( total + fields[11] + fields[12] ))
+    done
+    echo "$total"
+  }
+  # One side of a run: wrk's figures, then CPU per request of that side's own process(es),
+  # the API and wrk.
+  side_run() {
+    local side="$1" url pids api0 side0 api1 side1 out requests wrk_us
+    case "$side" in
+      direct) url="http://127.0.0.1:8435/api/items"; pids="" ;;
+      nginx) url="http://127.0.0.1:8437/nginx/items"; pids=$(pgrep -P "$(cat "$OUT/nginx.pid")") ;;
+      floor) url="http://127.0.0.1:8436/floor/items"; pids="$FLOOR_PID" ;;
+      proxy) url="$PROXIED"; pids="$SERVER_PID" ;;
+    esac
+    api0=$(cpu_ticks "$BASE_PID"); side0=$(cpu_ticks $pids)
+    out=$( { TIMEFORMAT="wrk cpu %U %S"; time wrk -t2 -c64 -d10s --latency \
+      -H "Authorization: Bearer bench-api-key-0123456789" "$url"; } 2>&1 )
+    api1=$(cpu_ticks "$BASE_PID"); side1=$(cpu_ticks $pids)
+    echo "-- run $i: $side"
+    grep -E "Requests/sec|  99%|  50%|Non-2xx" <<< "$out"
+    requests=$(awk '/requests in/ {print $1}' <<< "$out")
+    wrk_us=$(awk '/^wrk cpu/ {printf "%d", ($3 + $4) * 1000000}' <<< "$out")
+    awk -v r="$requests" -v s=$(( (side1 - side0) * TICK_US )) -v a=$(( (api1 - api0) * TICK_US )) \
+      -v w="$wrk_us" 'BEGIN { printf "cpu per request: side %.1f us, api %.1f us, wrk %.1f us\n", s / r, a / r, w / r }'
+  }
   for i in $(seq "$RUNS"); do
-    echo "-- run $i: direct"; wrk_run "http://127.0.0.1:8435/api/items"
-    echo "-- run $i: floor"; wrk_run "http://127.0.0.1:8436/floor/items"
-    echo "-- run $i: proxy"; wrk_run "$PROXIED"
+    for side in $SIDES; do side_run "$side"; done
   done | tee "$OUT/proxy.txt"
+  [[ -f "$OUT/nginx.pid" ]] && kill "$(cat "$OUT/nginx.pid")"
   kill "$SERVER_PID" "$BASE_PID" "$FLOOR_PID"
   wait "$SERVER_PID" "$BASE_PID" "$FLOOR_PID" 2> /dev/null || true
-  # Per run: added p50 (ms) and throughput ratio; then their medians.
+  # Per run and side: added p50 (ms) and throughput ratio against that run's direct side;
+  # then medians per side, with each process's median CPU per request.
   awk '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; return v * 1000 }
-    /^-- run/ { side = $4 }
-    /  50%/ { p50[side] = ms($2) }
-    /Requests\/sec/ {
-      rps[side] = $2
-      if (side == "floor") {
-        m++; floor_added[m] = p50["floor"] - p50["direct"]; floor_ratio[m] = rps["floor"] / rps["direct"]
-      }
-      if (side == "proxy") {
-        n++; added[n] = p50["proxy"] - p50["direct"]; ratio[n] = rps["proxy"] / rps["direct"]
-        printf "run %d: added p50 %.3f ms, throughput %.0f/%.0f = %.2f\n", n, added[n], rps["proxy"], rps["direct"], ratio[n]
-      }
-    }
     function median(a, k,   i, j, t) {
       for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
       return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
     }
+    /^-- run/ { run = $3 + 0; side = $4; if (!(side in seen)) { seen[side] = 1; order[++sides] = side } }
+    /  50%/ { p50[side] = ms($2) }
+    /Requests\/sec/ {
+      rps[side] = $2
+      if (side != "direct") {
+        n[side]++; added[side, n[side]] = p50[side] - p50["direct"]; ratio[side, n[side]] = rps[side] / rps["direct"]
+        printf "run %d, %s: added p50 %.3f ms, throughput %.0f/%.0f = %.2f\n", run, side, added[side, n[side]], rps[side], rps["direct"], ratio[side, n[side]]
+      }
+    }
+    /^cpu per request/ { c[side]++; sc[side, c[side]] = $5; ac[side, c[side]] = $8; wc[side, c[side]] = $11 }
     END {
-      printf "median of %d runs: added p50 %.3f ms (target <= 1), throughput ratio %.2f (target >= 0.50)\n", n, median(added, n), median(ratio, n)
-      printf "floor (hyper alone), median of %d runs: added p50 %.3f ms, throughput ratio %.2f\n", m, median(floor_added, m), median(floor_ratio, m)
+      for (k = 1; k <= sides; k++) {
+        s = order[k]
+        for (j = 1; j <= c[s]; j++) { x[j] = sc[s, j]; y[j] = ac[s, j]; z[j] = wc[s, j] }
+        cpu = sprintf("CPU per request (median): %s %.1f us, API %.1f us, wrk %.1f us", s, median(x, c[s]), median(y, c[s]), median(z, c[s]))
+        if (s == "direct") { printf "direct: %s\n", cpu; continue }
+        for (j = 1; j <= n[s]; j++) { x[j] = added[s, j]; y[j] = ratio[s, j] }
+        target = (s == "proxy") ? " (targets: added p50 <= 1 ms, ratio >= 0.50)" : ""
+        printf "%s, median of %d runs: added p50 %.3f ms, throughput ratio %.2f%s; %s\n", s, n[s], median(x, n[s]), median(y, n[s]), target, cpu
+      }
     }
   ' "$OUT/proxy.txt" | tee -a "$OUT/proxy.txt"
 fi
