@@ -98,9 +98,12 @@ pub(crate) fn resolve_under(
         Some(q) if !q.is_empty() => url.set_query(Some(q)),
         _ => url.set_query(None),
     }
-    // Scheme, credentials, host and port exactly the base's: its serialization up to the path.
+    // An http(s) URL (no other scheme has an origin a proxied call could stay under) whose
+    // scheme, credentials, host and port are exactly the base's: its serialization up to the
+    // path, compared without building `Origin`s.
     let origin = ..url::Position::BeforePath;
-    if url[origin] != base[origin] || !url.path().starts_with(prefix) {
+    let web = matches!(url.scheme(), "http" | "https");
+    if !web || url[origin] != base[origin] || !url.path().starts_with(prefix) {
         return Err(TargetError::Escapes);
     }
     Ok(url)
@@ -271,6 +274,24 @@ mod tests {
 
     fn target(path: &str) -> Result<String, TargetError> {
         resolve(&base(), path, None).map(String::from)
+    }
+
+    #[test]
+    fn only_an_http_or_https_base_can_be_proxied_to() {
+        for base in [
+            "file:///srv/api/",
+            "ftp://files.example.com/pub/",
+            "foo://host/api/",
+        ] {
+            let base = Url::parse(base).expect("base");
+            assert_eq!(
+                resolve(&base, "x", None),
+                Err(TargetError::Escapes),
+                "{base}"
+            );
+        }
+        let plain = Url::parse("http://127.0.0.1:8080/api").expect("base");
+        assert!(resolve(&plain, "x", None).is_ok());
     }
 
     #[test]
