@@ -142,24 +142,38 @@ if want proxy; then
   TOKENWARDEN_BENCH_KEY="$KEY" "$BIN/examples/bench_generate" "sqlite://$OUT/proxy.db" 1000 bench > /dev/null
   "$BIN/examples/baseline_http" 127.0.0.1:8435 > /dev/null &
   BASE_PID=$!
+  # Whatever stops the script, the processes it started go with it (nginx above all, which
+  # would keep its port for the next run).
+  PROXY_PIDS="$BASE_PID"
+  trap 'kill $PROXY_PIDS 2> /dev/null || true' EXIT
   until curl -s -o /dev/null "http://127.0.0.1:8435/api/items"; do sleep 0.02; done
   API_BASE_URL="http://127.0.0.1:8435/api" start_server "$OUT/proxy.db" 8434 "$KEY"
+  PROXY_PIDS="$PROXY_PIDS $SERVER_PID"
   PROXIED="http://127.0.0.1:8434/v1/proxy/user-0000500/bench/acct/items"
   [[ "$(curl -s -H "Authorization: Bearer bench-api-key-0123456789" "$PROXIED")" == *'"items"'* ]] \
     || { echo "the proxy does not answer $PROXIED"; exit 1; }
   "$BIN/examples/proxy_floor" 127.0.0.1:8436 127.0.0.1:8435 /floor /api > /dev/null 2>&1 &
   FLOOR_PID=$!
+  PROXY_PIDS="$PROXY_PIDS $FLOOR_PID"
   until curl -s -o /dev/null "http://127.0.0.1:8436/floor/items"; do sleep 0.02; done
   SIDES="direct floor proxy"
   if command -v nginx > /dev/null; then
     # Forwarding only: no key, no token lookup; kept-alive HTTP/1.1 to the API, no log.
+    # In the foreground of a child process, its files and temp folders under $OUT.
+    mkdir -p "$OUT/nginx-temp"
     cat > "$OUT/nginx.conf" <<NGINX
+daemon off;
 worker_processes 2;
 pid $OUT/nginx.pid;
 error_log $OUT/nginx-error.log warn;
 events { worker_connections 1024; }
 http {
   access_log off;
+  client_body_temp_path $OUT/nginx-temp/body;
+  proxy_temp_path $OUT/nginx-temp/proxy;
+  fastcgi_temp_path $OUT/nginx-temp/fastcgi;
+  uwsgi_temp_path $OUT/nginx-temp/uwsgi;
+  scgi_temp_path $OUT/nginx-temp/scgi;
   upstream api { server 127.0.0.1:8435; keepalive 128; }
   server {
     listen 127.0.0.1:8437;
@@ -172,8 +186,13 @@ http {
   }
 }
 NGINX
-    nginx -p "$OUT" -c "$OUT/nginx.conf" < /dev/null > /dev/null 2>&1
-    until curl -s -o /dev/null "http://127.0.0.1:8437/nginx/items"; do sleep 0.02; done
+    nginx -p "$OUT" -e "$OUT/nginx-error.log" -c "$OUT/nginx.conf" < /dev/null &
+    NGINX_PID=$!
+    PROXY_PIDS="$PROXY_PIDS $NGINX_PID"
+    until curl -s -o /dev/null "http://127.0.0.1:8437/nginx/items"; do
+      kill -0 "$NGINX_PID" 2> /dev/null || { echo "nginx did not start: $OUT/nginx-error.log"; exit 1; }
+      sleep 0.02
+    done
     SIDES="direct nginx floor proxy"
   else
     echo "(nginx not installed: no reference side; apt-get install -y nginx-light adds it)"
@@ -194,7 +213,7 @@ NGINX
     local side="$1" url pids api0 side0 api1 side1 out requests wrk_us
     case "$side" in
       direct) url="http://127.0.0.1:8435/api/items"; pids="" ;;
-      nginx) url="http://127.0.0.1:8437/nginx/items"; pids=$(pgrep -P "$(cat "$OUT/nginx.pid")") ;;
+      nginx) url="http://127.0.0.1:8437/nginx/items"; pids=$(pgrep -P "$NGINX_PID" || true) ;;
       floor) url="http://127.0.0.1:8436/floor/items"; pids="$FLOOR_PID" ;;
       proxy) url="$PROXIED"; pids="$SERVER_PID" ;;
     esac
@@ -207,14 +226,14 @@ NGINX
     requests=$(awk '/requests in/ {print $1}' <<< "$out")
     wrk_us=$(awk '/^wrk cpu/ {printf "%d", ($3 + $4) * 1000000}' <<< "$out")
     awk -v r="$requests" -v s=$(( (side1 - side0) * TICK_US )) -v a=$(( (api1 - api0) * TICK_US )) \
-      -v w="$wrk_us" 'BEGIN { printf "cpu per request: side %.1f us, api %.1f us, wrk %.1f us\n", s / r, a / r, w / r }'
+      -v w="$wrk_us" 'BEGIN { if (r <= 0) r = 1; printf "cpu per request: side %.1f us, api %.1f us, wrk %.1f us\n", s / r, a / r, w / r }'
   }
   for i in $(seq "$RUNS"); do
     for side in $SIDES; do side_run "$side"; done
   done | tee "$OUT/proxy.txt"
-  [[ -f "$OUT/nginx.pid" ]] && kill "$(cat "$OUT/nginx.pid")"
-  kill "$SERVER_PID" "$BASE_PID" "$FLOOR_PID"
-  wait "$SERVER_PID" "$BASE_PID" "$FLOOR_PID" 2> /dev/null || true
+  kill $PROXY_PIDS
+  wait $PROXY_PIDS 2> /dev/null || true
+  trap - EXIT
   # Per run and side: added p50 (ms) and throughput ratio against that run's direct side;
   # then medians per side, with each process's median CPU per request.
   awk '
@@ -228,7 +247,7 @@ NGINX
     /Requests\/sec/ {
       rps[side] = $2
       if (side != "direct") {
-        n[side]++; added[side, n[side]] = p50[side] - p50["direct"]; ratio[side, n[side]] = rps[side] / rps["direct"]
+        n[side]++; added[side, n[side]] = p50[side] - p50["direct"]; ratio[side, n[side]] = rps["direct"] > 0 ? rps[side] / rps["direct"] : 0
         printf "run %d, %s: added p50 %.3f ms, throughput %.0f/%.0f = %.2f\n", run, side, added[side, n[side]], rps[side], rps["direct"], ratio[side, n[side]]
       }
     }
