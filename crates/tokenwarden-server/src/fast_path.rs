@@ -91,11 +91,9 @@ impl FastPath {
     /// (`/v1/proxy/{user_id}/{provider}/{account_id}/{*path}`: three non-empty ids and a
     /// non-empty rest), any method (the handler answers 405 itself).
     fn proxies(&self, request: &Request<Body>) -> bool {
-        let path = request.uri().path();
-        if !path.starts_with(crate::proxy::PATH_PREFIX) {
+        let Some((ids, rest)) = crate::proxy::split_path(request.uri().path()) else {
             return false;
-        }
-        let (ids, rest) = crate::proxy::split_path(path);
+        };
         let shaped = ids.iter().all(|id| !id.is_empty()) && !rest.is_empty();
         shaped && self.app.api_keys().check_header(authorization(request))
     }

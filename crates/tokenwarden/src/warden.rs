@@ -532,8 +532,9 @@ impl Warden {
         key: &ConnectionKey,
         rejected: &AccessToken,
     ) -> Result<Option<AccessTokenGrant>, Error> {
-        self.inner
-            .refresh_rejected(key, rejected)
+        // Boxed, as `access_token`'s slow path: a caller's future (a proxied call's, which
+        // awaits this only after a 401) stays small instead of holding a refresh's state.
+        Box::pin(self.inner.refresh_rejected(key, rejected))
             .await
             .map_err(counted)
     }

@@ -178,7 +178,7 @@ pub const PATH_PREFIX: &str = "/v1/proxy/";
 
 async fn forward_call(app: &App, request: Request) -> (Result<Response, ApiError>, Option<&Api>) {
     let proxy = app.proxy();
-    let (ids, rest) = split_path(request.uri().path());
+    let (ids, rest) = split_path(request.uri().path()).unwrap_or_default();
     let key = match connection_key(app, ids) {
         Ok(key) => key,
         Err(e) => return (Err(e), None),
@@ -206,14 +206,14 @@ async fn forward_call(app: &App, request: Request) -> (Result<Response, ApiError
 /// The request's raw path cut into the three ids and the rest after
 /// `/v1/proxy/{user_id}/{provider}/{account_id}/`, all as the client encoded them (the
 /// router's `{*path}` is decoded, so it cannot be used). The route matched, so the ids are
-/// there, and they hold no raw `/`.
-pub(crate) fn split_path(path: &str) -> ([&str; 3], &str) {
-    let mut rest = path.strip_prefix(PATH_PREFIX).unwrap_or("");
+/// there, and they hold no raw `/`. `None` when the path is not under [`PATH_PREFIX`].
+pub(crate) fn split_path(path: &str) -> Option<([&str; 3], &str)> {
+    let mut rest = path.strip_prefix(PATH_PREFIX)?;
     let mut ids = [""; 3];
     for id in &mut ids {
         (*id, rest) = rest.split_once('/').unwrap_or((rest, ""));
     }
-    (ids, rest)
+    Some((ids, rest))
 }
 
 /// Validates the raw ids into a key of a configured provider, as every other route does
@@ -225,11 +225,9 @@ fn connection_key(
     [user_id, provider, account_id]: [&str; 3],
 ) -> Result<ConnectionKey, ApiError> {
     let decode = |raw: &str, field: &'static str| {
-        if !raw.contains('%') {
-            return Ok(raw.to_owned());
-        }
-        String::from_utf8(tokenwarden::proxy::target::percent_decode(raw))
-            .map_err(|_| ApiError::invalid(field, "must be UTF-8 once percent-decoded"))
+        tokenwarden::proxy::target::percent_decode(raw)
+            .map(std::borrow::Cow::into_owned)
+            .ok_or_else(|| ApiError::invalid(field, "must be UTF-8 once percent-decoded"))
     };
     let user_id = decode(user_id, "user_id")?;
     let provider = decode(provider, "provider")?;
@@ -289,9 +287,10 @@ async fn send(
     }
     // The API refused the token: get another (one refresh for every call refused with it),
     // and send the call again if its body was kept.
-    // Boxed (as connecting is in `upstream.rs`): a refresh's state is large, and inline it
-    // would be carried and copied with every call's future, refused or not.
-    let refreshed = Box::pin(app.warden().refresh_rejected(key, &grant.access_token)).await;
+    let refreshed = app
+        .warden()
+        .refresh_rejected(key, &grant.access_token)
+        .await;
     let Some(bytes) = replay else {
         // Nothing to send again: the API's 401 is the answer (SPEC), whatever the refresh
         // did; the next call uses its token.
@@ -454,14 +453,32 @@ mod tests {
     #[test]
     fn the_ids_and_the_rest_keep_their_encoding() {
         assert_eq!(
-            split_path("/v1/proxy/u%2F1/gitlab/a/projects/group%2Fproject/issues"),
+            split_path("/v1/proxy/u%2F1/gitlab/a/projects/group%2Fproject/issues").expect("route"),
             (["u%2F1", "gitlab", "a"], "projects/group%2Fproject/issues")
         );
-        assert_eq!(split_path("/v1/proxy/u/p/a/%2e%2e/x").1, "%2e%2e/x");
-        assert_eq!(split_path("/v1/proxy/u/p/a//evil").1, "/evil");
-        assert_eq!(split_path("/v1/proxy/u/p/a/"), (["u", "p", "a"], ""));
-        assert_eq!(split_path("/v1/proxy/u/p/a"), (["u", "p", "a"], ""));
-        assert_eq!(split_path("/v1/proxy/u//a/x"), (["u", "", "a"], "x"));
-        assert_eq!(split_path("/v1/proxy/u"), (["u", "", ""], ""));
+        assert_eq!(
+            split_path("/v1/proxy/u/p/a/%2e%2e/x").expect("route").1,
+            "%2e%2e/x"
+        );
+        assert_eq!(
+            split_path("/v1/proxy/u/p/a//evil").expect("route").1,
+            "/evil"
+        );
+        assert_eq!(
+            split_path("/v1/proxy/u/p/a/").expect("route"),
+            (["u", "p", "a"], "")
+        );
+        assert_eq!(
+            split_path("/v1/proxy/u/p/a").expect("route"),
+            (["u", "p", "a"], "")
+        );
+        assert_eq!(
+            split_path("/v1/proxy/u//a/x").expect("route"),
+            (["u", "", "a"], "x")
+        );
+        assert_eq!(
+            split_path("/v1/proxy/u").expect("route"),
+            (["u", "", ""], "")
+        );
     }
 }

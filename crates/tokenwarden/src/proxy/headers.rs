@@ -38,8 +38,8 @@ pub fn strip_response(headers: &mut HeaderMap) {
     });
     // tokenwarden's request id is the one the client and the access log share; the API's
     // own id stays available under another name.
-    if headers.contains_key(&X_REQUEST_ID) {
-        let ids: Vec<HeaderValue> = headers.get_all(&X_REQUEST_ID).iter().cloned().collect();
+    let ids: Vec<HeaderValue> = headers.get_all(&X_REQUEST_ID).iter().cloned().collect();
+    if !ids.is_empty() {
         headers.remove(&X_REQUEST_ID);
         for id in ids {
             headers.append(X_UPSTREAM_REQUEST_ID, id);

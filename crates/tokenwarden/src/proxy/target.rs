@@ -234,9 +234,13 @@ fn decode_once(bytes: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `raw` percent-decoded once (`%XX` → the byte; anything else as it is), as a router
-/// decodes one path segment.
-pub fn percent_decode(raw: &str) -> Vec<u8> {
-    decode_once(raw.as_bytes()).unwrap_or_else(|| raw.as_bytes().to_vec())
+/// decodes one path segment: `raw` itself when it holds nothing to decode, `None` when the
+/// bytes it encodes are not UTF-8.
+pub fn percent_decode(raw: &str) -> Option<Cow<'_, str>> {
+    match decode_once(raw.as_bytes()) {
+        None => Some(Cow::Borrowed(raw)),
+        Some(bytes) => String::from_utf8(bytes).ok().map(Cow::Owned),
+    }
 }
 
 /// `query` without the pairs whose (decoded) name is `param`; the others byte for byte.
