@@ -271,24 +271,21 @@ impl SequentialRequestIds {
 impl MakeRequestId for SequentialRequestIds {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // `{prefix:08x}-{n:x}`, at most 8 + 1 + 16 characters, written on the stack by hand
-        // (the formatting machinery cost more than the rest of the id) and copied once.
-        let mut buf = [0u8; 25];
-        hex_into(u64::from(self.prefix), &mut buf[..8]);
+        // `{prefix:08x}-{n:x}`, at most 8 + 1 + 16 characters, written on the stack (the
+        // formatting machinery cost more than the rest of the id) and copied once: both in
+        // full, then `n`'s leading zeros dropped.
+        let mut buf = [0u8; 8 + 1 + 16];
+        hex::encode_to_slice(self.prefix.to_be_bytes(), &mut buf[..8]).ok()?;
         buf[8] = b'-';
-        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
-        hex_into(n, &mut buf[9..9 + digits]);
-        axum::http::HeaderValue::from_bytes(&buf[..9 + digits])
+        hex::encode_to_slice(n.to_be_bytes(), &mut buf[9..]).ok()?;
+        let zeros = buf[9..buf.len() - 1]
+            .iter()
+            .take_while(|&&b| b == b'0')
+            .count();
+        buf.copy_within(9 + zeros.., 9);
+        axum::http::HeaderValue::from_bytes(&buf[..buf.len() - zeros])
             .ok()
             .map(RequestId::new)
-    }
-}
-
-/// Writes the low `out.len()` hex digits of `n` (lowercase, zero-padded) into `out`.
-fn hex_into(mut n: u64, out: &mut [u8]) {
-    for digit in out.iter_mut().rev() {
-        *digit = b"0123456789abcdef"[(n & 0xf) as usize];
-        n >>= 4;
     }
 }
 
